@@ -1,0 +1,3 @@
+from otel_meter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The ``otel-meter`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from otel_meter import __version__
+from otel_meter.component import Kind
+from otel_meter.errors import OtelMeterError, StoreLockedError
+
+EPILOG = "Docs: docs/ in the project repository. Config layout follows the OpenTelemetry Collector."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otel-meter", description="Usage metering for AI products from "
+                                     "OpenTelemetry GenAI telemetry.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"otel-meter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the metering service (OTLP in, rated usage in ClickHouse out)",
+                                description="Run the service. Without --config it uses the built-in default, "
+                                "identical to the shipped collector-config.yaml (embedded store under ./data).")
+    serve.add_argument("--config", metavar="PATH", help="config file in the OpenTelemetry Collector layout")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                       help="override service.telemetry.logs.level")
+
+    usage = commands.add_parser("usage", help="show usage and cost per customer, model and meter",
+                                description="Ask the running server's usage API; when no server runs, read the "
+                                "store directly.")
+    usage.add_argument("--from", dest="start", required=True, metavar="TIME", help="ISO 8601 start (inclusive)")
+    usage.add_argument("--to", dest="end", required=True, metavar="TIME", help="ISO 8601 end (exclusive)")
+    usage.add_argument("--group-by", default="customer,model,meter",
+                       help="comma-separated: customer, model, provider, meter, feature, service, environment "
+                            "(default: customer,model,meter)")
+    usage.add_argument("--customer", help="only this customer")
+    usage.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    usage.add_argument("--config", metavar="PATH", help="config file (finds the usage API and the store)")
+    usage.add_argument("--url", help="usage API base URL, e.g. http://meter:8080 (default: from the config)")
+
+    migrate = commands.add_parser("migrate", help="apply pending schema migrations to the store")
+    migrate.add_argument("--config", metavar="PATH")
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    validate = config_commands.add_parser("validate", help="check a config file (and its rate card) without "
+                                          "starting anything")
+    validate.add_argument("--config", metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "usage":
+            return usage(args)
+        if args.command == "migrate":
+            return migrate(args)
+        if args.command == "config":
+            return validate_config(args)
+    except OtelMeterError as error:
+        print(f"otel-meter: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from otel_meter.config import load_config
+    from otel_meter.logs import configure_logging
+    from otel_meter.service import Service
+
+    config = load_config(args.config)
+    logs = config.service.telemetry.logs
+    configure_logging(args.log_level or logs.level, logs.encoding)
+    service = Service(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: service._stopped.set())
+    service.start()
+    try:
+        service.wait()
+    finally:
+        service.shutdown()
+    return 0
+
+
+def validate_config(args: argparse.Namespace) -> int:
+    from otel_meter.config import load_config
+    from otel_meter.processors.rating.config import RatingConfig
+    from otel_meter.rating.rate_card import load_rate_card
+
+    config = load_config(args.config)
+    for component in config.components[Kind.PROCESSOR].values():
+        if isinstance(component, RatingConfig) and component.rate_card is not None:
+            load_rate_card(component.rate_card)
+    print(f"{config.source}: valid")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    store = open_store(args.config)
+    applied = store.migrate()
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def open_store(config_path: str | None):
+    from otel_meter.config import load_config
+    from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+    from otel_meter.storage.store import Store, resolve_location
+
+    config = load_config(config_path)
+    for component in config.components[Kind.EXPORTER].values():
+        if isinstance(component, ClickHouseExporterConfig):
+            return Store(resolve_location(component.endpoint, component.database))
+    raise OtelMeterError(f"{config.source}: no clickhouse exporter configured")
+
+
+def usage_api_url(config_path: str | None) -> str | None:
+    from otel_meter.config import load_config
+    from otel_meter.extensions.usage_api.config import UsageApiConfig
+
+    config = load_config(config_path)
+    for extension_id in config.service.extensions:
+        component = config.components[Kind.EXTENSION].get(extension_id)
+        if isinstance(component, UsageApiConfig):
+            host, _, port = component.endpoint.rpartition(":")
+            host = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+            return f"http://{host}:{port}"
+    return None
+
+
+def usage(args: argparse.Namespace) -> int:
+    from otel_meter.storage.usage_report import UsageRequest, run_usage_query
+
+    request = UsageRequest.parse(args.start, args.end, args.group_by, args.customer)
+    base = args.url or usage_api_url(args.config)
+    rows: list[dict[str, Any]] | None = None
+    if base:
+        rows = fetch_usage(base, args)
+    if rows is None:
+        try:
+            store = open_store(args.config)
+        except StoreLockedError:
+            raise OtelMeterError(f"the store is owned by a running otel-meter, but its usage API at {base} did not "
+                                 f"answer; pass --url or check the usage_api extension") from None
+        rows = run_usage_query(store, request)
+    print_rows(rows, list(request.group_by), args.format)
+    return 0
+
+
+def fetch_usage(base: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """Rows from a running server, or None when nothing listens there."""
+    query = {"from": args.start, "to": args.end, "group_by": args.group_by}
+    if args.customer:
+        query["customer"] = args.customer
+    url = f"{base.rstrip('/')}/v1/usage?{urllib.parse.urlencode(query)}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)["rows"]
+    except urllib.error.HTTPError as error:
+        detail = json.loads(error.read() or b"{}").get("error", error.reason)
+        raise OtelMeterError(f"usage API: {detail}") from None
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def print_rows(rows: list[dict[str, Any]], keys: list[str], output: str) -> None:
+    columns = keys + ["quantity", "unpriced_quantity", "amount", "currency"]
+    if output == "json":
+        print(json.dumps({"rows": rows}, default=str, indent=2))
+        return
+    if output == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = [[str(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in table]) for i, column in enumerate(columns)]
+    numeric = {"quantity", "unpriced_quantity", "amount"}
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for line in table:
+        print("  ".join(value.rjust(w) if column in numeric else value.ljust(w)
+                        for value, column, w in zip(line, columns, widths)).rstrip())
+    if not rows:
+        print("(no usage in this period)")

@@ -1,0 +1,97 @@
+"""The component model, after the OpenTelemetry Collector.
+
+Each receiver, processor, exporter and extension is a module that registers a
+:class:`Factory`: a type name (the key used in the config file), a pydantic model
+for its config (validated at load, unknown keys rejected) and a create function.
+Adding a component is adding a module; nothing else switches on type names.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Callable, Protocol
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+
+class Kind(str, enum.Enum):
+    RECEIVER = "receivers"
+    PROCESSOR = "processors"
+    EXPORTER = "exporters"
+    EXTENSION = "extensions"
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component config: strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class BuildContext:
+    """What a factory may need besides its own config."""
+
+    config_dir: Path
+    """Directory of the config file; relative file references resolve against it."""
+    component_id: str
+    shared: dict[str, Any] = field(default_factory=dict)
+    """Objects built earlier and shared across components (e.g. the store)."""
+
+
+@dataclass(frozen=True)
+class Factory:
+    type: str
+    kind: Kind
+    config_model: type[ComponentConfig]
+    create: Callable[[Any, BuildContext], Any]
+
+
+class Lifecycle(Protocol):
+    def start(self) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+_REGISTRY: dict[Kind, dict[str, Factory]] = {kind: {} for kind in Kind}
+
+
+def register(factory: Factory) -> Factory:
+    existing = _REGISTRY[factory.kind].get(factory.type)
+    if existing is not None and existing is not factory:
+        raise ValueError(f"two {factory.kind.value} register the type {factory.type!r}")
+    _REGISTRY[factory.kind][factory.type] = factory
+    return factory
+
+
+def factories(kind: Kind) -> dict[str, Factory]:
+    return _REGISTRY[kind]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse a Go-style duration (``500ms``, ``30s``, ``168h``; ``7d`` also accepted)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a duration such as 500ms, 30s, 24h or 7d")
+    text = value.strip()
+    position, seconds = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(text):
+        raise ValueError(f"{value!r} is not a duration; use e.g. 500ms, 30s, 24h or 7d")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

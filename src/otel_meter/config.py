@@ -1,0 +1,207 @@
+"""Load and validate the service configuration (OpenTelemetry Collector layout).
+
+Loading is all-or-nothing: every problem found stops the start with one message
+that names the key path, e.g. ``processors.rating.rate_card: file not found``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from otel_meter import components  # noqa: F401  (registers the built-in components)
+from otel_meter.component import ComponentConfig, Kind, factories
+from otel_meter.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "collector-config.yaml"
+_ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    receivers: list[str] = Field(min_length=1)
+    processors: list[str] = Field(default_factory=list)
+    exporters: list[str] = Field(min_length=1)
+
+
+class LogsTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    level: str = "info"
+    encoding: str = Field(default="console", pattern="^(console|json)$")
+
+
+class TelemetryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    logs: LogsTelemetry = LogsTelemetry()
+
+
+class ServiceSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    extensions: list[str] = Field(default_factory=list)
+    pipelines: dict[str, PipelineConfig]
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+
+class TopLevel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    receivers: dict[str, Any] = Field(default_factory=dict)
+    processors: dict[str, Any] = Field(default_factory=dict)
+    exporters: dict[str, Any] = Field(default_factory=dict)
+    extensions: dict[str, Any] = Field(default_factory=dict)
+    service: ServiceSection
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A validated configuration, ready to build the pipelines from."""
+
+    source: str
+    config_dir: Path
+    components: dict[Kind, dict[str, ComponentConfig]]
+    service: ServiceSection
+
+    def component(self, kind: Kind, component_id: str) -> ComponentConfig:
+        return self.components[kind][component_id]
+
+
+def component_type(component_id: str) -> str:
+    """``otlp/internal`` has type ``otlp``, as in the Collector."""
+    return component_id.split("/", 1)[0]
+
+
+def substitute_env(value: Any, environ: dict[str, str] | None = None, path: str = "") -> Any:
+    """Expand ``${env:NAME}`` and ``${env:NAME:-default}`` in every string value (not in keys or comments).
+
+    An unset name without a default is an error naming the key path.
+    """
+    if isinstance(value, dict):
+        return {key: substitute_env(item, environ, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(item, environ, f"{path}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, str) or "${env:" not in value:
+        return value
+    env = os.environ if environ is None else environ
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    result = _ENV_REFERENCE.sub(replace, value)
+    if missing:
+        names = ", ".join(sorted(set(missing)))
+        raise ConfigError(f"{path}: environment variable {names} is not set; set it or give a default "
+                          f"as ${{env:NAME:-value}}")
+    if result != value:
+        try:
+            return yaml.safe_load(result) if result.strip() else result
+        except yaml.YAMLError:
+            return result
+    return result
+
+
+def default_config_text() -> str:
+    return resources.files("otel_meter.defaults").joinpath(DEFAULT_CONFIG_NAME).read_text()
+
+
+def default_config_dir() -> Path:
+    return Path(str(resources.files("otel_meter.defaults")))
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> ServiceConfig:
+    """Read, substitute and validate a config file (the built-in default when ``path`` is None)."""
+    if path is None:
+        return parse_config(default_config_text(), default_config_dir(), "built-in default config", environ)
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} not found") from None
+    except OSError as error:
+        raise ConfigError(f"config file {file} cannot be read: {error.strerror}") from None
+    return parse_config(text, file.resolve().parent, str(file), environ)
+
+
+def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, str] | None = None) -> ServiceConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with receivers, processors, exporters and service")
+    try:
+        raw = substitute_env(raw, environ)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    try:
+        top = TopLevel.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(source, error)) from None
+
+    problems: list[str] = []
+    built: dict[Kind, dict[str, ComponentConfig]] = {kind: {} for kind in Kind}
+    for kind in Kind:
+        section: dict[str, Any] = getattr(top, kind.value)
+        for component_id, body in section.items():
+            factory = factories(kind).get(component_type(component_id))
+            if factory is None:
+                known = ", ".join(sorted(factories(kind))) or "none"
+                problems.append(f"{kind.value}.{component_id}: unknown {kind.value[:-1]} type "
+                                f"{component_type(component_id)!r} (known: {known})")
+                continue
+            try:
+                built[kind][component_id] = factory.config_model.model_validate(
+                    body or {}, context={"config_dir": config_dir})
+            except ValidationError as error:
+                problems.append(format_validation_error(f"{kind.value}.{component_id}", error, prefix_only=True))
+
+    service = top.service
+    for extension in service.extensions:
+        if extension not in section_ids(top, Kind.EXTENSION):
+            problems.append(f"service.extensions: {extension!r} is not defined under extensions")
+    for name, pipeline in service.pipelines.items():
+        signal = name.split("/", 1)[0]
+        if signal != "traces":
+            problems.append(f"service.pipelines.{name}: signal {signal!r} is not supported yet (supported: traces)")
+        for kind, ids in ((Kind.RECEIVER, pipeline.receivers), (Kind.PROCESSOR, pipeline.processors),
+                          (Kind.EXPORTER, pipeline.exporters)):
+            for component_id in ids:
+                if component_id not in section_ids(top, kind):
+                    problems.append(f"service.pipelines.{name}.{kind.value}: {component_id!r} is not defined "
+                                    f"under {kind.value}")
+    if problems:
+        raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
+    return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service)
+
+
+def section_ids(top: TopLevel, kind: Kind) -> set[str]:
+    return set(getattr(top, kind.value))
+
+
+def format_validation_error(where: str, error: ValidationError, prefix_only: bool = False) -> str:
+    """Turn pydantic's errors into ``key.path: problem`` lines."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        key = f"{where}.{path}" if path else where
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        lines.append(f"{key}: {message}")
+    if prefix_only:
+        return "\n  ".join(lines)
+    return f"{where}: " + "; ".join(lines)

@@ -1,0 +1,29 @@
+"""One exception hierarchy for the whole service.
+
+Every message names the thing that is wrong, where it is (a config key path, a
+rate card line, a span id) and, where there is one, the fix.
+"""
+
+
+class OtelMeterError(Exception):
+    """Base of every error otel-meter raises on purpose."""
+
+
+class ConfigError(OtelMeterError):
+    """The configuration cannot be used; the message names the key path."""
+
+
+class RateCardError(ConfigError):
+    """A rate card is invalid; the message names the file and the entry."""
+
+
+class StoreError(OtelMeterError):
+    """The ClickHouse store failed or cannot be reached."""
+
+
+class StoreLockedError(StoreError):
+    """An embedded chDB store is already owned by another process."""
+
+
+class ExportError(OtelMeterError):
+    """Usage could not be written; the client should retry."""

@@ -1,0 +1,27 @@
+"""UsageBatch columns to an Arrow table shaped like ``usage_ingest``."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from otel_meter.usage import UsageBatch
+
+QUANTITY = pa.decimal128(38, 9)
+MONEY = pa.decimal128(38, 18)
+EVENT_TIME = pa.timestamp("ns", tz="UTC")
+RECEIVED_AT = pa.timestamp("us", tz="UTC")
+
+STRING_COLUMNS = ("event_id", "customer", "feature", "service", "environment", "provider", "model", "operation",
+                  "meter", "currency", "rate_card", "rate_card_version")
+
+
+def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
+    rows = len(batch)
+    columns: dict[str, pa.Array] = {name: pa.array(getattr(batch, name), pa.string()) for name in STRING_COLUMNS}
+    columns["event_time"] = pa.array(batch.event_time_ns, pa.int64()).cast(EVENT_TIME)
+    columns["received_at"] = pa.array([received_at_us] * rows, pa.int64()).cast(RECEIVED_AT)
+    columns["quantity"] = pa.array(batch.quantity, pa.int64()).cast(QUANTITY)
+    columns["unit_price"] = pa.array(batch.unit_price, MONEY)
+    columns["amount"] = pa.array(batch.amount, MONEY)
+    columns["priced"] = pa.array(batch.priced, pa.bool_())
+    return pa.table(columns)

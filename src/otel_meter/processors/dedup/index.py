@@ -1,0 +1,139 @@
+"""Exactly-once admission of events by id.
+
+An event id is *committed* once its batch is stored and *pending* while its batch
+is on the way. A duplicate of a committed id is dropped. A duplicate of a pending
+id is dropped too, but its request then waits for the pending batch and fails
+(retryably) if that batch fails, so nothing is acknowledged that is not stored.
+
+Memory holds ids bucketed by the hour of their event time, newest first; ids of
+events older than what memory covers (the *horizon*) are looked up in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+HOUR_NS = 3600 * 10**9
+logger = logging.getLogger(__name__)
+
+StoreLookup = Callable[[list[str], int, int], set[str]]
+"""(event ids, min event time ns, max event time ns) -> the ids already stored."""
+
+
+@dataclass
+class Reservation:
+    """The ids one batch claimed; resolved when the batch is stored or has failed."""
+
+    keys: list[tuple[str, int]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    stored: bool = False
+    waits_on: list["Reservation"] = field(default_factory=list)
+    """Other in-flight batches holding ids this batch dropped as duplicates."""
+
+
+class DedupIndex:
+    def __init__(self, window_ns: int, max_cached_keys: int, lookup: StoreLookup | None,
+                 horizon_ns: int = 0) -> None:
+        self.window_ns = window_ns
+        self.max_cached_keys = max_cached_keys
+        self._lookup = lookup
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[int, set[str]] = OrderedDict()
+        self._size = 0
+        self._pending: dict[str, Reservation] = {}
+        self.horizon_ns = horizon_ns
+        """Events at or after this time are all in memory if they were ever stored."""
+
+    def load(self, ids_with_times: Iterable[tuple[str, int]]) -> None:
+        for event_id, event_time in ids_with_times:
+            self._add(event_id, event_time)
+        self._evict()
+
+    def admit(self, event_ids: list[str], event_times: list[int], now_ns: int) -> tuple[list[bool], Reservation]:
+        """Decide for each event (in order) whether it is new; claims the new ones.
+
+        The same id twice in one call is new only the first time.
+        """
+        reservation = Reservation()
+        decisions = [False] * len(event_ids)
+        oldest_checked = now_ns - self.window_ns
+        to_look_up: list[int] = []
+        with self._lock:
+            claimed: set[str] = set()
+            for position, (event_id, event_time) in enumerate(zip(event_ids, event_times)):
+                if event_id in claimed:
+                    continue
+                claimed.add(event_id)
+                pending = self._pending.get(event_id)
+                if pending is not None:
+                    if pending not in reservation.waits_on:
+                        reservation.waits_on.append(pending)
+                    continue
+                if self._contains(event_id, event_time):
+                    continue
+                if event_time < self.horizon_ns and event_time >= oldest_checked and self._lookup is not None:
+                    to_look_up.append(position)
+                    continue
+                decisions[position] = True
+                self._pending[event_id] = reservation
+                reservation.keys.append((event_id, event_time))
+        if to_look_up:
+            self._admit_from_store(to_look_up, event_ids, event_times, decisions, reservation)
+        return decisions, reservation
+
+    def _admit_from_store(self, positions: list[int], event_ids: list[str], event_times: list[int],
+                          decisions: list[bool], reservation: Reservation) -> None:
+        ids = [event_ids[p] for p in positions]
+        times = [event_times[p] for p in positions]
+        stored = self._lookup(ids, min(times), max(times)) if self._lookup else set()
+        with self._lock:
+            for position in positions:
+                event_id = event_ids[position]
+                if event_id in stored or event_id in self._pending or self._contains(event_id, event_times[position]):
+                    continue
+                decisions[position] = True
+                self._pending[event_id] = reservation
+                reservation.keys.append((event_id, event_times[position]))
+
+    def resolve(self, reservation: Reservation, stored: bool) -> None:
+        """Commit (stored) or release (failed) the ids a batch claimed."""
+        with self._lock:
+            for event_id, event_time in reservation.keys:
+                if self._pending.get(event_id) is reservation:
+                    del self._pending[event_id]
+                if stored:
+                    self._add(event_id, event_time)
+            if stored:
+                self._evict()
+        reservation.stored = stored
+        reservation.done.set()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _contains(self, event_id: str, event_time: int) -> bool:
+        bucket = self._buckets.get(event_time // HOUR_NS)
+        return bucket is not None and event_id in bucket
+
+    def _add(self, event_id: str, event_time: int) -> None:
+        hour = event_time // HOUR_NS
+        bucket = self._buckets.get(hour)
+        if bucket is None:
+            bucket = self._buckets[hour] = set()
+            if len(self._buckets) > 1 and hour < next(reversed(self._buckets)):
+                self._buckets = OrderedDict(sorted(self._buckets.items()))
+        if event_id not in bucket:
+            bucket.add(event_id)
+            self._size += 1
+
+    def _evict(self) -> None:
+        while self._size > self.max_cached_keys and len(self._buckets) > 1:
+            hour, bucket = self._buckets.popitem(last=False)
+            self._size -= len(bucket)
+            self.horizon_ns = max(self.horizon_ns, (hour + 1) * HOUR_NS)
+            logger.info("dedup cache full: event ids before %s now checked against the store",
+                        self.horizon_ns, extra={"cached_keys": self._size})

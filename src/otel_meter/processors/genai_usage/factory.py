@@ -1,0 +1,12 @@
+from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.processors.genai_usage.config import GenAIUsageConfig
+from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
+
+TYPE = "genai_usage"
+
+
+def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcessor:
+    return GenAIUsageProcessor(config)
+
+
+FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=GenAIUsageConfig, create=create))

@@ -1,0 +1,190 @@
+"""Turn GenAI spans into usage rows: the traces-to-usage step of the pipeline.
+
+This is the hot path. It walks each span's attributes once, touching only the keys
+some component asked for, and appends straight into the batch's columns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from otel_meter.processors.genai_usage import conventions as cv
+from otel_meter.processors.genai_usage.config import GenAIUsageConfig
+from otel_meter.usage import (
+    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS, Rejection, UsageBatch,
+)
+
+SDK_NAME = "telemetry.sdk.name"
+
+
+class InvalidCount(ValueError):
+    pass
+
+
+def count_value(value: AnyValue, maximum: int) -> int:
+    """A token count from an attribute value: integers, integral doubles and numeric strings."""
+    kind = value.WhichOneof("value")
+    if kind == "int_value":
+        number = value.int_value
+    elif kind == "double_value":
+        double = value.double_value
+        if not math.isfinite(double) or double != int(double):
+            raise InvalidCount(f"{double!r} is not a whole number")
+        number = int(double)
+    elif kind == "string_value":
+        text = value.string_value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                double = float(text)
+            except ValueError:
+                raise InvalidCount(f"{value.string_value!r} is not a number") from None
+            if not math.isfinite(double) or double != int(double):
+                raise InvalidCount(f"{value.string_value!r} is not a whole number") from None
+            number = int(double)
+    elif kind is None:
+        raise InvalidCount("has no value")
+    else:
+        raise InvalidCount(f"is a {kind.removesuffix('_value')}, not a number")
+    if number < 0:
+        raise InvalidCount(f"{number} is negative")
+    if number > maximum:
+        raise InvalidCount(f"{number} is above the limit of {maximum} (max_tokens_per_span)")
+    return number
+
+
+def text_value(value: AnyValue) -> str:
+    """An attribute value as text, for dimensions (ids may arrive as ints)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind in ("int_value", "double_value"):
+        return str(getattr(value, kind))
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    return ""
+
+
+class GenAIUsageProcessor:
+    """Extracts disjoint token meters from inference spans.
+
+    ``extra_resource_keys`` and ``extra_span_keys`` are attributes other processors
+    need (attribution keys); their values ride along with each row as text.
+    """
+
+    def __init__(self, config: GenAIUsageConfig) -> None:
+        self.config = config
+        self._extra_resource_keys: frozenset[str] = frozenset()
+        self._extra_span_keys: frozenset[str] = frozenset()
+        self._wanted_span_keys: frozenset[str] = cv.USAGE_KEYS | cv.DIMENSION_KEYS
+
+    def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
+        self._extra_resource_keys = frozenset(resource_keys) | {SDK_NAME}
+        self._extra_span_keys = frozenset(span_keys)
+        self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys
+
+    def extract(self, request: ExportTraceServiceRequest) -> UsageBatch:
+        batch = UsageBatch()
+        wanted = self._wanted_span_keys
+        extra_span_keys = self._extra_span_keys
+        resource_keys = self._extra_resource_keys | {SDK_NAME}
+        maximum = self.config.max_tokens_per_span
+        now_ns = time.time_ns()
+        seq = 0
+        for resource_spans in request.resource_spans:
+            resource_attributes = {
+                kv.key: text_value(kv.value)
+                for kv in resource_spans.resource.attributes if kv.key in resource_keys
+            }
+            sdk_name = resource_attributes.get(SDK_NAME, "")
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    seq += 1
+                    found: dict[str, AnyValue] = {}
+                    for kv in span.attributes:
+                        key = kv.key
+                        if key in wanted:
+                            found[key] = kv.value
+                    if cv.USAGE_KEYS.isdisjoint(found):
+                        continue
+                    operation = text_value(found[cv.OPERATION]) if cv.OPERATION in found else ""
+                    if operation and operation not in cv.INFERENCE_OPERATIONS:
+                        continue
+                    trace_id, span_id = span.trace_id, span.span_id
+                    event_id = trace_id.hex() + span_id.hex()
+                    if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
+                        batch.rejections.append(Rejection(
+                            event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
+                                      f"8 bytes, not all zero; usage cannot be deduplicated without them"))
+                        continue
+                    try:
+                        meters = self._meters(found, maximum, sdk_name)
+                    except InvalidCount as error:
+                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
+                        continue
+                    provider = ""
+                    for key in cv.PROVIDER:
+                        if key in found:
+                            provider = text_value(found[key])
+                            break
+                    model = text_value(found[cv.RESPONSE_MODEL]) if cv.RESPONSE_MODEL in found else ""
+                    if not model and cv.REQUEST_MODEL in found:
+                        model = text_value(found[cv.REQUEST_MODEL])
+                    event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
+                    span_attributes = {key: text_value(found[key]) for key in extra_span_keys if key in found}
+                    for meter, quantity in meters:
+                        batch.event_id.append(event_id)
+                        batch.event_seq.append(seq)
+                        batch.event_time_ns.append(event_time)
+                        batch.meter.append(meter)
+                        batch.quantity.append(quantity)
+                        batch.provider.append(provider)
+                        batch.model.append(model)
+                        batch.operation.append(operation)
+                        batch.resource_attributes.append(resource_attributes)
+                        batch.event_attributes.append(span_attributes)
+        return batch
+
+    @staticmethod
+    def _meters(found: dict[str, AnyValue], maximum: int, sdk_name: str) -> list[tuple[str, int]]:
+        def first(keys: tuple[str, ...]) -> int:
+            for key in keys:
+                if key in found:
+                    try:
+                        return count_value(found[key], maximum)
+                    except InvalidCount as error:
+                        raise InvalidCount(f"attribute {key} {error}; token counts must be whole numbers "
+                                           f"from 0 to {maximum}") from None
+            return 0
+
+        input_total = first(cv.INPUT_TOTAL)
+        output_total = first(cv.OUTPUT_TOTAL)
+        cache_read = first(cv.CACHE_READ)
+        cache_write = first(cv.CACHE_WRITE)
+        reasoning = first(cv.REASONING)
+
+        provider = ""
+        for key in cv.PROVIDER:
+            if key in found:
+                provider = text_value(found[key]).lower()
+                break
+        # The conventions count cached input inside input_tokens and reasoning inside
+        # output_tokens. An emitter that reports them outside either is known to
+        # (CACHE_EXCLUSIVE_EMITTERS) or gives itself away with parts larger than the total.
+        cache_exclusive = (sdk_name, provider) in cv.CACHE_EXCLUSIVE_EMITTERS or cache_read + cache_write > input_total
+        uncached_input = input_total if cache_exclusive else input_total - cache_read - cache_write
+        plain_output = output_total if reasoning > output_total else output_total - reasoning
+
+        meters = []
+        for meter, quantity in ((INPUT_TOKENS, uncached_input), (CACHE_READ_TOKENS, cache_read),
+                                (CACHE_WRITE_TOKENS, cache_write), (OUTPUT_TOKENS, plain_output),
+                                (REASONING_TOKENS, reasoning)):
+            if quantity:
+                meters.append((meter, quantity))
+        return meters

@@ -1,0 +1,98 @@
+"""Builds the running service from a validated config and owns its lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from otel_meter.component import BuildContext, Kind, factories
+from otel_meter.config import ServiceConfig, component_type
+from otel_meter.errors import ConfigError
+from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+from otel_meter.pipeline import TracesPipeline
+from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
+from otel_meter.receivers.otlp.receiver import OtlpReceiver
+from otel_meter.storage.store import Store, resolve_location
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.stores: dict[str, Store] = {}
+        self.receivers: dict[str, OtlpReceiver] = {}
+        self.exporters: dict[str, object] = {}
+        self.extensions: dict[str, object] = {}
+        self.pipelines: list[TracesPipeline] = []
+        self._stopped = threading.Event()
+        self._build()
+
+    def _context(self, component_id: str) -> BuildContext:
+        default_store = next(iter(self.stores.values()), None)
+        return BuildContext(config_dir=self.config.config_dir, component_id=component_id,
+                            shared={"stores": self.stores, "store": default_store})
+
+    def _build(self) -> None:
+        config = self.config
+        used_exporters = {e for p in config.service.pipelines.values() for e in p.exporters}
+        for exporter_id in sorted(used_exporters):
+            exporter_config = config.component(Kind.EXPORTER, exporter_id)
+            if isinstance(exporter_config, ClickHouseExporterConfig) and exporter_config.endpoint not in self.stores:
+                store = Store(resolve_location(exporter_config.endpoint, exporter_config.database))
+                if exporter_config.create_schema:
+                    store.migrate()
+                logger.info("usage store: %s", store.location.describe())
+                self.stores[exporter_config.endpoint] = store
+        for exporter_id in sorted(used_exporters):
+            self.exporters[exporter_id] = self._create(Kind.EXPORTER, exporter_id)
+
+        for name, pipeline in config.service.pipelines.items():
+            processors = [self._create(Kind.PROCESSOR, pid) for pid in pipeline.processors]
+            if not processors or not isinstance(processors[0], GenAIUsageProcessor):
+                raise ConfigError(f"service.pipelines.{name}.processors: a traces pipeline starts with a span-to-usage "
+                                  f"processor such as genai_usage")
+            traces = TracesPipeline(name, processors[0], processors[1:],
+                                    [self.exporters[e] for e in pipeline.exporters],
+                                    timeout=max(c.timeout.total_seconds() for c in
+                                                (config.component(Kind.EXPORTER, e) for e in pipeline.exporters)))
+            self.pipelines.append(traces)
+            for receiver_id in pipeline.receivers:
+                if receiver_id not in self.receivers:
+                    self.receivers[receiver_id] = self._create(Kind.RECEIVER, receiver_id)
+                self.receivers[receiver_id].trace_consumers.append(traces.consume)
+
+        for extension_id in config.service.extensions:
+            self.extensions[extension_id] = self._create(Kind.EXTENSION, extension_id)
+
+    def _create(self, kind: Kind, component_id: str):
+        factory = factories(kind)[component_type(component_id)]
+        return factory.create(self.config.component(kind, component_id), self._context(component_id))
+
+    def start(self) -> None:
+        for exporter in self.exporters.values():
+            exporter.start()
+        for extension in self.extensions.values():
+            extension.start()
+        for receiver in self.receivers.values():
+            receiver.start()
+        logger.info("otel-meter started", extra={"pipelines": [p.name for p in self.pipelines]})
+
+    def shutdown(self) -> None:
+        """Stop receiving, let in-flight requests finish and be stored, flush, close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        logger.info("shutting down: draining requests and flushing usage")
+        for receiver in self.receivers.values():
+            receiver.shutdown()
+        for exporter in self.exporters.values():
+            exporter.shutdown()
+        for extension in self.extensions.values():
+            extension.shutdown()
+        for store in self.stores.values():
+            store.close()
+        logger.info("otel-meter stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()

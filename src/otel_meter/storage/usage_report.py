@@ -1,0 +1,94 @@
+"""The usage report behind ``GET /v1/usage`` and ``otel-meter usage``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from otel_meter.errors import OtelMeterError
+from otel_meter.storage import queries
+from otel_meter.storage.store import Store
+
+DEFAULT_GROUP_BY = ("customer", "model", "meter")
+NS = 10**9
+
+
+class UsageRequestError(OtelMeterError):
+    """A usage request with a bad parameter; the message names it."""
+
+
+@dataclass(frozen=True)
+class UsageRequest:
+    start: datetime
+    end: datetime
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY
+    customer: str | None = None
+
+    @classmethod
+    def parse(cls, start: str | None, end: str | None, group_by: str | None, customer: str | None) -> "UsageRequest":
+        if not start or not end:
+            raise UsageRequestError("from and to are required ISO 8601 times, e.g. from=2026-11-01T00:00:00Z")
+        begin, finish = parse_time("from", start), parse_time("to", end)
+        if finish <= begin:
+            raise UsageRequestError(f"to ({end}) must be after from ({start})")
+        keys: tuple[str, ...] = DEFAULT_GROUP_BY
+        if group_by is not None:
+            keys = tuple(key.strip() for key in group_by.split(",") if key.strip())
+            unknown = [key for key in keys if key not in queries.GROUP_KEYS]
+            if unknown:
+                raise UsageRequestError(f"group_by: unknown key {unknown[0]!r}; use any of "
+                                        f"{', '.join(queries.GROUP_KEYS)}")
+            if len(set(keys)) != len(keys):
+                raise UsageRequestError("group_by: a key is repeated")
+        return cls(start=begin, end=finish, group_by=keys, customer=customer or None)
+
+
+def parse_time(name: str, text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "+", 1) if "T" in text
+                                       else text.strip())
+    except ValueError:
+        raise UsageRequestError(f"{name}: {text!r} is not an ISO 8601 time such as 2026-11-01T00:00:00Z") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def to_ns(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
+
+
+def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]:
+    start_ns, end_ns = to_ns(request.start), to_ns(request.end)
+    hourly = start_ns % (3600 * NS) == 0 and end_ns % (3600 * NS) == 0
+    sql = queries.usage_query(list(request.group_by), request.customer is not None, hourly)
+    parameters: dict[str, Any] = {"from_ns": start_ns, "to_ns": end_ns,
+                                  "from_s": start_ns // NS, "to_s": end_ns // NS}
+    if request.customer is not None:
+        parameters["customer"] = request.customer
+    rows = []
+    for record in store.query(sql, parameters):
+        keys = dict(zip(request.group_by, record))
+        currency, quantity, unpriced, amount = record[len(request.group_by):]
+        rows.append({**keys, "quantity": number(quantity), "unpriced_quantity": number(unpriced),
+                     "amount": decimal_text(amount), "currency": currency})
+    return rows
+
+
+def number(value: Decimal) -> int | Decimal:
+    """Quantities are whole numbers for tokens; keep them ints so JSON shows 1234, not "1234.000000000"."""
+    integral = value.to_integral_value()
+    return int(integral) if integral == value else value.normalize()
+
+
+def decimal_text(value: Decimal) -> str:
+    """An amount as a plain decimal string, without exponent or trailing zeros past the cent."""
+    text = format(value.normalize(), "f")
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0")
+    if len(fraction) < 2:
+        fraction = fraction.ljust(2, "0")
+    return f"{whole}.{fraction}"

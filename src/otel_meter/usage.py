@@ -1,0 +1,111 @@
+"""The unit of work that flows between processors: a columnar batch of usage rows.
+
+One row is one meter of one event (a span or a custom event): a chat span with
+input and output tokens gives two rows sharing an ``event_id``. Columns are plain
+lists, one per field, so processors work column by column and the exporter hands
+them to ClickHouse as Arrow arrays without a Python object per row.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Callable, Protocol
+
+# Meter names. Token meters are disjoint, so a token is billed exactly once.
+INPUT_TOKENS = "input_tokens"
+CACHE_READ_TOKENS = "cache_read_tokens"
+CACHE_WRITE_TOKENS = "cache_write_tokens"
+OUTPUT_TOKENS = "output_tokens"
+REASONING_TOKENS = "reasoning_tokens"
+TOKEN_METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS)
+
+UNATTRIBUTED = "unattributed"
+
+
+class Prerequisite(Protocol):
+    """Something a batch must see stored before its request is acknowledged."""
+
+    done: "threading.Event"
+    stored: bool
+
+
+@dataclass(slots=True)
+class Rejection:
+    """One event refused at ingest, with the reason a client can act on."""
+
+    event_id: str
+    reason: str
+
+
+@dataclass
+class UsageBatch:
+    """Usage rows in columns. All row columns have the same length."""
+
+    event_id: list[str] = field(default_factory=list)
+    event_seq: list[int] = field(default_factory=list)
+    """Position of the source event in the request; tells two copies of one event apart."""
+    event_time_ns: list[int] = field(default_factory=list)
+    meter: list[str] = field(default_factory=list)
+    quantity: list[int] = field(default_factory=list)
+    provider: list[str] = field(default_factory=list)
+    model: list[str] = field(default_factory=list)
+    operation: list[str] = field(default_factory=list)
+    resource_attributes: list[dict[str, str]] = field(default_factory=list)
+    """Wanted resource attributes of each row's resource (shared dicts, not copies)."""
+    event_attributes: list[dict[str, str]] = field(default_factory=list)
+    """Wanted span (or event) attributes of each row's event (shared per event)."""
+
+    # Set by the attribution processor.
+    customer: list[str] = field(default_factory=list)
+    feature: list[str] = field(default_factory=list)
+    service: list[str] = field(default_factory=list)
+    environment: list[str] = field(default_factory=list)
+
+    # Set by the rating processor.
+    unit_price: list[Decimal] = field(default_factory=list)
+    amount: list[Decimal] = field(default_factory=list)
+    currency: list[str] = field(default_factory=list)
+    priced: list[bool] = field(default_factory=list)
+    rate_card: list[str] = field(default_factory=list)
+    rate_card_version: list[str] = field(default_factory=list)
+
+    rejections: list[Rejection] = field(default_factory=list)
+    duplicate_events: int = 0
+    on_stored: list[Callable[[bool], None]] = field(default_factory=list)
+    """Callbacks run once the batch is durably stored (True) or failed (False)."""
+    depends_on: list[Prerequisite] = field(default_factory=list)
+    """Other in-flight batches that hold events this batch dropped as duplicates: the
+    request is acknowledged only when they are stored too."""
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def select(self, keep: list[int]) -> "UsageBatch":
+        """A new batch with only the rows at the given indexes (in order)."""
+        out = UsageBatch(
+            rejections=self.rejections,
+            duplicate_events=self.duplicate_events,
+            on_stored=self.on_stored,
+            depends_on=self.depends_on,
+        )
+        for name in ROW_COLUMNS:
+            column = getattr(self, name)
+            if column:
+                setattr(out, name, [column[i] for i in keep])
+        return out
+
+    def extend(self, other: "UsageBatch") -> None:
+        """Append another batch's rows (used to group-commit several requests)."""
+        for name in ROW_COLUMNS:
+            getattr(self, name).extend(getattr(other, name))
+        self.rejections.extend(other.rejections)
+        self.duplicate_events += other.duplicate_events
+
+
+ROW_COLUMNS = (
+    "event_id", "event_seq", "event_time_ns", "meter", "quantity", "provider", "model", "operation",
+    "resource_attributes", "event_attributes", "customer", "feature", "service", "environment",
+    "unit_price", "amount", "currency", "priced", "rate_card", "rate_card_version",
+)

@@ -1,0 +1,187 @@
+"""Fixtures that run the real otel-meter server as a subprocess on free ports with a
+temporary embedded ClickHouse (chDB) store, and send to it with the real
+OpenTelemetry SDK and its OTLP/gRPC exporter."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+RATE_CARD = """\
+currency: USD
+models:
+  - match: "gpt-4o-mini*"
+    prices: {input_tokens: "0.15", output_tokens: "0.60", cache_read_tokens: "0.075"}
+  - match: "gpt-4o*"
+    prices: {input_tokens: "2.50", output_tokens: "10.00", cache_read_tokens: "1.25"}
+  - match: "claude-*"
+    prices: {input_tokens: "3.00", output_tokens: "15.00", cache_read_tokens: "0.30", cache_write_tokens: "3.75"}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class MeterServer:
+    workdir: Path
+    grpc_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    extra_processors: str = ""
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "collector-config.yaml"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def write_config(self, rate_card: str = RATE_CARD) -> None:
+        (self.workdir / "rate-card.yaml").write_text(rate_card)
+        self.config_path.write_text(textwrap.dedent(f"""\
+            receivers:
+              otlp:
+                protocols:
+                  grpc: {{endpoint: 127.0.0.1:{self.grpc_port}}}
+            processors:
+              genai_usage: {{}}
+              dedup: {{}}
+              attribution:
+                customer: [customer.id, tenant.id]
+              rating:
+                rate_card: rate-card.yaml
+            exporters:
+              clickhouse:
+                endpoint: chdb://{self.workdir / 'data'}
+            extensions:
+              usage_api: {{endpoint: 127.0.0.1:{self.api_port}}}
+            service:
+              extensions: [usage_api]
+              pipelines:
+                traces: {{receivers: [otlp], processors: [genai_usage, dedup, attribution, rating], exporters: [clickhouse]}}
+            """))
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = open(self.workdir / "server.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "otel_meter", "serve", "--config", str(self.config_path)],
+                                        cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=1):
+                    pass
+                with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not become ready:\n{self.log()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        path = self.workdir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def usage(self, group_by: str = "customer,model,meter", start: str = "2000-01-01T00:00:00Z",
+              end: str = "2100-01-01T00:00:00Z", **extra: str) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode({"from": start, "to": end, "group_by": group_by, **extra})
+        with urllib.request.urlopen(f"{self.api_url}/v1/usage?{query}", timeout=30) as response:
+            return json.load(response)["rows"]
+
+
+@pytest.fixture
+def meter_server(tmp_path: Path) -> Iterator[MeterServer]:
+    server = MeterServer(workdir=tmp_path)
+    server.write_config()
+    server.start()
+    yield server
+    if server.process is not None:
+        server.process.kill()
+        server.process.wait()
+
+
+class SpanFactory:
+    """Makes finished spans with the real SDK (one provider per resource)."""
+
+    def __init__(self) -> None:
+        self.memory = InMemorySpanExporter()
+        self._providers: dict[tuple, TracerProvider] = {}
+
+    def span(self, attributes: dict[str, Any], resource: dict[str, Any] | None = None,
+             name: str = "chat gpt-4o") -> ReadableSpan:
+        key = tuple(sorted((resource or {}).items()))
+        provider = self._providers.get(key)
+        if provider is None:
+            provider = TracerProvider(resource=Resource.create({"service.name": "chat-app", **(resource or {})}))
+            provider.add_span_processor(SimpleSpanProcessor(self.memory))
+            self._providers[key] = provider
+        tracer = provider.get_tracer("tests")
+        with tracer.start_as_current_span(name, attributes=attributes):
+            pass
+        return self.memory.get_finished_spans()[-1]
+
+
+def export(server: MeterServer, spans: list[ReadableSpan]) -> SpanExportResult:
+    exporter = OTLPSpanExporter(endpoint=server.grpc_endpoint, insecure=True, timeout=30)
+    try:
+        return exporter.export(spans)
+    finally:
+        exporter.shutdown()
+
+
+def export_raw(server: MeterServer, spans: list[ReadableSpan]):
+    """Send with the SDK's own OTLP encoder over a plain gRPC stub, returning the response
+    (the SDK exporter only logs partial success)."""
+    import grpc
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+    with grpc.insecure_channel(server.grpc_endpoint) as channel:
+        return TraceServiceStub(channel).Export(encode_spans(spans), timeout=30)
+
+
+def chat(factory: SpanFactory, customer: str | None, model: str, input_tokens: Any, output_tokens: Any,
+         **more: Any) -> ReadableSpan:
+    attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": model,
+                  "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens}
+    attributes.update({key.replace("__", "."): value for key, value in more.items()})
+    resource = {"customer.id": customer} if customer else {}
+    return factory.span(attributes, resource=resource, name=f"chat {model}")
+
+
+def totals(rows: list[dict[str, Any]], *keys: str) -> dict[tuple, tuple[int, str]]:
+    return {tuple(row[key] for key in keys): (row["quantity"], row["amount"]) for row in rows}
