@@ -86,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or logs.level, logs.encoding)
     service = Service(config)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: service._stopped.set())
+        signal.signal(signum, lambda *_: service.request_stop())
     service.start()
     try:
         service.wait()

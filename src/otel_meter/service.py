@@ -25,7 +25,8 @@ class Service:
         self.exporters: dict[str, object] = {}
         self.extensions: dict[str, object] = {}
         self.pipelines: list[TracesPipeline] = []
-        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._shut_down = False
         self._build()
 
     def _context(self, component_id: str) -> BuildContext:
@@ -80,9 +81,9 @@ class Service:
 
     def shutdown(self) -> None:
         """Stop receiving, let in-flight requests finish and be stored, flush, close."""
-        if self._stopped.is_set():
+        if self._shut_down:
             return
-        self._stopped.set()
+        self._shut_down = True
         logger.info("shutting down: draining requests and flushing usage")
         for receiver in self.receivers.values():
             receiver.shutdown()
@@ -94,5 +95,9 @@ class Service:
             store.close()
         logger.info("otel-meter stopped")
 
+    def request_stop(self) -> None:
+        """Safe from a signal handler: the main thread then runs :meth:`shutdown`."""
+        self._stop_requested.set()
+
     def wait(self) -> None:
-        self._stopped.wait()
+        self._stop_requested.wait()
