@@ -23,6 +23,15 @@ TOKEN_METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKE
 
 UNATTRIBUTED = "unattributed"
 
+MONEY_SCALE = 18
+"""Money on the hot path is exact fixed point: an int counts units of 10**-18 of the
+currency, the same representation as ClickHouse's Decimal(38, 18), so an amount goes
+from the rate card's Decimal to storage without rounding and without a Decimal per row."""
+
+
+def money_to_decimal(units: int) -> Decimal:
+    return Decimal(units).scaleb(-MONEY_SCALE)
+
 
 class Prerequisite(Protocol):
     """Something a batch must see stored before its request is acknowledged."""
@@ -64,8 +73,10 @@ class UsageBatch:
     environment: list[str] = field(default_factory=list)
 
     # Set by the rating processor.
-    unit_price: list[Decimal] = field(default_factory=list)
-    amount: list[Decimal] = field(default_factory=list)
+    unit_price: list[int] = field(default_factory=list)
+    """Price of one unit in 10**-18 currency units (see MONEY_SCALE)."""
+    amount: list[int] = field(default_factory=list)
+    """quantity x unit_price in 10**-18 currency units, exact."""
     currency: list[str] = field(default_factory=list)
     priced: list[bool] = field(default_factory=list)
     rate_card: list[str] = field(default_factory=list)

@@ -25,9 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from otel_meter.errors import RateCardError
-from otel_meter.usage import CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS, TOKEN_METERS
+from otel_meter.usage import MONEY_SCALE, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS, TOKEN_METERS
 
-PRICE_SCALE = 18
+PRICE_SCALE = MONEY_SCALE
 """Decimal places kept for a per-unit price and an amount (ClickHouse Decimal(38, 18))."""
 UNITS_PER_PRICE = Decimal(1_000_000)
 MAX_PRICE_DECIMALS = PRICE_SCALE - 6
@@ -90,6 +90,11 @@ class Price:
     """Price of one unit (one token), exact."""
     rule: int
     """Index of the rule in ``models`` that matched."""
+
+    @property
+    def unit_price_units(self) -> int:
+        """The unit price in 10**-18 currency units (exact: prices have at most 12 decimals per million)."""
+        return int(EXACT.scaleb(self.unit_price, PRICE_SCALE))
 
 
 class RateCard:

@@ -8,7 +8,6 @@ The same SQL serves both.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,7 +65,6 @@ class Store:
 
     def __init__(self, location: StoreLocation, connect_timeout: float = 10.0) -> None:
         self.location = location
-        self._lock = threading.Lock()
         self.client = self._connect(connect_timeout)
 
     def _connect(self, connect_timeout: float) -> Client:

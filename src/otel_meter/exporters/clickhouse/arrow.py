@@ -15,13 +15,19 @@ STRING_COLUMNS = ("event_id", "customer", "feature", "service", "environment", "
                   "meter", "currency", "rate_card", "rate_card_version")
 
 
+def money_array(units: list[int]) -> pa.Array:
+    """Decimal(38, 18) values straight from their integer representation (16-byte little endian)."""
+    buffer = b"".join([value.to_bytes(16, "little", signed=True) for value in units])
+    return pa.Array.from_buffers(MONEY, len(units), [None, pa.py_buffer(buffer)])
+
+
 def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
     rows = len(batch)
     columns: dict[str, pa.Array] = {name: pa.array(getattr(batch, name), pa.string()) for name in STRING_COLUMNS}
     columns["event_time"] = pa.array(batch.event_time_ns, pa.int64()).cast(EVENT_TIME)
     columns["received_at"] = pa.array([received_at_us] * rows, pa.int64()).cast(RECEIVED_AT)
     columns["quantity"] = pa.array(batch.quantity, pa.int64()).cast(QUANTITY)
-    columns["unit_price"] = pa.array(batch.unit_price, MONEY)
-    columns["amount"] = pa.array(batch.amount, MONEY)
+    columns["unit_price"] = money_array(batch.unit_price)
+    columns["amount"] = money_array(batch.amount)
     columns["priced"] = pa.array(batch.priced, pa.bool_())
     return pa.table(columns)

@@ -28,6 +28,9 @@ class InvalidCount(ValueError):
 
 def count_value(value: AnyValue, maximum: int) -> int:
     """A token count from an attribute value: integers, integral doubles and numeric strings."""
+    number = value.int_value
+    if 0 < number <= maximum:  # the common case, without asking which field is set
+        return number
     kind = value.WhichOneof("value")
     if kind == "int_value":
         number = value.int_value
@@ -61,6 +64,9 @@ def count_value(value: AnyValue, maximum: int) -> int:
 
 def text_value(value: AnyValue) -> str:
     """An attribute value as text, for dimensions (ids may arrive as ints)."""
+    text = value.string_value
+    if text:
+        return text
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
@@ -85,7 +91,7 @@ class GenAIUsageProcessor:
         self._wanted_span_keys: frozenset[str] = cv.USAGE_KEYS | cv.DIMENSION_KEYS
 
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
-        self._extra_resource_keys = frozenset(resource_keys) | {SDK_NAME}
+        self._extra_resource_keys = frozenset(resource_keys)
         self._extra_span_keys = frozenset(span_keys)
         self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys
 
@@ -123,16 +129,16 @@ class GenAIUsageProcessor:
                             event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
                                       f"8 bytes, not all zero; usage cannot be deduplicated without them"))
                         continue
-                    try:
-                        meters = self._meters(found, maximum, sdk_name)
-                    except InvalidCount as error:
-                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
-                        continue
                     provider = ""
                     for key in cv.PROVIDER:
                         if key in found:
                             provider = text_value(found[key])
                             break
+                    try:
+                        meters = self._meters(found, maximum, (sdk_name, provider.lower()))
+                    except InvalidCount as error:
+                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
+                        continue
                     model = text_value(found[cv.RESPONSE_MODEL]) if cv.RESPONSE_MODEL in found else ""
                     if not model and cv.REQUEST_MODEL in found:
                         model = text_value(found[cv.REQUEST_MODEL])
@@ -152,7 +158,7 @@ class GenAIUsageProcessor:
         return batch
 
     @staticmethod
-    def _meters(found: dict[str, AnyValue], maximum: int, sdk_name: str) -> list[tuple[str, int]]:
+    def _meters(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str]) -> list[tuple[str, int]]:
         def first(keys: tuple[str, ...]) -> int:
             for key in keys:
                 if key in found:
@@ -169,15 +175,10 @@ class GenAIUsageProcessor:
         cache_write = first(cv.CACHE_WRITE)
         reasoning = first(cv.REASONING)
 
-        provider = ""
-        for key in cv.PROVIDER:
-            if key in found:
-                provider = text_value(found[key]).lower()
-                break
         # The conventions count cached input inside input_tokens and reasoning inside
         # output_tokens. An emitter that reports them outside either is known to
         # (CACHE_EXCLUSIVE_EMITTERS) or gives itself away with parts larger than the total.
-        cache_exclusive = (sdk_name, provider) in cv.CACHE_EXCLUSIVE_EMITTERS or cache_read + cache_write > input_total
+        cache_exclusive = emitter in cv.CACHE_EXCLUSIVE_EMITTERS or cache_read + cache_write > input_total
         uncached_input = input_total if cache_exclusive else input_total - cache_read - cache_write
         plain_output = output_total if reasoning > output_total else output_total - reasoning
 

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-from decimal import Decimal
-
-from otel_meter.rating.rate_card import EXACT, RateCard
+from otel_meter.rating.rate_card import RateCard
 from otel_meter.usage import UsageBatch
-
-ZERO = Decimal(0)
 
 
 class RatingProcessor:
-    """Prices every row with the rate card: amount = quantity x unit price, exactly.
+    """Prices every row with the rate card: amount = quantity x unit price, exactly
+    (integer fixed point, see ``usage.MONEY_SCALE``).
 
     A row whose model or meter has no price keeps amount 0 and ``priced`` False, so
     unpriced usage is stored and queryable, never dropped.
@@ -18,31 +15,30 @@ class RatingProcessor:
     def __init__(self, card: RateCard | None, currency: str = "USD") -> None:
         self.card = card
         self.currency = card.currency if card else currency
-        self._prices: dict[tuple[str, str, str], Decimal | None] = {}
+        self._prices: dict[tuple[str, str, str], int | None] = {}
 
-    def _unit_price(self, model: str, provider: str, meter: str) -> Decimal | None:
+    def _unit_price(self, model: str, provider: str, meter: str) -> int | None:
         key = (model, provider, meter)
         try:
             return self._prices[key]
         except KeyError:
             price = self.card.price(model, provider, meter) if self.card else None
-            unit = price.unit_price if price else None
+            unit = price.unit_price_units if price else None
             if len(self._prices) < 100_000:
                 self._prices[key] = unit
             return unit
 
     def process(self, batch: UsageBatch) -> UsageBatch:
         unit_prices, amounts, priced = [], [], []
-        multiply = EXACT.multiply
         for model, provider, meter, quantity in zip(batch.model, batch.provider, batch.meter, batch.quantity):
             unit = self._unit_price(model, provider, meter)
             if unit is None:
-                unit_prices.append(ZERO)
-                amounts.append(ZERO)
+                unit_prices.append(0)
+                amounts.append(0)
                 priced.append(False)
             else:
                 unit_prices.append(unit)
-                amounts.append(multiply(unit, quantity))
+                amounts.append(unit * quantity)
                 priced.append(True)
         rows = len(batch.meter)
         batch.unit_price, batch.amount, batch.priced = unit_prices, amounts, priced

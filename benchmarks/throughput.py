@@ -1,0 +1,932 @@
+"""End-to-end ingest throughput of otel-meter, with the single-core ceilings beside it.
+
+Starts the real server (``python -m otel_meter serve``) on free ports with an embedded
+chDB store in a temporary directory, drives it from a separate load-generator process
+with pre-serialized OTLP/gRPC requests of GenAI spans, and reports:
+
+* sustained end-to-end spans/s (an acknowledgement means the rated rows are stored),
+  checked exactly at the end against ``GET /v1/usage`` (quantities and amounts);
+* ack latency of the load requests, and receipt-to-queryable latency of small probe
+  requests (each with its own customer, polled through the usage API);
+* the server's peak RSS (VmHWM) and CPU use;
+* in-process, single-core rates over the same payloads: protobuf parse only,
+  ``GenAIUsageProcessor.extract`` only, and the whole pipeline without ClickHouse,
+  so the gap between them and the end-to-end rate shows where the time goes.
+
+Run ``python benchmarks/throughput.py --help``; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+MILLION = Decimal(1_000_000)
+SPANS_PER_TRACE = 4
+"""Consecutive spans share a trace id, like the several LLM calls of one agent run."""
+MAX_ATTEMPTS = 5
+"""A failed request is re-sent as is (dedup makes that safe) so the exact check still holds."""
+PROBE_TOKENS = (100, 10)
+"""(input, output) tokens of each probe span."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model the load uses, with the prices its rate card rule gets (USD per million tokens)."""
+
+    provider: str
+    request: str
+    response: str
+    server: str
+    input_price: Decimal
+    output_price: Decimal
+    cache_read_price: Decimal
+
+
+MODELS = (
+    Model("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "api.openai.com",
+          Decimal("0.15"), Decimal("0.60"), Decimal("0.075")),
+    Model("openai", "gpt-4o", "gpt-4o-2024-08-06", "api.openai.com",
+          Decimal("2.50"), Decimal("10.00"), Decimal("1.25")),
+    Model("anthropic", "claude-sonnet-4", "claude-sonnet-4-20250514", "api.anthropic.com",
+          Decimal("3.00"), Decimal("15.00"), Decimal("0.30")),
+    Model("anthropic", "claude-3-5-haiku", "claude-3-5-haiku-20241022", "api.anthropic.com",
+          Decimal("0.80"), Decimal("4.00"), Decimal("0.08")),
+)
+MODEL_WEIGHTS = (50, 20, 20, 10)
+SERVICES = ("chat-app", "support-bot", "search-summarizer", "code-assistant")
+FINISH_REASONS = ("stop", "stop", "stop", "length", "tool_calls")
+
+
+# --------------------------------------------------------------------------- workload
+
+@dataclass(frozen=True)
+class Template:
+    """One serialized request whose trace and span ids are rewritten per send.
+
+    Ids are fixed-width ``bytes`` fields, so they sit at fixed offsets in the
+    serialized body: stamping new ids costs a few slice writes, not a re-encode,
+    which is what lets the pool be built quickly before the timed phase.
+    """
+
+    payload: bytes
+    trace_offsets: tuple[int, ...]
+    span_offsets: tuple[int, ...]
+    tokens_by_customer: dict[str, int]
+    amount: Decimal
+
+    @property
+    def spans(self) -> int:
+        return len(self.span_offsets)
+
+
+def kv(key: str, value: str | int | float | bool) -> KeyValue:
+    """An OTLP attribute."""
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def span_amount(model: Model, input_tokens: int, output_tokens: int, cache_read: int) -> Decimal:
+    """What the rate card should charge: cached input is part of input_tokens (the convention)."""
+    return ((input_tokens - cache_read) * model.input_price + cache_read * model.cache_read_price
+            + output_tokens * model.output_price) / MILLION
+
+
+def fill_span(span: Span, rng: random.Random, model: Model, placeholder_trace: bytes, placeholder_span: bytes,
+              end_ns: int) -> tuple[int, Decimal]:
+    """A realistic chat span (usage plus the attributes instrumentations add); returns its tokens and price."""
+    input_tokens = int(rng.lognormvariate(6.5, 1.0)) + 1
+    output_tokens = int(rng.lognormvariate(5.0, 0.8)) + 1
+    cache_read = rng.randrange(input_tokens) if rng.random() < 0.3 else 0
+    duration = int(rng.uniform(0.2, 8.0) * 1e9)
+    span.trace_id = placeholder_trace
+    span.span_id = placeholder_span
+    span.name = f"chat {model.request}"
+    span.kind = Span.SPAN_KIND_CLIENT
+    span.start_time_unix_nano = end_ns - duration
+    span.end_time_unix_nano = end_ns
+    attributes = [
+        kv("gen_ai.operation.name", "chat"), kv("gen_ai.provider.name", model.provider),
+        kv("gen_ai.request.model", model.request), kv("gen_ai.response.model", model.response),
+        kv("gen_ai.request.max_tokens", 1024), kv("gen_ai.request.temperature", 0.7),
+        kv("gen_ai.response.id", f"resp_{rng.getrandbits(64):016x}"),
+        kv("gen_ai.response.finish_reasons", rng.choice(FINISH_REASONS)),
+        kv("gen_ai.usage.input_tokens", input_tokens), kv("gen_ai.usage.output_tokens", output_tokens),
+        kv("server.address", model.server), kv("server.port", 443),
+    ]
+    if cache_read:
+        attributes.append(kv("gen_ai.usage.cache_read.input_tokens", cache_read))
+    span.attributes.extend(attributes)
+    return input_tokens + output_tokens, span_amount(model, input_tokens, output_tokens, cache_read)
+
+
+def build_template(rng: random.Random, spans: int, resources: int, customers: Sequence[str], now_ns: int) -> Template:
+    """A request of ``spans`` chat spans spread over ``resources`` resources (one customer each).
+
+    Ids are random placeholders, located in the serialized bytes afterwards; spans
+    serialize in order, so each search only scans forward from the previous hit.
+    """
+    request = ExportTraceServiceRequest()
+    placeholders: list[tuple[bytes, bytes]] = []
+    tokens: Counter[str] = Counter()
+    amount = Decimal(0)
+    for r in range(resources):
+        customer = rng.choice(customers)
+        resource_spans = request.resource_spans.add()
+        resource_spans.resource.attributes.extend([
+            kv("service.name", rng.choice(SERVICES)), kv("service.version", "1.4.2"),
+            kv("customer.id", customer), kv("deployment.environment.name", "production"),
+            kv("telemetry.sdk.name", "opentelemetry"), kv("telemetry.sdk.language", "python"),
+            kv("telemetry.sdk.version", "1.38.0"), kv("host.name", f"worker-{rng.randrange(16)}"),
+        ])
+        scope_spans = resource_spans.scope_spans.add()
+        scope_spans.scope.name = "opentelemetry.instrumentation.openai_v2"
+        scope_spans.scope.version = "2.1b0"
+        for _ in range(spans // resources + (1 if r < spans % resources else 0)):
+            ids = (rng.randbytes(16), rng.randbytes(8))
+            placeholders.append(ids)
+            model = rng.choices(MODELS, MODEL_WEIGHTS)[0]
+            span_tokens, span_price = fill_span(scope_spans.spans.add(), rng, model, *ids,
+                                                now_ns - rng.randrange(60 * 10**9))
+            tokens[customer] += span_tokens
+            amount += span_price
+    payload = request.SerializeToString()
+    trace_offsets, span_offsets, position = [], [], 0
+    for trace_id, span_id in placeholders:
+        position = payload.index(trace_id, position)
+        trace_offsets.append(position)
+        position = payload.index(span_id, position + 16)
+        span_offsets.append(position)
+    return Template(payload, tuple(trace_offsets), tuple(span_offsets), dict(tokens), amount)
+
+
+def build_templates(count: int, spans: int, resources: int, customers: int, seed: int) -> list[Template]:
+    """Distinct requests to cycle through; more templates mean more customer/model mixes."""
+    rng = random.Random(seed)
+    names = [f"cust-{n:04d}" for n in range(customers)]
+    now_ns = time.time_ns()
+    return [build_template(rng, spans, resources, names, now_ns) for _ in range(count)]
+
+
+def stamp(template: Template, nonce: bytes, index: int) -> bytes:
+    """Payload ``index`` of the run: the template with ids unique across the whole run.
+
+    Span ids count up from 1 (never zero); trace ids are the run's nonce plus a
+    counter, so reruns against the same store do not collide either.
+    """
+    body = bytearray(template.payload)
+    first = index * template.spans + 1
+    for n, trace_offset, span_offset in zip(itertools.count(first), template.trace_offsets, template.span_offsets):
+        body[trace_offset:trace_offset + 16] = nonce + (n // SPANS_PER_TRACE).to_bytes(8, "big")
+        body[span_offset:span_offset + 8] = n.to_bytes(8, "big")
+    return bytes(body)
+
+
+def check_stamping(template: Template, nonce: bytes, index: int) -> None:
+    """Guard against a misplaced offset: the stamped body must parse with exactly the intended ids."""
+    request = ExportTraceServiceRequest.FromString(stamp(template, nonce, index))
+    spans = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    first = index * template.spans + 1
+    for n, span in zip(itertools.count(first), spans):
+        if span.span_id != n.to_bytes(8, "big") or span.trace_id != nonce + (n // SPANS_PER_TRACE).to_bytes(8, "big"):
+            raise AssertionError("stamped ids landed in the wrong place; template offsets are wrong")
+
+
+# --------------------------------------------------------------------------- server
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rate_card_text() -> str:
+    """One rule per model the load uses, pricing all three meters it produces."""
+    lines = ["currency: USD", "models:"]
+    for model in MODELS:
+        lines.append(f'  - match: "{model.response}"')
+        lines.append(f'    prices: {{input_tokens: "{model.input_price}", output_tokens: "{model.output_price}", '
+                     f'cache_read_tokens: "{model.cache_read_price}"}}')
+    return "\n".join(lines) + "\n"
+
+
+def write_config(workdir: Path, grpc_port: int, api_port: int) -> Path:
+    """The integration tests' config shape: full pipeline into an embedded store in ``workdir``."""
+    (workdir / "rate-card.yaml").write_text(rate_card_text())
+    path = workdir / "collector-config.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        receivers:
+          otlp:
+            protocols:
+              grpc: {{endpoint: 127.0.0.1:{grpc_port}}}
+        processors:
+          genai_usage: {{}}
+          dedup: {{}}
+          attribution:
+            customer: [customer.id, tenant.id]
+          rating:
+            rate_card: rate-card.yaml
+        exporters:
+          clickhouse:
+            endpoint: chdb://{workdir / 'data'}
+        extensions:
+          usage_api: {{endpoint: 127.0.0.1:{api_port}}}
+        service:
+          extensions: [usage_api]
+          pipelines:
+            traces: {{receivers: [otlp], processors: [genai_usage, dedup, attribution, rating], exporters: [clickhouse]}}
+        """))
+    return path
+
+
+@dataclass
+class Server:
+    """The real service as a subprocess, observed through /proc."""
+
+    workdir: Path
+    grpc_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "collector-config.yaml"
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start and wait until both the usage API and the gRPC port answer; returns the seconds taken."""
+        write_config(self.workdir, self.grpc_port, self.api_port)
+        began = time.monotonic()
+        with open(self.workdir / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "otel_meter", "serve", "--config", str(self.config_path)],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        while time.monotonic() - began < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=1):
+                    pass
+                with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
+                    return time.monotonic() - began
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not become ready in {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (drain and flush), then SIGKILL if it hangs."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def status_kib(self, field_name: str) -> int:
+        """A ``VmHWM``/``VmRSS`` line of /proc/<pid>/status, in KiB."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise KeyError(field_name)
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the whole process (all threads, including finished ones)."""
+        assert self.process is not None
+        return process_cpu_seconds(self.process.pid)
+
+    def thread_cpu(self) -> dict[int, tuple[str, float]]:
+        """CPU seconds per live thread id, with the thread's name (Python threads are all ``python``)."""
+        assert self.process is not None
+        threads = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                threads[int(task.name)] = parse_stat((task / "stat").read_text())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return threads
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.workdir / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def parse_stat(text: str) -> tuple[str, float]:
+    """(comm, utime+stime seconds) from a /proc stat line; comm may contain spaces."""
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    return parse_stat(Path(f"/proc/{pid}/stat").read_text())[1]
+
+
+def cpu_by_thread_name(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                       seconds: float) -> dict[str, float]:
+    """Cores used per thread name over an interval (threads that ended in it are missed: approximate)."""
+    used: Counter[str] = Counter()
+    for tid, (name, cpu) in after.items():
+        used[name] += cpu - before.get(tid, (name, 0.0))[1]
+    return {name: round(cpu / seconds, 3) for name, cpu in used.most_common() if cpu / seconds >= 0.01}
+
+
+# --------------------------------------------------------------------------- load generator (own process)
+
+@dataclass(frozen=True)
+class LoadSettings:
+    endpoint: str
+    seconds: float
+    warmup: float
+    concurrency: int
+    pool_requests: int
+    nonce: bytes
+
+
+@dataclass
+class LoadResult:
+    """What the load process hands back: one record per request, plus its own costs."""
+
+    records: list[tuple[int, float, float, int]] = field(default_factory=list)
+    """(payload index, send of the acknowledged attempt, ack time, attempts), monotonic seconds."""
+    failed: list[int] = field(default_factory=list)
+    rejected_spans: int = 0
+    errors: list[str] = field(default_factory=list)
+    started: float = 0.0
+    build_seconds: float = 0.0
+    payload_bytes: int = 0
+    pool_exhausted: bool = False
+    cpu_seconds: float = 0.0
+
+
+def run_load(conn: Connection, settings: LoadSettings, templates: list[Template]) -> None:
+    """Entry point of the load process: build the pool, report ready, wait for go, send, report.
+
+    Runs in its own interpreter (spawn) so its CPU and GIL are not the server's or
+    the probe's; on a 2-core machine it still competes with the server for cores.
+    """
+    result = LoadResult()
+    began = time.perf_counter()
+    pool = [stamp(templates[i % len(templates)], settings.nonce, i) for i in range(settings.pool_requests)]
+    result.build_seconds = time.perf_counter() - began
+    result.payload_bytes = sum(map(len, pool))
+    channel = grpc.insecure_channel(settings.endpoint, options=[("grpc.max_send_message_length", -1)])
+    grpc.channel_ready_future(channel).result(timeout=30)
+    export = channel.unary_unary(EXPORT_METHOD, request_serializer=None,
+                                 response_deserializer=ExportTraceServiceResponse.FromString)
+    conn.send(("ready", result.build_seconds))
+    conn.recv()  # go
+    cpu_before = time.process_time()
+    result.started = time.monotonic()
+    deadline = result.started + settings.warmup + settings.seconds
+    next_index = itertools.count()
+    lock = threading.Lock()
+
+    def sender() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                index = next(next_index)
+            if index >= len(pool):
+                result.pool_exhausted = True
+                return
+            send_one(export, pool[index], index, result, lock)
+
+    threads = [threading.Thread(target=sender, name=f"load-{n}") for n in range(settings.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.cpu_seconds = time.process_time() - cpu_before
+    channel.close()
+    conn.send(("done", result))
+
+
+def send_one(export: grpc.UnaryUnaryMultiCallable, payload: bytes, index: int, result: LoadResult,
+             lock: threading.Lock) -> None:
+    """Send one request until acknowledged (same bytes each time: dedup makes a resend harmless)."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        sent = time.monotonic()
+        try:
+            response: ExportTraceServiceResponse = export(payload, timeout=120)
+        except grpc.RpcError as error:
+            with lock:
+                result.errors.append(f"{error.code().name}: {error.details()}")
+            time.sleep(0.1 * attempt)
+            continue
+        acked = time.monotonic()
+        with lock:
+            result.records.append((index, sent, acked, attempt))
+            result.rejected_spans += response.partial_success.rejected_spans
+            if response.partial_success.rejected_spans:
+                result.errors.append(f"partial success: {response.partial_success.error_message}")
+        return
+    with lock:
+        result.failed.append(index)
+
+
+# --------------------------------------------------------------------------- probes (main process)
+
+@dataclass
+class ProbeSample:
+    sent: float
+    ack_seconds: float
+    queryable_seconds: float
+    """From the acknowledgement to the first usage query that shows the probe."""
+
+
+def usage_rows(api_url: str, start: str, end: str, group_by: str, customer: str | None = None,
+               timeout: float = 60) -> list[dict[str, Any]]:
+    """``GET /v1/usage`` rows."""
+    query = {"from": start, "to": end, "group_by": group_by}
+    if customer is not None:
+        query["customer"] = customer
+    with urllib.request.urlopen(f"{api_url}/v1/usage?{urllib.parse.urlencode(query)}", timeout=timeout) as response:
+        return json.load(response)["rows"]
+
+
+def probe_request(customer: str, trace_id: bytes, span_id: bytes) -> ExportTraceServiceRequest:
+    """One chat span of a customer no load span uses, so its first appearance is unambiguous."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend([kv("service.name", "probe"), kv("customer.id", customer)])
+    span = resource_spans.scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = trace_id, span_id, "chat gpt-4o-mini"
+    span.end_time_unix_nano = time.time_ns()
+    span.start_time_unix_nano = span.end_time_unix_nano - 10**9
+    span.attributes.extend([
+        kv("gen_ai.operation.name", "chat"), kv("gen_ai.provider.name", "openai"),
+        kv("gen_ai.request.model", MODELS[0].request), kv("gen_ai.response.model", MODELS[0].response),
+        kv("gen_ai.usage.input_tokens", PROBE_TOKENS[0]), kv("gen_ai.usage.output_tokens", PROBE_TOKENS[1]),
+    ])
+    return request
+
+
+class Prober(threading.Thread):
+    """Every ``interval``: send one probe, then poll the usage API until it shows up.
+
+    The probes ride the same server as the load, so their latency is what a
+    dashboard reading usage during heavy ingest would see.
+    """
+
+    def __init__(self, server: Server, interval: float, window: tuple[str, str], nonce: bytes) -> None:
+        super().__init__(name="prober", daemon=True)
+        self.server, self.interval, self.window, self.nonce = server, interval, window, nonce
+        self.stop_event = threading.Event()
+        self.samples: list[ProbeSample] = []
+        self.customers: list[str] = []
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        with grpc.insecure_channel(self.server.grpc_endpoint) as channel:
+            stub = TraceServiceStub(channel)
+            for n in itertools.count(1):
+                if self.stop_event.is_set():
+                    return
+                try:
+                    self.samples.append(self.probe(stub, n))
+                except Exception as error:  # reported, and fails the exact check if it was stored
+                    self.errors.append(f"probe {n}: {error!r}")
+                self.stop_event.wait(self.interval)
+
+    def probe(self, stub: TraceServiceStub, n: int) -> ProbeSample:
+        customer = f"probe-{self.nonce.hex()}-{n:05d}"
+        request = probe_request(customer, self.nonce + n.to_bytes(8, "big"), n.to_bytes(8, "big"))
+        sent = time.monotonic()
+        stub.Export(request, timeout=120)
+        acked = time.monotonic()
+        self.customers.append(customer)
+        while not usage_rows(self.server.api_url, *self.window, group_by="customer", customer=customer):
+            if time.monotonic() - acked > 60:
+                raise TimeoutError(f"{customer} not queryable 60 s after its acknowledgement")
+            time.sleep(0.002)
+        return ProbeSample(sent, acked - sent, time.monotonic() - acked)
+
+
+# --------------------------------------------------------------------------- verification
+
+@dataclass
+class Verification:
+    ok: bool
+    expected_tokens: int
+    stored_tokens: dict[str, int]
+    """Total quantity per usage query path (line_items, usage_hourly)."""
+    customers: int
+    problems: list[str]
+    seconds: float
+
+
+def expected_usage(templates: list[Template], indices: Iterable[int], probes: list[str]) -> tuple[Counter[str], Decimal]:
+    """Tokens per customer and total amount of everything acknowledged."""
+    tokens: Counter[str] = Counter()
+    amount = Decimal(0)
+    for index in indices:
+        template = templates[index % len(templates)]
+        tokens.update(template.tokens_by_customer)
+        amount += template.amount
+    probe_amount = (PROBE_TOKENS[0] * MODELS[0].input_price + PROBE_TOKENS[1] * MODELS[0].output_price) / MILLION
+    for customer in probes:
+        tokens[customer] += sum(PROBE_TOKENS)
+        amount += probe_amount
+    return tokens, amount
+
+
+def query_windows(start_ns: int, end_ns: int) -> dict[str, tuple[str, str]]:
+    """A window off the hour (read from line_items) and one on whole hours (read from the usage_hourly rollup)."""
+    def iso(ns: int) -> str:
+        return datetime.fromtimestamp(ns // 10**9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9 // 1000:06d}Z"
+
+    hour = 3600 * 10**9
+    return {"line_items": (iso(start_ns - 600 * 10**9 + 500_000), iso(end_ns + 600 * 10**9 + 500_000)),
+            "usage_hourly": (iso(start_ns // hour * hour - hour), iso(end_ns // hour * hour + 2 * hour))}
+
+
+def verify(api_url: str, windows: dict[str, tuple[str, str]], tokens: Counter[str], amount: Decimal) -> Verification:
+    """Exact check through the usage API: per customer and total quantity, amount, nothing unpriced."""
+    began = time.monotonic()
+    problems: list[str] = []
+    stored: dict[str, int] = {}
+    customers = 0
+    for path, (start, end) in windows.items():
+        rows = usage_rows(api_url, start, end, group_by="customer")
+        got = {row["customer"]: int(row["quantity"]) for row in rows}
+        stored[path] = sum(got.values())
+        customers = len(got)
+        if stored[path] != sum(tokens.values()):
+            problems.append(f"{path}: stored {stored[path]} tokens, expected {sum(tokens.values())}")
+        wrong = [c for c in set(got) | set(tokens) if got.get(c, 0) != tokens.get(c, 0)]
+        if wrong:
+            problems.append(f"{path}: {len(wrong)} customers differ, e.g. {wrong[0]}: stored {got.get(wrong[0], 0)}, "
+                            f"expected {tokens.get(wrong[0], 0)}")
+        unpriced = sum(int(row["unpriced_quantity"]) for row in rows)
+        if unpriced:
+            problems.append(f"{path}: {unpriced} tokens unpriced (rate card should price every model)")
+        stored_amount = sum((Decimal(row["amount"]) for row in rows), Decimal(0))
+        if stored_amount != amount:
+            problems.append(f"{path}: amount {stored_amount}, expected {amount}")
+    return Verification(not problems, sum(tokens.values()), stored, customers, problems, time.monotonic() - began)
+
+
+# --------------------------------------------------------------------------- single-core ceilings (in-process)
+
+def timed_rate(spans: int, work: Callable[[], object]) -> float:
+    """Spans per second of one call of ``work``."""
+    began = time.perf_counter()
+    work()
+    return spans / (time.perf_counter() - began)
+
+
+def offline_rates(payloads: list[bytes], spans: int, config_path: Path) -> dict[str, float]:
+    """Parse, extract and the whole pipeline minus ClickHouse over the same payloads, one core.
+
+    The pipeline is the real ``TracesPipeline`` built by the real factories from the
+    benchmark's config; only the exporter is replaced by one that converts to Arrow
+    (as the ClickHouse exporter does) and acknowledges at once.
+    """
+    from otel_meter.component import BuildContext, Kind, factories
+    from otel_meter.config import component_type, load_config
+    from otel_meter.exporters.clickhouse.arrow import to_arrow
+    from otel_meter.exporters.clickhouse.exporter import PendingWrite
+    from otel_meter.pipeline import TracesPipeline
+    from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
+    from otel_meter.usage import UsageBatch
+
+    class ArrowOnlyExporter:
+        def submit(self, batch: UsageBatch) -> PendingWrite:
+            to_arrow(batch, time.time_ns() // 1000)
+            write = PendingWrite(batch)
+            write.done.set()
+            return write
+
+    def build(config_path: Path) -> tuple[GenAIUsageProcessor, TracesPipeline]:
+        config = load_config(config_path)
+        pipeline = next(iter(config.service.pipelines.values()))
+        context = {"stores": {}, "store": None}
+        processors = [factories(Kind.PROCESSOR)[component_type(pid)].create(
+            config.component(Kind.PROCESSOR, pid), BuildContext(config.config_dir, pid, dict(context)))
+            for pid in pipeline.processors]
+        return processors[0], TracesPipeline("bench", processors[0], processors[1:], [ArrowOnlyExporter()], 60.0)
+
+    parse = ExportTraceServiceRequest.FromString
+    rates = {"parse": timed_rate(spans, lambda: [parse(p) for p in payloads])}
+    parsed = [parse(p) for p in payloads]
+    converter, _ = build(config_path)  # a pipeline wires want_attributes as the server does
+    rates["extract"] = timed_rate(spans, lambda: [converter.extract(r) for r in parsed])
+    _, pipeline = build(config_path)  # fresh dedup index: every span is new, as on the server
+    rates["pipeline_no_store"] = timed_rate(spans, lambda: [pipeline.consume(r) for r in parsed])
+    return rates
+
+
+# --------------------------------------------------------------------------- report
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of few samples is their max)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def load_summary(result: LoadResult, spans_per_request: int, warmup: float) -> dict[str, Any]:
+    """Sustained rate over the acks after the warm-up; latency over the requests sent after it."""
+    window_start = result.started + warmup
+    window_end = max(acked for _, _, acked, _ in result.records)
+    steady = [(sent, acked) for _, sent, acked, _ in result.records if acked >= window_start]
+    latencies = [acked - sent for sent, acked in steady if sent >= window_start] or [a - s for s, a in steady]
+    seconds = window_end - window_start
+    acked_spans = len(result.records) * spans_per_request
+    return {
+        "spans_per_second": len(steady) * spans_per_request / seconds,
+        "measured_seconds": seconds,
+        "acked_requests": len(result.records),
+        "acked_spans": acked_spans,
+        "overall_spans_per_second": acked_spans / (window_end - result.started),
+        "ack_p50_ms": percentile(latencies, 50) * 1000,
+        "ack_p99_ms": percentile(latencies, 99) * 1000,
+        "ack_max_ms": max(latencies) * 1000,
+        "resent_requests": sum(1 for *_, attempts in result.records if attempts > 1),
+        "failed_requests": len(result.failed),
+        "rejected_spans": result.rejected_spans,
+        "errors": sorted(Counter(result.errors).items(), key=lambda item: -item[1])[:5],
+        "pool_exhausted": result.pool_exhausted,
+    }
+
+
+def probe_summary(samples: list[ProbeSample], window_start: float) -> dict[str, Any]:
+    """Latency of the probes sent after the warm-up (all of them if none were)."""
+    chosen = [s for s in samples if s.sent >= window_start] or samples
+    queryable = [s.queryable_seconds for s in chosen]
+    total = [s.ack_seconds + s.queryable_seconds for s in chosen]
+    return {
+        "probes": len(chosen),
+        "queryable_after_ack_p50_ms": percentile(queryable, 50) * 1000,
+        "queryable_after_ack_p99_ms": percentile(queryable, 99) * 1000,
+        "send_to_queryable_p50_ms": percentile(total, 50) * 1000,
+        "send_to_queryable_p99_ms": percentile(total, 99) * 1000,
+        "probe_ack_p50_ms": percentile([s.ack_seconds for s in chosen], 50) * 1000,
+    }
+
+
+def human(report: dict[str, Any]) -> str:
+    """The summary a person reads."""
+    s, load, probes, server, ceil, check = (report["settings"], report["load"], report["probes"], report["server"],
+                                            report["single_core"], report["verification"])
+    cpu = ", ".join(f"{name} {cores:.2f}" for name, cores in server["cores_by_thread_name"].items())
+    verdict = ("OK, exact" if check["ok"] else "FAILED: " + "; ".join(check["problems"]))
+    lines = [
+        f"otel-meter throughput ({s['cpus']} CPUs; {s['seconds']:.0f} s measured after {s['warmup']:.0f} s warm-up; "
+        f"{s['concurrency']} requests in flight x {s['spans_per_request']} spans; {s['customers']} customers)",
+        f"  end-to-end (ack = stored)   {load['spans_per_second']:>12,.0f} spans/s   "
+        f"({load['acked_spans']:,} spans in {load['acked_requests']} requests; {load['overall_spans_per_second']:,.0f}/s incl. warm-up)",
+        f"  ack latency                 p50 {load['ack_p50_ms']:7.1f} ms   p99 {load['ack_p99_ms']:7.1f} ms   "
+        f"max {load['ack_max_ms']:.1f} ms",
+        f"  ack -> queryable (probes)   p50 {probes['queryable_after_ack_p50_ms']:7.1f} ms   "
+        f"p99 {probes['queryable_after_ack_p99_ms']:7.1f} ms   ({probes['probes']} probes)",
+        f"  send -> queryable (probes)  p50 {probes['send_to_queryable_p50_ms']:7.1f} ms   "
+        f"p99 {probes['send_to_queryable_p99_ms']:7.1f} ms",
+        f"  server peak RSS (VmHWM)     {server['peak_rss_mib']:>9,.0f} MiB   (ready: {server['ready_rss_mib']:,.0f} MiB, "
+        f"startup {server['startup_seconds']:.1f} s)",
+        f"  server CPU                  {server['cores']:>9.2f} cores  ({cpu})",
+        f"  load generator CPU          {report['load_generator']['cores']:>9.2f} cores",
+        f"  usage API check             {verdict}: {check['expected_tokens']:,} tokens, {check['customers']} customers "
+        f"incl. probes ({check['seconds'] * 1000:.0f} ms)",
+        f"single core, in-process, same {ceil['spans']:,} spans",
+        f"  protobuf parse only         {ceil['parse']:>12,.0f} spans/s",
+        f"  extract (genai_usage)       {ceil['extract']:>12,.0f} spans/s",
+        f"  pipeline without ClickHouse {ceil['pipeline_no_store']:>12,.0f} spans/s   "
+        f"(extract, dedup, attribution, rating, Arrow)",
+    ]
+    if load["resent_requests"] or load["errors"]:
+        lines.append(f"  note: {load['resent_requests']} requests resent; errors: {load['errors']}")
+    if load["pool_exhausted"]:
+        lines.append("  note: the payload pool ran out before the time was up; raise --max-rate")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured load duration")
+    parser.add_argument("--warmup", type=float, default=2.0, help="load before measuring (stored and checked too)")
+    parser.add_argument("--concurrency", type=int, default=6, help="requests in flight")
+    parser.add_argument("--spans-per-request", type=int, default=512)
+    parser.add_argument("--customers", type=int, default=100)
+    parser.add_argument("--resources-per-request", type=int, default=16,
+                        help="resource (customer) groups in one request")
+    parser.add_argument("--templates", type=int, default=16, help="distinct request bodies to cycle through")
+    parser.add_argument("--max-rate", type=float, default=40_000,
+                        help="spans/s the pre-built pool is sized for (it is built before the clock starts)")
+    parser.add_argument("--probe-interval", type=float, default=0.25, help="seconds between latency probes")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--py-spy", metavar="FILE", help="also record the server with py-spy during the load "
+                        "(.txt: collapsed stacks, otherwise a flame graph SVG); needs py-spy on PATH")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (store, server log)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    args = parser.parse_args(argv)
+    if args.spans_per_request < args.resources_per_request or min(args.concurrency, args.templates) < 1:
+        parser.error("need spans-per-request >= resources-per-request, and concurrency, templates >= 1")
+    return args
+
+
+def progress(message: str) -> None:
+    print(f"[throughput] {message}", file=sys.stderr, flush=True)
+
+
+def start_py_spy(pid: int, path: str, seconds: float) -> subprocess.Popen[bytes] | None:
+    """Sample the server without stopping it (``--nonblocking``) so the profile costs little throughput."""
+    binary = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if binary is None:
+        progress("py-spy not found on PATH; no profile")
+        return None
+    fmt = "raw" if path.endswith(".txt") else "flamegraph"
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--duration", str(math.ceil(seconds)),
+                             "--rate", "200", "--nonblocking", "--format", fmt, "--output", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@dataclass
+class ServerRun:
+    """Everything measured while the server was up."""
+
+    result: LoadResult
+    prober: Prober
+    verification: Verification
+    startup_seconds: float
+    ready_rss_kib: int
+    peak_rss_kib: int
+    load_seconds: float
+    server_cpu_seconds: float
+    cores_by_thread_name: dict[str, float]
+    pool_build_seconds: float
+
+
+def start_load_process(settings: LoadSettings, templates: list[Template]
+                       ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """Spawn (not fork: the parent holds gRPC state) the load generator; returns it and its pipe."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    loader = context.Process(target=run_load, args=(child, settings, templates), name="load-generator", daemon=True)
+    loader.start()
+    return loader, parent
+
+
+def measure_server(args: argparse.Namespace, server: Server, templates: list[Template], nonce: bytes,
+                   pool_requests: int) -> ServerRun:
+    """Load with probes alongside, then the exact check, all against one running server."""
+    build_start_ns = time.time_ns()
+    progress("starting server")
+    startup = server.start()
+    ready_rss = server.status_kib("VmRSS")
+    settings = LoadSettings(server.grpc_endpoint, args.seconds, args.warmup, args.concurrency, pool_requests, nonce)
+    loader, pipe = start_load_process(settings, templates)
+    try:
+        progress(f"load process pre-building {pool_requests} requests ({pool_requests * args.spans_per_request:,} spans)")
+        _, build_seconds = pipe.recv()
+        windows = query_windows(build_start_ns - 120 * 10**9, build_start_ns + 3600 * 10**9)
+        prober = Prober(server, args.probe_interval, windows["line_items"], nonce)
+        assert server.process is not None
+        spy = start_py_spy(server.process.pid, args.py_spy, args.warmup + args.seconds) if args.py_spy else None
+        cpu_before, threads_before, began = server.cpu_seconds(), server.thread_cpu(), time.monotonic()
+        pipe.send("go")
+        prober.start()
+        progress(f"sending for {args.warmup + args.seconds:.0f} s (pool built in {build_seconds:.1f} s)")
+        _, result = pipe.recv()
+        load_seconds = time.monotonic() - began
+        cpu_after, threads_after = server.cpu_seconds(), server.thread_cpu()
+        prober.stop_event.set()
+        prober.join()
+        loader.join()
+        if spy is not None:
+            spy.wait()
+    finally:
+        if loader.is_alive():
+            loader.terminate()
+    if not result.records:
+        raise RuntimeError(f"no request was acknowledged: {result.errors[:3]}\n{server.log_tail()}")
+    progress("verifying stored usage through the usage API")
+    tokens, amount = expected_usage(templates, (index for index, *_ in result.records), prober.customers)
+    check = verify(server.api_url, windows, tokens, amount)
+    if result.failed or prober.errors:
+        check.ok = False
+        check.problems.append(f"{len(result.failed)} requests never acknowledged; probe errors: {prober.errors[:3]}")
+    return ServerRun(result, prober, check, startup, ready_rss, server.status_kib("VmHWM"), load_seconds,
+                     cpu_after - cpu_before, cpu_by_thread_name(threads_before, threads_after, load_seconds),
+                     build_seconds)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Server up, load and probes, verify, server down, then the single-core stages (cores free again)."""
+    nonce = random.Random(args.seed).randbytes(7) + b"\x01"
+    progress("building request templates")
+    templates = build_templates(args.templates, args.spans_per_request, args.resources_per_request,
+                                args.customers, args.seed)
+    for template in templates[:2]:
+        check_stamping(template, nonce, 12345)
+    pool_requests = math.ceil(args.max_rate * (args.seconds + args.warmup) / args.spans_per_request)
+    server = Server(workdir)
+    try:
+        measured = measure_server(args, server, templates, nonce, pool_requests)
+    except BaseException:
+        progress(f"server log tail:\n{server.log_tail()}")
+        raise
+    finally:
+        progress("stopping server")
+        server.stop()
+
+    acked = sorted(index for index, *_ in measured.result.records)
+    progress(f"single-core stages over the {len(acked)} acknowledged payloads")
+    payloads = [stamp(templates[i % len(templates)], nonce, i) for i in acked]
+    spans = len(payloads) * args.spans_per_request
+    single_core = {"spans": spans, **offline_rates(payloads, spans, server.config_path)}
+
+    load = load_summary(measured.result, args.spans_per_request, args.warmup)
+    load["payload_kib"] = sum(map(len, payloads)) / len(payloads) / 1024
+    seconds = measured.load_seconds
+    return {
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("json", "keep")},
+                     "cpus": os.cpu_count(), "pool_requests": pool_requests},
+        "load": load,
+        "probes": probe_summary(measured.prober.samples, measured.result.started + args.warmup),
+        "server": {
+            "startup_seconds": measured.startup_seconds,
+            "ready_rss_mib": measured.ready_rss_kib / 1024,
+            "peak_rss_mib": measured.peak_rss_kib / 1024,
+            "cores": measured.server_cpu_seconds / seconds,
+            "cores_by_thread_name": measured.cores_by_thread_name,
+        },
+        "load_generator": {"cores": measured.result.cpu_seconds / seconds,
+                           "pool_build_seconds": measured.pool_build_seconds},
+        "single_core": single_core,
+        "verification": asdict(measured.verification),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="otel-meter-bench-"))
+    try:
+        report = run(args, workdir)
+    finally:
+        if args.keep:
+            progress(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(report, indent=2, default=str) if args.json else human(report))
+    if not report["verification"]["ok"]:
+        print("throughput: STORED USAGE DOES NOT MATCH WHAT WAS ACKNOWLEDGED: "
+              + "; ".join(report["verification"]["problems"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
