@@ -104,11 +104,14 @@ def substitute_env(value: Any, environ: dict[str, str] | None = None, path: str 
         names = ", ".join(sorted(set(missing)))
         raise ConfigError(f"{path}: environment variable {names} is not set; set it or give a default "
                           f"as ${{env:NAME:-value}}")
-    if result != value:
+    if _ENV_REFERENCE.fullmatch(value) and result.strip():
+        # A value that is exactly one reference takes the YAML type of what it expands to
+        # (``${env:PORT}`` may be a number), as in the Collector; embedded references stay text.
         try:
-            return yaml.safe_load(result) if result.strip() else result
+            typed = yaml.safe_load(result)
         except yaml.YAMLError:
             return result
+        return typed if isinstance(typed, (int, float, bool)) and not isinstance(typed, type(None)) else result
     return result
 
 
@@ -148,7 +151,7 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
     try:
         top = TopLevel.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(source, error)) from None
+        raise ConfigError(f"{source}: " + "; ".join(validation_problems("", error))) from None
 
     problems: list[str] = []
     built: dict[Kind, dict[str, ComponentConfig]] = {kind: {} for kind in Kind}
@@ -165,7 +168,7 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
                 built[kind][component_id] = factory.config_model.model_validate(
                     body or {}, context={"config_dir": config_dir})
             except ValidationError as error:
-                problems.append(format_validation_error(f"{kind.value}.{component_id}", error, prefix_only=True))
+                problems.extend(validation_problems(f"{kind.value}.{component_id}", error))
 
     service = top.service
     for extension in service.extensions:
@@ -190,18 +193,16 @@ def section_ids(top: TopLevel, kind: Kind) -> set[str]:
     return set(getattr(top, kind.value))
 
 
-def format_validation_error(where: str, error: ValidationError, prefix_only: bool = False) -> str:
-    """Turn pydantic's errors into ``key.path: problem`` lines."""
+def validation_problems(where: str, error: ValidationError) -> list[str]:
+    """Turn pydantic's errors into ``key.path: problem`` lines under the key path ``where``."""
     lines = []
     for item in error.errors():
         path = ".".join(str(part) for part in item["loc"])
-        key = f"{where}.{path}" if path else where
+        key = ".".join(part for part in (where, path) if part)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif message.startswith("Value error, "):
             message = message[len("Value error, "):]
         lines.append(f"{key}: {message}")
-    if prefix_only:
-        return "\n  ".join(lines)
-    return f"{where}: " + "; ".join(lines)
+    return lines

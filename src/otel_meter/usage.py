@@ -8,6 +8,7 @@ them to ClickHouse as Arrow arrays without a Python object per row.
 
 from __future__ import annotations
 
+import decimal
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,13 +25,15 @@ TOKEN_METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKE
 UNATTRIBUTED = "unattributed"
 
 MONEY_SCALE = 18
+MONEY_CONTEXT = decimal.Context(prec=76)
+"""Wide enough for any Decimal(38, 18) value and sums of them, so nothing is rounded."""
 """Money on the hot path is exact fixed point: an int counts units of 10**-18 of the
 currency, the same representation as ClickHouse's Decimal(38, 18), so an amount goes
 from the rate card's Decimal to storage without rounding and without a Decimal per row."""
 
 
 def money_to_decimal(units: int) -> Decimal:
-    return Decimal(units).scaleb(-MONEY_SCALE)
+    return Decimal(units).scaleb(-MONEY_SCALE, MONEY_CONTEXT)
 
 
 class Prerequisite(Protocol):

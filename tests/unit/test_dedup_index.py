@@ -213,11 +213,6 @@ def test_eviction_of_preloaded_ids_raises_horizon():
     assert (len(idx), idx.horizon_ns) == (2, BASE - 2 * HOUR_NS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: DedupIndex._add never re-sorts the hour buckets (it compares the new hour with "
-    "next(reversed(self._buckets)), which is the bucket just inserted), so buckets stay in insertion "
-    "order and _evict drops the first-inserted hour, not the oldest: recent ids are evicted and the "
-    "horizon jumps forward, sending every recent duplicate check to the store"))
 def test_eviction_drops_the_oldest_hour_even_when_hours_arrive_out_of_order():
     store = FakeStore()
     idx = index(max_cached_keys=3, lookup=store.lookup, horizon_ns=0)
@@ -237,10 +232,6 @@ def test_eviction_keeps_the_newest_bucket_even_when_it_alone_is_too_big():
     assert admit(idx, "a")[0] == [False]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: DedupIndex._admit_from_store drops an id that another batch claimed while the store "
-    "lookup ran (`event_id in self._pending` -> continue) without adding that batch to waits_on, so "
-    "the request is acknowledged even if the claiming batch then fails and the usage is lost"))
 def test_duplicate_claimed_by_another_batch_during_the_store_lookup_waits_on_it():
     old = NOW - 3 * HOUR_NS
     concurrent: list[Reservation] = []
@@ -309,3 +300,50 @@ def test_each_id_is_admitted_exactly_once_across_committed_batches(data):
     in_flight.append((reservation, [i for i, new in zip(retry, decisions) if new], True))
     resolve(0)
     assert committed == Counter({event_id: 1 for event_id in sent})
+
+
+# --- the processor around the index ---------------------------------------------------------------
+
+def usage_batch(*events: tuple[str, int, list[str]]) -> "UsageBatch":
+    """Rows for events given as (event id, seq, meters); every row has quantity 1."""
+    from otel_meter.usage import UsageBatch
+
+    batch = UsageBatch()
+    for event_id, seq, meter_names in events:
+        for meter in meter_names:
+            batch.event_id.append(event_id)
+            batch.event_seq.append(seq)
+            batch.event_time_ns.append(RECENT)
+            batch.meter.append(meter)
+            batch.quantity.append(1)
+    return batch
+
+
+def test_processor_drops_every_row_of_a_repeated_event_and_counts_it():
+    from otel_meter.processors.dedup.processor import DedupProcessor
+
+    processor = DedupProcessor(index())
+    batch = usage_batch(("a", 1, ["input_tokens", "output_tokens"]), ("b", 2, ["input_tokens"]),
+                        ("a", 3, ["input_tokens", "output_tokens"]))
+    result = processor.process(batch)
+    assert list(zip(result.event_id, result.event_seq, result.meter)) == [
+        ("a", 1, "input_tokens"), ("a", 1, "output_tokens"), ("b", 2, "input_tokens")]
+    assert result.duplicate_events == 1
+    assert result.depends_on == []
+    assert len(result.on_stored) == 1
+
+
+def test_processor_commits_on_stored_and_waits_on_pending_duplicates():
+    from otel_meter.processors.dedup.processor import DedupProcessor
+
+    processor = DedupProcessor(index())
+    first = processor.process(usage_batch(("a", 1, ["input_tokens"])))
+    assert first.duplicate_events == 0
+    second = processor.process(usage_batch(("a", 1, ["input_tokens"]), ("b", 2, ["output_tokens"])))
+    assert (second.event_id, second.duplicate_events) == (["b"], 1)
+    assert len(second.depends_on) == 1 and second.depends_on[0].keys == [("a", RECENT)]
+    for callback in first.on_stored:
+        callback(True)
+    assert second.depends_on[0].done.is_set() and second.depends_on[0].stored
+    third = processor.process(usage_batch(("a", 1, ["input_tokens"])))
+    assert (len(third), third.duplicate_events, third.depends_on) == (0, 1, [])

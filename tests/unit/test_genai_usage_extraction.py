@@ -248,7 +248,7 @@ def test_agent_and_tool_spans_with_usage_are_not_billed(operation):
 
 
 def test_agent_span_with_invalid_usage_is_not_rejected():
-    batch = one_span({OPERATION: "invoke_agent", IN: -1}, )
+    batch = one_span({OPERATION: "invoke_agent", IN: -1})
     assert (len(batch), batch.rejections) == (0, [])
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from otel_meter.errors import RateCardError
 from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
-from otel_meter.usage import UsageBatch
+from otel_meter.usage import MONEY_SCALE, UsageBatch, money_to_decimal
 
 CARD = """\
 id: test-card
@@ -56,14 +56,24 @@ def rate(*rows: tuple[str, str, str, int]) -> UsageBatch:
     return RatingProcessor(card()).process(batch_of(*rows))
 
 
+def money(units: list[int]) -> list[Decimal]:
+    """Fixed-point money (ints of 10**-18 currency units) as exact Decimals."""
+    assert all(type(value) is int for value in units)
+    with localcontext(prec=100):
+        return [Decimal(value).scaleb(-MONEY_SCALE) for value in units]
+
+
 # --- amounts ---------------------------------------------------------------------------------------
 
 def test_amount_is_quantity_times_price_per_million_exactly():
     batch = rate(("gpt-4o-2024-08-06", "openai", "input_tokens", 1234),
                  ("gpt-4o-2024-08-06", "openai", "output_tokens", 567),
                  ("gpt-4o-mini", "openai", "cache_read_tokens", 3))
-    assert batch.unit_price == [Decimal("0.0000025"), Decimal("0.00001"), Decimal("0.000000075")]
-    assert batch.amount == [Decimal("0.003085"), Decimal("0.00567"), Decimal("0.000000225")]
+    assert money(batch.unit_price) == [Decimal("0.0000025"), Decimal("0.00001"), Decimal("0.000000075")]
+    assert money(batch.amount) == [Decimal("0.003085"), Decimal("0.00567"), Decimal("0.000000225")]
+    # Money is integer fixed point in 10**-18 units, as ClickHouse Decimal(38, 18) stores it.
+    assert batch.unit_price == [2_500_000_000_000, 10_000_000_000_000, 75_000_000_000]
+    assert batch.amount == [3_085_000_000_000_000, 5_670_000_000_000_000, 225_000_000_000]
     assert batch.priced == [True, True, True]
     assert batch.currency == ["USD"] * 3
     assert batch.rate_card == ["test-card"] * 3
@@ -72,13 +82,13 @@ def test_amount_is_quantity_times_price_per_million_exactly():
 
 def test_integer_prices_are_accepted():
     batch = rate(("o3", "openai", "input_tokens", 1_000_000), ("o3", "openai", "output_tokens", 500_000))
-    assert batch.amount == [Decimal("2"), Decimal("4")]
+    assert money(batch.amount) == [Decimal("2"), Decimal("4")]
 
 
 def test_first_matching_glob_wins():
     batch = rate(("gpt-4o-mini-2024-07-18", "openai", "input_tokens", 1_000_000),
                  ("gpt-4o", "openai", "input_tokens", 1_000_000))
-    assert batch.unit_price == [Decimal("0.00000015"), Decimal("0.0000025")]
+    assert money(batch.unit_price) == [Decimal("0.00000015"), Decimal("0.0000025")]
     assert card().rule_for("gpt-4o-mini-2024-07-18", "openai") == 0
     assert card().rule_for("gpt-4o", "openai") == 1
 
@@ -94,39 +104,39 @@ def test_provider_qualified_rule_applies_only_to_that_provider():
     batch = rate(("claude-sonnet-4", "aws.bedrock", "input_tokens", 1_000_000),
                  ("claude-sonnet-4", "anthropic", "input_tokens", 1_000_000),
                  ("claude-sonnet-4", "", "input_tokens", 1_000_000))
-    assert batch.amount == [Decimal("9"), Decimal("3"), Decimal("3")]
+    assert money(batch.amount) == [Decimal("9"), Decimal("3"), Decimal("3")]
     price = card().price("claude-sonnet-4", "aws.bedrock", "input_tokens")
     assert price is not None and price.rule == 2
 
 
 def test_reasoning_falls_back_to_output_price():
     batch = rate(("gpt-4o", "openai", "reasoning_tokens", 2_000_000))
-    assert (batch.unit_price, batch.amount, batch.priced) == ([Decimal("0.00001")], [Decimal("20")], [True])
+    assert (money(batch.unit_price), money(batch.amount), batch.priced) == ([Decimal("0.00001")], [Decimal("20")], [True])
 
 
 def test_cache_read_and_write_fall_back_to_input_price():
     batch = rate(("o3", "openai", "cache_read_tokens", 1_000_000), ("o3", "openai", "cache_write_tokens", 500_000),
                  ("gpt-4o", "openai", "cache_write_tokens", 1_000_000))
-    assert batch.amount == [Decimal("2"), Decimal("1"), Decimal("2.5")]
+    assert money(batch.amount) == [Decimal("2"), Decimal("1"), Decimal("2.5")]
 
 
 def test_own_cache_price_beats_the_fallback():
     batch = rate(("claude-opus", "anthropic", "cache_write_tokens", 1_000_000),
                  ("claude-opus", "anthropic", "cache_read_tokens", 1_000_000))
-    assert batch.amount == [Decimal("3.75"), Decimal("0.3")]
+    assert money(batch.amount) == [Decimal("3.75"), Decimal("0.3")]
 
 
 def test_meter_without_price_or_fallback_is_unpriced():
     batch = rate(("embed-only", "openai", "output_tokens", 100), ("embed-only", "openai", "reasoning_tokens", 100),
                  ("embed-only", "openai", "input_tokens", 100))
     assert batch.priced == [False, False, True]
-    assert batch.amount == [Decimal(0), Decimal(0), Decimal("0.000002")]
+    assert money(batch.amount) == [Decimal(0), Decimal(0), Decimal("0.000002")]
 
 
 def test_unpriced_model_keeps_amount_zero_and_priced_false():
     batch = rate(("llama-3", "ollama", "input_tokens", 1000), ("", "", "output_tokens", 5))
-    assert batch.unit_price == [Decimal(0), Decimal(0)]
-    assert batch.amount == [Decimal(0), Decimal(0)]
+    assert money(batch.unit_price) == [Decimal(0), Decimal(0)]
+    assert money(batch.amount) == [Decimal(0), Decimal(0)]
     assert batch.priced == [False, False]
     assert batch.currency == ["USD", "USD"]
     assert batch.rate_card == ["test-card", "test-card"]
@@ -134,7 +144,7 @@ def test_unpriced_model_keeps_amount_zero_and_priced_false():
 
 def test_without_a_rate_card_everything_is_unpriced():
     batch = RatingProcessor(None).process(batch_of(("gpt-4o", "openai", "input_tokens", 10)))
-    assert (batch.amount, batch.priced, batch.currency, batch.rate_card, batch.rate_card_version) == (
+    assert (money(batch.amount), batch.priced, batch.currency, batch.rate_card, batch.rate_card_version) == (
         [Decimal(0)], [False], ["USD"], [""], [""])
 
 
@@ -155,8 +165,9 @@ def test_default_rate_card_loads():
     from otel_meter.config import default_config_dir
     loaded = load_rate_card(default_config_dir() / "rate-card.yaml")
     assert loaded.id == "rate-card"
-    assert loaded.price("claude-sonnet-4-20250514", "anthropic", "cache_write_tokens").unit_price == \
-        Decimal("0.00000375")
+    price = loaded.price("claude-sonnet-4-20250514", "anthropic", "cache_write_tokens")
+    assert price.unit_price == Decimal("0.00000375")
+    assert price.unit_price_units == 3_750_000_000_000
 
 
 # --- exactness property --------------------------------------------------------------------------
@@ -183,13 +194,23 @@ def test_rated_amount_is_exact_for_any_quantity_and_price(items):
     exact = [Fraction(quantity) * Fraction(price) / 10**6 for quantity, price in items]
     with localcontext(prec=100):
         expected = [Decimal(quantity) * Decimal(price) / 10**6 for quantity, price in items]
-        total = sum(batch.amount, Decimal(0))
     assert [Fraction(e) for e in expected] == exact
-    assert batch.amount == expected
-    assert [Fraction(a) for a in batch.amount] == exact
+    assert money(batch.amount) == expected
+    assert [Fraction(amount, 10**MONEY_SCALE) for amount in batch.amount] == exact
     assert batch.priced == [True] * len(items)
-    assert all(-amount.as_tuple().exponent <= 18 for amount in batch.amount)  # fits Decimal(38, 18)
-    assert Fraction(total) == sum(exact, Fraction(0))
+    assert all(abs(amount) < 10**38 for amount in batch.amount)  # fits Decimal(38, 18)
+    assert Fraction(sum(batch.amount), 10**MONEY_SCALE) == sum(exact, Fraction(0))
+
+
+def test_money_to_decimal_is_exact_for_every_decimal_38_18_value():
+    units = 12_345_678_901_123_456_789_012_345_678
+    assert money_to_decimal(units) == Decimal("12345678901.123456789012345678")
+
+
+def test_money_to_decimal_is_exact_for_ordinary_amounts():
+    assert money_to_decimal(3_085_000_000_000_000) == Decimal("0.003085")
+    assert money_to_decimal(1) == Decimal("1E-18")
+    assert money_to_decimal(0) == 0
 
 
 # --- validation ------------------------------------------------------------------------------------

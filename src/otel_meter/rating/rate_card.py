@@ -108,7 +108,7 @@ class RateCard:
 
     def rule_for(self, model_name: str, provider: str) -> int | None:
         for index, rule in enumerate(self.model.models):
-            if rule.provider is not None and rule.provider != provider:
+            if rule.provider is not None and rule.provider.lower() != provider.lower():
                 continue
             if fnmatchcase(model_name, rule.match):
                 return index

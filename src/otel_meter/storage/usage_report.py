@@ -10,6 +10,7 @@ from typing import Any
 from otel_meter.errors import OtelMeterError
 from otel_meter.storage import queries
 from otel_meter.storage.store import Store
+from otel_meter.usage import MONEY_CONTEXT
 
 DEFAULT_GROUP_BY = ("customer", "model", "meter")
 NS = 10**9
@@ -81,12 +82,12 @@ def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]
 def number(value: Decimal) -> int | Decimal:
     """Quantities are whole numbers for tokens; keep them ints so JSON shows 1234, not "1234.000000000"."""
     integral = value.to_integral_value()
-    return int(integral) if integral == value else value.normalize()
+    return int(integral) if integral == value else value.normalize(MONEY_CONTEXT)
 
 
 def decimal_text(value: Decimal) -> str:
     """An amount as a plain decimal string, without exponent or trailing zeros past the cent."""
-    text = format(value.normalize(), "f")
+    text = format(value, "f")
     whole, _, fraction = text.partition(".")
     fraction = fraction.rstrip("0")
     if len(fraction) < 2:

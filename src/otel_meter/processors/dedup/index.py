@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -42,7 +41,8 @@ class DedupIndex:
         self.max_cached_keys = max_cached_keys
         self._lookup = lookup
         self._lock = threading.Lock()
-        self._buckets: OrderedDict[int, set[str]] = OrderedDict()
+        self._buckets: dict[int, set[str]] = {}
+        """Event ids by hour of their event time."""
         self._size = 0
         self._pending: dict[str, Reservation] = {}
         self.horizon_ns = horizon_ns
@@ -68,12 +68,7 @@ class DedupIndex:
                 if event_id in claimed:
                     continue
                 claimed.add(event_id)
-                pending = self._pending.get(event_id)
-                if pending is not None:
-                    if pending not in reservation.waits_on:
-                        reservation.waits_on.append(pending)
-                    continue
-                if self._contains(event_id, event_time):
+                if self._held_elsewhere(event_id, event_time, reservation):
                     continue
                 if event_time < self.horizon_ns and event_time >= oldest_checked and self._lookup is not None:
                     to_look_up.append(position)
@@ -93,7 +88,7 @@ class DedupIndex:
         with self._lock:
             for position in positions:
                 event_id = event_ids[position]
-                if event_id in stored or event_id in self._pending or self._contains(event_id, event_times[position]):
+                if event_id in stored or self._held_elsewhere(event_id, event_times[position], reservation):
                     continue
                 decisions[position] = True
                 self._pending[event_id] = reservation
@@ -115,6 +110,15 @@ class DedupIndex:
     def __len__(self) -> int:
         return self._size
 
+    def _held_elsewhere(self, event_id: str, event_time: int, reservation: Reservation) -> bool:
+        """True when the id is committed, or pending in another batch (which this one then waits on)."""
+        pending = self._pending.get(event_id)
+        if pending is not None:
+            if pending is not reservation and pending not in reservation.waits_on:
+                reservation.waits_on.append(pending)
+            return True
+        return self._contains(event_id, event_time)
+
     def _contains(self, event_id: str, event_time: int) -> bool:
         bucket = self._buckets.get(event_time // HOUR_NS)
         return bucket is not None and event_id in bucket
@@ -124,15 +128,14 @@ class DedupIndex:
         bucket = self._buckets.get(hour)
         if bucket is None:
             bucket = self._buckets[hour] = set()
-            if len(self._buckets) > 1 and hour < next(reversed(self._buckets)):
-                self._buckets = OrderedDict(sorted(self._buckets.items()))
         if event_id not in bucket:
             bucket.add(event_id)
             self._size += 1
 
     def _evict(self) -> None:
         while self._size > self.max_cached_keys and len(self._buckets) > 1:
-            hour, bucket = self._buckets.popitem(last=False)
+            hour = min(self._buckets)
+            bucket = self._buckets.pop(hour)
             self._size -= len(bucket)
             self.horizon_ns = max(self.horizon_ns, (hour + 1) * HOUR_NS)
             logger.info("dedup cache full: event ids before %s now checked against the store",

@@ -7,6 +7,7 @@ some component asked for, and appends straight into the batch's columns.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Iterable
 
@@ -20,6 +21,7 @@ from otel_meter.usage import (
 )
 
 SDK_NAME = "telemetry.sdk.name"
+NUMERIC_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
 
 
 class InvalidCount(ValueError):
@@ -41,13 +43,12 @@ def count_value(value: AnyValue, maximum: int) -> int:
         number = int(double)
     elif kind == "string_value":
         text = value.string_value.strip()
+        if not NUMERIC_TEXT.fullmatch(text):
+            raise InvalidCount(f"{value.string_value!r} is not a number")
         try:
             number = int(text)
         except ValueError:
-            try:
-                double = float(text)
-            except ValueError:
-                raise InvalidCount(f"{value.string_value!r} is not a number") from None
+            double = float(text)
             if not math.isfinite(double) or double != int(double):
                 raise InvalidCount(f"{value.string_value!r} is not a whole number") from None
             number = int(double)
