@@ -51,7 +51,7 @@ def test_full_config_examples_in_configuration_md_load(block: str, tmp_path: Pat
         assert pipeline.processors[0].split("/")[0] == "genai_usage"
 
 
-def test_complete_example_uses_every_component_type(tmp_path: Path) -> None:
+def test_complete_example_uses_every_component_type() -> None:
     used = {kind: set() for kind in Kind}
     for block in config_blocks():
         raw = yaml.safe_load(block)
@@ -100,6 +100,7 @@ def test_rate_card_example_prices_as_documented() -> None:
     # A provider rule wins for its provider only, and its fallback beats the next rule's own price.
     assert per_million(card, "claude-sonnet-4-5", "aws.bedrock", "input_tokens") == Decimal("3.30")
     assert per_million(card, "claude-sonnet-4-5", "aws.bedrock", "cache_read_tokens") == Decimal("3.30")
+    assert per_million(card, "claude-sonnet-4-5", "AWS.Bedrock", "input_tokens") == Decimal("3.30")
     assert per_million(card, "claude-sonnet-4-5", "anthropic", "cache_write_tokens") == Decimal("3.75")
     assert per_million(card, "claude-sonnet-4-5", "anthropic", "cache_read_tokens") == Decimal("0.30")
     # Unpriced: the first matching rule lacks the meter, globs are case-sensitive, no rule matches.
