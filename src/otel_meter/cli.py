@@ -153,8 +153,9 @@ def usage(args: argparse.Namespace) -> int:
         try:
             store = open_store(args.config)
         except StoreLockedError:
-            raise OtelMeterError(f"the store is owned by a running otel-meter, but its usage API at {base} did not "
-                                 f"answer; pass --url or check the usage_api extension") from None
+            where = f"its usage API at {base} did not answer" if base else "no usage_api extension is configured"
+            raise OtelMeterError(f"the store is owned by a running otel-meter, but {where}; pass --url with the "
+                                 f"server's usage API address") from None
         rows = run_usage_query(store, request)
     print_rows(rows, list(request.group_by), args.format)
     return 0

@@ -48,6 +48,9 @@ class Factory:
     kind: Kind
     config_model: type[ComponentConfig]
     create: Callable[[Any, BuildContext], Any]
+    consumes: str = "usage"
+    """For processors: what they take in. ``traces`` marks a converter (spans to usage),
+    which must come first in a traces pipeline; the others work on usage batches."""
 
 
 class Lifecycle(Protocol):

@@ -33,7 +33,7 @@ class PipelineConfig(BaseModel):
 
 class LogsTelemetry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    level: str = "info"
+    level: str = Field(default="info", pattern="(?i)^(debug|info|warn|warning|error)$")
     encoding: str = Field(default="console", pattern="^(console|json)$")
 
 
@@ -92,7 +92,7 @@ def substitute_env(value: Any, environ: dict[str, str] | None = None, path: str 
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
+        if name in env:  # as in the Collector, a set but empty variable wins over the default
             return env[name]
         if default is not None:
             return default
@@ -104,14 +104,6 @@ def substitute_env(value: Any, environ: dict[str, str] | None = None, path: str 
         names = ", ".join(sorted(set(missing)))
         raise ConfigError(f"{path}: environment variable {names} is not set; set it or give a default "
                           f"as ${{env:NAME:-value}}")
-    if _ENV_REFERENCE.fullmatch(value) and result.strip():
-        # A value that is exactly one reference takes the YAML type of what it expands to
-        # (``${env:PORT}`` may be a number), as in the Collector; embedded references stay text.
-        try:
-            typed = yaml.safe_load(result)
-        except yaml.YAMLError:
-            return result
-        return typed if isinstance(typed, (int, float, bool)) and not isinstance(typed, type(None)) else result
     return result
 
 
@@ -184,9 +176,22 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
                 if component_id not in section_ids(top, kind):
                     problems.append(f"service.pipelines.{name}.{kind.value}: {component_id!r} is not defined "
                                     f"under {kind.value}")
+        problems.extend(processor_order_problems(name, pipeline.processors))
     if problems:
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
     return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service)
+
+
+def processor_order_problems(name: str, processor_ids: list[str]) -> list[str]:
+    """A traces pipeline converts spans to usage first; every later processor works on usage."""
+    known = factories(Kind.PROCESSOR)
+    consumes = [known[component_type(p)].consumes if component_type(p) in known else None for p in processor_ids]
+    if not consumes or consumes[0] != "traces":
+        converters = ", ".join(t for t, f in sorted(known.items()) if f.consumes == "traces")
+        return [f"service.pipelines.{name}.processors: a traces pipeline must start with a span-to-usage "
+                f"processor ({converters})"]
+    return [f"service.pipelines.{name}.processors: {p!r} converts spans and can only come first"
+            for p, c in zip(processor_ids[1:], consumes[1:]) if c == "traces"]
 
 
 def section_ids(top: TopLevel, kind: Kind) -> set[str]:

@@ -53,14 +53,14 @@ class TracesPipeline:
         try:
             for processor in self.processors:
                 batch = processor.process(batch)
-            deadline = time.monotonic() + self.timeout
             writes = [exporter.submit(batch) for exporter in self.exporters]
             for write in writes:
-                write.wait(max(0.0, deadline - time.monotonic()))
+                write.wait()
             stored = True
         finally:
             for callback in batch.on_stored:
                 callback(stored)
+        deadline = time.monotonic() + self.timeout
         for prerequisite in batch.depends_on:
             if not prerequisite.done.wait(max(0.0, deadline - time.monotonic())) or not prerequisite.stored:
                 raise ExportError("a copy of some of these spans is still being stored by another request, "

@@ -7,10 +7,8 @@ import threading
 
 from otel_meter.component import BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
-from otel_meter.errors import ConfigError
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.pipeline import TracesPipeline
-from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 from otel_meter.storage.store import Store, resolve_location
 
@@ -20,7 +18,7 @@ logger = logging.getLogger(__name__)
 class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.stores: dict[str, Store] = {}
+        self.stores: dict[tuple[str, str], Store] = {}
         self.receivers: dict[str, OtlpReceiver] = {}
         self.exporters: dict[str, object] = {}
         self.extensions: dict[str, object] = {}
@@ -39,20 +37,19 @@ class Service:
         used_exporters = {e for p in config.service.pipelines.values() for e in p.exporters}
         for exporter_id in sorted(used_exporters):
             exporter_config = config.component(Kind.EXPORTER, exporter_id)
-            if isinstance(exporter_config, ClickHouseExporterConfig) and exporter_config.endpoint not in self.stores:
-                store = Store(resolve_location(exporter_config.endpoint, exporter_config.database))
-                if exporter_config.create_schema:
-                    store.migrate()
-                logger.info("usage store: %s", store.location.describe())
-                self.stores[exporter_config.endpoint] = store
+            if isinstance(exporter_config, ClickHouseExporterConfig):
+                key = exporter_config.store_key
+                if key not in self.stores:
+                    store = Store(resolve_location(exporter_config.endpoint, exporter_config.database))
+                    if exporter_config.create_schema:
+                        store.migrate()
+                    logger.info("usage store: %s", store.location.describe())
+                    self.stores[key] = store
         for exporter_id in sorted(used_exporters):
             self.exporters[exporter_id] = self._create(Kind.EXPORTER, exporter_id)
 
         for name, pipeline in config.service.pipelines.items():
             processors = [self._create(Kind.PROCESSOR, pid) for pid in pipeline.processors]
-            if not processors or not isinstance(processors[0], GenAIUsageProcessor):
-                raise ConfigError(f"service.pipelines.{name}.processors: a traces pipeline starts with a span-to-usage "
-                                  f"processor such as genai_usage")
             traces = TracesPipeline(name, processors[0], processors[1:],
                                     [self.exporters[e] for e in pipeline.exporters],
                                     timeout=max(c.timeout.total_seconds() for c in

@@ -25,11 +25,11 @@ TOKEN_METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKE
 UNATTRIBUTED = "unattributed"
 
 MONEY_SCALE = 18
-MONEY_CONTEXT = decimal.Context(prec=76)
-"""Wide enough for any Decimal(38, 18) value and sums of them, so nothing is rounded."""
 """Money on the hot path is exact fixed point: an int counts units of 10**-18 of the
 currency, the same representation as ClickHouse's Decimal(38, 18), so an amount goes
 from the rate card's Decimal to storage without rounding and without a Decimal per row."""
+MONEY_CONTEXT = decimal.Context(prec=76)
+"""Wide enough for any Decimal(38, 18) value and sums of them, so nothing is rounded."""
 
 
 def money_to_decimal(units: int) -> Decimal:

@@ -29,6 +29,8 @@ def test_exact_tokens_and_money_per_customer_and_model(meter_server: MeterServer
         ("globex", "gpt-4o", "input_tokens"): (123_457, "0.3086425"),
         ("globex", "gpt-4o", "output_tokens"): (9_876, "0.09876"),
     }
+    assert meter_server.usage(group_by="") == [{"quantity": 153_333, "unpriced_quantity": 0, "amount": "0.4319025",
+                                                "currency": "USD"}]
     per_customer = totals(meter_server.usage(group_by="customer"), "customer")
     assert per_customer[("acme",)] == (20_000, "0.0245")
     assert Decimal(per_customer[("globex",)][1]) == Decimal("0.3086425") + Decimal("0.09876")

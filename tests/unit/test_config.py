@@ -258,9 +258,12 @@ def test_set_but_empty_env_value_wins_over_the_default():
     assert substitute_env({"a": "${env:X:-fallback}"}, {}) == {"a": "fallback"}
 
 
-def test_whole_value_reference_takes_the_yaml_type_of_the_value():
-    assert substitute_env({"n": "${env:N}", "b": "${env:B}", "s": "${env:S}"}, {"N": "42", "B": "true", "S": "x"}) == {
-        "n": 42, "b": True, "s": "x"}
+def test_env_values_stay_text_and_the_key_type_decides():
+    text = MINIMAL.replace("grpc: {endpoint: 0.0.0.0:4317}", "grpc: {endpoint: 0.0.0.0:4317, max_recv_msg_size_mib: \"${env:N}\"}")
+    text = text.replace("dedup: {}", "dedup: {}\n  attribution: {unattributed_customer: \"${env:C}\"}")
+    config = parse_config(text, Path("."), "cfg.yaml", {"N": "8", "C": "2024"})
+    assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.max_recv_msg_size_mib == 8
+    assert config.component(Kind.PROCESSOR, "attribution").unattributed_customer == "2024"
 
 
 def test_unset_env_without_default_names_the_key_path(tmp_path):

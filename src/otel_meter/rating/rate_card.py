@@ -31,6 +31,8 @@ PRICE_SCALE = MONEY_SCALE
 """Decimal places kept for a per-unit price and an amount (ClickHouse Decimal(38, 18))."""
 UNITS_PER_PRICE = Decimal(1_000_000)
 MAX_PRICE_DECIMALS = PRICE_SCALE - 6
+MAX_PRICE = Decimal(10) ** 9
+"""Per million units. Keeps quantity x unit price of any span far inside Decimal(38, 18)."""
 
 FALLBACK_METER = {
     REASONING_TOKENS: OUTPUT_TOKENS,
@@ -69,6 +71,8 @@ class ModelRule(BaseModel):
                 raise ValueError(f"price of {meter} is {price!r}, not a decimal number") from None
             if not amount.is_finite() or amount < 0:
                 raise ValueError(f"price of {meter} must be a finite, non-negative decimal")
+            if amount > MAX_PRICE:
+                raise ValueError(f"price of {meter} is above {MAX_PRICE} per million units")
             if -amount.as_tuple().exponent > MAX_PRICE_DECIMALS:
                 raise ValueError(f"price of {meter} has more than {MAX_PRICE_DECIMALS} decimal places per "
                                  f"million units")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from otel_meter.usage import UsageBatch
+from otel_meter.usage import UNATTRIBUTED, UsageBatch
 
 QUANTITY = pa.decimal128(38, 9)
 MONEY = pa.decimal128(38, 18)
@@ -22,12 +22,20 @@ def money_array(units: list[int]) -> pa.Array:
 
 
 def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
+    """Columns no processor filled (a pipeline without attribution or rating) get their
+    neutral value: unattributed customer, empty dimensions, unpriced."""
     rows = len(batch)
-    columns: dict[str, pa.Array] = {name: pa.array(getattr(batch, name), pa.string()) for name in STRING_COLUMNS}
+    columns: dict[str, pa.Array] = {}
+    for name in STRING_COLUMNS:
+        values = getattr(batch, name)
+        if len(values) != rows:
+            values = [UNATTRIBUTED if name == "customer" else ""] * rows
+        columns[name] = pa.array(values, pa.string())
     columns["event_time"] = pa.array(batch.event_time_ns, pa.int64()).cast(EVENT_TIME)
     columns["received_at"] = pa.array([received_at_us] * rows, pa.int64()).cast(RECEIVED_AT)
     columns["quantity"] = pa.array(batch.quantity, pa.int64()).cast(QUANTITY)
-    columns["unit_price"] = money_array(batch.unit_price)
-    columns["amount"] = money_array(batch.amount)
-    columns["priced"] = pa.array(batch.priced, pa.bool_())
+    rated = len(batch.amount) == rows
+    columns["unit_price"] = money_array(batch.unit_price if rated else [0] * rows)
+    columns["amount"] = money_array(batch.amount if rated else [0] * rows)
+    columns["priced"] = pa.array(batch.priced if rated else [False] * rows, pa.bool_())
     return pa.table(columns)

@@ -1,6 +1,6 @@
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from otel_meter.component import ComponentConfig, Duration
 
@@ -18,3 +18,17 @@ class ClickHouseExporterConfig(ComponentConfig):
     """Rows that trigger an insert at once."""
     timeout: Duration = timedelta(seconds=30)
     """How long a write may keep retrying before the clients are told to retry instead."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value.startswith("chdb://") and len(value) > len("chdb://"):
+            return value
+        if value.startswith(("http://", "https://")):
+            return value
+        raise ValueError(f"{value!r}: use chdb://PATH (embedded) or http(s)://user:pass@host:8123/db")
+
+    @property
+    def store_key(self) -> tuple[str, str]:
+        """Exporters with the same endpoint and database share one store (one process owns a chDB path)."""
+        return (self.endpoint, self.database)

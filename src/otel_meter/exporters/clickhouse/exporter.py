@@ -26,14 +26,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PendingWrite:
+    """A batch waiting for the writer. The writer always answers, by the batch's
+    deadline at the latest, and never inserts it after answering with a failure."""
+
     batch: UsageBatch
+    deadline: float
     enqueued: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
 
-    def wait(self, timeout: float | None) -> None:
-        if not self.done.wait(timeout):
-            raise ExportError("usage store did not confirm the write in time; retry")
+    def wait(self) -> None:
+        self.done.wait()
         if self.error is not None:
             raise ExportError(self.error)
 
@@ -53,7 +56,7 @@ class ClickHouseExporter:
         self._thread.start()
 
     def submit(self, batch: UsageBatch) -> PendingWrite:
-        pending = PendingWrite(batch)
+        pending = PendingWrite(batch, deadline=time.monotonic() + self.config.timeout.total_seconds())
         if not len(batch):
             pending.done.set()
             return pending
@@ -100,18 +103,18 @@ class ClickHouseExporter:
             taken = self._take()
             if taken is None:
                 return
-            error = self._write([pending.batch for pending in taken])
+            error = self._write([pending.batch for pending in taken], min(p.deadline for p in taken))
             for pending in taken:
                 pending.error = error
                 pending.done.set()
 
-    def _write(self, batches: list[UsageBatch]) -> str | None:
+    def _write(self, batches: list[UsageBatch], deadline: float) -> str | None:
+        """Insert the batches as one block, retrying the identical block (same token) until the deadline."""
         merged = UsageBatch()
         for batch in batches:
             merged.extend(batch)
         table = to_arrow(merged, time.time_ns() // 1000)
         token = new_token()
-        deadline = time.monotonic() + self.config.timeout.total_seconds()
         delay = 0.05
         while True:
             try:

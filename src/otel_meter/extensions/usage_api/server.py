@@ -58,7 +58,7 @@ class UsageApiServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 url = urlsplit(self.path)
                 if url.path == "/v1/usage":
-                    self._usage(parse_qs(url.query))
+                    self._usage(parse_qs(url.query, keep_blank_values=True))
                 elif url.path == "/healthz":
                     healthy = api.store.ping()
                     self._send(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,

@@ -9,4 +9,5 @@ def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcess
     return GenAIUsageProcessor(config)
 
 
-FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=GenAIUsageConfig, create=create))
+FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=GenAIUsageConfig, create=create,
+                                   consumes="traces"))

@@ -134,7 +134,8 @@ class GenAIUsageProcessor:
                     for key in cv.PROVIDER:
                         if key in found:
                             provider = text_value(found[key])
-                            break
+                            if provider:
+                                break
                     try:
                         meters = self._meters(found, maximum, (sdk_name, provider.lower()))
                     except InvalidCount as error:

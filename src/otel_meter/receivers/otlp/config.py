@@ -42,3 +42,10 @@ class ProtocolsConfig(ComponentConfig):
 
 class OtlpReceiverConfig(ComponentConfig):
     protocols: ProtocolsConfig = Field(default_factory=lambda: ProtocolsConfig(grpc=GrpcProtocolConfig()))
+
+    @model_validator(mode="after")
+    def _something_is_served(self) -> "OtlpReceiverConfig":
+        if self.protocols.grpc is None:
+            raise ValueError("protocols.grpc must be enabled: OTLP/HTTP (protocols.http) is accepted but not "
+                             "served yet")
+        return self
