@@ -36,12 +36,12 @@ class ConsumeResult:
 
 class TracesPipeline:
     def __init__(self, name: str, converter: GenAIUsageProcessor, processors: list[UsageProcessor],
-                 exporters: list[UsageExporter], timeout: float) -> None:
+                 exporters: list[UsageExporter], prerequisite_timeout: float = 60.0) -> None:
         self.name = name
         self.converter = converter
         self.processors = processors
         self.exporters = exporters
-        self.timeout = timeout
+        self.prerequisite_timeout = prerequisite_timeout
         wanted: set[str] = set()
         for processor in processors:
             wanted |= set(getattr(processor, "wanted_attributes", ()))
@@ -60,7 +60,7 @@ class TracesPipeline:
         finally:
             for callback in batch.on_stored:
                 callback(stored)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.prerequisite_timeout
         for prerequisite in batch.depends_on:
             if not prerequisite.done.wait(max(0.0, deadline - time.monotonic())) or not prerequisite.stored:
                 raise ExportError("a copy of some of these spans is still being stored by another request, "

@@ -30,7 +30,7 @@ class Service:
     def _context(self, component_id: str) -> BuildContext:
         default_store = next(iter(self.stores.values()), None)
         return BuildContext(config_dir=self.config.config_dir, component_id=component_id,
-                            shared={"stores": self.stores, "store": default_store})
+                            shared={"stores": self.stores, "store": default_store, "queued": self.queued_records})
 
     def _build(self) -> None:
         config = self.config
@@ -46,14 +46,14 @@ class Service:
                     logger.info("usage store: %s", store.location.describe())
                     self.stores[key] = store
         for exporter_id in sorted(used_exporters):
-            self.exporters[exporter_id] = self._create(Kind.EXPORTER, exporter_id)
+            exporter = self._create(Kind.EXPORTER, exporter_id)
+            exporter.recover()
+            self.exporters[exporter_id] = exporter
 
         for name, pipeline in config.service.pipelines.items():
             processors = [self._create(Kind.PROCESSOR, pid) for pid in pipeline.processors]
             traces = TracesPipeline(name, processors[0], processors[1:],
-                                    [self.exporters[e] for e in pipeline.exporters],
-                                    timeout=max(c.timeout.total_seconds() for c in
-                                                (config.component(Kind.EXPORTER, e) for e in pipeline.exporters)))
+                                    [self.exporters[e] for e in pipeline.exporters])
             self.pipelines.append(traces)
             for receiver_id in pipeline.receivers:
                 if receiver_id not in self.receivers:
@@ -66,6 +66,10 @@ class Service:
     def _create(self, kind: Kind, component_id: str):
         factory = factories(kind)[component_type(component_id)]
         return factory.create(self.config.component(kind, component_id), self._context(component_id))
+
+    def queued_records(self) -> int:
+        """Acknowledged usage records not yet in the store, over all exporters."""
+        return sum(getattr(exporter, "queued_records", 0) for exporter in self.exporters.values())
 
     def start(self) -> None:
         for exporter in self.exporters.values():

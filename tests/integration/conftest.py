@@ -116,8 +116,20 @@ class MeterServer:
         path = self.workdir / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def wait_until_stored(self, within: float = 1.0) -> float:
+        """Acknowledged usage must be queryable within a second: wait for the queue to drain, and fail past that."""
+        started = time.monotonic()
+        while True:
+            with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=5) as response:
+                if json.load(response)["queued_records"] == 0:
+                    return time.monotonic() - started
+            if time.monotonic() - started > within:
+                raise AssertionError(f"acknowledged usage still queued after {within}s")
+            time.sleep(0.01)
+
     def usage(self, group_by: str = "customer,model,meter", start: str = "2000-01-01T00:00:00Z",
               end: str = "2100-01-01T00:00:00Z", **extra: str) -> list[dict[str, Any]]:
+        self.wait_until_stored()
         query = urllib.parse.urlencode({"from": start, "to": end, "group_by": group_by, **extra})
         with urllib.request.urlopen(f"{self.api_url}/v1/usage?{query}", timeout=30) as response:
             return json.load(response)["rows"]

@@ -1,111 +1,187 @@
-"""The writer's contract with the store: one block per flush, retried identically, and
-never inserted after the waiting requests were told it failed.
+"""The exporter's contract: acknowledge only what is in the fsync'd queue, store each
+queued record exactly once (same block, same token on every retry and replay), and
+keep what the store did not take for the next start.
 
-The store here is a stand-in that records calls and fails on demand; the real store
-is exercised by the integration tests."""
+The store is a stand-in that records inserts, fails on demand and drops a block whose
+token it has already seen, as ClickHouse's insert deduplication does; the real store is
+exercised by the integration tests."""
 
 from __future__ import annotations
 
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from otel_meter.errors import ExportError
+from otel_meter.errors import ExportError, StoreError
 from otel_meter.exporters.clickhouse.arrow import to_arrow
-from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig, SendingQueueConfig
 from otel_meter.exporters.clickhouse.exporter import ClickHouseExporter
+from otel_meter.exporters.clickhouse.journal import Journal
 from otel_meter.usage import UNATTRIBUTED, UsageBatch
 
 
-class FlakyStore:
-    def __init__(self, failures: int = 0, delay: float = 0.0) -> None:
+class TokenDedupStore:
+    def __init__(self, failures: int = 0) -> None:
         self.failures = failures
-        self.delay = delay
         self.attempts: list[tuple[int, str]] = []
-        self.stored: list[pa.Table] = []
+        self.blocks: dict[str, pa.Table] = {}
         self.lock = threading.Lock()
 
     def insert_usage(self, table: pa.Table, token: str) -> None:
-        time.sleep(self.delay)
         with self.lock:
             self.attempts.append((table.num_rows, token))
             if self.failures:
                 self.failures -= 1
                 raise ConnectionError("store unreachable")
-            self.stored.append(table)
+            self.blocks.setdefault(token, table)
+
+    def stored_rows(self) -> int:
+        return sum(table.num_rows for table in self.blocks.values())
+
+    def stored_quantity(self) -> int:
+        return sum(int(value.as_py()) for table in self.blocks.values() for value in table["quantity"])
 
 
-def rows(n: int, customer: str = "acme") -> UsageBatch:
+def rows(n: int, customer: str = "acme", quantity: int = 10) -> UsageBatch:
     batch = UsageBatch()
     for i in range(n):
         batch.event_id.append(f"{customer}-{i}")
         batch.event_seq.append(i)
         batch.event_time_ns.append(1_700_000_000_000_000_000 + i)
         batch.meter.append("input_tokens")
-        batch.quantity.append(10)
+        batch.quantity.append(quantity)
         for column in ("provider", "model", "operation", "feature", "service", "environment", "rate_card",
                        "rate_card_version"):
             getattr(batch, column).append("")
         batch.customer.append(customer)
         batch.currency.append("USD")
         batch.unit_price.append(2_500_000_000_000)
-        batch.amount.append(25_000_000_000_000)
+        batch.amount.append(2_500_000_000_000 * quantity)
         batch.priced.append(True)
     return batch
 
 
-def exporter(store: FlakyStore, **settings: object) -> ClickHouseExporter:
+def exporter(store: TokenDedupStore, directory: Path, start: bool = True, **settings: object) -> ClickHouseExporter:
     config = ClickHouseExporterConfig(**{"flush_interval": timedelta(milliseconds=20), **settings})
-    writer = ClickHouseExporter(store, config)  # type: ignore[arg-type]
-    writer.start()
+    writer = ClickHouseExporter(store, config, directory)  # type: ignore[arg-type]
+    writer.recover()
+    if start:
+        writer.start()
     return writer
 
 
-def test_concurrent_requests_share_one_insert() -> None:
-    store = FlakyStore()
-    writer = exporter(store, flush_interval=timedelta(milliseconds=200))
+def wait_for(condition, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_acknowledged_usage_is_stored_once_the_store_takes_it(tmp_path: Path) -> None:
+    store = TokenDedupStore()
+    writer = exporter(store, tmp_path)
+    writer.submit(rows(4)).wait()
+    wait_for(lambda: writer.queued_records == 0)
+    writer.shutdown()
+    assert store.stored_rows() == 4
+
+
+def test_concurrent_requests_share_one_insert(tmp_path: Path) -> None:
+    store = TokenDedupStore()
+    writer = exporter(store, tmp_path, flush_interval=timedelta(milliseconds=300))
     writes = [writer.submit(rows(3, f"c{i}")) for i in range(5)]
     for write in writes:
         write.wait()
+    wait_for(lambda: writer.queued_records == 0)
     writer.shutdown()
     assert [attempt[0] for attempt in store.attempts] == [15]
 
 
-def test_failed_insert_is_retried_as_the_same_block_with_the_same_token() -> None:
-    store = FlakyStore(failures=2)
-    writer = exporter(store)
+def test_failed_insert_is_retried_as_the_same_block_with_the_same_token(tmp_path: Path) -> None:
+    store = TokenDedupStore(failures=2)
+    writer = exporter(store, tmp_path)
     writer.submit(rows(4)).wait()
+    wait_for(lambda: writer.queued_records == 0)
     writer.shutdown()
     assert len(store.attempts) == 3
     assert len({token for _, token in store.attempts}) == 1
-    assert len(store.stored) == 1 and store.stored[0].num_rows == 4
+    assert store.stored_rows() == 4
 
 
-def test_nothing_is_inserted_after_the_request_was_told_the_write_failed() -> None:
-    store = FlakyStore(failures=10**6, delay=0.05)
-    writer = exporter(store, timeout=timedelta(milliseconds=300), flush_interval=timedelta(milliseconds=200))
-    write = writer.submit(rows(2))
-    with pytest.raises(ExportError, match="usage store write failed"):
-        write.wait()
-    answered = len(store.attempts)
-    store.failures = 0
-    time.sleep(0.3)
+def test_usage_the_store_did_not_take_before_shutdown_is_stored_at_the_next_start(tmp_path: Path) -> None:
+    down = TokenDedupStore(failures=10**9)
+    writer = exporter(down, tmp_path, shutdown_timeout=timedelta(milliseconds=200))
+    writer.submit(rows(5, quantity=7)).wait()
     writer.shutdown()
-    assert store.stored == []
-    assert len(store.attempts) == answered
+    assert down.blocks == {}
+
+    up = TokenDedupStore()
+    restarted = exporter(up, tmp_path)
+    assert restarted.queued_records == 0
+    restarted.shutdown()
+    assert (up.stored_rows(), up.stored_quantity()) == (5, 35)
 
 
-def test_shutdown_writes_everything_already_queued() -> None:
-    store = FlakyStore()
-    writer = exporter(store, flush_interval=timedelta(seconds=30))
-    writes = [writer.submit(rows(2, f"c{i}")) for i in range(3)]
+def test_replay_after_a_crash_between_insert_and_checkpoint_reuses_the_token(tmp_path: Path) -> None:
+    store = TokenDedupStore()
+    writer = exporter(store, tmp_path, start=False)
+    writer._queue_thread.start()
+    writer.submit(rows(6, quantity=3)).wait()
+    plan = writer._next_plan()                          # the insert is planned (and written down) ...
+    store.insert_usage(to_arrow(rows(6, quantity=3), 0), plan.token)   # ... lands, then the process dies
+    writer.journal.close()
+
+    restarted = exporter(store, tmp_path)
+    restarted.shutdown()
+    assert store.attempts[-1][1] == plan.token
+    assert store.stored_rows() == 6
+
+
+def test_full_queue_refuses_new_usage_with_a_retryable_error(tmp_path: Path) -> None:
+    down = TokenDedupStore(failures=10**9)
+    writer = exporter(down, tmp_path, sending_queue=SendingQueueConfig(max_size_mib=1),
+                      shutdown_timeout=timedelta(milliseconds=100))
+    refused = None
+    for n in range(200):
+        try:
+            writer.submit(rows(200, f"c{n}")).wait()
+        except ExportError as error:
+            refused = str(error)
+            break
     writer.shutdown()
-    for write in writes:
-        write.wait()
-    assert sum(table.num_rows for table in store.stored) == 6
+    assert refused is not None and "local queue holds" in refused and "retry later" in refused
+
+
+def test_torn_record_at_the_end_of_the_queue_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=10**9)
+    first = journal.append(b"complete record")
+    journal.sync()
+    journal.close()
+    segment = next(tmp_path.glob("*.seg"))
+    with open(segment, "ab") as handle:
+        handle.write(b"\x02\x00\x00\x00\x00\x00\x00\x00\xff\x00\x00\x00partial")
+
+    reopened = Journal(tmp_path, max_bytes=10**9)
+    assert reopened.last_id == first
+    assert list(reopened.read(1, 10)) == [(1, b"complete record")]
+    assert reopened.append(b"next") == 2
+
+
+def test_damaged_record_inside_an_older_segment_stops_the_start(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=10**9, segment_bytes=64)
+    for n in range(4):
+        journal.append(b"x" * 40 + bytes([n]))
+    journal.close()
+    oldest = sorted(tmp_path.glob("*.seg"))[0]
+    data = bytearray(oldest.read_bytes())
+    data[-1] ^= 0xFF
+    oldest.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="is damaged"):
+        Journal(tmp_path, max_bytes=10**9, segment_bytes=64)
 
 
 def test_rows_of_a_pipeline_without_attribution_or_rating_are_stored_unattributed_and_unpriced() -> None:

@@ -5,6 +5,18 @@ from pydantic import Field, field_validator
 from otel_meter.component import ComponentConfig, Duration
 
 
+class SendingQueueConfig(ComponentConfig):
+    """The local write-ahead queue. A request is acknowledged once its usage is here
+    (fsync'd); the writer drains it into ClickHouse and replays it after a crash."""
+
+    directory: str | None = None
+    """Default: ``queue`` inside the chDB directory, or ``./otel-meter-queue`` for a ClickHouse server."""
+    max_size_mib: int = Field(default=1024, gt=0)
+    """Usage not yet in the store that the queue may hold; beyond it, clients are told to retry."""
+    fsync: bool = True
+    """fsync each group of requests before acknowledging it. Off trades crash safety for speed."""
+
+
 class ClickHouseExporterConfig(ComponentConfig):
     endpoint: str = "chdb://./data"
     """``chdb://PATH`` (embedded, relative to the working directory) or ``http(s)://user:pass@host:8123/db``."""
@@ -13,11 +25,12 @@ class ClickHouseExporterConfig(ComponentConfig):
     create_schema: bool = True
     """Apply pending schema migrations at start."""
     flush_interval: Duration = timedelta(milliseconds=50)
-    """Longest a row waits for others to share its insert."""
-    batch_size: int = Field(default=100_000, gt=0)
-    """Rows that trigger an insert at once."""
-    timeout: Duration = timedelta(seconds=30)
-    """How long a write may keep retrying before the clients are told to retry instead."""
+    """Longest queued usage waits for more to share its insert."""
+    batch_size: int = Field(default=200_000, gt=0)
+    """Rows that trigger an insert at once (an insert may hold more when a single request is larger)."""
+    sending_queue: SendingQueueConfig = SendingQueueConfig()
+    shutdown_timeout: Duration = timedelta(seconds=30)
+    """How long shutdown (and start-up replay) keeps trying to store queued usage; what remains stays queued."""
 
     @field_validator("endpoint")
     @classmethod

@@ -1,10 +1,15 @@
-"""Writes rated usage to ClickHouse, group-committing concurrent requests.
+"""Writes rated usage to ClickHouse through a durable local queue.
 
-Receivers hand over a batch and wait. One writer thread takes everything queued
-(up to ``batch_size`` rows, or whatever arrived within ``flush_interval``), inserts
-it as one block with a deduplication token, retries the *same* block on failure
-until ``timeout``, then tells every waiting request the outcome. Nothing is
-acknowledged before ClickHouse has it.
+Two threads, each with one job:
+
+* the **queue writer** takes every request waiting (group commit), appends their rows
+  to the :class:`Journal` as one Arrow record, fsyncs, and only then acknowledges
+  them. Acknowledgement costs one fsync, not one ClickHouse insert.
+* the **store writer** drains the journal: it gathers records (up to ``batch_size``
+  rows, or what arrived within ``flush_interval``), writes down which records and
+  which deduplication token the insert will use, inserts them as one block, and
+  checkpoints. A retry, or a replay after a crash, inserts the very same block with
+  the same token, which ClickHouse drops from every table if it already landed.
 """
 
 from __future__ import annotations
@@ -14,24 +19,27 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from otel_meter.errors import ExportError
+import pyarrow as pa
+
+from otel_meter.errors import ExportError, StoreError
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
 from otel_meter.storage.store import Store, new_token
 from otel_meter.usage import UsageBatch
 
 logger = logging.getLogger(__name__)
 
+MAX_RECORDS_PER_INSERT = 10_000
+
 
 @dataclass
 class PendingWrite:
-    """A batch waiting for the writer. The writer always answers, by the batch's
-    deadline at the latest, and never inserts it after answering with a failure."""
+    """A batch waiting to be made durable. Answered as soon as it is in the journal."""
 
     batch: UsageBatch
-    deadline: float
-    enqueued: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
 
@@ -41,22 +49,73 @@ class PendingWrite:
             raise ExportError(self.error)
 
 
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(payload).read_all()
+
+
 class ClickHouseExporter:
-    def __init__(self, store: Store, config: ClickHouseExporterConfig) -> None:
+    def __init__(self, store: Store, config: ClickHouseExporterConfig, queue_directory: Path) -> None:
         self.store = store
         self.config = config
+        self.journal = Journal(queue_directory, max_bytes=config.sending_queue.max_size_mib * 1024 * 1024,
+                               fsync=config.sending_queue.fsync)
         self._queue: deque[PendingWrite] = deque()
-        self._queued_rows = 0
         self._condition = threading.Condition()
+        self._durable_id = self.journal.last_id
+        self._record_rows: dict[int, int] = {}
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="clickhouse-writer", daemon=True)
-        self.rows_written = 0
+        self._queue_thread = threading.Thread(target=self._run_queue_writer, name="usage-queue-writer", daemon=True)
+        self._store_thread = threading.Thread(target=self._run_store_writer, name="usage-store-writer", daemon=True)
+        self.rows_stored = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Store what a previous run acknowledged but did not store, before taking new data."""
+        deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
+        replayed = 0
+        while self.journal.checkpoint < self.journal.last_id:
+            plan = self.journal.plan() or self._next_plan()
+            if not self._insert(plan, deadline):
+                raise StoreError(f"{self.journal.last_id - self.journal.checkpoint} queued record(s) from the last "
+                                 f"run could not be stored within shutdown_timeout; is the store reachable?")
+            replayed += plan.last - plan.first + 1
+        if replayed:
+            logger.info("replayed %d queued record(s) into the store", replayed)
 
     def start(self) -> None:
-        self._thread.start()
+        self._queue_thread.start()
+        self._store_thread.start()
+
+    def shutdown(self) -> None:
+        """Make everything submitted durable, store as much as possible, then stop."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        for thread in (self._queue_thread, self._store_thread):
+            if thread.is_alive():
+                thread.join()
+        left = self.journal.last_id - self.journal.checkpoint
+        if left:
+            logger.warning("%d record(s) stay queued in %s and will be stored at the next start",
+                           left, self.journal.directory)
+        self.journal.close()
+
+    @property
+    def queued_records(self) -> int:
+        return self.journal.last_id - self.journal.checkpoint
+
+    # -- the queue writer ------------------------------------------------------------------------
 
     def submit(self, batch: UsageBatch) -> PendingWrite:
-        pending = PendingWrite(batch, deadline=time.monotonic() + self.config.timeout.total_seconds())
+        pending = PendingWrite(batch)
         if not len(batch):
             pending.done.set()
             return pending
@@ -64,68 +123,104 @@ class ClickHouseExporter:
             if self._stopping:
                 raise ExportError("otel-meter is shutting down; retry against another instance or later")
             self._queue.append(pending)
-            self._queued_rows += len(batch)
-            self._condition.notify()
+            self._condition.notify_all()
         return pending
 
-    def shutdown(self) -> None:
-        """Write everything queued, then stop the writer."""
-        with self._condition:
-            self._stopping = True
-            self._condition.notify()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _take(self) -> list[PendingWrite] | None:
-        interval = self.config.flush_interval.total_seconds()
-        limit = self.config.batch_size
-        with self._condition:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._condition.wait()
-            while self._queued_rows < limit and not self._stopping:
-                remaining = self._queue[0].enqueued + interval - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._condition.wait(remaining)
-            taken: list[PendingWrite] = []
-            rows = 0
-            while self._queue and (not taken or rows + len(self._queue[0].batch) <= limit):
-                pending = self._queue.popleft()
-                rows += len(pending.batch)
-                taken.append(pending)
-            self._queued_rows -= rows
-            return taken
-
-    def _run(self) -> None:
+    def _run_queue_writer(self) -> None:
         while True:
-            taken = self._take()
-            if taken is None:
-                return
-            error = self._write([pending.batch for pending in taken], min(p.deadline for p in taken))
+            with self._condition:
+                while not self._queue and not self._stopping:
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                taken = list(self._queue)
+                self._queue.clear()
+            error = self._append([pending.batch for pending in taken])
             for pending in taken:
                 pending.error = error
                 pending.done.set()
 
-    def _write(self, batches: list[UsageBatch], deadline: float) -> str | None:
-        """Insert the batches as one block, retrying the identical block (same token) until the deadline."""
+    def _append(self, batches: list[UsageBatch]) -> str | None:
         merged = UsageBatch()
         for batch in batches:
             merged.extend(batch)
-        table = to_arrow(merged, time.time_ns() // 1000)
-        token = new_token()
+        try:
+            record_id = self.journal.append(to_ipc(to_arrow(merged, time.time_ns() // 1000)))
+            self.journal.sync()
+        except JournalFullError as error:
+            return str(error)
+        except OSError as error:
+            logger.error("cannot write the local queue %s: %s", self.journal.directory, error)
+            return f"otel-meter cannot write its local queue ({error.strerror}); retry later"
+        with self._condition:
+            self._record_rows[record_id] = len(merged)
+            self._durable_id = record_id
+            self._condition.notify_all()
+        return None
+
+    # -- the store writer ------------------------------------------------------------------------
+
+    def _run_store_writer(self) -> None:
+        interval = self.config.flush_interval.total_seconds()
+        while True:
+            with self._condition:
+                while self._durable_id <= self.journal.checkpoint and not self._stopping:
+                    self._condition.wait()
+                if self._durable_id <= self.journal.checkpoint and self._stopping and not self._queue_thread.is_alive():
+                    return
+                waited_until = time.monotonic() + interval
+                while (not self._stopping and self._queued_rows() < self.config.batch_size
+                       and time.monotonic() < waited_until):
+                    self._condition.wait(max(0.0, waited_until - time.monotonic()))
+                if self._durable_id <= self.journal.checkpoint:
+                    if self._stopping and not self._queue_thread.is_alive():
+                        return
+                    continue
+                plan = self._next_plan()
+            if not self._insert(plan, deadline=None):
+                return
+
+    def _queued_rows(self) -> int:
+        return sum(rows for record_id, rows in self._record_rows.items() if record_id > self.journal.checkpoint)
+
+    def _next_plan(self) -> InsertPlan:
+        first = self.journal.checkpoint + 1
+        last, rows = first, 0
+        durable = max(self._durable_id, self.journal.last_id if not self._queue_thread.is_alive() else 0)
+        while last <= durable and last - first < MAX_RECORDS_PER_INSERT:
+            rows += self._record_rows.get(last, 0)
+            if rows > self.config.batch_size and last > first:
+                break
+            last += 1
+        plan = InsertPlan(first, last - 1, new_token())
+        self.journal.begin(plan)
+        return plan
+
+    def _insert(self, plan: InsertPlan, deadline: float | None) -> bool:
+        """Insert the plan's records, retrying the same block; False if the deadline passed first.
+
+        Without a deadline it retries until the store takes the block, or, once shutdown
+        has begun, for ``shutdown_timeout``.
+        """
+        table = pa.concat_tables([from_ipc(payload) for _, payload in self.journal.read(plan.first, plan.last)])
         delay = 0.05
         while True:
             try:
-                self.store.insert_usage(table, token)
-                self.rows_written += len(merged)
-                return None
-            except Exception as error:  # any store failure is retried with the same token
+                self.store.insert_usage(table, plan.token)
+                break
+            except Exception as error:  # any store failure is retried with the same block and token
                 message = str(error).splitlines()[0] if str(error) else repr(error)
-                if time.monotonic() + delay > deadline or self._stopping and delay > 1:
-                    logger.error("usage insert failed, clients will retry: %s", message)
-                    return f"usage store write failed ({message}); retry"
+                if deadline is None and self._stopping:
+                    deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    logger.error("usage insert failed, leaving it queued: %s", message)
+                    return False
                 logger.warning("usage insert failed, retrying in %.2fs: %s", delay, message)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 5.0)
+        self.journal.commit(plan)
+        with self._condition:
+            for record_id in range(plan.first, plan.last + 1):
+                self._record_rows.pop(record_id, None)
+        self.rows_stored += table.num_rows
+        return True

@@ -6,7 +6,7 @@ TYPE = "usage_api"
 
 
 def create(config: UsageApiConfig, context: BuildContext) -> UsageApiServer:
-    return UsageApiServer(config, context.shared["store"])
+    return UsageApiServer(config, context.shared["store"], context.shared["queued"])
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.EXTENSION, config_model=UsageApiConfig, create=create))

@@ -11,7 +11,7 @@ import threading
 from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from otel_meter import __version__
@@ -29,9 +29,10 @@ def json_default(value: Any) -> Any:
 
 
 class UsageApiServer:
-    def __init__(self, config: UsageApiConfig, store: Store) -> None:
+    def __init__(self, config: UsageApiConfig, store: Store, queued_records: Callable[[], int]) -> None:
         self.config = config
         self.store = store
+        self.queued_records = queued_records
         host, _, port = config.endpoint.rpartition(":")
         self._httpd = ThreadingHTTPServer((host or "0.0.0.0", int(port)), self._handler_class())
         self._httpd.daemon_threads = True
@@ -62,7 +63,8 @@ class UsageApiServer:
                 elif url.path == "/healthz":
                     healthy = api.store.ping()
                     self._send(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
-                               {"status": "ok" if healthy else "store unavailable"})
+                               {"status": "ok" if healthy else "store unavailable",
+                                "queued_records": api.queued_records()})
                 else:
                     self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try /v1/usage"})
 
