@@ -21,7 +21,12 @@ from otel_meter.usage import (
 )
 
 SDK_NAME = "telemetry.sdk.name"
+NO_ATTRIBUTES: dict[str, str] = {}
+"""Shared by every span without wanted attributes, so processors can cache per resource."""
 NUMERIC_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
+
+
+TOKEN_SOURCES = (cv.INPUT_TOTAL, cv.OUTPUT_TOTAL, cv.CACHE_READ, cv.CACHE_WRITE, cv.REASONING)
 
 
 class InvalidCount(ValueError):
@@ -145,7 +150,8 @@ class GenAIUsageProcessor:
                     if not model and cv.REQUEST_MODEL in found:
                         model = text_value(found[cv.REQUEST_MODEL])
                     event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
-                    span_attributes = {key: text_value(found[key]) for key in extra_span_keys if key in found}
+                    span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
+                                       if not extra_span_keys.isdisjoint(found) else NO_ATTRIBUTES)
                     for meter, quantity in meters:
                         batch.event_id.append(event_id)
                         batch.event_seq.append(seq)
@@ -161,21 +167,17 @@ class GenAIUsageProcessor:
 
     @staticmethod
     def _meters(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str]) -> list[tuple[str, int]]:
-        def first(keys: tuple[str, ...]) -> int:
+        totals = [0, 0, 0, 0, 0]
+        for position, keys in enumerate(TOKEN_SOURCES):
             for key in keys:
                 if key in found:
                     try:
-                        return count_value(found[key], maximum)
+                        totals[position] = count_value(found[key], maximum)
                     except InvalidCount as error:
                         raise InvalidCount(f"attribute {key} {error}; token counts must be whole numbers "
                                            f"from 0 to {maximum}") from None
-            return 0
-
-        input_total = first(cv.INPUT_TOTAL)
-        output_total = first(cv.OUTPUT_TOTAL)
-        cache_read = first(cv.CACHE_READ)
-        cache_write = first(cv.CACHE_WRITE)
-        reasoning = first(cv.REASONING)
+                    break
+        input_total, output_total, cache_read, cache_write, reasoning = totals
 
         # The conventions count cached input inside input_tokens and reasoning inside
         # output_tokens. An emitter that reports them outside either is known to
