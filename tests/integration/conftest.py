@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -173,6 +175,31 @@ def export(server: MeterServer, spans: list[ReadableSpan]) -> SpanExportResult:
         return exporter.export(spans)
     finally:
         exporter.shutdown()
+
+
+def send_concurrently(server: MeterServer, batches: dict[str, list[ReadableSpan]], interrupt: Callable[[], None],
+                      after: float, workers: int = 6) -> set[str]:
+    """Export each batch from its own SDK exporter, call ``interrupt`` ``after`` seconds into
+    the load, and return the keys of the batches the server acknowledged."""
+    acknowledged: set[str] = set()
+    lock = threading.Lock()
+
+    def send(key: str) -> None:
+        exporter = OTLPSpanExporter(endpoint=server.grpc_endpoint, insecure=True, timeout=3)
+        try:
+            if exporter.export(batches[key]) == SpanExportResult.SUCCESS:
+                with lock:
+                    acknowledged.add(key)
+        finally:
+            exporter.shutdown()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(send, key) for key in batches]
+        time.sleep(after)
+        interrupt()
+        for future in futures:
+            future.result()
+    return acknowledged
 
 
 def export_raw(server: MeterServer, spans: list[ReadableSpan]):

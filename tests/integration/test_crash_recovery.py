@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import random
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace.export import SpanExportResult
 
-from tests.integration.conftest import MeterServer, SpanFactory, chat, totals
+from tests.integration.conftest import MeterServer, SpanFactory, chat, send_concurrently, totals
 
 SPANS_PER_BATCH = 25
 WHOLE = sum(1_000 + i for i in range(SPANS_PER_BATCH))
@@ -24,27 +19,14 @@ def test_kill_9_at_a_random_moment_loses_nothing_acknowledged_and_counts_nothing
     factory = SpanFactory()
     batches = {f"s{seed}-b{n}": [chat(factory, f"s{seed}-b{n}", "gpt-4o", 1_000 + i, 0)
                                  for i in range(SPANS_PER_BATCH)] for n in range(60)}
-    acknowledged: set[str] = set()
-    lock = threading.Lock()
-
-    def send(customer: str) -> None:
-        exporter = OTLPSpanExporter(endpoint=meter_server.grpc_endpoint, insecure=True, timeout=2)
-        try:
-            if exporter.export(batches[customer]) == SpanExportResult.SUCCESS:
-                with lock:
-                    acknowledged.add(customer)
-        finally:
-            exporter.shutdown()
-
     assert meter_server.process is not None
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        futures = [pool.submit(send, customer) for customer in batches]
-        time.sleep(chance.uniform(0.2, 1.2))
+
+    def kill() -> None:
         meter_server.process.kill()
         meter_server.process.wait()
         meter_server.process = None
-        for future in futures:
-            future.result()
+
+    acknowledged = send_concurrently(meter_server, batches, kill, after=chance.uniform(0.2, 1.2))
 
     meter_server.start()
     after_restart = totals(meter_server.usage(group_by="customer"), "customer")
@@ -53,8 +35,7 @@ def test_kill_9_at_a_random_moment_loses_nothing_acknowledged_and_counts_nothing
     assert all(quantity == WHOLE for quantity, _ in after_restart.values())
 
     # Re-send everything, as clients retrying unacknowledged batches would; acknowledged ones must dedup.
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        list(pool.map(send, batches))
+    send_concurrently(meter_server, batches, lambda: None, after=0)
     stored = totals(meter_server.usage(group_by="customer"), "customer")
     assert set(stored) == {(customer,) for customer in batches}
     assert {customer: quantity for (customer,), (quantity, _) in stored.items()} == \

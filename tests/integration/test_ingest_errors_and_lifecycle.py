@@ -6,9 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -17,7 +14,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from tests.integration.conftest import MeterServer, SpanFactory, chat, export, export_raw, totals
+from tests.integration.conftest import MeterServer, SpanFactory, chat, export, export_raw, send_concurrently, totals
 
 
 def test_malformed_token_counts_are_rejected_per_span_and_good_spans_are_taken(meter_server: MeterServer) -> None:
@@ -73,24 +70,7 @@ def test_sigterm_under_load_stores_every_acknowledged_batch_whole(meter_server: 
     factory = SpanFactory()
     batches = {f"batch-{n}": [chat(factory, f"batch-{n}", "gpt-4o", 1_000 + i, 0) for i in range(20)]
                for n in range(40)}
-    acknowledged: set[str] = set()
-    lock = threading.Lock()
-
-    def send(customer: str) -> None:
-        exporter = OTLPSpanExporter(endpoint=meter_server.grpc_endpoint, insecure=True, timeout=3)
-        try:
-            if exporter.export(batches[customer]) == SpanExportResult.SUCCESS:
-                with lock:
-                    acknowledged.add(customer)
-        finally:
-            exporter.shutdown()
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = [pool.submit(send, customer) for customer in batches]
-        time.sleep(0.3)
-        assert meter_server.stop() == 0
-        for future in futures:
-            future.result()
+    acknowledged = send_concurrently(meter_server, batches, lambda: meter_server.stop(), after=0.3, workers=8)
     assert "otel-meter stopped" in meter_server.log()
 
     meter_server.start()
