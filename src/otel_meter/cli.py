@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run the service. Without --config it uses the built-in default, "
                                 "identical to the shipped collector-config.yaml (embedded store under ./data).")
     serve.add_argument("--config", metavar="PATH", help="config file in the OpenTelemetry Collector layout")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+    serve.add_argument("--log-level", choices=["debug", "info", "warn", "warning", "error"],
                        help="override service.telemetry.logs.level")
 
     usage = commands.add_parser("usage", help="show usage and cost per customer, model and meter",

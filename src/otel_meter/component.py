@@ -83,6 +83,8 @@ def parse_duration(value: Any) -> timedelta:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return timedelta(seconds=value)
+    if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        return timedelta(seconds=float(value))  # a bare number (e.g. from ${env:...}) means seconds
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a duration such as 500ms, 30s, 24h or 7d")
     text = value.strip()

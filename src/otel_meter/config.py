@@ -143,7 +143,8 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
     try:
         top = TopLevel.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{source}: " + "; ".join(validation_problems("", error))) from None
+        problems = validation_problems("", error)
+        raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems)) from None
 
     problems: list[str] = []
     built: dict[Kind, dict[str, ComponentConfig]] = {kind: {} for kind in Kind}
@@ -176,7 +177,8 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
                 if component_id not in section_ids(top, kind):
                     problems.append(f"service.pipelines.{name}.{kind.value}: {component_id!r} is not defined "
                                     f"under {kind.value}")
-        problems.extend(processor_order_problems(name, pipeline.processors))
+        if signal == "traces":
+            problems.extend(processor_order_problems(name, pipeline.processors))
     if problems:
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
     return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service)

@@ -32,4 +32,4 @@ def configure_logging(level: str, encoding: str = "console") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel({"WARN": "WARNING"}.get(level.upper(), level.upper()))

@@ -1,8 +1,8 @@
 """A traces pipeline: spans in, usage through the processors, stored by the exporters.
 
 The first processor converts spans to usage (``genai_usage``); the rest work on
-:class:`UsageBatch`. ``consume`` returns only when every exporter has stored the
-batch, so the receiver's answer is an honest acknowledgement.
+:class:`UsageBatch`. ``consume`` returns only when every exporter has made the batch
+durable (in its local queue), so the receiver's answer is an honest acknowledgement.
 """
 
 from __future__ import annotations

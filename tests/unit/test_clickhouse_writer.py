@@ -131,7 +131,8 @@ def test_replay_after_a_crash_between_insert_and_checkpoint_reuses_the_token(tmp
     writer = exporter(store, tmp_path, start=False)
     writer._queue_thread.start()
     writer.submit(rows(6, quantity=3)).wait()
-    plan = writer._next_plan()                          # the insert is planned (and written down) ...
+    plan = writer._plan_records()                       # the insert is planned and written down ...
+    writer.journal.begin(plan)
     store.insert_usage(to_arrow(rows(6, quantity=3), 0), plan.token)   # ... lands, then the process dies
     writer.journal.close()
 
@@ -192,3 +193,44 @@ def test_rows_of_a_pipeline_without_attribution_or_rating_are_stored_unattribute
     assert table["priced"] == [False]
     assert str(table["amount"][0]) == "0E-18"
     assert table["quantity"][0] == 7
+
+
+def test_a_queue_directory_serves_one_exporter_at_a_time(tmp_path: Path) -> None:
+    first = Journal(tmp_path, max_bytes=10**9)
+    with pytest.raises(StoreError, match="in use by another exporter"):
+        Journal(tmp_path, max_bytes=10**9)
+    first.close()
+    Journal(tmp_path, max_bytes=10**9).close()
+
+
+def test_damage_before_the_end_of_the_last_segment_stops_the_start(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=10**9)
+    for n in range(3):
+        journal.append(b"record %d" % n)
+    journal.close()
+    segment = next(tmp_path.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    data[20] ^= 0xFF  # inside the first record's payload; two good records follow
+    segment.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="is damaged"):
+        Journal(tmp_path, max_bytes=10**9)
+
+
+def test_usage_whose_fsync_failed_is_refused_and_never_stored(tmp_path: Path, monkeypatch) -> None:
+    import otel_meter.exporters.clickhouse.journal as journal_module
+
+    store = TokenDedupStore()
+    writer = exporter(store, tmp_path)
+    real_fsync = journal_module.os.fsync
+
+    def failing_fsync(descriptor: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "fsync", failing_fsync)
+    with pytest.raises(ExportError, match="No space left on device"):
+        writer.submit(rows(3, "refused", quantity=100)).wait()
+    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    writer.submit(rows(2, "taken", quantity=1)).wait()
+    wait_for(lambda: writer.queued_records == 0)
+    writer.shutdown()
+    assert (store.stored_rows(), store.stored_quantity()) == (2, 2)

@@ -145,7 +145,7 @@ def test_unpriced_model_keeps_amount_zero_and_priced_false():
 def test_without_a_rate_card_everything_is_unpriced():
     batch = RatingProcessor(None).process(batch_of(("gpt-4o", "openai", "input_tokens", 10)))
     assert (money(batch.amount), batch.priced, batch.currency, batch.rate_card, batch.rate_card_version) == (
-        [Decimal(0)], [False], ["USD"], [""], [""])
+        [Decimal(0)], [False], [""], [""], [""])
 
 
 def test_card_id_defaults_to_file_stem_and_version_to_content_hash(tmp_path: Path):

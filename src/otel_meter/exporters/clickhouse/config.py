@@ -29,6 +29,11 @@ class ClickHouseExporterConfig(ComponentConfig):
     batch_size: int = Field(default=200_000, gt=0)
     """Rows that trigger an insert at once (an insert may hold more when a single request is larger)."""
     sending_queue: SendingQueueConfig = SendingQueueConfig()
+
+    @field_validator("sending_queue", mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, value: object) -> object:
+        return {} if value is None else value
     shutdown_timeout: Duration = timedelta(seconds=30)
     """How long shutdown (and start-up replay) keeps trying to store queued usage; what remains stays queued."""
 

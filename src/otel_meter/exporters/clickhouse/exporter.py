@@ -33,6 +33,7 @@ from otel_meter.usage import UsageBatch
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_INSERT = 10_000
+MAX_BYTES_PER_INSERT = 64 * 1024 * 1024
 
 
 @dataclass
@@ -82,7 +83,10 @@ class ClickHouseExporter:
         deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
         replayed = 0
         while self.journal.checkpoint < self.journal.last_id:
-            plan = self.journal.plan() or self._next_plan()
+            plan = self.journal.plan()
+            if plan is None:
+                plan = self._plan_records()
+                self.journal.begin(plan)
             if not self._insert(plan, deadline):
                 raise StoreError(f"{self.journal.last_id - self.journal.checkpoint} queued record(s) from the last "
                                  f"run could not be stored within shutdown_timeout; is the store reachable?")
@@ -145,12 +149,22 @@ class ClickHouseExporter:
         for batch in batches:
             merged.extend(batch)
         try:
-            record_id = self.journal.append(to_ipc(to_arrow(merged, time.time_ns() // 1000)))
-            self.journal.sync()
+            payload = to_ipc(to_arrow(merged, time.time_ns() // 1000))
+            record_id = self.journal.append(payload)
         except JournalFullError as error:
             return str(error)
         except OSError as error:
             logger.error("cannot write the local queue %s: %s", self.journal.directory, error)
+            return f"otel-meter cannot write its local queue ({error.strerror}); retry later"
+        except Exception:  # a bug must fail these requests, not stop the writer
+            logger.exception("cannot queue usage")
+            return "otel-meter could not queue this usage (internal error, logged); retry later"
+        try:
+            self.journal.sync()
+        except OSError as error:
+            # The clients will retry, so this record must never reach the store.
+            self.journal.rollback(record_id)
+            logger.error("cannot fsync the local queue %s: %s", self.journal.directory, error)
             return f"otel-meter cannot write its local queue ({error.strerror}); retry later"
         with self._condition:
             self._record_rows[record_id] = len(merged)
@@ -175,26 +189,29 @@ class ClickHouseExporter:
                 if self._durable_id <= self.journal.checkpoint:
                     if self._stopping and not self._queue_thread.is_alive():
                         return
+                    self._condition.wait(interval)
                     continue
-                plan = self._next_plan()
+                plan = self._plan_records()
+            self.journal.begin(plan)
             if not self._insert(plan, deadline=None):
                 return
 
     def _queued_rows(self) -> int:
         return sum(rows for record_id, rows in self._record_rows.items() if record_id > self.journal.checkpoint)
 
-    def _next_plan(self) -> InsertPlan:
+    def _plan_records(self) -> InsertPlan:
+        """The next durable records for one insert: up to ``batch_size`` rows (or, for records
+        replayed from a previous run, whose rows are not counted, up to MAX_BYTES_PER_INSERT)."""
         first = self.journal.checkpoint + 1
-        last, rows = first, 0
+        last, rows, size = first, 0, 0
         durable = max(self._durable_id, self.journal.last_id if not self._queue_thread.is_alive() else 0)
         while last <= durable and last - first < MAX_RECORDS_PER_INSERT:
             rows += self._record_rows.get(last, 0)
-            if rows > self.config.batch_size and last > first:
+            size += self.journal.bytes_of(last)
+            if last > first and (rows > self.config.batch_size or size > MAX_BYTES_PER_INSERT):
                 break
             last += 1
-        plan = InsertPlan(first, last - 1, new_token())
-        self.journal.begin(plan)
-        return plan
+        return InsertPlan(first, last - 1, new_token())
 
     def _insert(self, plan: InsertPlan, deadline: float | None) -> bool:
         """Insert the plan's records, retrying the same block; False if the deadline passed first.

@@ -9,11 +9,12 @@ TYPE = "clickhouse"
 
 
 def queue_directory(config: ClickHouseExporterConfig, store: Store) -> Path:
+    """An explicit directory, else one per store and database (a directory serves one exporter)."""
     if config.sending_queue.directory:
         return Path(config.sending_queue.directory).expanduser().resolve()
     if store.location.embedded_path is not None:
-        return store.location.embedded_path / "queue"
-    return Path("otel-meter-queue").resolve()
+        return store.location.embedded_path / "queue" / store.location.database
+    return Path("otel-meter-queue").resolve() / store.location.database
 
 
 def create(config: ClickHouseExporterConfig, context: BuildContext) -> ClickHouseExporter:

@@ -18,6 +18,7 @@ start: it was never acknowledged.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -64,6 +65,7 @@ class Journal:
         self._previous_scanned: int | None = None
         self._segments: list[tuple[int, Path]] = []
         self._file = None
+        self._last_start = 0
         self._lock = threading.Lock()
         """Guards the record index and segment list, shared by the appending and the draining thread."""
         self._open()
@@ -75,6 +77,13 @@ class Journal:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create the queue directory {self.directory}: {error.strerror}") from None
+        self._lock_file = open(self.directory / "lock", "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise StoreError(f"the queue directory {self.directory} is in use by another exporter or process; "
+                             f"give each clickhouse exporter its own sending_queue.directory") from None
         checkpoint_file = self.directory / "checkpoint"
         if checkpoint_file.exists():
             self.checkpoint = int(checkpoint_file.read_text().strip() or 0)
@@ -99,6 +108,7 @@ class Journal:
     def _scan(self, path: Path, is_last: bool) -> int:
         """Index the records of one segment; returns the offset after the last good record."""
         offset = 0
+        size = path.stat().st_size
         with open(path, "rb") as handle:
             while True:
                 header = handle.read(HEADER.size)
@@ -108,7 +118,8 @@ class Journal:
                 payload = handle.read(length)
                 out_of_order = self._previous_scanned is not None and record_id != self._previous_scanned + 1
                 if len(payload) < length or zlib.crc32(payload) != checksum or out_of_order:
-                    if not is_last:
+                    reaches_end = offset + HEADER.size + length >= size
+                    if not (is_last and reaches_end):
                         raise StoreError(f"queue segment {path} is damaged at byte {offset}; acknowledged data in "
                                          f"it cannot be read. Move the file aside to start, and restore it from a "
                                          f"backup if you have one")
@@ -131,6 +142,9 @@ class Journal:
     def pending_records(self) -> int:
         return len(self._record_sizes)
 
+    def bytes_of(self, record_id: int) -> int:
+        return self._record_sizes.get(record_id, 0)
+
     def append(self, payload: bytes) -> int:
         """Append one record (not yet durable: call :meth:`sync`). Returns its id."""
         with self._lock:
@@ -151,10 +165,20 @@ class Journal:
         except OSError:
             self._file.truncate(start)
             raise
+        self._last_start = start
         self.last_id = record_id
         self._record_sizes[record_id] = size
         self._pending_bytes += size
         return record_id
+
+    def rollback(self, record_id: int) -> None:
+        """Remove the record just appended (its fsync failed and its clients were told to retry)."""
+        with self._lock:
+            if record_id != self.last_id or self._file is None:
+                raise StoreError(f"only the last queue record can be rolled back, not {record_id}")
+            self._file.truncate(self._last_start)
+            self.last_id -= 1
+            self._pending_bytes -= self._record_sizes.pop(record_id)
 
     def sync(self) -> None:
         if self.fsync and self._file is not None:
@@ -241,3 +265,4 @@ class Journal:
             self.sync()
             self._file.close()
             self._file = None
+        self._lock_file.close()

@@ -12,9 +12,9 @@ class RatingProcessor:
     unpriced usage is stored and queryable, never dropped.
     """
 
-    def __init__(self, card: RateCard | None, currency: str = "USD") -> None:
+    def __init__(self, card: RateCard | None) -> None:
         self.card = card
-        self.currency = card.currency if card else currency
+        self.currency = card.currency if card else ""
         self._prices: dict[tuple[str, str, str], int | None] = {}
 
     def _unit_price(self, model: str, provider: str, meter: str) -> int | None:
