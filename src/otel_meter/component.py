@@ -18,6 +18,12 @@ from typing import Annotated, Any, Callable, Protocol
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
+TRACES, METRICS, LOGS, EVENTS, USAGE = "traces", "metrics", "logs", "events", "usage"
+TELEMETRY_SIGNALS = (TRACES, METRICS, LOGS)
+PIPELINE_SIGNALS = (TRACES, METRICS, LOGS, EVENTS)
+"""``events`` pipelines carry usage from the custom events API: no conversion needed."""
+
+
 class Kind(str, enum.Enum):
     RECEIVER = "receivers"
     PROCESSOR = "processors"
@@ -48,9 +54,11 @@ class Factory:
     kind: Kind
     config_model: type[ComponentConfig]
     create: Callable[[Any, BuildContext], Any]
-    consumes: str = "usage"
-    """For processors: what they take in. ``traces`` marks a converter (spans to usage),
-    which must come first in a traces pipeline; the others work on usage batches."""
+    consumes: frozenset[str] = frozenset({USAGE})
+    """For processors: what they take in. A converter takes telemetry signals (traces,
+    metrics, logs) and must come first in such a pipeline; the others work on usage."""
+    signals: frozenset[str] = frozenset()
+    """For receivers: the pipeline signals they can feed."""
 
 
 class Lifecycle(Protocol):

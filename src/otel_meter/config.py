@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_meter import components  # noqa: F401  (registers the built-in components)
-from otel_meter.component import ComponentConfig, Kind, factories
+from otel_meter.component import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories
 from otel_meter.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "collector-config.yaml"
@@ -169,31 +169,44 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
             problems.append(f"service.extensions: {extension!r} is not defined under extensions")
     for name, pipeline in service.pipelines.items():
         signal = name.split("/", 1)[0]
-        if signal != "traces":
-            problems.append(f"service.pipelines.{name}: signal {signal!r} is not supported yet (supported: traces)")
+        if signal not in PIPELINE_SIGNALS:
+            problems.append(f"service.pipelines.{name}: unknown signal {signal!r} (use one of "
+                            f"{', '.join(PIPELINE_SIGNALS)}, optionally followed by /name)")
+            continue
+        for receiver_id in pipeline.receivers:
+            factory = factories(Kind.RECEIVER).get(component_type(receiver_id))
+            if factory is not None and signal not in factory.signals:
+                problems.append(f"service.pipelines.{name}.receivers: {receiver_id!r} does not receive {signal} "
+                                f"(it receives {', '.join(sorted(factory.signals))})")
         for kind, ids in ((Kind.RECEIVER, pipeline.receivers), (Kind.PROCESSOR, pipeline.processors),
                           (Kind.EXPORTER, pipeline.exporters)):
             for component_id in ids:
                 if component_id not in section_ids(top, kind):
                     problems.append(f"service.pipelines.{name}.{kind.value}: {component_id!r} is not defined "
                                     f"under {kind.value}")
-        if signal == "traces":
-            problems.extend(processor_order_problems(name, pipeline.processors))
+        problems.extend(processor_order_problems(name, signal, pipeline.processors))
     if problems:
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
     return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service)
 
 
-def processor_order_problems(name: str, processor_ids: list[str]) -> list[str]:
-    """A traces pipeline converts spans to usage first; every later processor works on usage."""
+def processor_order_problems(name: str, signal: str, processor_ids: list[str]) -> list[str]:
+    """A telemetry pipeline converts its signal to usage first; every later processor works on usage."""
     known = factories(Kind.PROCESSOR)
     consumes = [known[component_type(p)].consumes if component_type(p) in known else None for p in processor_ids]
-    if not consumes or consumes[0] != "traces":
-        converters = ", ".join(t for t, f in sorted(known.items()) if f.consumes == "traces")
-        return [f"service.pipelines.{name}.processors: a traces pipeline must start with a span-to-usage "
-                f"processor ({converters})"]
-    return [f"service.pipelines.{name}.processors: {p!r} converts spans and can only come first"
-            for p, c in zip(processor_ids[1:], consumes[1:]) if c == "traces"]
+    where = f"service.pipelines.{name}.processors"
+    problems = []
+    if signal != EVENTS:
+        if not consumes or consumes[0] is None or signal not in consumes[0]:
+            converters = ", ".join(t for t, f in sorted(known.items()) if signal in f.consumes)
+            return [f"{where}: a {signal} pipeline must start with a processor that turns {signal} into usage "
+                    f"({converters or 'none yet'})"]
+        consumes = consumes[1:]
+    for processor_id, takes in zip(processor_ids[len(processor_ids) - len(consumes):], consumes):
+        if takes is not None and USAGE not in takes:
+            problems.append(f"{where}: {processor_id!r} converts telemetry to usage and can only come first "
+                            f"in a {'/'.join(TELEMETRY_SIGNALS)} pipeline")
+    return problems
 
 
 def section_ids(top: TopLevel, kind: Kind) -> set[str]:

@@ -1,21 +1,20 @@
-"""A traces pipeline: spans in, usage through the processors, stored by the exporters.
+"""A pipeline: telemetry (or custom events) in, usage through the processors, out to the exporters.
 
-The first processor converts spans to usage (``genai_usage``); the rest work on
-:class:`UsageBatch`. ``consume`` returns only when every exporter has made the batch
-durable (in its local queue), so the receiver's answer is an honest acknowledgement.
+In a traces, metrics or logs pipeline the first processor converts the signal to
+usage (``genai_usage``); an events pipeline receives usage already. ``consume``
+returns only when every exporter has made the batch durable (in its local queue),
+so the receiver's answer is an honest acknowledgement.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
+from otel_meter.component import EVENTS
 from otel_meter.errors import ExportError
 from otel_meter.exporters.clickhouse.exporter import PendingWrite
-from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.usage import Rejection, UsageBatch
 
 
@@ -27,28 +26,49 @@ class UsageExporter(Protocol):
     def submit(self, batch: UsageBatch) -> PendingWrite: ...
 
 
+class Converter(Protocol):
+    """Turns a signal's export request into usage; declares the attributes it must read."""
+
+    def converter_for(self, signal: str) -> Callable[[Any], UsageBatch]: ...
+    def want_attributes(self, resource_keys: set[str], item_keys: set[str]) -> None: ...
+
+
 @dataclass
 class ConsumeResult:
     rejections: list[Rejection] = field(default_factory=list)
     stored_rows: int = 0
     duplicate_events: int = 0
 
+    def add(self, other: "ConsumeResult") -> None:
+        self.rejections.extend(other.rejections)
+        self.stored_rows += other.stored_rows
+        self.duplicate_events += other.duplicate_events
 
-class TracesPipeline:
-    def __init__(self, name: str, converter: GenAIUsageProcessor, processors: list[UsageProcessor],
+
+Consumer = Callable[[Any], ConsumeResult]
+
+
+class UsagePipeline:
+    def __init__(self, name: str, signal: str, converter: Converter | None, processors: list[UsageProcessor],
                  exporters: list[UsageExporter], prerequisite_timeout: float = 60.0) -> None:
         self.name = name
-        self.converter = converter
+        self.signal = signal
         self.processors = processors
         self.exporters = exporters
         self.prerequisite_timeout = prerequisite_timeout
-        wanted: set[str] = set()
-        for processor in processors:
-            wanted |= set(getattr(processor, "wanted_attributes", ()))
-        converter.want_attributes(wanted, wanted)
+        self._convert: Callable[[Any], UsageBatch] | None = None
+        if signal != EVENTS:
+            if converter is None:
+                raise ValueError(f"pipeline {name}: a {signal} pipeline needs a converter")
+            wanted: set[str] = set()
+            for processor in processors:
+                wanted |= set(getattr(processor, "wanted_attributes", ()))
+            converter.want_attributes(wanted, wanted)
+            self._convert = converter.converter_for(signal)
 
-    def consume(self, request: ExportTraceServiceRequest) -> ConsumeResult:
-        batch = self.converter.extract(request)
+    def consume(self, payload: Any) -> ConsumeResult:
+        """Take one export request (or, in an events pipeline, one UsageBatch)."""
+        batch: UsageBatch = self._convert(payload) if self._convert is not None else payload
         stored = False
         try:
             for processor in self.processors:
@@ -63,7 +83,7 @@ class TracesPipeline:
         deadline = time.monotonic() + self.prerequisite_timeout
         for prerequisite in batch.depends_on:
             if not prerequisite.done.wait(max(0.0, deadline - time.monotonic())) or not prerequisite.stored:
-                raise ExportError("a copy of some of these spans is still being stored by another request, "
+                raise ExportError("a copy of some of these items is still being stored by another request, "
                                   "or failed to store; retry")
         return ConsumeResult(rejections=batch.rejections, stored_rows=len(batch),
                              duplicate_events=batch.duplicate_events)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from otel_meter.component import BuildContext, Kind, factories
+from otel_meter.component import EVENTS, BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
-from otel_meter.pipeline import TracesPipeline
+from otel_meter.pipeline import UsagePipeline
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 from otel_meter.storage.store import Store, resolve_location
 
@@ -22,7 +22,7 @@ class Service:
         self.receivers: dict[str, OtlpReceiver] = {}
         self.exporters: dict[str, object] = {}
         self.extensions: dict[str, object] = {}
-        self.pipelines: list[TracesPipeline] = []
+        self.pipelines: list[UsagePipeline] = []
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._build()
@@ -51,14 +51,15 @@ class Service:
             self.exporters[exporter_id] = exporter
 
         for name, pipeline in config.service.pipelines.items():
+            signal = name.split("/", 1)[0]
             processors = [self._create(Kind.PROCESSOR, pid) for pid in pipeline.processors]
-            traces = TracesPipeline(name, processors[0], processors[1:],
-                                    [self.exporters[e] for e in pipeline.exporters])
-            self.pipelines.append(traces)
+            converter = processors.pop(0) if signal != EVENTS else None
+            usage = UsagePipeline(name, signal, converter, processors, [self.exporters[e] for e in pipeline.exporters])
+            self.pipelines.append(usage)
             for receiver_id in pipeline.receivers:
                 if receiver_id not in self.receivers:
                     self.receivers[receiver_id] = self._create(Kind.RECEIVER, receiver_id)
-                self.receivers[receiver_id].trace_consumers.append(traces.consume)
+                self.receivers[receiver_id].add_consumer(signal, usage.consume)
 
         for extension_id in config.service.extensions:
             self.extensions[extension_id] = self._create(Kind.EXTENSION, extension_id)

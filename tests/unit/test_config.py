@@ -345,12 +345,21 @@ def test_undefined_extension_is_rejected(tmp_path):
     assert str(caught.value) == f"{file}: service.extensions: 'usage_api' is not defined under extensions"
 
 
-def test_unsupported_signal_is_rejected(tmp_path):
-    file = write(tmp_path, MINIMAL.replace("    traces:", "    metrics/usage:"))
-    with pytest.raises(ConfigError) as caught:
-        load_config(file, environ={})
-    assert str(caught.value) == (f"{file}: service.pipelines.metrics/usage: signal 'metrics' is not supported yet "
-                                 f"(supported: traces)")
+def test_unknown_signal_is_rejected(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("    traces:", "    spans/usage:"))
+    assert "service.pipelines.spans/usage: unknown signal 'spans' (use one of traces, metrics, logs, events" in message
+
+
+def test_receiver_that_does_not_receive_a_signal_is_rejected_for_it(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("processors: [genai_usage, dedup]", "processors: [dedup]")
+                       .replace("    traces:", "    events:").replace("receivers: [otlp]", "receivers: [otlp]"))
+    assert "service.pipelines.events.receivers: 'otlp' does not receive events" in message
+
+
+def test_events_pipeline_needs_no_converter_and_refuses_one(tmp_path):
+    message = error_of(tmp_path, MINIMAL.replace("    traces:", "    events:"))
+    assert "service.pipelines.events.processors: 'genai_usage' converts telemetry to usage and can only come " \
+           "first in a traces/metrics/logs pipeline" in message
 
 
 def test_pipeline_without_receivers_is_rejected(tmp_path):

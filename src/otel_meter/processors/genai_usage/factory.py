@@ -1,4 +1,4 @@
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component import TRACES, BuildContext, Factory, Kind, register
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 
@@ -10,4 +10,4 @@ def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcess
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=GenAIUsageConfig, create=create,
-                                   consumes="traces"))
+                                   consumes=frozenset({TRACES})))

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from otel_meter.component import TRACES
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.usage import (
@@ -100,6 +101,11 @@ class GenAIUsageProcessor:
         self._extra_resource_keys = frozenset(resource_keys)
         self._extra_span_keys = frozenset(span_keys)
         self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys
+
+    def converter_for(self, signal: str) -> Callable[[Any], UsageBatch]:
+        if signal == TRACES:
+            return self.extract
+        raise ValueError(f"genai_usage does not convert {signal}")
 
     def extract(self, request: ExportTraceServiceRequest) -> UsageBatch:
         batch = UsageBatch()

@@ -1,4 +1,4 @@
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component import TRACES, BuildContext, Factory, Kind, register
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 
@@ -9,4 +9,5 @@ def create(config: OtlpReceiverConfig, context: BuildContext) -> OtlpReceiver:
     return OtlpReceiver(config, context.component_id)
 
 
-FACTORY = register(Factory(type=TYPE, kind=Kind.RECEIVER, config_model=OtlpReceiverConfig, create=create))
+FACTORY = register(Factory(type=TYPE, kind=Kind.RECEIVER, config_model=OtlpReceiverConfig, create=create,
+                           signals=frozenset({TRACES})))

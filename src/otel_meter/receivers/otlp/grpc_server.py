@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -17,16 +17,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 )
 
+from otel_meter.component import TRACES
 from otel_meter.errors import ExportError, OtelMeterError
 from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import GrpcProtocolConfig
+
+if TYPE_CHECKING:
+    from otel_meter.receivers.otlp.receiver import SignalConsumers
 
 logger = logging.getLogger(__name__)
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 MAX_LISTED_ERRORS = 10
 
-TraceConsumer = Callable[[ExportTraceServiceRequest], ConsumeResult]
 
 
 def partial_success_message(result: ConsumeResult) -> str:
@@ -38,7 +41,7 @@ def partial_success_message(result: ConsumeResult) -> str:
 
 
 class OtlpGrpcServer:
-    def __init__(self, config: GrpcProtocolConfig, consumers: list[TraceConsumer]) -> None:
+    def __init__(self, config: GrpcProtocolConfig, consumers: "SignalConsumers") -> None:
         self.config = config
         self.consumers = consumers
         size = config.max_recv_msg_size_mib * 1024 * 1024
@@ -72,13 +75,8 @@ class OtlpGrpcServer:
             request = ExportTraceServiceRequest.FromString(body)
         except DecodeError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not an OTLP ExportTraceServiceRequest: {error}")
-        result = ConsumeResult()
         try:
-            for consume in self.consumers:
-                outcome = consume(request)
-                result.rejections.extend(outcome.rejections)
-                result.stored_rows += outcome.stored_rows
-                result.duplicate_events += outcome.duplicate_events
+            result = self.consumers.consume(TRACES, request)
         except ExportError as error:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         response = ExportTraceServiceResponse()

@@ -2,25 +2,49 @@ from __future__ import annotations
 
 import logging
 
+from otel_meter.pipeline import ConsumeResult, Consumer
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
-from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer, TraceConsumer
+from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
 
 logger = logging.getLogger(__name__)
 
 
+class SignalConsumers:
+    """The pipelines fed by one receiver, by signal. A receiver in several pipelines of
+    one signal hands each request to every one of them, as in the Collector."""
+
+    def __init__(self) -> None:
+        self._by_signal: dict[str, list[Consumer]] = {}
+
+    def add(self, signal: str, consumer: Consumer) -> None:
+        self._by_signal.setdefault(signal, []).append(consumer)
+
+    def has(self, signal: str) -> bool:
+        return bool(self._by_signal.get(signal))
+
+    def consume(self, signal: str, payload: object) -> ConsumeResult:
+        result = ConsumeResult()
+        for consumer in self._by_signal.get(signal, ()):
+            result.add(consumer(payload))
+        return result
+
+
 class OtlpReceiver:
-    """The ``otlp`` receiver: one server per configured protocol, feeding the traces pipelines."""
+    """The ``otlp`` receiver: one server per configured protocol, feeding the pipelines."""
 
     def __init__(self, config: OtlpReceiverConfig, component_id: str) -> None:
         self.config = config
         self.component_id = component_id
-        self.trace_consumers: list[TraceConsumer] = []
+        self.consumers = SignalConsumers()
         self.grpc: OtlpGrpcServer | None = None
+
+    def add_consumer(self, signal: str, consumer: Consumer) -> None:
+        self.consumers.add(signal, consumer)
 
     def start(self) -> None:
         protocols = self.config.protocols
         if protocols.grpc is not None:
-            self.grpc = OtlpGrpcServer(protocols.grpc, self.trace_consumers)
+            self.grpc = OtlpGrpcServer(protocols.grpc, self.consumers)
             self.grpc.start()
         if protocols.http is not None:
             logger.warning("receivers.%s.protocols.http is accepted but OTLP/HTTP is not served yet; "
