@@ -110,7 +110,7 @@ def test_openlit_rule_matches_provider_case_insensitively_and_via_gen_ai_system(
     attrs = {OPERATION: "chat", SYSTEM: "Anthropic", IN: 1000, CACHE_READ: 300, OUT: 40}
     batch = one_span(attrs, resource={"telemetry.sdk.name": "openlit"})
     assert meters(batch) == {"input_tokens": 1000, "cache_read_tokens": 300, "output_tokens": 40}
-    assert batch.provider == ["Anthropic"] * 3
+    assert batch.provider == ["anthropic"] * 3  # provider values are lower-cased
 
 
 def test_anthropic_from_other_sdk_is_cache_inclusive():

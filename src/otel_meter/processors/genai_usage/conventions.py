@@ -1,29 +1,82 @@
-"""Where each usage quantity and dimension lives in the GenAI semantic conventions.
+"""Where each usage quantity and dimension lives, in the official GenAI semantic
+conventions (current and deprecated names) and in the conventions of the popular
+instrumentation families: OpenInference (Arize), OpenLLMetry (Traceloop), OpenLIT.
 
-Each tuple lists attribute keys in precedence order: the first key present wins and
-the others are never added to it, so a span carrying both an old and a new name is
-counted once. See docs/conventions.md for the rules per convention and provider.
+Each tuple lists attribute keys in precedence order: official new > official old >
+vendor. The first key present wins and the others are never added to it, so a span
+carrying both an old and a new name (dual emitters) is counted once. The mapping
+table for users is docs/conventions.md.
 """
 
-INPUT_TOTAL = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-OUTPUT_TOTAL = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
-CACHE_READ = ("gen_ai.usage.cache_read.input_tokens",)
-CACHE_WRITE = ("gen_ai.usage.cache_write.input_tokens", "gen_ai.usage.cache_creation.input_tokens")
-REASONING = ("gen_ai.usage.reasoning.output_tokens",)
+INPUT_TOTAL = (
+    "gen_ai.usage.input_tokens",              # official since v1.27
+    "gen_ai.usage.prompt_tokens",             # official v1.26; OpenLLMetry before 0.48
+    "llm.token_count.prompt",                 # OpenInference
+)
+OUTPUT_TOTAL = (
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.completion_tokens",
+    "llm.token_count.completion",
+)
+CACHE_READ = (
+    "gen_ai.usage.cache_read.input_tokens",           # official v1.40; OpenLLMetry 0.5, OpenLIT
+    "gen_ai.usage.cache_read_input_tokens",           # OpenLLMetry semconv-ai 0.4
+    "llm.token_count.prompt_details.cache_read",      # OpenInference
+    "gen_ai.usage.prompt_tokens_details.cached_tokens",  # older OpenLIT
+)
+CACHE_WRITE = (
+    "gen_ai.usage.cache_write.input_tokens",          # genai conventions repo
+    "gen_ai.usage.cache_creation.input_tokens",       # official v1.40; OpenLIT
+    "gen_ai.usage.cache_creation_input_tokens",       # OpenLLMetry semconv-ai 0.4
+    "llm.token_count.prompt_details.cache_write",     # OpenInference
+    "gen_ai.usage.prompt_tokens_details.cache_creation_tokens",  # older OpenLIT
+)
+REASONING = (
+    "gen_ai.usage.reasoning.output_tokens",           # official v1.41
+    "gen_ai.usage.reasoning_tokens",                  # OpenLLMetry 0.5, OpenLIT
+    "llm.usage.reasoning_tokens",                     # OpenLLMetry 0.4
+    "llm.token_count.completion_details.reasoning",   # OpenInference
+    "gen_ai.usage.completion_tokens_details.reasoning_tokens",  # older OpenLIT
+)
 
 USAGE_KEYS = frozenset(INPUT_TOTAL + OUTPUT_TOTAL + CACHE_READ + CACHE_WRITE + REASONING)
 
 OPERATION = "gen_ai.operation.name"
-PROVIDER = ("gen_ai.provider.name", "gen_ai.system")
-RESPONSE_MODEL = "gen_ai.response.model"
-REQUEST_MODEL = "gen_ai.request.model"
+OPERATION_FALLBACKS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("openinference.span.kind", {"llm": "chat", "embedding": "embeddings", "retriever": "retrieval",
+                                 "agent": "invoke_agent", "tool": "execute_tool"}),
+    ("llm.request.type", {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}),
+    ("traceloop.span.kind", {"agent": "invoke_agent", "tool": "execute_tool", "workflow": "invoke_workflow"}),
+)
+"""Where a span has no ``gen_ai.operation.name``: (key, lower-cased value -> operation).
+A value not in the map becomes the operation as written (lower case), e.g. ``chain``,
+which is not billed for tokens."""
 
-DIMENSION_KEYS = frozenset((OPERATION, RESPONSE_MODEL, REQUEST_MODEL) + PROVIDER)
+PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+PROVIDER_SPELLINGS = {
+    "xai": "x_ai", "az.ai.openai": "azure.ai.openai", "az.ai.inference": "azure.ai.inference",
+    "vertex_ai": "gcp.vertex_ai", "vertexai": "gcp.vertex_ai", "gemini": "gcp.gemini", "google": "gcp.gen_ai",
+    "mistralai": "mistral_ai", "aws": "aws.bedrock", "amazon": "aws.bedrock", "ibm.watson.ai": "ibm.watsonx.ai",
+}
+"""Provider values are lower-cased, then these older or vendor spellings become the
+official ones, so one provider is one dimension value whatever instrumented it."""
+
+MODEL = (
+    "gen_ai.response.model",        # the model that answered (a dated snapshot): what is billed
+    "llm.response.model_name",      # OpenInference, newer
+    "gen_ai.request.model",
+    "llm.request.model_name",
+    "llm.model_name",               # OpenInference
+    "embedding.model_name",         # OpenInference embeddings
+)
+
+DIMENSION_KEYS = frozenset((OPERATION,) + PROVIDER + MODEL + tuple(key for key, _ in OPERATION_FALLBACKS))
 
 INFERENCE_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
-"""Operations whose spans carry billable token usage. Agent and workflow spans
-(``invoke_agent``, ``create_agent``, ``invoke_workflow``, ``execute_tool``) may repeat
-their children's usage and are not billed for tokens."""
+"""Operations whose spans carry billable token usage. Agent, tool and workflow spans
+(``invoke_agent``, ``create_agent``, ``invoke_workflow``, ``execute_tool``) and
+framework spans (``chain``, ``task``) repeat their children's usage and are not billed
+for tokens. A span with usage and no operation by any convention is billed."""
 
 CACHE_EXCLUSIVE_EMITTERS = frozenset({("openlit", "anthropic")})
 """(telemetry.sdk.name, provider) pairs known to report input tokens without cached

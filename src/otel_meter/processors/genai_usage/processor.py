@@ -84,6 +84,27 @@ def text_value(value: AnyValue) -> str:
     return ""
 
 
+def first_text(found: dict[str, AnyValue], keys: tuple[str, ...]) -> str:
+    """The first non-empty text among ``keys``, in precedence order."""
+    for key in keys:
+        if key in found:
+            text = text_value(found[key])
+            if text:
+                return text
+    return ""
+
+
+def operation_of(found: dict[str, AnyValue]) -> str:
+    """``gen_ai.operation.name``, else the operation other conventions imply; "" if none says."""
+    if cv.OPERATION in found:
+        return text_value(found[cv.OPERATION])
+    for key, mapping in cv.OPERATION_FALLBACKS:
+        if key in found:
+            value = text_value(found[key]).lower()
+            return mapping.get(value, value)
+    return ""
+
+
 class GenAIUsageProcessor:
     """Extracts disjoint token meters from inference spans.
 
@@ -131,7 +152,7 @@ class GenAIUsageProcessor:
                             found[key] = kv.value
                     if cv.USAGE_KEYS.isdisjoint(found):
                         continue
-                    operation = text_value(found[cv.OPERATION]) if cv.OPERATION in found else ""
+                    operation = operation_of(found)
                     if operation and operation not in cv.INFERENCE_OPERATIONS:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
@@ -141,20 +162,14 @@ class GenAIUsageProcessor:
                             event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
                                       f"8 bytes, not all zero; usage cannot be deduplicated without them"))
                         continue
-                    provider = ""
-                    for key in cv.PROVIDER:
-                        if key in found:
-                            provider = text_value(found[key])
-                            if provider:
-                                break
+                    provider = first_text(found, cv.PROVIDER).lower()
+                    provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
                     try:
-                        meters = self._meters(found, maximum, (sdk_name, provider.lower()))
+                        meters = self._meters(found, maximum, (sdk_name, provider))
                     except InvalidCount as error:
                         batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
                         continue
-                    model = text_value(found[cv.RESPONSE_MODEL]) if cv.RESPONSE_MODEL in found else ""
-                    if not model and cv.REQUEST_MODEL in found:
-                        model = text_value(found[cv.REQUEST_MODEL])
+                    model = first_text(found, cv.MODEL)
                     event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
                     span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
                                        if not extra_span_keys.isdisjoint(found) else NO_ATTRIBUTES)
