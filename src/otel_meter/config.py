@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from otel_meter import components  # noqa: F401  (registers the built-in components)
 from otel_meter.component import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories
 from otel_meter.errors import ConfigError
+from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition, MeterSwitch, resolve_meters
 
 DEFAULT_CONFIG_NAME = "collector-config.yaml"
+METER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -55,6 +57,7 @@ class TopLevel(BaseModel):
     processors: dict[str, Any] = Field(default_factory=dict)
     exporters: dict[str, Any] = Field(default_factory=dict)
     extensions: dict[str, Any] = Field(default_factory=dict)
+    meters: dict[str, Any] = Field(default_factory=dict)
     service: ServiceSection
 
 
@@ -66,6 +69,8 @@ class ServiceConfig:
     config_dir: Path
     components: dict[Kind, dict[str, ComponentConfig]]
     service: ServiceSection
+    meters: dict[str, MeterDefinition]
+    """The built-in meters overlaid with the config's ``meters`` section (enabled ones only)."""
 
     def component(self, kind: Kind, component_id: str) -> ComponentConfig:
         return self.components[kind][component_id]
@@ -163,6 +168,8 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
             except ValidationError as error:
                 problems.extend(validation_problems(f"{kind.value}.{component_id}", error))
 
+    meters = parse_meters(top.meters, problems)
+
     service = top.service
     for extension in service.extensions:
         if extension not in section_ids(top, Kind.EXTENSION):
@@ -187,7 +194,29 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
         problems.extend(processor_order_problems(name, signal, pipeline.processors))
     if problems:
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
-    return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service)
+    return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service, meters=meters)
+
+
+def parse_meters(section: dict[str, Any], problems: list[str]) -> dict[str, MeterDefinition]:
+    """The ``meters`` section: new meters, replaced built-ins, or ``{enabled: false}`` switches."""
+    configured: dict[str, MeterDefinition | MeterSwitch] = {}
+    for name, body in section.items():
+        where = f"meters.{name}"
+        if not isinstance(name, str) or not METER_NAME.fullmatch(name):
+            problems.append(f"{where}: a meter name is lower-case letters, digits and underscores")
+            continue
+        try:
+            if isinstance(body, dict) and set(body) == {"enabled"}:
+                if name not in BUILTIN_METERS:
+                    problems.append(f"{where}: only 'enabled' is given, but {name} is not a built-in meter "
+                                    f"(built-in: {', '.join(BUILTIN_METERS)})")
+                    continue
+                configured[name] = MeterSwitch.model_validate(body)
+            else:
+                configured[name] = MeterDefinition.model_validate(body)
+        except ValidationError as error:
+            problems.extend(validation_problems(where, error))
+    return resolve_meters(configured)
 
 
 def processor_order_problems(name: str, signal: str, processor_ids: list[str]) -> list[str]:

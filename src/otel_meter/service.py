@@ -30,7 +30,8 @@ class Service:
     def _context(self, component_id: str) -> BuildContext:
         default_store = next(iter(self.stores.values()), None)
         return BuildContext(config_dir=self.config.config_dir, component_id=component_id,
-                            shared={"stores": self.stores, "store": default_store, "queued": self.queued_records})
+                            shared={"stores": self.stores, "store": default_store, "queued": self.queued_records,
+                                    "meters": self.config.meters})
 
     def _build(self) -> None:
         config = self.config

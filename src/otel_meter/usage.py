@@ -60,10 +60,13 @@ class UsageBatch:
     """Position of the source event in the request; tells two copies of one event apart."""
     event_time_ns: list[int] = field(default_factory=list)
     meter: list[str] = field(default_factory=list)
-    quantity: list[int] = field(default_factory=list)
+    quantity: list[int | Decimal] = field(default_factory=list)
+    """Whole quantities are ints; fractional ones (durations, attribute values) Decimals with 9 places."""
     provider: list[str] = field(default_factory=list)
     model: list[str] = field(default_factory=list)
     operation: list[str] = field(default_factory=list)
+    dimensions: list[dict[str, str]] = field(default_factory=list)
+    """A meter's extra dimensions (e.g. the tool name of a tool call); shared empty dict when none."""
     resource_attributes: list[dict[str, str]] = field(default_factory=list)
     """Wanted resource attributes of each row's resource (shared dicts, not copies)."""
     event_attributes: list[dict[str, str]] = field(default_factory=list)
@@ -119,7 +122,7 @@ class UsageBatch:
 
 
 ROW_COLUMNS = (
-    "event_id", "event_seq", "event_time_ns", "meter", "quantity", "provider", "model", "operation",
+    "event_id", "event_seq", "event_time_ns", "meter", "quantity", "provider", "model", "operation", "dimensions",
     "resource_attributes", "event_attributes", "customer", "feature", "service", "environment",
     "unit_price", "amount", "currency", "priced", "rate_card", "rate_card_version",
 )

@@ -37,14 +37,17 @@ def test_malformed_token_counts_are_rejected_per_span_and_good_spans_are_taken(m
         ("input_tokens",): (300, "0.00075"), ("output_tokens",): (30, "0.0003")}
 
 
-def test_spans_without_genai_usage_are_ignored_not_rejected(meter_server: MeterServer) -> None:
+def test_spans_no_meter_matches_are_ignored_and_agent_usage_is_not_billed_twice(meter_server: MeterServer) -> None:
     factory = SpanFactory()
     plain = factory.span({"http.request.method": "GET"}, name="GET /")
     agent = factory.span({"gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 999,
-                          "gen_ai.usage.output_tokens": 99}, name="invoke_agent planner")
+                          "gen_ai.usage.output_tokens": 99}, resource={"customer.id": "acme"},
+                         name="invoke_agent planner")
     response = export_raw(meter_server, [plain, agent, chat(factory, "acme", "gpt-4o", 10, 1)])
     assert not response.HasField("partial_success")
-    assert totals(meter_server.usage(group_by="customer"), "customer") == {("acme",): (11, "0.000035")}
+    assert totals(meter_server.usage(group_by="customer,meter"), "customer", "meter") == {
+        ("acme", "input_tokens"): (10, "0.000025"), ("acme", "output_tokens"): (1, "0.00001"),
+        ("acme", "agent_invocations"): (1, "0.00")}
 
 
 def test_undecodable_request_is_invalid_argument(meter_server: MeterServer) -> None:

@@ -42,8 +42,8 @@ def attributes(values: dict[str, Any] | list[tuple[str, Any]]) -> list[KeyValue]
 
 def make_span(n: int, attrs: dict[str, Any] | list[tuple[str, Any]], *, trace_id: bytes = TRACE_ID,
               sid: bytes | None = None, start: int = 1_700_000_000_000_000_000,
-              end: int = 1_700_000_001_000_000_000, name: str = "chat") -> Span:
-    return Span(trace_id=trace_id, span_id=span_id(n) if sid is None else sid, name=name,
+              end: int = 1_700_000_001_000_000_000, name: str = "chat", kind: int = 0) -> Span:
+    return Span(trace_id=trace_id, span_id=span_id(n) if sid is None else sid, name=name, kind=kind,
                 start_time_unix_nano=start, end_time_unix_nano=end, attributes=attributes(attrs))
 
 

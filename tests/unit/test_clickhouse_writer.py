@@ -234,3 +234,12 @@ def test_usage_whose_fsync_failed_is_refused_and_never_stored(tmp_path: Path, mo
     wait_for(lambda: writer.queued_records == 0)
     writer.shutdown()
     assert (store.stored_rows(), store.stored_quantity()) == (2, 2)
+
+
+def test_fractional_quantities_keep_every_decimal_next_to_whole_ones() -> None:
+    from decimal import Decimal
+
+    from otel_meter.exporters.clickhouse.arrow import quantity_array
+
+    assert [str(value) for value in quantity_array([3, Decimal("1.250000001")]).to_pylist()] == \
+        ["3.000000000", "1.250000001"]

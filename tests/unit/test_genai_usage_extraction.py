@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
 
+from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.usage import UsageBatch
@@ -27,8 +28,12 @@ REQUEST_MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
 
 
+TOKEN_METERS_ONLY = {name: meter for name, meter in BUILTIN_METERS.items() if meter.quantity.tokens}
+"""These tests pin the token rules; the other built-in meters have tests of their own."""
+
+
 def extract(request, config: GenAIUsageConfig | None = None) -> UsageBatch:
-    return GenAIUsageProcessor(config or GenAIUsageConfig()).extract(request)
+    return GenAIUsageProcessor(config or GenAIUsageConfig(), TOKEN_METERS_ONLY).extract(request)
 
 
 def meters(batch: UsageBatch) -> dict[str, int]:
@@ -337,8 +342,8 @@ def test_wanted_extra_attributes_ride_along_as_text():
     assert batch.event_attributes[0] is batch.event_attributes[1]
 
 
-def test_without_wanted_attributes_only_sdk_name_rides_along():
+def test_without_wanted_attributes_only_sdk_and_service_name_ride_along():
     batch = one_span(chat(**{IN: 1, "feature": "x"}),
-                     resource={"service.name": "svc", "telemetry.sdk.name": "openlit"})
-    assert batch.resource_attributes == [{"telemetry.sdk.name": "openlit"}]
+                     resource={"service.name": "svc", "telemetry.sdk.name": "openlit", "host.name": "h"})
+    assert batch.resource_attributes == [{"service.name": "svc", "telemetry.sdk.name": "openlit"}]
     assert batch.event_attributes == [{}]

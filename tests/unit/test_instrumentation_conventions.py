@@ -9,10 +9,12 @@ from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.usage import UsageBatch
 from tests.unit.otlp_builders import make_span, request_of
+from tests.unit.test_genai_usage_extraction import TOKEN_METERS_ONLY
 
 
 def extract_one(attributes: dict[str, Any], resource: dict[str, Any] | None = None) -> UsageBatch:
-    return GenAIUsageProcessor(GenAIUsageConfig()).extract(request_of(make_span(1, attributes), resource=resource))
+    return GenAIUsageProcessor(GenAIUsageConfig(), TOKEN_METERS_ONLY).extract(
+        request_of(make_span(1, attributes), resource=resource))
 
 
 def usage_of(batch: UsageBatch) -> dict[str, int]:

@@ -71,7 +71,8 @@ def test_to_not_after_from_is_rejected(start, end):
 
 def test_unknown_group_key_is_rejected_listing_the_valid_ones():
     assert parse_error(FROM, TO, "customer,planet,colour") == (
-        "group_by: unknown key 'planet'; use any of customer, model, provider, meter, feature, service, environment")
+        "group_by: unknown key 'planet'; use any of customer, model, provider, meter, feature, service, environment, "
+        "or dimensions.<attribute>")
 
 
 def test_repeated_group_key_is_rejected():

@@ -31,13 +31,28 @@ GROUP_KEYS = ("customer", "model", "provider", "meter", "feature", "service", "e
 """Dimensions the usage query may group by (column names in line_items and the rollups)."""
 
 
-def usage_query(group_by: list[str], customer_filter: bool, hourly: bool) -> str:
-    """Usage and money per group over [from, to); group keys come from GROUP_KEYS only."""
-    for key in group_by:
-        if key not in GROUP_KEYS:
+DIMENSION_PREFIX = "dimensions."
+"""A group key ``dimensions.<attribute>`` groups by a meter dimension (read from line items)."""
+
+
+def usage_query(group_by: list[str], customer_filter: bool, hourly: bool) -> tuple[str, dict[str, str]]:
+    """Usage and money per group over [from, to), and the parameters naming its dimensions.
+
+    Group keys come from GROUP_KEYS, or are dimensions (bound as parameters, never formatted in).
+    """
+    expressions, parameters = [], {}
+    for position, key in enumerate(group_by):
+        if key.startswith(DIMENSION_PREFIX) and len(key) > len(DIMENSION_PREFIX):
+            parameters[f"dimension_{position}"] = key[len(DIMENSION_PREFIX):]
+            expressions.append(f"dimensions[{{dimension_{position}:String}}] AS group_{position}")
+        elif key in GROUP_KEYS:
+            expressions.append(key)
+        else:
             raise ValueError(f"unknown group key {key!r}")
-    keys = ", ".join(group_by)
-    select_keys = f"{keys}, " if keys else ""
+    hourly = hourly and not parameters
+    keys = ", ".join(expression.rsplit(" AS ", 1)[-1] for expression in expressions)
+    select_keys = f"{', '.join(expressions)}, " if expressions else ""
+    group_keys = f"{keys}, " if keys else ""
     if hourly:
         source = "usage_hourly"
         time_filter = "hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')"
@@ -53,6 +68,6 @@ SELECT {select_keys}currency,
        sum(amount) AS total_amount
 FROM {source}
 WHERE {time_filter}{customer}
-GROUP BY {select_keys}currency
-ORDER BY {select_keys}currency
-"""
+GROUP BY {group_keys}currency
+ORDER BY {group_keys}currency
+""", parameters

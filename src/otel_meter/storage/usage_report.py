@@ -37,10 +37,11 @@ class UsageRequest:
         keys: tuple[str, ...] = DEFAULT_GROUP_BY
         if group_by is not None:
             keys = tuple(key.strip() for key in group_by.split(",") if key.strip())
-            unknown = [key for key in keys if key not in queries.GROUP_KEYS]
+            unknown = [key for key in keys if key not in queries.GROUP_KEYS
+                       and not (key.startswith(queries.DIMENSION_PREFIX) and len(key) > len(queries.DIMENSION_PREFIX))]
             if unknown:
                 raise UsageRequestError(f"group_by: unknown key {unknown[0]!r}; use any of "
-                                        f"{', '.join(queries.GROUP_KEYS)}")
+                                        f"{', '.join(queries.GROUP_KEYS)}, or dimensions.<attribute>")
             if len(set(keys)) != len(keys):
                 raise UsageRequestError("group_by: a key is repeated")
         return cls(start=begin, end=finish, group_by=keys, customer=customer or None)
@@ -65,9 +66,9 @@ def to_ns(value: datetime) -> int:
 def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]:
     start_ns, end_ns = to_ns(request.start), to_ns(request.end)
     hourly = start_ns % (3600 * NS) == 0 and end_ns % (3600 * NS) == 0
-    sql = queries.usage_query(list(request.group_by), request.customer is not None, hourly)
+    sql, dimension_parameters = queries.usage_query(list(request.group_by), request.customer is not None, hourly)
     parameters: dict[str, Any] = {"from_ns": start_ns, "to_ns": end_ns,
-                                  "from_s": start_ns // NS, "to_s": end_ns // NS}
+                                  "from_s": start_ns // NS, "to_s": end_ns // NS, **dimension_parameters}
     if request.customer is not None:
         parameters["customer"] = request.customer
     rows = []

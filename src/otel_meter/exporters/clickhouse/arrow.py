@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pyarrow as pa
 
 from otel_meter.usage import UNATTRIBUTED, UsageBatch
@@ -21,6 +23,24 @@ def money_array(units: list[int]) -> pa.Array:
     return pa.Array.from_buffers(MONEY, len(units), [None, pa.py_buffer(buffer)])
 
 
+def quantity_array(quantities: list[int | Decimal]) -> pa.Array:
+    """Whole quantities take the fast integer path; fractional ones go through Decimal."""
+    if set(map(type, quantities)) <= {int}:
+        return pa.array(quantities, pa.int64()).cast(QUANTITY)
+    return pa.array([Decimal(value) for value in quantities], QUANTITY)
+
+
+def dimensions_array(dimensions: list[dict[str, str]]) -> pa.Array:
+    offsets, keys, values = [0], [], []
+    for entry in dimensions:
+        if entry:
+            keys.extend(entry)
+            values.extend(entry.values())
+        offsets.append(len(keys))
+    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, pa.string()),
+                                   pa.array(values, pa.string()))
+
+
 def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
     """Columns no processor filled (a pipeline without attribution or rating) get their
     neutral value: unattributed customer, empty dimensions, unpriced."""
@@ -33,7 +53,8 @@ def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
         columns[name] = pa.array(values, pa.string())
     columns["event_time"] = pa.array(batch.event_time_ns, pa.int64()).cast(EVENT_TIME)
     columns["received_at"] = pa.array([received_at_us] * rows, pa.int64()).cast(RECEIVED_AT)
-    columns["quantity"] = pa.array(batch.quantity, pa.int64()).cast(QUANTITY)
+    columns["quantity"] = quantity_array(batch.quantity)
+    columns["dimensions"] = dimensions_array(batch.dimensions if len(batch.dimensions) == rows else [{}] * rows)
     rated = len(batch.amount) == rows
     columns["unit_price"] = money_array(batch.unit_price if rated else [0] * rows)
     columns["amount"] = money_array(batch.amount if rated else [0] * rows)

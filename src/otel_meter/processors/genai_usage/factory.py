@@ -1,4 +1,5 @@
 from otel_meter.component import TRACES, BuildContext, Factory, Kind, register
+from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 
@@ -6,7 +7,7 @@ TYPE = "genai_usage"
 
 
 def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcessor:
-    return GenAIUsageProcessor(config)
+    return GenAIUsageProcessor(config, context.shared.get("meters", BUILTIN_METERS))
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=GenAIUsageConfig, create=create,

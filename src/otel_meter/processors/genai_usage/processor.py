@@ -1,12 +1,14 @@
-"""Turn GenAI spans into usage rows: the traces-to-usage step of the pipeline.
+"""Turn spans into usage rows with the meters: the traces-to-usage step of the pipeline.
 
 This is the hot path. It walks each span's attributes once, touching only the keys
-some component asked for, and appends straight into the batch's columns.
+some meter or processor asked for, checks only the meters indexed under the span's
+operation, and appends straight into the batch's columns.
 """
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 import re
 import time
 from typing import Any, Callable, Iterable
@@ -15,19 +17,21 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from otel_meter.component import TRACES
+from otel_meter.meters.compiled import ItemFacts, MeterIndex, exact_quantity
+from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
-from otel_meter.usage import (
-    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS, Rejection, UsageBatch,
-)
+from otel_meter.usage import Rejection, UsageBatch
 
 SDK_NAME = "telemetry.sdk.name"
+SERVICE_NAME = "service.name"
 NO_ATTRIBUTES: dict[str, str] = {}
 """Shared by every span without wanted attributes, so processors can cache per resource."""
 NUMERIC_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
 
 
 TOKEN_SOURCES = (cv.INPUT_TOTAL, cv.OUTPUT_TOTAL, cv.CACHE_READ, cv.CACHE_WRITE, cv.REASONING)
+DURATION_SCALE = {"s": -9, "ms": -6, "us": -3, "ns": 0}
 
 
 class InvalidCount(ValueError):
@@ -69,6 +73,25 @@ def count_value(value: AnyValue, maximum: int) -> int:
     return number
 
 
+def number_value(value: AnyValue) -> int | Decimal:
+    """A quantity from an attribute value: a non-negative int, double or numeric text."""
+    kind = value.WhichOneof("value")
+    if kind == "int_value":
+        number: int | float = value.int_value
+    elif kind == "double_value":
+        number = value.double_value
+    elif kind == "string_value" and NUMERIC_TEXT.fullmatch(value.string_value.strip()):
+        number = float(value.string_value) if not value.string_value.strip().lstrip("+-").isdigit() \
+            else int(value.string_value)
+    else:
+        raise InvalidCount(f"{text_value(value)!r} is not a number" if kind else "has no value")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidCount(f"{number!r} is not a finite number")
+    if number < 0:
+        raise InvalidCount(f"{number} is negative")
+    return exact_quantity(number)
+
+
 def text_value(value: AnyValue) -> str:
     """An attribute value as text, for dimensions (ids may arrive as ints)."""
     text = value.string_value
@@ -106,22 +129,23 @@ def operation_of(found: dict[str, AnyValue]) -> str:
 
 
 class GenAIUsageProcessor:
-    """Extracts disjoint token meters from inference spans.
+    """Extracts usage from spans with the meters: the disjoint GenAI token meters and every
+    other meter (tool calls, agent steps, retrieval, durations, attribute quantities).
 
-    ``extra_resource_keys`` and ``extra_span_keys`` are attributes other processors
-    need (attribution keys); their values ride along with each row as text.
+    ``want_attributes`` adds attributes other processors need (attribution keys); their
+    values ride along with each row as text.
     """
 
-    def __init__(self, config: GenAIUsageConfig) -> None:
+    def __init__(self, config: GenAIUsageConfig, meters: dict[str, MeterDefinition] | None = None) -> None:
         self.config = config
-        self._extra_resource_keys: frozenset[str] = frozenset()
-        self._extra_span_keys: frozenset[str] = frozenset()
-        self._wanted_span_keys: frozenset[str] = cv.USAGE_KEYS | cv.DIMENSION_KEYS
+        self.spans = MeterIndex(BUILTIN_METERS if meters is None else meters, "spans")
+        self._meter_keys = frozenset(self.spans.attribute_keys())
+        self.want_attributes((), ())
 
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
-        self._extra_resource_keys = frozenset(resource_keys)
+        self._extra_resource_keys = frozenset(resource_keys) | self._meter_keys | {SDK_NAME, SERVICE_NAME}
         self._extra_span_keys = frozenset(span_keys)
-        self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys
+        self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys | self._meter_keys
 
     def converter_for(self, signal: str) -> Callable[[Any], UsageBatch]:
         if signal == TRACES:
@@ -132,8 +156,8 @@ class GenAIUsageProcessor:
         batch = UsageBatch()
         wanted = self._wanted_span_keys
         extra_span_keys = self._extra_span_keys
-        resource_keys = self._extra_resource_keys | {SDK_NAME}
-        maximum = self.config.max_tokens_per_span
+        resource_keys = self._extra_resource_keys
+        candidates_for = self.spans.candidates
         now_ns = time.time_ns()
         seq = 0
         for resource_spans in request.resource_spans:
@@ -142,7 +166,9 @@ class GenAIUsageProcessor:
                 for kv in resource_spans.resource.attributes if kv.key in resource_keys
             }
             sdk_name = resource_attributes.get(SDK_NAME, "")
+            service = resource_attributes.get(SERVICE_NAME, "")
             for scope_spans in resource_spans.scope_spans:
+                scope = scope_spans.scope.name
                 for span in scope_spans.spans:
                     seq += 1
                     found: dict[str, AnyValue] = {}
@@ -150,13 +176,20 @@ class GenAIUsageProcessor:
                         key = kv.key
                         if key in wanted:
                             found[key] = kv.value
-                    if cv.USAGE_KEYS.isdisjoint(found):
-                        continue
                     operation = operation_of(found)
-                    if operation and operation not in cv.INFERENCE_OPERATIONS:
+                    candidates = candidates_for(operation)
+                    if not candidates:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
                     event_id = trace_id.hex() + span_id.hex()
+                    try:
+                        measured = self._measure(candidates, operation, found, span, scope, service, sdk_name,
+                                                 resource_attributes)
+                    except InvalidCount as error:
+                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
+                        continue
+                    if not measured:
+                        continue
                     if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
                         batch.rejections.append(Rejection(
                             event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
@@ -164,16 +197,11 @@ class GenAIUsageProcessor:
                         continue
                     provider = first_text(found, cv.PROVIDER).lower()
                     provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
-                    try:
-                        meters = self._meters(found, maximum, (sdk_name, provider))
-                    except InvalidCount as error:
-                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
-                        continue
                     model = first_text(found, cv.MODEL)
                     event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
                     span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
                                        if not extra_span_keys.isdisjoint(found) else NO_ATTRIBUTES)
-                    for meter, quantity in meters:
+                    for meter, quantity, dimensions in measured:
                         batch.event_id.append(event_id)
                         batch.event_seq.append(seq)
                         batch.event_time_ns.append(event_time)
@@ -182,35 +210,84 @@ class GenAIUsageProcessor:
                         batch.provider.append(provider)
                         batch.model.append(model)
                         batch.operation.append(operation)
+                        batch.dimensions.append(dimensions)
                         batch.resource_attributes.append(resource_attributes)
                         batch.event_attributes.append(span_attributes)
         return batch
 
-    @staticmethod
-    def _meters(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str]) -> list[tuple[str, int]]:
-        totals = [0, 0, 0, 0, 0]
-        for position, keys in enumerate(TOKEN_SOURCES):
-            for key in keys:
-                if key in found:
-                    try:
-                        totals[position] = count_value(found[key], maximum)
-                    except InvalidCount as error:
-                        raise InvalidCount(f"attribute {key} {error}; token counts must be whole numbers "
-                                           f"from 0 to {maximum}") from None
-                    break
-        input_total, output_total, cache_read, cache_write, reasoning = totals
+    def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
+                 sdk_name: str, resource_attributes: dict[str, str]) -> list[tuple[str, int | Decimal, dict[str, str]]]:
+        """(meter, quantity, dimensions) for every candidate meter the span matches, zero quantities left out."""
 
-        # The conventions count cached input inside input_tokens and reasoning inside
-        # output_tokens. An emitter that reports them outside either is known to
-        # (CACHE_EXCLUSIVE_EMITTERS) or gives itself away with parts larger than the total.
-        cache_exclusive = emitter in cv.CACHE_EXCLUSIVE_EMITTERS or cache_read + cache_write > input_total
-        uncached_input = input_total if cache_exclusive else input_total - cache_read - cache_write
-        plain_output = output_total if reasoning > output_total else output_total - reasoning
+        def text_of(key: str) -> str | None:
+            value = found.get(key)
+            return text_value(value) if value is not None else resource_attributes.get(key)
 
-        meters = []
-        for meter, quantity in ((INPUT_TOKENS, uncached_input), (CACHE_READ_TOKENS, cache_read),
-                                (CACHE_WRITE_TOKENS, cache_write), (OUTPUT_TOKENS, plain_output),
-                                (REASONING_TOKENS, reasoning)):
+        facts = ItemFacts(name=span.name, kind=span.kind, scope=scope, service=service, text_of=text_of)
+        tokens: dict[str, int] | None = None
+        measured = []
+        for meter in candidates:
+            quantity_rule = meter.quantity
+            if quantity_rule.tokens is not None:
+                if cv.USAGE_KEYS.isdisjoint(found):
+                    continue
+                if not meter.matches(operation, facts):
+                    continue
+                if tokens is None:
+                    provider = first_text(found, cv.PROVIDER).lower()
+                    tokens = token_quantities(found, self.config.max_tokens_per_span,
+                                              (sdk_name, cv.PROVIDER_SPELLINGS.get(provider, provider)))
+                quantity: int | Decimal = tokens[quantity_rule.tokens]
+            else:
+                if not meter.matches(operation, facts):
+                    continue
+                quantity = self._quantity(meter.name, quantity_rule, found, span)
             if quantity:
-                meters.append((meter, quantity))
-        return meters
+                keys = meter.definition.dimensions
+                dimensions = {key: text for key in keys if (text := text_of(key))} if keys else NO_ATTRIBUTES
+                measured.append((meter.name, quantity, dimensions))
+        return measured
+
+    @staticmethod
+    def _quantity(meter: str, rule, found: dict[str, AnyValue], span) -> int | Decimal:
+        if rule.constant is not None:
+            return exact_quantity(rule.constant)
+        if rule.duration is not None:
+            nanoseconds = max(0, span.end_time_unix_nano - span.start_time_unix_nano)
+            return exact_quantity(Decimal(nanoseconds).scaleb(DURATION_SCALE[rule.duration]))
+        for key in rule.attribute:
+            if key in found:
+                try:
+                    return number_value(found[key])
+                except InvalidCount as error:
+                    raise InvalidCount(f"attribute {key} {error}; meter {meter} needs a non-negative number") \
+                        from None
+        return 0
+
+
+def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str]) -> dict[str, int]:
+    """The disjoint token quantities by kind (input, cache_read, cache_write, output, reasoning).
+
+    The conventions count cached input inside the input total and reasoning inside the
+    output total. An emitter that reports them outside either is known to
+    (CACHE_EXCLUSIVE_EMITTERS) or gives itself away with parts larger than the total.
+    """
+    totals = [0, 0, 0, 0, 0]
+    for position, keys in enumerate(TOKEN_SOURCES):
+        for key in keys:
+            if key in found:
+                try:
+                    totals[position] = count_value(found[key], maximum)
+                except InvalidCount as error:
+                    raise InvalidCount(f"attribute {key} {error}; token counts must be whole numbers "
+                                       f"from 0 to {maximum}") from None
+                break
+    input_total, output_total, cache_read, cache_write, reasoning = totals
+    cache_exclusive = emitter in cv.CACHE_EXCLUSIVE_EMITTERS or cache_read + cache_write > input_total
+    return {
+        "input": input_total if cache_exclusive else input_total - cache_read - cache_write,
+        "cache_read": cache_read,
+        "cache_write": cache_write,
+        "output": output_total if reasoning > output_total else output_total - reasoning,
+        "reasoning": reasoning,
+    }

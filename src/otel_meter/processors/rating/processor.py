@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+from decimal import ROUND_HALF_EVEN, Decimal
+
 from otel_meter.rating.rate_card import RateCard
-from otel_meter.usage import UsageBatch
+from otel_meter.usage import MONEY_CONTEXT, UsageBatch
+
+
+def fractional_amount(unit_price: int, quantity: Decimal) -> int:
+    """Amount of a fractional quantity (a duration, say), rounded half-even to 10**-18: the only
+    rounding before invoicing, and far below any currency's smallest unit."""
+    exact = MONEY_CONTEXT.multiply(Decimal(unit_price), quantity)
+    return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 class RatingProcessor:
@@ -38,7 +47,7 @@ class RatingProcessor:
                 priced.append(False)
             else:
                 unit_prices.append(unit)
-                amounts.append(unit * quantity)
+                amounts.append(unit * quantity if type(quantity) is int else fractional_amount(unit, quantity))
                 priced.append(True)
         rows = len(batch.meter)
         batch.unit_price, batch.amount, batch.priced = unit_prices, amounts, priced

@@ -1,0 +1,139 @@
+"""Meter definitions compiled for the hot path: globs to regexes, lists to sets, and
+an index by operation so a span is only checked against meters that can match it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from fnmatch import translate
+from typing import Callable
+
+from otel_meter.meters.definitions import MatchBlock, MeterDefinition
+
+SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+
+TextOf = Callable[[str], str | None]
+"""An item's attribute as text, or None when absent."""
+
+
+def glob(pattern: str | None) -> re.Pattern[str] | None:
+    return re.compile(translate(pattern)) if pattern is not None else None
+
+
+@dataclass(frozen=True)
+class ItemFacts:
+    """What a match block may ask about one span, metric point or log record."""
+
+    name: str
+    kind: int
+    scope: str
+    service: str
+    text_of: TextOf
+
+
+@dataclass(frozen=True)
+class CompiledBlock:
+    operations: frozenset[str] | None
+    name: re.Pattern[str] | None
+    kinds: frozenset[int] | None
+    scope: re.Pattern[str] | None
+    service: re.Pattern[str] | None
+    attributes: tuple[tuple[str, frozenset[str]], ...]
+    exists: tuple[str, ...]
+
+    @classmethod
+    def of(cls, block: MatchBlock, source: str) -> "CompiledBlock":
+        name = block.span_name if source == "spans" else block.metric if source == "metrics" else block.event_name
+        return cls(
+            operations=frozenset(block.operation) if block.operation is not None else None,
+            name=glob(name),
+            kinds=frozenset(SPAN_KINDS[kind] for kind in block.span_kind) if block.span_kind else None,
+            scope=glob(block.scope),
+            service=glob(block.service),
+            attributes=tuple((key, frozenset([value] if isinstance(value, str) else value))
+                             for key, value in block.attributes.items()),
+            exists=tuple(block.exists),
+        )
+
+    def matches(self, facts: ItemFacts) -> bool:
+        """Everything but the operation, which the index has already checked."""
+        if self.name is not None and not self.name.fullmatch(facts.name):
+            return False
+        if self.kinds is not None and facts.kind not in self.kinds:
+            return False
+        if self.scope is not None and not self.scope.fullmatch(facts.scope):
+            return False
+        if self.service is not None and not self.service.fullmatch(facts.service):
+            return False
+        for key, allowed in self.attributes:
+            if facts.text_of(key) not in allowed:
+                return False
+        return all(facts.text_of(key) is not None for key in self.exists)
+
+
+@dataclass(frozen=True)
+class CompiledMeter:
+    name: str
+    definition: MeterDefinition
+    blocks: tuple[CompiledBlock, ...]
+
+    @property
+    def quantity(self):
+        return self.definition.quantity
+
+    def matches(self, operation: str, facts: ItemFacts) -> bool:
+        unnamed_usage = operation == "" and self.quantity.tokens is not None
+        for block in self.blocks:
+            if block.operations is not None and operation not in block.operations and not unnamed_usage:
+                continue
+            if block.matches(facts):
+                return True
+        return False
+
+
+class MeterIndex:
+    """The meters of one source, indexed by the operations their blocks name."""
+
+    def __init__(self, meters: dict[str, MeterDefinition], source: str) -> None:
+        self.meters = [CompiledMeter(name, meter, tuple(CompiledBlock.of(block, source) for block in meter.match))
+                       for name, meter in meters.items() if meter.source == source]
+        self.by_operation: dict[str, tuple[CompiledMeter, ...]] = {}
+        any_operation: list[CompiledMeter] = []
+        for meter in self.meters:
+            operations: set[str] = set()
+            for block in meter.blocks:
+                if block.operations is None:
+                    operations = set()
+                    any_operation.append(meter)
+                    break
+                operations |= block.operations
+            if meter.quantity.tokens:
+                operations.add("")  # usage without any operation name is billed as inference
+            for operation in operations:
+                self.by_operation.setdefault(operation, ())
+                self.by_operation[operation] += (meter,)
+        self.any_operation = tuple(any_operation)
+
+    def candidates(self, operation: str) -> tuple[CompiledMeter, ...]:
+        specific = self.by_operation.get(operation, ())
+        return specific + self.any_operation if self.any_operation else specific
+
+    def attribute_keys(self) -> set[str]:
+        """Every attribute a meter of this source reads (match, quantity, dimensions)."""
+        keys: set[str] = set()
+        for meter in self.meters:
+            keys |= set(meter.definition.dimensions) | set(meter.quantity.attribute or ())
+            for block in meter.definition.match:
+                keys |= set(block.attributes) | set(block.exists)
+        return keys
+
+
+def exact_quantity(number: int | float | Decimal) -> int | Decimal:
+    """A quantity as an int when whole, else a Decimal with at most 9 places (ClickHouse Decimal(38, 9))."""
+    if isinstance(number, int):
+        return number
+    value = Decimal(str(number)) if isinstance(number, float) else number
+    if value == value.to_integral_value():
+        return int(value)
+    return value.quantize(Decimal("1e-9"))
