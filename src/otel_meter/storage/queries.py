@@ -27,6 +27,15 @@ WHERE event_time >= fromUnixTimestamp64Nano({min:Int64})
   AND event_id IN {ids:Array(String)}
 """
 
+METRIC_SERIES = """
+SELECT dimensions['otel_meter.series'] AS series,
+       argMax(event_id, event_time),
+       argMax(dimensions['otel_meter.cumulative'], event_time)
+FROM usage_events
+WHERE mapContains(dimensions, 'otel_meter.series') AND event_time >= now() - INTERVAL 8 DAY
+GROUP BY series
+"""
+
 GROUP_KEYS = ("customer", "model", "provider", "meter", "feature", "service", "environment")
 """Dimensions the usage query may group by (column names in line_items and the rollups)."""
 

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,11 @@ class Store:
         result = self.client.query(queries.STORED_EVENT_IDS,
                                    parameters={"ids": event_ids, "min": min_ns, "max": max_ns})
         return {row[0] for row in result.result_rows}
+
+    def metric_series(self) -> list[tuple[str, int, Decimal]]:
+        """The last cumulative value of each metric series seen in the past week, to resume deltas."""
+        rows = self.client.query(queries.METRIC_SERIES).result_rows
+        return [(series, int(event_id.rsplit(":", 2)[1]), Decimal(value)) for series, event_id, value in rows]
 
     def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple]:
         return self.client.query(sql, parameters=parameters).result_rows

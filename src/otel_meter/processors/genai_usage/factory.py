@@ -1,4 +1,4 @@
-from otel_meter.component import TRACES, BuildContext, Factory, Kind, register
+from otel_meter.component import LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
@@ -7,8 +7,12 @@ TYPE = "genai_usage"
 
 
 def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcessor:
-    return GenAIUsageProcessor(config, context.shared.get("meters", BUILTIN_METERS))
+    processor = GenAIUsageProcessor(config, context.shared.get("meters", BUILTIN_METERS))
+    store = context.shared.get("store")
+    if store is not None:
+        processor.metrics.load_series(store.metric_series())
+    return processor
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=GenAIUsageConfig, create=create,
-                                   consumes=frozenset({TRACES})))
+                                   consumes=frozenset({TRACES, METRICS, LOGS})))

@@ -7,114 +7,31 @@ operation, and appends straight into the batch's columns.
 
 from __future__ import annotations
 
-import math
-from decimal import Decimal
-import re
 import time
+from decimal import Decimal
 from typing import Any, Callable, Iterable
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from otel_meter.component import TRACES
+from otel_meter.component import LOGS, METRICS, TRACES
 from otel_meter.meters.compiled import ItemFacts, MeterIndex, exact_quantity
 from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
+from otel_meter.processors.genai_usage.logs import LogsConverter
+from otel_meter.processors.genai_usage.metrics import MetricsConverter
+from otel_meter.processors.genai_usage.values import InvalidCount, count_value, first_text, number_value, text_value
 from otel_meter.usage import Rejection, UsageBatch
 
 SDK_NAME = "telemetry.sdk.name"
 SERVICE_NAME = "service.name"
 NO_ATTRIBUTES: dict[str, str] = {}
 """Shared by every span without wanted attributes, so processors can cache per resource."""
-NUMERIC_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
 
 
 TOKEN_SOURCES = (cv.INPUT_TOTAL, cv.OUTPUT_TOTAL, cv.CACHE_READ, cv.CACHE_WRITE, cv.REASONING)
 DURATION_SCALE = {"s": -9, "ms": -6, "us": -3, "ns": 0}
-
-
-class InvalidCount(ValueError):
-    pass
-
-
-def count_value(value: AnyValue, maximum: int) -> int:
-    """A token count from an attribute value: integers, integral doubles and numeric strings."""
-    number = value.int_value
-    if 0 < number <= maximum:  # the common case, without asking which field is set
-        return number
-    kind = value.WhichOneof("value")
-    if kind == "int_value":
-        number = value.int_value
-    elif kind == "double_value":
-        double = value.double_value
-        if not math.isfinite(double) or double != int(double):
-            raise InvalidCount(f"{double!r} is not a whole number")
-        number = int(double)
-    elif kind == "string_value":
-        text = value.string_value.strip()
-        if not NUMERIC_TEXT.fullmatch(text):
-            raise InvalidCount(f"{value.string_value!r} is not a number")
-        try:
-            number = int(text)
-        except ValueError:
-            double = float(text)
-            if not math.isfinite(double) or double != int(double):
-                raise InvalidCount(f"{value.string_value!r} is not a whole number") from None
-            number = int(double)
-    elif kind is None:
-        raise InvalidCount("has no value")
-    else:
-        raise InvalidCount(f"is a {kind.removesuffix('_value')}, not a number")
-    if number < 0:
-        raise InvalidCount(f"{number} is negative")
-    if number > maximum:
-        raise InvalidCount(f"{number} is above the limit of {maximum} (max_tokens_per_span)")
-    return number
-
-
-def number_value(value: AnyValue) -> int | Decimal:
-    """A quantity from an attribute value: a non-negative int, double or numeric text."""
-    kind = value.WhichOneof("value")
-    if kind == "int_value":
-        number: int | float = value.int_value
-    elif kind == "double_value":
-        number = value.double_value
-    elif kind == "string_value" and NUMERIC_TEXT.fullmatch(value.string_value.strip()):
-        number = float(value.string_value) if not value.string_value.strip().lstrip("+-").isdigit() \
-            else int(value.string_value)
-    else:
-        raise InvalidCount(f"{text_value(value)!r} is not a number" if kind else "has no value")
-    if isinstance(number, float) and not math.isfinite(number):
-        raise InvalidCount(f"{number!r} is not a finite number")
-    if number < 0:
-        raise InvalidCount(f"{number} is negative")
-    return exact_quantity(number)
-
-
-def text_value(value: AnyValue) -> str:
-    """An attribute value as text, for dimensions (ids may arrive as ints)."""
-    text = value.string_value
-    if text:
-        return text
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind in ("int_value", "double_value"):
-        return str(getattr(value, kind))
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    return ""
-
-
-def first_text(found: dict[str, AnyValue], keys: tuple[str, ...]) -> str:
-    """The first non-empty text among ``keys``, in precedence order."""
-    for key in keys:
-        if key in found:
-            text = text_value(found[key])
-            if text:
-                return text
-    return ""
 
 
 def operation_of(found: dict[str, AnyValue]) -> str:
@@ -138,9 +55,12 @@ class GenAIUsageProcessor:
 
     def __init__(self, config: GenAIUsageConfig, meters: dict[str, MeterDefinition] | None = None) -> None:
         self.config = config
-        self.spans = MeterIndex(BUILTIN_METERS if meters is None else meters, "spans")
+        meters = BUILTIN_METERS if meters is None else meters
+        self.spans = MeterIndex(meters, "spans")
         self._meter_keys = frozenset(self.spans.attribute_keys())
         self.want_attributes((), ())
+        self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
+        self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
 
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
         self._extra_resource_keys = frozenset(resource_keys) | self._meter_keys | {SDK_NAME, SERVICE_NAME}
@@ -148,9 +68,8 @@ class GenAIUsageProcessor:
         self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys | self._meter_keys
 
     def converter_for(self, signal: str) -> Callable[[Any], UsageBatch]:
-        if signal == TRACES:
-            return self.extract
-        raise ValueError(f"genai_usage does not convert {signal}")
+        converters = {TRACES: self.extract, METRICS: self.metrics.convert, LOGS: self.logs.convert}
+        return converters[signal]
 
     def extract(self, request: ExportTraceServiceRequest) -> UsageBatch:
         batch = UsageBatch()
