@@ -51,3 +51,15 @@ def test_custom_keys_and_unattributed_customer():
     batch = attribute(request, config)
     assert batch.customer == ["acme", "house"]
     assert batch.feature == ["", ""]
+
+
+def test_values_set_by_the_sender_are_kept_and_only_empty_ones_derived():
+    from otel_meter.processors.attribution.config import AttributionConfig
+    from otel_meter.processors.attribution.processor import AttributionProcessor
+    from otel_meter.usage import UsageBatch
+
+    batch = UsageBatch(event_id=["a", "b"], resource_attributes=[{"customer.id": "from-resource"}] * 2,
+                       event_attributes=[{}, {}], customer=["given", ""], feature=["", "f"],
+                       environment=["", ""], service=["", ""])
+    AttributionProcessor(AttributionConfig()).process(batch)
+    assert (batch.customer, batch.feature) == (["given", "from-resource"], ["", "f"])

@@ -17,7 +17,11 @@ def first_value(keys: list[str], resource: dict[str, str], event: dict[str, str]
 
 
 class AttributionProcessor:
-    """Fills customer, feature, environment and service from resource and span attributes."""
+    """Fills customer, feature, environment and service from resource and span attributes.
+
+    Values a receiver already set (the subject of a custom event) are kept; only empty
+    ones are derived, and a row left without a customer gets the unattributed customer.
+    """
 
     def __init__(self, config: AttributionConfig) -> None:
         self.config = config
@@ -46,5 +50,11 @@ class AttributionProcessor:
             features.append(values[1])
             environments.append(values[2])
             services.append(values[3])
-        batch.customer, batch.feature, batch.environment, batch.service = customers, features, environments, services
+        computed = {"customer": customers, "feature": features, "environment": environments, "service": services}
+        rows = len(batch)
+        for name, values_of_rows in computed.items():
+            given = getattr(batch, name)
+            if len(given) == rows:  # set by the sender (custom events): a given value wins
+                values_of_rows = [mine or derived for mine, derived in zip(given, values_of_rows)]
+            setattr(batch, name, values_of_rows)
         return batch
