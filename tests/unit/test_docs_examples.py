@@ -121,3 +121,29 @@ def test_rate_card_id_defaults_to_the_given_name_and_version_to_a_content_hash()
     assert card.id == "eu"
     assert re.fullmatch(r"[0-9a-f]{12}", card.version)
     assert parse_rate_card(text + "# comment\n", "cards/eu.yaml", default_id="eu").version != card.version
+
+
+MINIMAL_PIPELINES = """\
+receivers: {otlp: {}}
+processors: {genai_usage: {}}
+exporters: {clickhouse: {}}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [genai_usage], exporters: [clickhouse]}
+"""
+
+
+@pytest.mark.parametrize("block", yaml_blocks("meters.md"))
+def test_meter_examples_in_meters_md_load(block: str) -> None:
+    config = parse_config(MINIMAL_PIPELINES + block, Path("."), "docs/meters.md", environ={})
+    for name in yaml.safe_load(block)["meters"]:
+        enabled = yaml.safe_load(block)["meters"][name].get("enabled", True)
+        assert (name in config.meters) == enabled
+
+
+def test_builtin_meters_shown_in_meters_md_equal_the_real_ones() -> None:
+    from otel_meter.meters.definitions import BUILTIN_METERS
+
+    shown = parse_config(MINIMAL_PIPELINES + yaml_blocks("meters.md")[0], Path("."), "docs", environ={}).meters
+    assert shown["input_tokens"] == BUILTIN_METERS["input_tokens"]
+    assert shown["tool_calls"] == BUILTIN_METERS["tool_calls"]
