@@ -133,3 +133,17 @@ def test_negative_meter_attribute_rejects_the_span_naming_meter_and_attribute() 
 ])
 def test_bad_meter_definitions_name_the_key_path(section: str, message: str) -> None:
     assert message in config_error(section)
+
+
+def test_metered_spans_beyond_the_attribute_limits_are_rejected_naming_the_limit() -> None:
+    config = GenAIUsageConfig(max_attributes_per_span=5, max_attribute_value_length=20)
+    crowded = make_span(1, {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 1,
+                            **{f"extra.{n}": n for n in range(10)}})
+    long_model = make_span(2, {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 1,
+                               "gen_ai.request.model": "m" * 50})
+    fine = make_span(3, {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 7})
+    batch = GenAIUsageProcessor(config, BUILTIN_METERS).extract(request_of(crowded, long_model, fine))
+    assert rows(batch) == [("input_tokens", 7, {})]
+    reasons = [rejection.reason for rejection in batch.rejections]
+    assert "12 attributes, above the limit of 5 (max_attributes_per_span)" in reasons[0]
+    assert "attribute gen_ai.request.model is 50 characters long, above the limit of 20" in reasons[1]

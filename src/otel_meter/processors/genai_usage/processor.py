@@ -109,6 +109,10 @@ class GenAIUsageProcessor:
                         continue
                     if not measured:
                         continue
+                    problem = self._limit_problem(span, found)
+                    if problem:
+                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {problem}"))
+                        continue
                     if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
                         batch.rejections.append(Rejection(
                             event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
@@ -133,6 +137,17 @@ class GenAIUsageProcessor:
                         batch.resource_attributes.append(resource_attributes)
                         batch.event_attributes.append(span_attributes)
         return batch
+
+    def _limit_problem(self, span, found: dict[str, AnyValue]) -> str | None:
+        limits = self.config
+        if len(span.attributes) > limits.max_attributes_per_span:
+            return (f"{len(span.attributes)} attributes, above the limit of {limits.max_attributes_per_span} "
+                    f"(max_attributes_per_span)")
+        for key, value in found.items():
+            if len(value.string_value) > limits.max_attribute_value_length:
+                return (f"attribute {key} is {len(value.string_value)} characters long, above the limit of "
+                        f"{limits.max_attribute_value_length} (max_attribute_value_length)")
+        return None
 
     def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
                  sdk_name: str, resource_attributes: dict[str, str]) -> list[tuple[str, int | Decimal, dict[str, str]]]:
