@@ -1,6 +1,7 @@
 """Imports every built-in component module so that each registers its factory."""
 
 from otel_meter.exporters.clickhouse import factory as _clickhouse_exporter  # noqa: F401
+from otel_meter.extensions.bearertokenauth import factory as _bearertokenauth  # noqa: F401
 from otel_meter.extensions.usage_api import factory as _usage_api  # noqa: F401
 from otel_meter.processors.attribution import factory as _attribution  # noqa: F401
 from otel_meter.processors.dedup import factory as _dedup  # noqa: F401
