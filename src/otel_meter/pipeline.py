@@ -67,8 +67,9 @@ class UsagePipeline:
             self._convert = converter.converter_for(signal)
 
     def consume(self, payload: Any) -> ConsumeResult:
-        """Take one export request (or, in an events pipeline, one UsageBatch)."""
-        batch: UsageBatch = self._convert(payload) if self._convert is not None else payload
+        """Take one export request (or, in an events pipeline, one UsageBatch: a copy is
+        processed, as the receiver may hand the same batch to several pipelines)."""
+        batch: UsageBatch = self._convert(payload) if self._convert is not None else payload.copy()
         stored = False
         try:
             for processor in self.processors:

@@ -113,6 +113,14 @@ class UsageBatch:
                 setattr(out, name, [column[i] for i in keep])
         return out
 
+    def copy(self) -> "UsageBatch":
+        """The same rows and rejections in new lists, without callbacks or prerequisites: what
+        each of several pipelines fed one batch works on, so that none sees another's."""
+        out = UsageBatch(rejections=list(self.rejections), duplicate_events=self.duplicate_events)
+        for name in ROW_COLUMNS:
+            setattr(out, name, list(getattr(self, name)))
+        return out
+
     def extend(self, other: "UsageBatch") -> None:
         """Append another batch's rows (used to group-commit several requests)."""
         for name in ROW_COLUMNS:
