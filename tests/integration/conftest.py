@@ -49,6 +49,7 @@ def free_port() -> int:
 class MeterServer:
     workdir: Path
     grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     extra_processors: str = ""
@@ -62,16 +63,22 @@ class MeterServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def write_config(self, rate_card: str = RATE_CARD) -> None:
+    def write_config(self, rate_card: str = RATE_CARD, http_settings: str = "") -> None:
+        """``http_settings``: more keys of ``protocols.http``, e.g. ``", max_request_body_size: 1024"``."""
         (self.workdir / "rate-card.yaml").write_text(rate_card)
         self.config_path.write_text(textwrap.dedent(f"""\
             receivers:
               otlp:
                 protocols:
                   grpc: {{endpoint: 127.0.0.1:{self.grpc_port}}}
+                  http: {{endpoint: 127.0.0.1:{self.http_port}{http_settings}}}
             processors:
               genai_usage: {{}}
               dedup: {{}}
@@ -101,8 +108,9 @@ class MeterServer:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=1):
                     pass
-                with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1):
-                    return
+                for port in (self.grpc_port, self.http_port):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"server did not become ready:\n{self.log()}")

@@ -22,9 +22,30 @@ class GrpcProtocolConfig(ComponentConfig):
     """Requests handled at once; further ones queue in gRPC."""
 
 
+def check_url_path(value: str) -> str:
+    """As in the Collector, a path without its leading slash gets one."""
+    if not value.strip("/"):
+        raise ValueError(f"{value!r} is not a URL path (e.g. /v1/traces)")
+    return value if value.startswith("/") else "/" + value
+
+
+UrlPath = Annotated[str, AfterValidator(check_url_path)]
+
+
 class HttpProtocolConfig(ComponentConfig):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(default=20 * 1024 * 1024, gt=0)
+    """Largest body taken, in bytes, checked on the wire and again after decompression."""
+    traces_url_path: UrlPath = "/v1/traces"
+    metrics_url_path: UrlPath = "/v1/metrics"
+    logs_url_path: UrlPath = "/v1/logs"
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> "HttpProtocolConfig":
+        paths = [self.traces_url_path, self.metrics_url_path, self.logs_url_path]
+        if len(set(paths)) < len(paths):
+            raise ValueError("traces_url_path, metrics_url_path and logs_url_path must differ")
+        return self
 
 
 class ProtocolsConfig(ComponentConfig):
@@ -45,7 +66,6 @@ class OtlpReceiverConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _something_is_served(self) -> "OtlpReceiverConfig":
-        if self.protocols.grpc is None:
-            raise ValueError("protocols.grpc must be enabled: OTLP/HTTP (protocols.http) is accepted but not "
-                             "served yet")
+        if self.protocols.grpc is None and self.protocols.http is None:
+            raise ValueError("protocols: enable grpc, http or both")
         return self

@@ -1,4 +1,4 @@
-"""OTLP/gRPC ``TraceService/Export``.
+"""OTLP/gRPC: ``TraceService``, ``MetricsService`` and ``LogsService`` ``Export``.
 
 Requests arrive as raw bytes (no deserializer on the handler) so that an
 undecodable body is answered with INVALID_ARGUMENT and a message, not a generic
@@ -7,37 +7,23 @@ INTERNAL. gzip request compression is handled by gRPC itself.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-)
+from google.protobuf.message import DecodeError, Message
 
-from otel_meter.component import TRACES
 from otel_meter.errors import ExportError, OtelMeterError
-from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import GrpcProtocolConfig
+from otel_meter.receivers.otlp.export import SIGNALS, OtlpSignal, error_status, export, refusal_code, retry_info
 
 if TYPE_CHECKING:
     from otel_meter.receivers.otlp.receiver import SignalConsumers
 
 logger = logging.getLogger(__name__)
-
-TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
-MAX_LISTED_ERRORS = 10
-
-
-
-def partial_success_message(result: ConsumeResult) -> str:
-    reasons = [rejection.reason for rejection in result.rejections[:MAX_LISTED_ERRORS]]
-    more = len(result.rejections) - len(reasons)
-    if more > 0:
-        reasons.append(f"and {more} more rejected spans")
-    return "; ".join(reasons)
 
 
 class OtlpGrpcServer:
@@ -50,11 +36,14 @@ class OtlpGrpcServer:
             options=[("grpc.max_receive_message_length", size), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=config.max_concurrent_requests * 4,
         )
-        handler = grpc.method_handlers_generic_handler(TRACE_SERVICE, {
-            "Export": grpc.unary_unary_rpc_method_handler(
-                self._export, response_serializer=ExportTraceServiceResponse.SerializeToString),
-        })
-        self._server.add_generic_rpc_handlers((handler,))
+        self._server.add_generic_rpc_handlers(tuple(
+            grpc.method_handlers_generic_handler(signal.service, {
+                "Export": grpc.unary_unary_rpc_method_handler(
+                    functools.partial(self._export, signal),
+                    response_serializer=signal.response_type.SerializeToString),
+            })
+            for signal in SIGNALS.values()))
+        self._stopped = threading.Event()
         self.port = 0
 
     def start(self) -> None:
@@ -66,21 +55,35 @@ class OtlpGrpcServer:
         self._server.start()
         logger.info("OTLP/gRPC receiver listening on %s", self.config.endpoint)
 
-    def shutdown(self, grace: float = 30.0) -> None:
-        """Stop taking requests; in-flight ones finish (and are stored) within ``grace``."""
-        self._server.stop(grace).wait()
+    def stop(self, grace: float) -> None:
+        """Stop taking requests; those in flight get ``grace`` seconds to finish (and be stored)."""
+        self._stopped = self._server.stop(grace)
 
-    def _export(self, body: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def _export(self, signal: OtlpSignal, body: bytes, context: grpc.ServicerContext) -> Message:
+        if not self.consumers.has(signal.name):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"no {signal.name} pipeline takes data from this receiver")
         try:
-            request = ExportTraceServiceRequest.FromString(body)
+            request = signal.request_type.FromString(body)
         except DecodeError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not an OTLP ExportTraceServiceRequest: {error}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"request is not an OTLP {signal.request_type.DESCRIPTOR.name}: {error}")
         try:
-            result = self.consumers.consume(TRACES, request)
+            return export(self.consumers, signal, request)
         except ExportError as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        response = ExportTraceServiceResponse()
-        if result.rejections:
-            response.partial_success.CopyFrom(ExportTracePartialSuccess(
-                rejected_spans=len(result.rejections), error_message=partial_success_message(result)))
-        return response
+            refuse(context, refusal_code(error), str(error))
+        except Exception:  # a bug must fail this request with a clear status, not UNKNOWN
+            logger.exception("OTLP/gRPC %s export failed", signal.name)
+            context.abort(grpc.StatusCode.INTERNAL, "otel-meter failed on this request (internal error, logged)")
+
+
+def refuse(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """Abort with RetryInfo in the rich status (``grpc-status-details-bin``, read by the
+    Collector) and in ``google.rpc.retryinfo-bin`` (read by the Python SDK exporter)."""
+    context.set_trailing_metadata((
+        ("grpc-status-details-bin", error_status(code, message, retryable=True).SerializeToString()),
+        ("google.rpc.retryinfo-bin", retry_info().SerializeToString()),
+    ))
+    context.abort(code, message)

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import logging
-
+from otel_meter.errors import OtelMeterError
 from otel_meter.pipeline import ConsumeResult, Consumer
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
+from otel_meter.receivers.otlp.http_server import OtlpHttpServer
 
-logger = logging.getLogger(__name__)
+SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 class SignalConsumers:
@@ -37,19 +37,28 @@ class OtlpReceiver:
         self.component_id = component_id
         self.consumers = SignalConsumers()
         self.grpc: OtlpGrpcServer | None = None
+        self.http: OtlpHttpServer | None = None
 
     def add_consumer(self, signal: str, consumer: Consumer) -> None:
         self.consumers.add(signal, consumer)
 
     def start(self) -> None:
         protocols = self.config.protocols
-        if protocols.grpc is not None:
-            self.grpc = OtlpGrpcServer(protocols.grpc, self.consumers)
-            self.grpc.start()
-        if protocols.http is not None:
-            logger.warning("receivers.%s.protocols.http is accepted but OTLP/HTTP is not served yet; "
-                           "send OTLP over gRPC", self.component_id)
+        try:
+            if protocols.grpc is not None:
+                self.grpc = OtlpGrpcServer(protocols.grpc, self.consumers)
+                self.grpc.start()
+            if protocols.http is not None:
+                self.http = OtlpHttpServer(protocols.http, self.consumers)
+                self.http.start()
+        except OtelMeterError:
+            self.shutdown(grace=0)  # the one that did start must not keep taking data
+            raise
 
-    def shutdown(self) -> None:
-        if self.grpc is not None:
-            self.grpc.shutdown()
+    def shutdown(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Both protocols stop taking requests first, then the requests in flight are awaited."""
+        servers = [server for server in (self.grpc, self.http) if server is not None]
+        for server in servers:
+            server.stop(grace)
+        for server in servers:
+            server.wait()

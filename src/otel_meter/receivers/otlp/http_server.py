@@ -1,0 +1,313 @@
+"""OTLP/HTTP: export requests POSTed as protobuf or JSON to ``/v1/traces``, ``/v1/metrics``, ``/v1/logs``.
+
+The standard library's threaded server (a thread per connection, HTTP/1.1
+keep-alive), as for the usage API: the work per request is the pipeline's, so
+the server needs nothing more. Answers follow the OTLP spec and the Collector:
+400 undecodable, 404 no pipeline for the signal, 413 too large (also once
+decompressed), 415 unsupported type or encoding, 429/503 with ``Retry-After``
+when the client should retry, 500 on a bug. Error bodies are a
+``google.rpc.Status`` in the request's encoding (JSON unless it sent protobuf).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socket import AF_INET6
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from otel_meter import __version__
+from otel_meter.component import LOGS, METRICS, TRACES
+from otel_meter.errors import ExportError, OtelMeterError
+from otel_meter.receivers.otlp import otlp_json
+from otel_meter.receivers.otlp.config import HttpProtocolConfig
+from otel_meter.receivers.otlp.export import (
+    RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code,
+)
+
+if TYPE_CHECKING:
+    from otel_meter.receivers.otlp.receiver import SignalConsumers
+
+logger = logging.getLogger(__name__)
+
+PROTOBUF, JSON = "application/x-protobuf", "application/json"
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""zlib window bits per ``Content-Encoding``; ``identity`` (or none) is taken as is."""
+IDLE_TIMEOUT_SECONDS = 60
+"""An idle keep-alive connection (or a stalled upload) is closed after this long."""
+DRAIN_LIMIT = 64 * 1024 * 1024
+"""At most this much of an unwanted body is read (and dropped) after an early answer."""
+REFUSAL_STATUS = {grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
+                  grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE}
+
+
+class HttpError(Exception):
+    """An answer other than 200, with its ``google.rpc.Status`` code."""
+
+    def __init__(self, status: HTTPStatus, code: grpc.StatusCode, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retryable = retryable
+
+
+def too_large(limit: int) -> HttpError:
+    return HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     f"request body is larger than max_request_body_size ({limit} bytes, decompressed); "
+                     f"send smaller batches")
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate at most ``limit`` bytes, so that a small gzip bomb cannot take the memory."""
+    if encoding == "identity":
+        return body
+    inflated = bytearray()
+    rest = body
+    try:
+        while rest:  # gzip may hold several members one after another
+            inflater = zlib.decompressobj(WBITS[encoding])
+            inflated += inflater.decompress(rest, limit + 1 - len(inflated))
+            if len(inflated) > limit:
+                raise too_large(limit)
+            if not inflater.eof:
+                raise zlib.error("the compressed body is truncated")
+            rest = inflater.unused_data
+            if rest and encoding != "gzip":
+                raise zlib.error("data after the end of the compressed body")
+    except zlib.error as error:
+        raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"body is not valid {encoding}: {error}") from None
+    return bytes(inflated)
+
+
+def decode(body: bytes, content_type: str, signal: OtlpSignal) -> Message:
+    name = signal.request_type.DESCRIPTOR.name
+    try:
+        if content_type == JSON:
+            return otlp_json.parse(body, signal.request_type)
+        return signal.request_type.FromString(body)
+    except otlp_json.OtlpJsonError as error:
+        message = str(error)
+    except DecodeError as error:
+        message = f"body is not an OTLP {name} in protobuf: {error}"
+    raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class OtlpHttpServer:
+    def __init__(self, config: HttpProtocolConfig, consumers: "SignalConsumers") -> None:
+        self.config = config
+        self.consumers = consumers
+        self.signals_by_path = {config.traces_url_path: SIGNALS[TRACES], config.metrics_url_path: SIGNALS[METRICS],
+                                config.logs_url_path: SIGNALS[LOGS]}
+        self._httpd: _Httpd | None = None
+        self._in_flight = 0
+        self._draining = False
+        self._idle = threading.Condition()
+        self._deadline = 0.0
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1] if self._httpd is not None else 0
+
+    def start(self) -> None:
+        host, _, port = self.config.endpoint.rpartition(":")
+        try:
+            self._httpd = _Httpd(host, int(port), self)
+        except OSError as error:
+            raise OtelMeterError(f"receivers.otlp.protocols.http.endpoint: cannot listen on {self.config.endpoint} "
+                                 f"({error.strerror}); is another process using the port?") from None
+        threading.Thread(target=self._httpd.serve_forever, name="otlp-http", daemon=True).start()
+        logger.info("OTLP/HTTP receiver listening on %s", self.config.endpoint)
+
+    def stop(self, grace: float) -> None:
+        """Stop taking requests: new connections are refused, requests on open ones get 503;
+        those in flight get ``grace`` seconds."""
+        with self._idle:
+            self._draining = True
+            self._deadline = time.monotonic() + grace
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def wait(self) -> None:
+        """Until the requests in flight are answered (and so stored) or the grace has passed."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, max(0.0, self._deadline - time.monotonic()))
+
+    def admit(self) -> bool:
+        with self._idle:
+            if self._draining:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+
+class _Httpd(ThreadingHTTPServer):
+    daemon_threads = True
+    """Idle keep-alive connections must not hold up the exit; requests in flight are awaited by ``wait``."""
+
+    def __init__(self, host: str, port: int, otlp: OtlpHttpServer) -> None:
+        if host.startswith("["):
+            host, self.address_family = host.strip("[]"), AF_INET6
+        self.otlp = otlp
+        super().__init__((host or "0.0.0.0", port), OtlpRequestHandler)
+
+
+class OtlpRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"otel-meter/{__version__}"
+    timeout = IDLE_TIMEOUT_SECONDS
+    server: _Httpd
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self._begin()
+        otlp = self.server.otlp
+        try:
+            if not otlp.admit():
+                self._fail(HttpError(HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
+                                     "otel-meter is shutting down; retry against another instance or later",
+                                     retryable=True), close=True)
+                return
+            try:
+                self._export(otlp)
+            except HttpError as error:
+                self._fail(error)
+            except (ConnectionError, TimeoutError):
+                raise
+            except Exception:  # a bug fails this request; the server keeps serving
+                logger.exception("OTLP/HTTP request to %s failed", self.path)
+                self._fail(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL,
+                                     "otel-meter failed on this request (internal error, logged)"))
+            finally:
+                otlp.release()
+        except (ConnectionError, TimeoutError):  # the client went away: nobody to answer
+            self.close_connection = True
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._begin()
+        self._fail(HttpError(HTTPStatus.METHOD_NOT_ALLOWED, grpc.StatusCode.UNIMPLEMENTED,
+                             f"{self.command} is not supported; OTLP/HTTP export requests are POSTed"))
+
+    do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _begin(self) -> None:
+        self.json = self.headers.get_content_type() != PROTOBUF
+        self.chunked = self.headers.get("Transfer-Encoding", "").strip().lower() == "chunked"
+        self.unread: int | None = None
+        """Bytes of the request body not read yet; None when unknown (chunked, bad Content-Length)."""
+        length = self.headers.get("Content-Length", "0").strip()
+        if not self.chunked and length.isdigit():
+            self.unread = int(length)
+
+    def _export(self, otlp: OtlpHttpServer) -> None:
+        path = urlsplit(self.path).path
+        signal = otlp.signals_by_path.get(path)
+        if signal is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND,
+                            f"no such path {path}; OTLP/HTTP is served on {', '.join(otlp.signals_by_path)}")
+        if not otlp.consumers.has(signal.name):
+            raise HttpError(HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND,
+                            f"no {signal.name} pipeline takes data from this receiver")
+        content_type = self.headers.get_content_type()
+        if content_type not in (PROTOBUF, JSON):
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"Content-Type {self.headers.get('Content-Type')!r} is not supported; "
+                            f"send {PROTOBUF} or {JSON}")
+        encoding = self.headers.get("Content-Encoding", "").strip().lower() or "identity"
+        if encoding != "identity" and encoding not in WBITS:
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity")
+        limit = otlp.config.max_request_body_size
+        request = decode(decompress(self._read_body(limit), encoding, limit), content_type, signal)
+        try:
+            response = export(otlp.consumers, signal, request)
+        except ExportError as error:
+            code = refusal_code(error)
+            raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
+        self._send(HTTPStatus.OK, response)
+
+    def _read_body(self, limit: int) -> bytes:
+        length = self.unread
+        if self.chunked:
+            body = self._read_chunks(limit)
+        elif length is None:
+            raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"Content-Length {self.headers.get('Content-Length')!r} is not a byte count")
+        else:
+            if length > limit:
+                raise too_large(limit)
+            body = self.rfile.read(length)
+            if len(body) < length:
+                raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
+        self.unread = 0
+        return body
+
+    def _read_chunks(self, limit: int) -> bytes:
+        """``Transfer-Encoding: chunked``, as sent by clients that stream a gzip body (Node's OTLP exporters)."""
+        body = bytearray()
+        while True:
+            try:
+                size = int(self.rfile.readline(1024).split(b";", 1)[0], 16)
+            except ValueError:
+                size = -1
+            if size < 0:
+                raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, "malformed chunked body")
+            if len(body) + size > limit:
+                raise too_large(limit)
+            if size == 0:
+                break
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise ConnectionError("chunked body ended early")
+            body += chunk
+            self.rfile.readline(1024)  # the CRLF closing the chunk
+        while self.rfile.readline(65537).strip():  # trailer fields, up to the empty line
+            pass
+        return bytes(body)
+
+    def _fail(self, error: HttpError, close: bool = False) -> None:
+        self._send(error.status, error_status(error.code, str(error), error.retryable), error.retryable, close)
+
+    def _send(self, status: HTTPStatus, message: Message, retryable: bool = False, close: bool = False) -> None:
+        """Answer; after an early answer (body not read), read and drop the rest of the body.
+        The connection stays open only if that rest has a known, bounded length."""
+        data = otlp_json.to_json(message) if self.json else message.SerializeToString()
+        keep_alive = not close and self.unread is not None and self.unread <= DRAIN_LIMIT
+        self.send_response(status)
+        self.send_header("Content-Type", JSON if self.json else PROTOBUF)
+        self.send_header("Content-Length", str(len(data)))
+        if retryable:
+            self.send_header("Retry-After", str(RETRY_AFTER_SECONDS))
+        if not keep_alive:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        if self.unread != 0:
+            self.wfile.flush()
+            self._discard(DRAIN_LIMIT if self.unread is None else min(self.unread, DRAIN_LIMIT))
+
+    def _discard(self, size: int) -> None:
+        """Closing a socket with unread data resets the connection, and the client could lose
+        the answer before reading it: so drop what it still sends, up to ``size`` or its end."""
+        while size > 0:
+            chunk = self.rfile.read1(min(size, 64 * 1024))
+            if not chunk:
+                break
+            size -= len(chunk)
+        self.unread = 0
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        logger.debug("OTLP/HTTP %s", format % args)
