@@ -103,4 +103,7 @@ class Service:
         self._stop_requested.set()
 
     def wait(self) -> None:
-        self._stop_requested.wait()
+        # Wake up now and then: a signal delivered to another thread (gRPC's or ClickHouse's)
+        # only runs its Python handler when the main thread gets to run bytecode.
+        while not self._stop_requested.wait(0.2):
+            pass
