@@ -350,10 +350,23 @@ def test_unknown_signal_is_rejected(tmp_path):
     assert "service.pipelines.spans/usage: unknown signal 'spans' (use one of traces, metrics, logs, events" in message
 
 
-def test_receiver_that_does_not_receive_a_signal_is_rejected_for_it(tmp_path):
+def test_receiver_that_does_not_receive_a_signal_is_rejected_for_it(tmp_path, monkeypatch):
+    from otel_meter.component import TRACES, Factory, Kind, factories
+
+    otlp = factories(Kind.RECEIVER)["otlp"]
+    monkeypatch.setitem(factories(Kind.RECEIVER), "spansonly", Factory(
+        type="spansonly", kind=Kind.RECEIVER, config_model=otlp.config_model, create=otlp.create,
+        signals=frozenset({TRACES})))
     message = error_of(tmp_path, MINIMAL.replace("processors: [genai_usage, dedup]", "processors: [dedup]")
-                       .replace("    traces:", "    events:").replace("receivers: [otlp]", "receivers: [otlp]"))
-    assert "service.pipelines.events.receivers: 'otlp' does not receive events" in message
+                       .replace("  otlp:", "  spansonly:").replace("    traces:", "    events:")
+                       .replace("receivers: [otlp]", "receivers: [spansonly]"))
+    assert "service.pipelines.events.receivers: 'spansonly' does not receive events (it receives traces)" in message
+
+
+def test_otlp_receiver_feeds_events_pipelines(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + "    events: {receivers: [otlp], processors: [dedup], "
+                                                   "exporters: [clickhouse]}\n"), environ={})
+    assert set(config.service.pipelines) == {"traces", "events"}
 
 
 def test_events_pipeline_needs_no_converter_and_refuses_one(tmp_path):

@@ -326,8 +326,26 @@ def test_client_refuses_naive_times_and_non_numbers():
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "events-api.md").read_text()
 
 
+def test_docs_config_example_loads(tmp_path):
+    from otel_meter.config import parse_config
+
+    [block] = re.findall(r"^```yaml\n(.*?)^```", DOC, re.DOTALL | re.MULTILINE)
+    (tmp_path / "rate-card.yaml").write_text("currency: USD\nmodels:\n  - match: gpt-4o\n    prices: {input_tokens: 1}\n")
+    config = parse_config(block, tmp_path, "docs/events-api.md", environ={})
+    assert config.service.pipelines["events"].processors == ["dedup", "rating"]
+
+
 def test_docs_curl_example_gives_the_documented_answer():
     [body] = re.findall(r"^  -d '(.*?)'$", DOC, re.DOTALL | re.MULTILINE)
     [answer] = re.findall(r"^```json\n(.*?)^```", DOC, re.DOTALL | re.MULTILINE)
     consumers = Consumers(pipeline(Stored()))
     assert json.loads(ingest_http(consumers, body.encode(), CLOUDEVENTS_BATCH)[0]) == json.loads(answer)
+
+
+def test_an_otlp_url_path_may_not_take_the_events_path():
+    from pydantic import ValidationError
+
+    from otel_meter.receivers.otlp.config import HttpProtocolConfig
+
+    with pytest.raises(ValidationError, match="/v1/events is the path of the custom events API"):
+        HttpProtocolConfig(traces_url_path="/v1/events")

@@ -4,6 +4,9 @@ from pydantic import AfterValidator, Field, model_validator
 
 from otel_meter.component import ComponentConfig
 
+EVENTS_PATH = "/v1/events"
+"""Where the HTTP server takes custom events (events.HTTP_PATH); no OTLP signal may use it."""
+
 
 def check_endpoint(value: str) -> str:
     host, separator, port = value.rpartition(":")
@@ -45,6 +48,8 @@ class HttpProtocolConfig(ComponentConfig):
         paths = [self.traces_url_path, self.metrics_url_path, self.logs_url_path]
         if len(set(paths)) < len(paths):
             raise ValueError("traces_url_path, metrics_url_path and logs_url_path must differ")
+        if EVENTS_PATH in paths:
+            raise ValueError(f"{EVENTS_PATH} is the path of the custom events API; use another one")
         return self
 
 

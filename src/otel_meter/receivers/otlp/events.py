@@ -29,12 +29,13 @@ from otel_meter.api.v1.events_pb2 import IngestRequest, IngestResponse, UsageEve
 from otel_meter.component import EVENTS
 from otel_meter.meters.compiled import exact_quantity
 from otel_meter.pipeline import ConsumeResult
+from otel_meter.receivers.otlp.config import EVENTS_PATH
 from otel_meter.usage import UsageBatch
 
 if TYPE_CHECKING:
     from otel_meter.receivers.otlp.receiver import SignalConsumers
 
-HTTP_PATH = "/v1/events"
+HTTP_PATH = EVENTS_PATH
 GRPC_SERVICE = "otel_meter.v1.EventsService"
 GRPC_METHOD = "Ingest"
 

@@ -1,4 +1,4 @@
-from otel_meter.component import LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
+from otel_meter.component import EVENTS, LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 
@@ -10,4 +10,4 @@ def create(config: OtlpReceiverConfig, context: BuildContext) -> OtlpReceiver:
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.RECEIVER, config_model=OtlpReceiverConfig, create=create,
-                           signals=frozenset({TRACES, METRICS, LOGS})))
+                           signals=frozenset({TRACES, METRICS, LOGS, EVENTS})))

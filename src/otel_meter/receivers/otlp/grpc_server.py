@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from otel_meter.api.v1.events_pb2 import IngestResponse
+from otel_meter.component import EVENTS
 from otel_meter.errors import ExportError, OtelMeterError
+from otel_meter.receivers.otlp import events
 from otel_meter.receivers.otlp.config import GrpcProtocolConfig
 from otel_meter.receivers.otlp.export import SIGNALS, OtlpSignal, error_status, export, refusal_code, retry_info
 
@@ -43,6 +46,10 @@ class OtlpGrpcServer:
                     response_serializer=signal.response_type.SerializeToString),
             })
             for signal in SIGNALS.values()))
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(events.GRPC_SERVICE, {
+            events.GRPC_METHOD: grpc.unary_unary_rpc_method_handler(
+                self._ingest_events, response_serializer=IngestResponse.SerializeToString),
+        }),))
         self._stopped = threading.Event()
         self.port = 0
 
@@ -76,6 +83,20 @@ class OtlpGrpcServer:
             refuse(context, refusal_code(error), str(error))
         except Exception:  # a bug must fail this request with a clear status, not UNKNOWN
             logger.exception("OTLP/gRPC %s export failed", signal.name)
+            context.abort(grpc.StatusCode.INTERNAL, "otel-meter failed on this request (internal error, logged)")
+
+    def _ingest_events(self, body: bytes, context: grpc.ServicerContext) -> IngestResponse:
+        """``otel_meter.v1.EventsService/Ingest``: the custom events API (see events.py)."""
+        if not self.consumers.has(EVENTS):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "no events pipeline takes data from this receiver")
+        try:
+            return events.ingest_protobuf(self.consumers, body)
+        except events.EventsRequestError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except ExportError as error:
+            refuse(context, refusal_code(error), str(error))
+        except Exception:  # a bug must fail this request with a clear status, not UNKNOWN
+            logger.exception("events ingest over gRPC failed")
             context.abort(grpc.StatusCode.INTERNAL, "otel-meter failed on this request (internal error, logged)")
 
 

@@ -25,9 +25,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from otel_meter import __version__
-from otel_meter.component import LOGS, METRICS, TRACES
+from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, OtelMeterError
-from otel_meter.receivers.otlp import otlp_json
+from otel_meter.receivers.otlp import events, otlp_json
 from otel_meter.receivers.otlp.config import HttpProtocolConfig
 from otel_meter.receivers.otlp.export import (
     RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code,
@@ -214,6 +214,9 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
 
     def _export(self, otlp: OtlpHttpServer) -> None:
         path = urlsplit(self.path).path
+        if path == events.HTTP_PATH:
+            self._ingest_events(otlp)
+            return
         signal = otlp.signals_by_path.get(path)
         if signal is None:
             raise HttpError(HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND,
@@ -226,18 +229,41 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
                             f"Content-Type {self.headers.get('Content-Type')!r} is not supported; "
                             f"send {PROTOBUF} or {JSON}")
-        encoding = self.headers.get("Content-Encoding", "").strip().lower() or "identity"
-        if encoding != "identity" and encoding not in WBITS:
-            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
-                            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity")
-        limit = otlp.config.max_request_body_size
-        request = decode(decompress(self._read_body(limit), encoding, limit), content_type, signal)
+        request = decode(self._read_decompressed(otlp), content_type, signal)
         try:
             response = export(otlp.consumers, signal, request)
         except ExportError as error:
             code = refusal_code(error)
             raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
         self._send(HTTPStatus.OK, response)
+
+    def _read_decompressed(self, otlp: OtlpHttpServer) -> bytes:
+        encoding = self.headers.get("Content-Encoding", "").strip().lower() or "identity"
+        if encoding != "identity" and encoding not in WBITS:
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity")
+        limit = otlp.config.max_request_body_size
+        return decompress(self._read_body(limit), encoding, limit)
+
+    def _ingest_events(self, otlp: OtlpHttpServer) -> None:
+        """``POST /v1/events``: the custom events API, CloudEvents JSON or protobuf (see events.py)."""
+        if not otlp.consumers.has(EVENTS):
+            raise HttpError(HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND,
+                            "no events pipeline takes data from this receiver")
+        content_type = self.headers.get_content_type()
+        if content_type not in events.CONTENT_TYPES:
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
+                            f"Content-Type {self.headers.get('Content-Type')!r} is not supported on "
+                            f"{events.HTTP_PATH}; send {', '.join(events.CONTENT_TYPES)}")
+        body = self._read_decompressed(otlp)
+        try:
+            data, answer_type = events.ingest_http(otlp.consumers, body, content_type)
+        except events.EventsRequestError as error:
+            raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        except ExportError as error:
+            code = refusal_code(error)
+            raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
+        self._write(HTTPStatus.OK, data, answer_type)
 
     def _read_body(self, limit: int) -> bytes:
         length = self.unread
@@ -285,9 +311,13 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         """Answer; after an early answer (body not read), read and drop the rest of the body.
         The connection stays open only if that rest has a known, bounded length."""
         data = otlp_json.to_json(message) if self.json else message.SerializeToString()
+        self._write(status, data, JSON if self.json else PROTOBUF, retryable, close)
+
+    def _write(self, status: HTTPStatus, data: bytes, content_type: str, retryable: bool = False,
+               close: bool = False) -> None:
         keep_alive = not close and self.unread is not None and self.unread <= DRAIN_LIMIT
         self.send_response(status)
-        self.send_header("Content-Type", JSON if self.json else PROTOBUF)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if retryable:
             self.send_header("Retry-After", str(RETRY_AFTER_SECONDS))
