@@ -79,8 +79,35 @@ class CompiledMeter:
     blocks: tuple[CompiledBlock, ...]
 
     @property
+    def required_keys(self) -> tuple[tuple[str, ...], ...]:
+        """Per block, the attributes it cannot match without (its ``attributes`` and ``exists`` keys)."""
+        return self._required
+
+    def __post_init__(self) -> None:
+        required = tuple(tuple(key for key, _ in block.attributes) + block.exists for block in self.blocks)
+        object.__setattr__(self, "_required", required)
+        object.__setattr__(self, "needs_attributes", all(required))
+        """True when every block needs some attribute, so a missing one rules the meter out cheaply."""
+
+    @property
     def quantity(self):
         return self.definition.quantity
+
+    @property
+    def by_operation_only(self) -> bool:
+        """Every block names operations and nothing else: the operation index decides alone."""
+        return all(block.operations is not None and block.name is None and block.kinds is None
+                   and block.scope is None and block.service is None and not block.attributes and not block.exists
+                   for block in self.blocks)
+
+    def may_match(self, item: dict, resource: dict) -> bool:
+        """A cheap pre-check: some block's required attributes are all present (on the item or its resource)."""
+        if not self.needs_attributes:
+            return True
+        for required in self.required_keys:
+            if all(key in item or key in resource for key in required):
+                return True
+        return False
 
     def matches(self, operation: str, facts: ItemFacts) -> bool:
         unnamed_usage = operation == "" and self.quantity.tokens is not None
@@ -98,6 +125,7 @@ class MeterIndex:
     def __init__(self, meters: dict[str, MeterDefinition], source: str) -> None:
         self.meters = [CompiledMeter(name, meter, tuple(CompiledBlock.of(block, source) for block in meter.match))
                        for name, meter in meters.items() if meter.source == source]
+        self.index_decides = frozenset(meter.name for meter in self.meters if meter.by_operation_only)
         self.by_operation: dict[str, tuple[CompiledMeter, ...]] = {}
         any_operation: list[CompiledMeter] = []
         for meter in self.meters:
@@ -114,10 +142,11 @@ class MeterIndex:
                 self.by_operation.setdefault(operation, ())
                 self.by_operation[operation] += (meter,)
         self.any_operation = tuple(any_operation)
+        self._candidates = {operation: meters + self.any_operation for operation, meters in self.by_operation.items()}
 
     def candidates(self, operation: str) -> tuple[CompiledMeter, ...]:
-        specific = self.by_operation.get(operation, ())
-        return specific + self.any_operation if self.any_operation else specific
+        """The meters that may match an item with this operation (precomputed per operation)."""
+        return self._candidates.get(operation, self.any_operation)
 
     def attribute_keys(self) -> set[str]:
         """Every attribute a meter of this source reads (match, quantity, dimensions)."""

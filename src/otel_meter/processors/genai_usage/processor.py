@@ -101,9 +101,11 @@ class GenAIUsageProcessor:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
                     event_id = trace_id.hex() + span_id.hex()
+                    provider = first_text(found, cv.PROVIDER).lower()
+                    provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
                     try:
-                        measured = self._measure(candidates, operation, found, span, scope, service, sdk_name,
-                                                 resource_attributes)
+                        measured = self._measure(candidates, operation, found, span, scope, service,
+                                                 (sdk_name, provider), resource_attributes)
                     except InvalidCount as error:
                         batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
                         continue
@@ -118,8 +120,6 @@ class GenAIUsageProcessor:
                             event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
                                       f"8 bytes, not all zero; usage cannot be deduplicated without them"))
                         continue
-                    provider = first_text(found, cv.PROVIDER).lower()
-                    provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
                     model = first_text(found, cv.MODEL)
                     event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
                     span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
@@ -144,37 +144,40 @@ class GenAIUsageProcessor:
             return (f"{len(span.attributes)} attributes, above the limit of {limits.max_attributes_per_span} "
                     f"(max_attributes_per_span)")
         for key, value in found.items():
-            if len(value.string_value) > limits.max_attribute_value_length:
+            if key not in cv.USAGE_KEYS and len(value.string_value) > limits.max_attribute_value_length:
                 return (f"attribute {key} is {len(value.string_value)} characters long, above the limit of "
                         f"{limits.max_attribute_value_length} (max_attribute_value_length)")
         return None
 
     def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
-                 sdk_name: str, resource_attributes: dict[str, str]) -> list[tuple[str, int | Decimal, dict[str, str]]]:
+                 emitter: tuple[str, str], resource_attributes: dict[str, str]
+                 ) -> list[tuple[str, int | Decimal, dict[str, str]]]:
         """(meter, quantity, dimensions) for every candidate meter the span matches, zero quantities left out."""
 
         def text_of(key: str) -> str | None:
             value = found.get(key)
             return text_value(value) if value is not None else resource_attributes.get(key)
 
-        facts = ItemFacts(name=span.name, kind=span.kind, scope=scope, service=service, text_of=text_of)
+        facts: ItemFacts | None = None
+        index_decides = self.spans.index_decides
         tokens: dict[str, int] | None = None
         measured = []
         for meter in candidates:
+            if meter.needs_attributes and not meter.may_match(found, resource_attributes):
+                continue
+            if meter.name not in index_decides:
+                if facts is None:
+                    facts = ItemFacts(name=span.name, kind=span.kind, scope=scope, service=service, text_of=text_of)
+                if not meter.matches(operation, facts):
+                    continue
             quantity_rule = meter.quantity
             if quantity_rule.tokens is not None:
                 if cv.USAGE_KEYS.isdisjoint(found):
                     continue
-                if not meter.matches(operation, facts):
-                    continue
                 if tokens is None:
-                    provider = first_text(found, cv.PROVIDER).lower()
-                    tokens = token_quantities(found, self.config.max_tokens_per_span,
-                                              (sdk_name, cv.PROVIDER_SPELLINGS.get(provider, provider)))
+                    tokens = token_quantities(found, self.config.max_tokens_per_span, emitter)
                 quantity: int | Decimal = tokens[quantity_rule.tokens]
             else:
-                if not meter.matches(operation, facts):
-                    continue
                 quantity = self._quantity(meter.name, quantity_rule, found, span)
             if quantity:
                 keys = meter.definition.dimensions
