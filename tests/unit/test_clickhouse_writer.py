@@ -243,3 +243,9 @@ def test_fractional_quantities_keep_every_decimal_next_to_whole_ones() -> None:
 
     assert [str(value) for value in quantity_array([3, Decimal("1.250000001")]).to_pylist()] == \
         ["3.000000000", "1.250000001"]
+
+
+def test_rows_without_a_customer_are_stored_as_unattributed_even_beside_attributed_ones() -> None:
+    batch = rows(2, "acme")
+    batch.customer[1] = ""
+    assert to_arrow(batch, received_at_us=0).to_pydict()["customer"] == ["acme", UNATTRIBUTED]

@@ -50,6 +50,8 @@ def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
         values = getattr(batch, name)
         if len(values) != rows:
             values = [UNATTRIBUTED if name == "customer" else ""] * rows
+        elif name == "customer" and "" in values:  # no attribution processor, and no customer was sent
+            values = [value or UNATTRIBUTED for value in values]
         columns[name] = pa.array(values, pa.string())
     columns["event_time"] = pa.array(batch.event_time_ns, pa.int64()).cast(EVENT_TIME)
     columns["received_at"] = pa.array([received_at_us] * rows, pa.int64()).cast(RECEIVED_AT)
