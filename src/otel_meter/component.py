@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Callable, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 
 TRACES, METRICS, LOGS, EVENTS, USAGE = "traces", "metrics", "logs", "events", "usage"
@@ -108,3 +108,15 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def existing_file(value: Path, info: ValidationInfo) -> Path:
+    """A file path, relative to the config file's directory, that must exist at load."""
+    base = (info.context or {}).get("config_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_file():
+        raise ValueError(f"file {path} not found")
+    return path
+
+
+ConfigFile = Annotated[Path, AfterValidator(existing_file)]

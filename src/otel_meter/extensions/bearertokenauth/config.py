@@ -1,15 +1,15 @@
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from otel_meter.component import ComponentConfig
+from otel_meter.component import ComponentConfig, ConfigFile
 
 
 class TokenConfig(ComponentConfig):
     """One accepted token, given by value (use ``${env:NAME}``) or read from a file."""
 
     token: str | None = Field(default=None, min_length=16)
-    token_file: Path | None = None
+    token_file: ConfigFile | None = None
     customer: str | None = Field(default=None, min_length=1)
     """Bind the token to a customer: usage sent with it is that customer's, whatever the
     attributes say, and a read token sees only that customer's usage."""
@@ -18,14 +18,8 @@ class TokenConfig(ComponentConfig):
 
     @field_validator("token_file")
     @classmethod
-    def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base = (info.context or {}).get("config_dir")
-        path = value if value.is_absolute() or base is None else Path(base) / value
-        if not path.is_file():
-            raise ValueError(f"file {path} not found")
-        if len(path.read_text().strip()) < 16:
+    def _holds_a_token(cls, path: Path | None) -> Path | None:
+        if path is not None and len(path.read_text().strip()) < 16:
             raise ValueError(f"file {path} holds no token of at least 16 characters")
         return path
 
