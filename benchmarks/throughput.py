@@ -697,7 +697,7 @@ def offline_rates(payloads: list[bytes], spans: int, config_path: Path) -> dict[
     from otel_meter.component import BuildContext, Kind, factories
     from otel_meter.config import component_type, load_config
     from otel_meter.exporters.clickhouse.arrow import to_arrow
-    from otel_meter.pipeline import TracesPipeline
+    from otel_meter.pipeline import UsagePipeline
     from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
     from otel_meter.usage import UsageBatch
 
@@ -718,14 +718,14 @@ def offline_rates(payloads: list[bytes], spans: int, config_path: Path) -> dict[
             to_arrow(batch, time.time_ns() // 1000)
             return Stored()
 
-    def build(config_path: Path) -> tuple[GenAIUsageProcessor, TracesPipeline]:
+    def build(config_path: Path) -> tuple[GenAIUsageProcessor, UsagePipeline]:
         config = load_config(config_path)
         pipeline = next(iter(config.service.pipelines.values()))
-        context: dict[str, Any] = {"stores": {}, "store": None}
+        context: dict[str, Any] = {"stores": {}, "store": None, "meters": config.meters}
         processors = [factories(Kind.PROCESSOR)[component_type(pid)].create(
             config.component(Kind.PROCESSOR, pid), BuildContext(config.config_dir, pid, dict(context)))
             for pid in pipeline.processors]
-        return processors[0], TracesPipeline("bench", processors[0], processors[1:], [ArrowOnlyExporter()], 60.0)
+        return processors[0], UsagePipeline("bench", "traces", processors[0], processors[1:], [ArrowOnlyExporter()])
 
     parse = ExportTraceServiceRequest.FromString
     rates: dict[str, float | None] = {"parse": best_rate(spans, payloads, lambda: parse, passes=3)}

@@ -88,6 +88,8 @@ class CompiledMeter:
         object.__setattr__(self, "_required", required)
         object.__setattr__(self, "needs_attributes", all(required))
         """True when every block needs some attribute, so a missing one rules the meter out cheaply."""
+        object.__setattr__(self, "trigger_keys", frozenset(key for keys in required for key in keys))
+        """Attributes of which at least one must be present for such a meter to match at all."""
 
     @property
     def quantity(self):
@@ -104,6 +106,8 @@ class CompiledMeter:
         """A cheap pre-check: some block's required attributes are all present (on the item or its resource)."""
         if not self.needs_attributes:
             return True
+        if self.trigger_keys.isdisjoint(item) and self.trigger_keys.isdisjoint(resource):
+            return False
         for required in self.required_keys:
             if all(key in item or key in resource for key in required):
                 return True
@@ -143,10 +147,25 @@ class MeterIndex:
                 self.by_operation[operation] += (meter,)
         self.any_operation = tuple(any_operation)
         self._candidates = {operation: meters + self.any_operation for operation, meters in self.by_operation.items()}
+        self._plans: dict[str, tuple[tuple[tuple[str, str], ...], tuple[CompiledMeter, ...]]] = {}
 
     def candidates(self, operation: str) -> tuple[CompiledMeter, ...]:
         """The meters that may match an item with this operation (precomputed per operation)."""
         return self._candidates.get(operation, self.any_operation)
+
+    def plan(self, operation: str) -> tuple[tuple[tuple[str, str], ...], tuple[CompiledMeter, ...]]:
+        """For an operation: the token meters the index alone decides, as (meter, token kind), and
+        every other candidate. The first need no matching and no dimensions: the fast path."""
+        plan = self._plans.get(operation)
+        if plan is None:
+            tokens, others = [], []
+            for meter in self.candidates(operation):
+                if meter.quantity.tokens and meter.by_operation_only and not meter.definition.dimensions:
+                    tokens.append((meter.name, meter.quantity.tokens))
+                else:
+                    others.append(meter)
+            plan = self._plans[operation] = (tuple(tokens), tuple(others))
+        return plan
 
     def attribute_keys(self) -> set[str]:
         """Every attribute a meter of this source reads (match, quantity, dimensions)."""

@@ -76,7 +76,9 @@ class GenAIUsageProcessor:
         wanted = self._wanted_span_keys
         extra_span_keys = self._extra_span_keys
         resource_keys = self._extra_resource_keys
-        candidates_for = self.spans.candidates
+        plan_for = self.spans.plan
+        max_length = self.config.max_attribute_value_length
+        max_attributes = self.config.max_attributes_per_span
         now_ns = time.time_ns()
         seq = 0
         for resource_spans in request.resource_spans:
@@ -96,24 +98,33 @@ class GenAIUsageProcessor:
                         if key in wanted:
                             found[key] = kv.value
                     operation = operation_of(found)
-                    candidates = candidates_for(operation)
-                    if not candidates:
+                    token_meters, other_meters = plan_for(operation)
+                    if not token_meters and not other_meters:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
                     event_id = trace_id.hex() + span_id.hex()
                     provider = first_text(found, cv.PROVIDER).lower()
                     provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
                     try:
-                        measured = self._measure(candidates, operation, found, span, scope, service,
-                                                 (sdk_name, provider), resource_attributes)
+                        measured = []
+                        if token_meters and not cv.USAGE_KEYS.isdisjoint(found):
+                            tokens = token_quantities(found, self.config.max_tokens_per_span, (sdk_name, provider))
+                            for meter_name, kind in token_meters:
+                                if tokens[kind]:
+                                    measured.append((meter_name, tokens[kind], NO_ATTRIBUTES))
+                        if other_meters and any(not meter.needs_attributes or meter.may_match(found, resource_attributes)
+                                                for meter in other_meters):
+                            measured += self._measure(other_meters, operation, found, span, scope, service,
+                                                      (sdk_name, provider), resource_attributes)
                     except InvalidCount as error:
                         batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
                         continue
                     if not measured:
                         continue
-                    problem = self._limit_problem(span, found)
-                    if problem:
-                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {problem}"))
+                    if len(span.attributes) > max_attributes:
+                        batch.rejections.append(Rejection(event_id, (
+                            f"span {event_id}: {len(span.attributes)} attributes, above the limit of "
+                            f"{max_attributes} (max_attributes_per_span)")))
                         continue
                     if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
                         batch.rejections.append(Rejection(
@@ -124,6 +135,11 @@ class GenAIUsageProcessor:
                     event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
                     span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
                                        if not extra_span_keys.isdisjoint(found) else NO_ATTRIBUTES)
+                    if (len(provider) > max_length or len(model) > max_length
+                            or any(len(text) > max_length for text in span_attributes.values())
+                            or any(len(text) > max_length for _, _, dims in measured for text in dims.values())):
+                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {too_long(found, max_length)}"))
+                        continue
                     for meter, quantity, dimensions in measured:
                         batch.event_id.append(event_id)
                         batch.event_seq.append(seq)
@@ -138,17 +154,6 @@ class GenAIUsageProcessor:
                         batch.event_attributes.append(span_attributes)
         return batch
 
-    def _limit_problem(self, span, found: dict[str, AnyValue]) -> str | None:
-        limits = self.config
-        if len(span.attributes) > limits.max_attributes_per_span:
-            return (f"{len(span.attributes)} attributes, above the limit of {limits.max_attributes_per_span} "
-                    f"(max_attributes_per_span)")
-        for key, value in found.items():
-            if key not in cv.USAGE_KEYS and len(value.string_value) > limits.max_attribute_value_length:
-                return (f"attribute {key} is {len(value.string_value)} characters long, above the limit of "
-                        f"{limits.max_attribute_value_length} (max_attribute_value_length)")
-        return None
-
     def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
                  emitter: tuple[str, str], resource_attributes: dict[str, str]
                  ) -> list[tuple[str, int | Decimal, dict[str, str]]]:
@@ -161,7 +166,7 @@ class GenAIUsageProcessor:
         facts: ItemFacts | None = None
         index_decides = self.spans.index_decides
         tokens: dict[str, int] | None = None
-        measured = []
+        measured: list[tuple[str, int | Decimal, dict[str, str]]] = []
         for meter in candidates:
             if meter.needs_attributes and not meter.may_match(found, resource_attributes):
                 continue
@@ -200,6 +205,16 @@ class GenAIUsageProcessor:
                     raise InvalidCount(f"attribute {key} {error}; meter {meter} needs a non-negative number") \
                         from None
         return 0
+
+
+def too_long(found: dict[str, AnyValue], limit: int) -> str:
+    """Names the attribute whose text is over the limit (the slow path, for the rejection message)."""
+    for key, value in found.items():
+        text = text_value(value)
+        if len(text) > limit:
+            return (f"attribute {key} is {len(text)} characters long, above the limit of {limit} "
+                    f"(max_attribute_value_length)")
+    return f"an attribute is longer than {limit} characters (max_attribute_value_length)"
 
 
 def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str]) -> dict[str, int]:
