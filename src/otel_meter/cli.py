@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -44,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--format", choices=["table", "json", "csv"], default="table")
     usage.add_argument("--config", metavar="PATH", help="config file (finds the usage API and the store)")
     usage.add_argument("--url", help="usage API base URL, e.g. http://meter:8080 (default: from the config)")
+    usage.add_argument("--token", default=os.environ.get("OTEL_METER_TOKEN") or None,
+                       help="read token for a usage API with auth, sent as 'Authorization: Bearer TOKEN' "
+                            "(default: $OTEL_METER_TOKEN)")
+    usage.add_argument("--cacert", metavar="PATH", help="CA certificate to trust for an https usage API "
+                       "(default: the system's trusted CAs)")
 
     migrate = commands.add_parser("migrate", help="apply pending schema migrations to the store")
     migrate.add_argument("--config", metavar="PATH")
@@ -136,7 +143,7 @@ def usage_api_url(config_path: str | None) -> str | None:
         if isinstance(component, UsageApiConfig):
             host, _, port = component.endpoint.rpartition(":")
             host = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
-            return f"http://{host}:{port}"
+            return f"{'https' if component.tls is not None else 'http'}://{host}:{port}"
     return None
 
 
@@ -166,13 +173,21 @@ def fetch_usage(base: str, args: argparse.Namespace) -> list[dict[str, Any]] | N
     if args.customer:
         query["customer"] = args.customer
     url = f"{base.rstrip('/')}/v1/usage?{urllib.parse.urlencode(query)}"
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30,
+                                    context=context) as response:
             return json.load(response)["rows"]
     except urllib.error.HTTPError as error:
         detail = json.loads(error.read() or b"{}").get("error", error.reason)
         raise OtelMeterError(f"usage API: {detail}") from None
-    except (urllib.error.URLError, ConnectionError):
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ssl.SSLError):
+            raise OtelMeterError(f"usage API at {base}: TLS failed ({error.reason}); pass --cacert with the CA "
+                                 f"that signed its certificate") from None
+        return None
+    except ConnectionError:
         return None
 
 

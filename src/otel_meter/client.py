@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -163,12 +164,15 @@ class EventsClient:
     the URL has no path); for gRPC its address (``host:4317``; ``https://`` or ``grpcs://`` for TLS).
     ``timeout``: seconds per attempt. ``retries``: further attempts after a retryable failure,
     waiting ``backoff`` seconds, doubled each time, or as long as the server asks (``Retry-After``),
-    at most ``max_backoff``.
+    at most ``max_backoff``. ``token``: sent as ``Authorization: Bearer <token>`` (HTTP header or
+    gRPC metadata), for a receiver with ``auth``. ``ca_file``: a CA certificate (PEM) to trust
+    for ``https``/``grpcs``, when the server's certificate is not signed by a system-trusted CA.
     """
 
     def __init__(self, url: str, *, transport: Literal["http", "grpc"] = "http", timeout: float = 10.0,
                  retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, token: str | None = None,
+                 ca_file: str | None = None) -> None:
         if transport not in ("http", "grpc"):
             raise ValueError(f"transport must be 'http' or 'grpc', not {transport!r}")
         if retries < 0 or timeout <= 0 or backoff < 0:
@@ -179,6 +183,9 @@ class EventsClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.headers = dict(headers or {})
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.ca_file = ca_file
         self._channel: Any = None
         self._stub: Any = None
         if transport == "http":
@@ -231,11 +238,12 @@ class EventsClient:
     def _http_attempt(self, events: Sequence[Event], now: datetime):
         body = json.dumps([cloud_event(event, now) for event in events]).encode()
         headers = {**self.headers, "Content-Type": BATCH_CONTENT_TYPE, "Accept": "application/json"}
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
 
         def attempt() -> IngestResult:
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
                     answer = json.load(response)
             except urllib.error.HTTPError as error:
                 message = _error_message(error)
@@ -261,7 +269,11 @@ class EventsClient:
 
         request = IngestRequest(events=[proto_event(event, now) for event in events])
         if self._stub is None:
-            self._channel = (grpc.secure_channel(self.url, grpc.ssl_channel_credentials()) if self._secure
+            roots = None
+            if self.ca_file:
+                with open(self.ca_file, "rb") as file:
+                    roots = file.read()
+            self._channel = (grpc.secure_channel(self.url, grpc.ssl_channel_credentials(roots)) if self._secure
                              else grpc.insecure_channel(self.url))
             self._stub = EventsServiceStub(self._channel)
         retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,

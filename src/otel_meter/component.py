@@ -59,6 +59,8 @@ class Factory:
     metrics, logs) and must come first in such a pipeline; the others work on usage."""
     signals: frozenset[str] = frozenset()
     """For receivers: the pipeline signals they can feed."""
+    authenticator: bool = False
+    """For extensions: it checks requests' credentials, so a server's ``auth.authenticator`` may name it."""
 
 
 class Lifecycle(Protocol):

@@ -20,6 +20,7 @@ from otel_meter import components  # noqa: F401  (registers the built-in compone
 from otel_meter.component import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories
 from otel_meter.errors import ConfigError
 from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition, MeterSwitch, resolve_meters
+from otel_meter.security import auth_references
 
 DEFAULT_CONFIG_NAME = "collector-config.yaml"
 METER_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -174,6 +175,7 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
     for extension in service.extensions:
         if extension not in section_ids(top, Kind.EXTENSION):
             problems.append(f"service.extensions: {extension!r} is not defined under extensions")
+    problems.extend(authenticator_problems(top, built))
     for name, pipeline in service.pipelines.items():
         signal = name.split("/", 1)[0]
         if signal not in PIPELINE_SIGNALS:
@@ -195,6 +197,26 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
     if problems:
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
     return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service, meters=meters)
+
+
+def authenticator_problems(top: TopLevel, built: dict[Kind, dict[str, ComponentConfig]]) -> list[str]:
+    """Every ``auth.authenticator`` names an authenticator extension that is defined and started."""
+    problems = []
+    extensions = section_ids(top, Kind.EXTENSION)
+    for kind in (Kind.RECEIVER, Kind.EXTENSION):
+        for component_id, component in built[kind].items():
+            for where, extension_id in auth_references(component, f"{kind.value}.{component_id}"):
+                factory = factories(Kind.EXTENSION).get(component_type(extension_id))
+                if extension_id not in extensions:
+                    problems.append(f"{where}: {extension_id!r} is not defined under extensions; define it "
+                                    f"there (e.g. a bearertokenauth extension with tokens) and list it in "
+                                    f"service.extensions")
+                elif factory is not None and not factory.authenticator:
+                    problems.append(f"{where}: {extension_id!r} is a {factory.type} extension, not an "
+                                    f"authenticator; name a bearertokenauth extension")
+                elif extension_id not in top.service.extensions:
+                    problems.append(f"{where}: {extension_id!r} is not listed in service.extensions; add it there")
+    return problems
 
 
 def parse_meters(section: dict[str, Any], problems: list[str]) -> dict[str, MeterDefinition]:

@@ -45,7 +45,8 @@ class ConsumeResult:
         self.duplicate_events += other.duplicate_events
 
 
-Consumer = Callable[[Any], ConsumeResult]
+Consumer = Callable[..., ConsumeResult]
+"""Called with the payload, and ``customer=`` when the request's credentials are bound to one."""
 
 
 class UsagePipeline:
@@ -66,10 +67,15 @@ class UsagePipeline:
             converter.want_attributes(wanted, wanted)
             self._convert = converter.converter_for(signal)
 
-    def consume(self, payload: Any) -> ConsumeResult:
+    def consume(self, payload: Any, customer: str | None = None) -> ConsumeResult:
         """Take one export request (or, in an events pipeline, one UsageBatch: a copy is
-        processed, as the receiver may hand the same batch to several pipelines)."""
+        processed, as the receiver may hand the same batch to several pipelines).
+
+        ``customer``: the customer the request's credentials are bound to. Every row is that
+        customer's, whatever the attributes say (the attribution processor keeps it)."""
         batch: UsageBatch = self._convert(payload) if self._convert is not None else payload.copy()
+        if customer is not None:
+            batch.customer = [customer] * len(batch)
         stored = False
         try:
             for processor in self.processors:

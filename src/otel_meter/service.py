@@ -31,7 +31,7 @@ class Service:
         default_store = next(iter(self.stores.values()), None)
         return BuildContext(config_dir=self.config.config_dir, component_id=component_id,
                             shared={"stores": self.stores, "store": default_store, "queued": self.queued_records,
-                                    "meters": self.config.meters})
+                                    "meters": self.config.meters, "extension": self._extension})
 
     def _build(self) -> None:
         config = self.config
@@ -51,6 +51,11 @@ class Service:
             exporter.recover()
             self.exporters[exporter_id] = exporter
 
+        # Extensions before receivers: an authenticator must exist when a server that uses it
+        # is built (and the usage API may use one too; _extension builds those it names first).
+        for extension_id in config.service.extensions:
+            self._extension(extension_id)
+
         for name, pipeline in config.service.pipelines.items():
             signal = name.split("/", 1)[0]
             processors = [self._create(Kind.PROCESSOR, pid) for pid in pipeline.processors]
@@ -62,8 +67,12 @@ class Service:
                     self.receivers[receiver_id] = self._create(Kind.RECEIVER, receiver_id)
                 self.receivers[receiver_id].add_consumer(signal, usage.consume)
 
-        for extension_id in config.service.extensions:
+    def _extension(self, extension_id: str):
+        """The extension, built on first use (the config check made sure it is listed in
+        ``service.extensions``)."""
+        if extension_id not in self.extensions:
             self.extensions[extension_id] = self._create(Kind.EXTENSION, extension_id)
+        return self.extensions[extension_id]
 
     def _create(self, kind: Kind, component_id: str):
         factory = factories(kind)[component_type(component_id)]

@@ -20,7 +20,7 @@ MINIMAL = """\
 receivers:
   otlp:
     protocols:
-      grpc: {endpoint: 0.0.0.0:4317}
+      grpc: {endpoint: localhost:4317}
 processors:
   genai_usage: {}
   dedup: {}
@@ -82,13 +82,13 @@ def test_builtin_default_loads_and_equals_the_repo_config():
 def test_builtin_default_values():
     config = load_config(environ={})
     otlp = config.component(Kind.RECEIVER, "otlp")
-    assert otlp.protocols.grpc.endpoint == "0.0.0.0:4317"
-    assert otlp.protocols.http.endpoint == "0.0.0.0:4318"
+    assert otlp.protocols.grpc.endpoint == "localhost:4317"
+    assert otlp.protocols.http.endpoint == "localhost:4318"
     dedup = config.component(Kind.PROCESSOR, "dedup")
     assert (dedup.window, dedup.preload, dedup.max_cached_keys) == (timedelta(days=7), timedelta(hours=1), 2_000_000)
     assert config.component(Kind.PROCESSOR, "attribution").customer == ["customer.id", "tenant.id"]
     assert config.component(Kind.EXPORTER, "clickhouse").endpoint == "chdb://./data"
-    assert config.component(Kind.EXTENSION, "usage_api").endpoint == "0.0.0.0:8080"
+    assert config.component(Kind.EXTENSION, "usage_api").endpoint == "localhost:8080"
     assert config.service.extensions == ["usage_api"]
     assert config.service.pipelines["traces"].processors == ["genai_usage", "dedup", "attribution", "rating"]
 
@@ -101,7 +101,7 @@ def test_minimal_config_fills_component_defaults(tmp_path):
 
 
 def test_empty_protocol_body_enables_it_with_defaults(tmp_path):
-    config = load_config(write(tmp_path, MINIMAL.replace("grpc: {endpoint: 0.0.0.0:4317}", "grpc:\n      http:")),
+    config = load_config(write(tmp_path, MINIMAL.replace("grpc: {endpoint: localhost:4317}", "grpc:\n      http:")),
                          environ={})
     protocols = config.component(Kind.RECEIVER, "otlp").protocols
     assert (protocols.grpc.endpoint, protocols.http.endpoint) == ("localhost:4317", "localhost:4318")
@@ -116,8 +116,8 @@ def test_component_ids_with_a_name_use_the_type_before_the_slash(tmp_path):
 # --- unknown keys and wrong types name the key path ------------------------------------------------
 
 @pytest.mark.parametrize("old, new, key_path", [
-    ("grpc: {endpoint: 0.0.0.0:4317}", "grpc: {endpointt: 0.0.0.0:4317}", "receivers.otlp.protocols.grpc.endpointt"),
-    ("grpc: {endpoint: 0.0.0.0:4317}", "grpc: {endpoint: 0.0.0.0:4317}\n      udp: {}", "receivers.otlp.protocols.udp"),
+    ("grpc: {endpoint: localhost:4317}", "grpc: {endpointt: localhost:4317}", "receivers.otlp.protocols.grpc.endpointt"),
+    ("grpc: {endpoint: localhost:4317}", "grpc: {endpoint: localhost:4317}\n      udp: {}", "receivers.otlp.protocols.udp"),
     ("  otlp:\n", "  otlp:\n    transport: tcp\n", "receivers.otlp.transport"),
     ("dedup: {}", "dedup: {windw: 1h}", "processors.dedup.windw"),
     ("clickhouse: {}", "clickhouse: {table: usage}", "exporters.clickhouse.table"),
@@ -166,7 +166,7 @@ def test_wrong_type_names_the_key_path(tmp_path, old, new, expected):
 
 
 def test_several_problems_are_reported_together(tmp_path):
-    text = MINIMAL.replace("endpoint: 0.0.0.0:4317", "endpointt: 0.0.0.0:4317").replace(
+    text = MINIMAL.replace("endpoint: localhost:4317", "endpointt: localhost:4317").replace(
         "dedup: {}", "dedup: {window: soon}")
     file = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
@@ -217,7 +217,7 @@ ENV_CONFIG = """\
 receivers:
   otlp:
     protocols:
-      grpc: {endpoint: "0.0.0.0:${env:GRPC_PORT:-4317}"}
+      grpc: {endpoint: "localhost:${env:GRPC_PORT:-4317}"}
 processors:
   genai_usage: {max_tokens_per_span: "${env:MAX_TOKENS}"}
   attribution:
@@ -235,7 +235,7 @@ def test_env_references_are_substituted_from_environ(tmp_path):
     environ = {"GRPC_PORT": "14317", "MAX_TOKENS": "5000", "CUSTOMER_KEY": "org.id", "FALLBACK": "house",
                "CH_URL": "http://u:p@ch:8123/db", "DB": "prod_"}
     config = load_config(write(tmp_path, ENV_CONFIG), environ=environ)
-    assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.endpoint == "0.0.0.0:14317"
+    assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.endpoint == "localhost:14317"
     assert config.component(Kind.PROCESSOR, "genai_usage").max_tokens_per_span == 5000
     attribution = config.component(Kind.PROCESSOR, "attribution")
     assert attribution.customer == ["org.id", "tenant.id"]
@@ -246,7 +246,7 @@ def test_env_references_are_substituted_from_environ(tmp_path):
 
 def test_env_defaults_apply_when_unset(tmp_path):
     config = load_config(write(tmp_path, ENV_CONFIG), environ={"MAX_TOKENS": "7", "CUSTOMER_KEY": "customer.id"})
-    assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.endpoint == "0.0.0.0:4317"
+    assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.endpoint == "localhost:4317"
     assert config.component(Kind.PROCESSOR, "attribution").unattributed_customer == "nobody"
     clickhouse = config.component(Kind.EXPORTER, "clickhouse")
     assert (clickhouse.endpoint, clickhouse.database) == ("chdb://./data", "metering")
@@ -259,7 +259,7 @@ def test_set_but_empty_env_value_wins_over_the_default():
 
 
 def test_env_values_stay_text_and_the_key_type_decides():
-    text = MINIMAL.replace("grpc: {endpoint: 0.0.0.0:4317}", "grpc: {endpoint: 0.0.0.0:4317, max_recv_msg_size_mib: \"${env:N}\"}")
+    text = MINIMAL.replace("grpc: {endpoint: localhost:4317}", "grpc: {endpoint: localhost:4317, max_recv_msg_size_mib: \"${env:N}\"}")
     text = text.replace("dedup: {}", "dedup: {}\n  attribution: {unattributed_customer: \"${env:C}\"}")
     config = parse_config(text, Path("."), "cfg.yaml", {"N": "8", "C": "2024"})
     assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.max_recv_msg_size_mib == 8
@@ -293,7 +293,7 @@ def test_substituted_value_is_validated_like_a_literal(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(file, environ={"MAX_TOKENS": "-3", "CUSTOMER_KEY": "c", "GRPC_PORT": "http"})
     assert str(caught.value) == (
-        f"{file}: \n  receivers.otlp.protocols.grpc.endpoint: '0.0.0.0:http' is not host:port (e.g. 0.0.0.0:4317)"
+        f"{file}: \n  receivers.otlp.protocols.grpc.endpoint: 'localhost:http' is not host:port (e.g. 0.0.0.0:4317)"
         f"\n  processors.genai_usage.max_tokens_per_span: Input should be greater than 0")
 
 
@@ -409,7 +409,7 @@ def test_bad_duration_names_the_key_path(tmp_path, value, expected):
 
 @pytest.mark.parametrize("endpoint", ["0.0.0.0", "0.0.0.0:99999", "localhost:port", "localhost:-1", "''"])
 def test_bad_endpoint_names_the_key_path(tmp_path, endpoint):
-    file = write(tmp_path, MINIMAL.replace("endpoint: 0.0.0.0:4317", f"endpoint: {endpoint}"))
+    file = write(tmp_path, MINIMAL.replace("endpoint: localhost:4317", f"endpoint: {endpoint}"))
     with pytest.raises(ConfigError) as caught:
         load_config(file, environ={})
     shown = "" if endpoint == "''" else endpoint
@@ -425,5 +425,7 @@ def test_bad_extension_endpoint_names_the_key_path(tmp_path):
 
 @pytest.mark.parametrize("endpoint", [":4317", "[::1]:4317", "localhost:0", "my-host.internal:65535"])
 def test_good_endpoints_are_accepted(tmp_path, endpoint):
-    config = load_config(write(tmp_path, MINIMAL.replace("0.0.0.0:4317", f'"{endpoint}"')), environ={})
+    # insecure_no_auth: an endpoint beyond loopback needs auth otherwise (tests/unit/test_security_config.py)
+    config = load_config(write(tmp_path, MINIMAL.replace("localhost:4317", f'"{endpoint}", insecure_no_auth: true')),
+                         environ={})
     assert config.component(Kind.RECEIVER, "otlp").protocols.grpc.endpoint == endpoint

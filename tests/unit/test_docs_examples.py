@@ -45,7 +45,13 @@ def test_full_config_examples_in_configuration_md_load(block: str, tmp_path: Pat
         target = tmp_path / rate_card
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(rate_card_blocks()[0])
-    config = parse_config(block, tmp_path, "docs/configuration.md", environ={})
+    for token_file in re.findall(r"token_file:\s*([^\s#,}]+)", block):
+        target = tmp_path / token_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("a-read-token-of-32-characters-xx\n")
+    # Tokens come from the environment without a default (as they should): give each one.
+    environ = {name: f"token-of-{name}" for name in re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", block)}
+    config = parse_config(block, tmp_path, "docs/configuration.md", environ=environ)
     assert config.service.pipelines
     for pipeline in config.service.pipelines.values():
         assert pipeline.processors[0].split("/")[0] == "genai_usage"

@@ -9,4 +9,5 @@ def create(config: BearerTokenAuthConfig, context: BuildContext) -> BearerTokenA
     return BearerTokenAuthenticator(config)
 
 
-FACTORY = register(Factory(type=TYPE, kind=Kind.EXTENSION, config_model=BearerTokenAuthConfig, create=create))
+FACTORY = register(Factory(type=TYPE, kind=Kind.EXTENSION, config_model=BearerTokenAuthConfig, create=create,
+                           authenticator=True))

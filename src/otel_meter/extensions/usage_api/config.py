@@ -1,6 +1,6 @@
-from otel_meter.component import ComponentConfig
 from otel_meter.receivers.otlp.config import Endpoint
+from otel_meter.security import ServerSecurityConfig
 
 
-class UsageApiConfig(ComponentConfig):
+class UsageApiConfig(ServerSecurityConfig):
     endpoint: Endpoint = "localhost:8080"

@@ -3,6 +3,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from otel_meter.component import ComponentConfig
+from otel_meter.security import ServerSecurityConfig
 
 EVENTS_PATH = "/v1/events"
 """Where the HTTP server takes custom events (events.HTTP_PATH); no OTLP signal may use it."""
@@ -18,7 +19,7 @@ def check_endpoint(value: str) -> str:
 Endpoint = Annotated[str, AfterValidator(check_endpoint)]
 
 
-class GrpcProtocolConfig(ComponentConfig):
+class GrpcProtocolConfig(ServerSecurityConfig):
     endpoint: Endpoint = "localhost:4317"
     max_recv_msg_size_mib: int = Field(default=16, gt=0, le=2047)
     max_concurrent_requests: int = Field(default=32, gt=0)
@@ -35,7 +36,7 @@ def check_url_path(value: str) -> str:
 UrlPath = Annotated[str, AfterValidator(check_url_path)]
 
 
-class HttpProtocolConfig(ComponentConfig):
+class HttpProtocolConfig(ServerSecurityConfig):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(default=20 * 1024 * 1024, gt=0)
     """Largest body taken, in bytes, checked on the wire and again after decompression."""

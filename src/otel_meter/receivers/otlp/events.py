@@ -315,9 +315,10 @@ def raw_id(item: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def convert(items: Iterable[Any], received_ns: int | None = None) -> Conversion:
+def convert(items: Iterable[Any], received_ns: int | None = None, customer: str | None = None) -> Conversion:
     """Events (``UsageEvent`` messages or CloudEvents JSON objects) to usage rows and rejections.
-    An event without a time is taken as happening at ``received_ns`` (now by default)."""
+    An event without a time is taken as happening at ``received_ns`` (now by default).
+    ``customer``: the customer the sender's token is bound to; it replaces every event's subject."""
     now = time.time_ns() if received_ns is None else received_ns
     batch = UsageBatch()
     rejections: list[EventRejection] = []
@@ -331,6 +332,8 @@ def convert(items: Iterable[Any], received_ns: int | None = None) -> Conversion:
             rejections.append(EventRejection(index, sent_id, f"event {index} "
                                              f"({f'id {sent_id!r}' if sent_id else 'no id'}): {error}"))
             continue
+        if customer is not None:
+            event.subject = customer
         append_rows(batch, event, index, now if event.time_ns is None else event.time_ns)
     return Conversion(batch=batch, events=count, rejections=rejections)
 
@@ -407,15 +410,17 @@ def ingest(consumers: "SignalConsumers", conversion: Conversion) -> IngestResult
     return IngestResult(accepted=accepted, duplicates=duplicates, rejected=len(rejections), rejections=rejections)
 
 
-def ingest_protobuf(consumers: "SignalConsumers", body: bytes) -> IngestResponse:
-    """An ``IngestRequest`` as bytes (gRPC, or HTTP with ``application/x-protobuf``)."""
-    return ingest(consumers, convert(proto_request(body).events)).to_proto()
+def ingest_protobuf(consumers: "SignalConsumers", body: bytes, customer: str | None = None) -> IngestResponse:
+    """An ``IngestRequest`` as bytes (gRPC, or HTTP with ``application/x-protobuf``).
+    ``customer``: the customer the sender's token is bound to (see ``convert``)."""
+    return ingest(consumers, convert(proto_request(body).events, customer=customer)).to_proto()
 
 
-def ingest_http(consumers: "SignalConsumers", body: bytes, content_type: str) -> tuple[bytes, str]:
+def ingest_http(consumers: "SignalConsumers", body: bytes, content_type: str,
+                customer: str | None = None) -> tuple[bytes, str]:
     """The 200 answer (body, content type) to ``POST /v1/events``. Raises EventsRequestError
     (400) when the body is not events, ExportError (429/503, retry) when it was not stored."""
     if content_type == PROTOBUF:
-        return ingest_protobuf(consumers, body).SerializeToString(), PROTOBUF
-    result = ingest(consumers, convert(json_items(body, content_type)))
+        return ingest_protobuf(consumers, body, customer).SerializeToString(), PROTOBUF
+    result = ingest(consumers, convert(json_items(body, content_type), customer=customer))
     return json.dumps(result.to_json()).encode(), JSON

@@ -19,9 +19,11 @@ from google.protobuf.message import DecodeError, Message
 from otel_meter.api.v1.events_pb2 import IngestResponse
 from otel_meter.component import EVENTS
 from otel_meter.errors import ExportError, OtelMeterError
+from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.receivers.otlp import events
 from otel_meter.receivers.otlp.config import GrpcProtocolConfig
 from otel_meter.receivers.otlp.export import SIGNALS, OtlpSignal, error_status, export, refusal_code, retry_info
+from otel_meter.security import Authenticator, grpc_server_credentials
 
 if TYPE_CHECKING:
     from otel_meter.receivers.otlp.receiver import SignalConsumers
@@ -30,9 +32,15 @@ logger = logging.getLogger(__name__)
 
 
 class OtlpGrpcServer:
-    def __init__(self, config: GrpcProtocolConfig, consumers: "SignalConsumers") -> None:
+    def __init__(self, config: GrpcProtocolConfig, consumers: "SignalConsumers",
+                 authenticator: Authenticator | None = None,
+                 where: str = "receivers.otlp.protocols.grpc") -> None:
+        """``authenticator``: checks each request's ``authorization`` metadata (None: none needed).
+        ``where``: the config key path, for messages."""
         self.config = config
         self.consumers = consumers
+        self.authenticator = authenticator
+        self.where = where
         size = config.max_recv_msg_size_mib * 1024 * 1024
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_concurrent_requests, thread_name_prefix="otlp-grpc"),
@@ -54,13 +62,21 @@ class OtlpGrpcServer:
         self.port = 0
 
     def start(self) -> None:
+        tls = self.config.tls
+        credentials = grpc_server_credentials(tls, self.where) if tls is not None else None
         try:
-            self.port = self._server.add_insecure_port(self.config.endpoint)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(self.config.endpoint)
+            else:
+                self.port = self._server.add_secure_port(self.config.endpoint, credentials)
         except RuntimeError as error:
-            raise OtelMeterError(f"receivers.otlp.protocols.grpc.endpoint: cannot listen on "
+            raise OtelMeterError(f"{self.where}.endpoint: cannot listen on "
                                  f"{self.config.endpoint} ({error}); is another process using the port?") from None
+        self.config.warn_if_open(self.where)
         self._server.start()
-        logger.info("OTLP/gRPC receiver listening on %s", self.config.endpoint)
+        logger.info("OTLP/gRPC receiver listening on %s (%s, %s)", self.config.endpoint,
+                    "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file
+                    else "TLS", "no auth" if self.authenticator is None else f"auth: {self.config.auth.authenticator}")
 
     def stop(self, grace: float) -> None:
         """Stop taking requests; those in flight get ``grace`` seconds to finish (and be stored)."""
@@ -69,7 +85,21 @@ class OtlpGrpcServer:
     def wait(self) -> None:
         self._stopped.wait()
 
+    def _authenticate(self, context: grpc.ServicerContext) -> str | None:
+        """The customer the caller's token is bound to (None: unbound, or no auth configured);
+        aborts with UNAUTHENTICATED without valid credentials."""
+        if self.authenticator is None:
+            return None
+        header = next((value for key, value in context.invocation_metadata() if key == "authorization"), None)
+        try:
+            principal = self.authenticator.authenticate(header if isinstance(header, str) else None)
+        except AuthenticationError as error:
+            logger.debug("OTLP/gRPC request from %s refused: %s", context.peer(), error)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+        return principal.customer
+
     def _export(self, signal: OtlpSignal, body: bytes, context: grpc.ServicerContext) -> Message:
+        customer = self._authenticate(context)
         if not self.consumers.has(signal.name):
             context.abort(grpc.StatusCode.UNIMPLEMENTED, f"no {signal.name} pipeline takes data from this receiver")
         try:
@@ -78,7 +108,7 @@ class OtlpGrpcServer:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"request is not an OTLP {signal.request_type.DESCRIPTOR.name}: {error}")
         try:
-            return export(self.consumers, signal, request)
+            return export(self.consumers, signal, request, customer)
         except ExportError as error:
             refuse(context, refusal_code(error), str(error))
         except Exception:  # a bug must fail this request with a clear status, not UNKNOWN
@@ -87,10 +117,11 @@ class OtlpGrpcServer:
 
     def _ingest_events(self, body: bytes, context: grpc.ServicerContext) -> IngestResponse:
         """``otel_meter.v1.EventsService/Ingest``: the custom events API (see events.py)."""
+        customer = self._authenticate(context)
         if not self.consumers.has(EVENTS):
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "no events pipeline takes data from this receiver")
         try:
-            return events.ingest_protobuf(self.consumers, body)
+            return events.ingest_protobuf(self.consumers, body, customer)
         except events.EventsRequestError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except ExportError as error:

@@ -27,11 +27,13 @@ from google.protobuf.message import DecodeError, Message
 from otel_meter import __version__
 from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, OtelMeterError
+from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.receivers.otlp import events, otlp_json
 from otel_meter.receivers.otlp.config import HttpProtocolConfig
 from otel_meter.receivers.otlp.export import (
     RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code,
 )
+from otel_meter.security import Authenticator, TlsServerMixin, server_ssl_context
 
 if TYPE_CHECKING:
     from otel_meter.receivers.otlp.receiver import SignalConsumers
@@ -52,11 +54,13 @@ REFUSAL_STATUS = {grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUES
 class HttpError(Exception):
     """An answer other than 200, with its ``google.rpc.Status`` code."""
 
-    def __init__(self, status: HTTPStatus, code: grpc.StatusCode, message: str, retryable: bool = False) -> None:
+    def __init__(self, status: HTTPStatus, code: grpc.StatusCode, message: str, retryable: bool = False,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.retryable = retryable
+        self.headers = headers or {}
 
 
 def too_large(limit: int) -> HttpError:
@@ -102,9 +106,15 @@ def decode(body: bytes, content_type: str, signal: OtlpSignal) -> Message:
 
 
 class OtlpHttpServer:
-    def __init__(self, config: HttpProtocolConfig, consumers: "SignalConsumers") -> None:
+    def __init__(self, config: HttpProtocolConfig, consumers: "SignalConsumers",
+                 authenticator: Authenticator | None = None,
+                 where: str = "receivers.otlp.protocols.http") -> None:
+        """``authenticator``: checks each request's ``Authorization`` header (None: none needed).
+        ``where``: the config key path, for messages."""
         self.config = config
         self.consumers = consumers
+        self.authenticator = authenticator
+        self.where = where
         self.signals_by_path = {config.traces_url_path: SIGNALS[TRACES], config.metrics_url_path: SIGNALS[METRICS],
                                 config.logs_url_path: SIGNALS[LOGS]}
         self._httpd: _Httpd | None = None
@@ -119,13 +129,31 @@ class OtlpHttpServer:
 
     def start(self) -> None:
         host, _, port = self.config.endpoint.rpartition(":")
+        tls = self.config.tls
+        ssl_context = server_ssl_context(tls, self.where) if tls is not None else None
         try:
             self._httpd = _Httpd(host, int(port), self)
         except OSError as error:
-            raise OtelMeterError(f"receivers.otlp.protocols.http.endpoint: cannot listen on {self.config.endpoint} "
+            raise OtelMeterError(f"{self.where}.endpoint: cannot listen on {self.config.endpoint} "
                                  f"({error.strerror}); is another process using the port?") from None
+        self._httpd.ssl_context = ssl_context
+        self.config.warn_if_open(self.where)
         threading.Thread(target=self._httpd.serve_forever, name="otlp-http", daemon=True).start()
-        logger.info("OTLP/HTTP receiver listening on %s", self.config.endpoint)
+        logger.info("OTLP/HTTP receiver listening on %s (%s, %s)", self.config.endpoint,
+                    "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file
+                    else "TLS", "no auth" if self.authenticator is None else f"auth: {self.config.auth.authenticator}")
+
+    def authenticate(self, authorization: str | None) -> str | None:
+        """The customer the request's token is bound to (None: unbound, or no auth configured).
+        Raises HttpError 401 without valid credentials."""
+        if self.authenticator is None:
+            return None
+        try:
+            return self.authenticator.authenticate(authorization).customer
+        except AuthenticationError as error:
+            logger.debug("OTLP/HTTP request refused: %s", error)
+            raise HttpError(HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED, str(error),
+                            headers={"WWW-Authenticate": self.authenticator.scheme}) from None
 
     def stop(self, grace: float) -> None:
         """Stop taking requests: new connections are refused, requests on open ones get 503;
@@ -155,7 +183,7 @@ class OtlpHttpServer:
             self._idle.notify_all()
 
 
-class _Httpd(ThreadingHTTPServer):
+class _Httpd(TlsServerMixin, ThreadingHTTPServer):
     daemon_threads = True
     """Idle keep-alive connections must not hold up the exit; requests in flight are awaited by ``wait``."""
 
@@ -198,6 +226,11 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self._begin()
+        try:
+            self.server.otlp.authenticate(self.headers.get("Authorization"))
+        except HttpError as error:
+            self._fail(error)
+            return
         self._fail(HttpError(HTTPStatus.METHOD_NOT_ALLOWED, grpc.StatusCode.UNIMPLEMENTED,
                              f"{self.command} is not supported; OTLP/HTTP export requests are POSTed"))
 
@@ -213,9 +246,10 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
             self.unread = int(length)
 
     def _export(self, otlp: OtlpHttpServer) -> None:
+        customer = otlp.authenticate(self.headers.get("Authorization"))
         path = urlsplit(self.path).path
         if path == events.HTTP_PATH:
-            self._ingest_events(otlp)
+            self._ingest_events(otlp, customer)
             return
         signal = otlp.signals_by_path.get(path)
         if signal is None:
@@ -231,7 +265,7 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
                             f"send {PROTOBUF} or {JSON}")
         request = decode(self._read_decompressed(otlp), content_type, signal)
         try:
-            response = export(otlp.consumers, signal, request)
+            response = export(otlp.consumers, signal, request, customer)
         except ExportError as error:
             code = refusal_code(error)
             raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
@@ -245,7 +279,7 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         limit = otlp.config.max_request_body_size
         return decompress(self._read_body(limit), encoding, limit)
 
-    def _ingest_events(self, otlp: OtlpHttpServer) -> None:
+    def _ingest_events(self, otlp: OtlpHttpServer, customer: str | None) -> None:
         """``POST /v1/events``: the custom events API, CloudEvents JSON or protobuf (see events.py)."""
         if not otlp.consumers.has(EVENTS):
             raise HttpError(HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND,
@@ -257,7 +291,7 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
                             f"{events.HTTP_PATH}; send {', '.join(events.CONTENT_TYPES)}")
         body = self._read_decompressed(otlp)
         try:
-            data, answer_type = events.ingest_http(otlp.consumers, body, content_type)
+            data, answer_type = events.ingest_http(otlp.consumers, body, content_type, customer)
         except events.EventsRequestError as error:
             raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except ExportError as error:
@@ -305,20 +339,24 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         return bytes(body)
 
     def _fail(self, error: HttpError, close: bool = False) -> None:
-        self._send(error.status, error_status(error.code, str(error), error.retryable), error.retryable, close)
+        self._send(error.status, error_status(error.code, str(error), error.retryable), error.retryable, close,
+                   error.headers)
 
-    def _send(self, status: HTTPStatus, message: Message, retryable: bool = False, close: bool = False) -> None:
+    def _send(self, status: HTTPStatus, message: Message, retryable: bool = False, close: bool = False,
+              headers: dict[str, str] | None = None) -> None:
         """Answer; after an early answer (body not read), read and drop the rest of the body.
         The connection stays open only if that rest has a known, bounded length."""
         data = otlp_json.to_json(message) if self.json else message.SerializeToString()
-        self._write(status, data, JSON if self.json else PROTOBUF, retryable, close)
+        self._write(status, data, JSON if self.json else PROTOBUF, retryable, close, headers)
 
     def _write(self, status: HTTPStatus, data: bytes, content_type: str, retryable: bool = False,
-               close: bool = False) -> None:
+               close: bool = False, headers: dict[str, str] | None = None) -> None:
         keep_alive = not close and self.unread is not None and self.unread <= DRAIN_LIMIT
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if retryable:
             self.send_header("Retry-After", str(RETRY_AFTER_SECONDS))
         if not keep_alive:

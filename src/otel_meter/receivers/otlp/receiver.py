@@ -5,6 +5,7 @@ from otel_meter.pipeline import ConsumeResult, Consumer
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
 from otel_meter.receivers.otlp.http_server import OtlpHttpServer
+from otel_meter.security import Authenticator, resolve_authenticator
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -22,19 +23,24 @@ class SignalConsumers:
     def has(self, signal: str) -> bool:
         return bool(self._by_signal.get(signal))
 
-    def consume(self, signal: str, payload: object) -> ConsumeResult:
+    def consume(self, signal: str, payload: object, customer: str | None = None) -> ConsumeResult:
+        """``customer``: the customer the sender's token is bound to; it overrides the
+        customer of every row (None: attribution decides)."""
         result = ConsumeResult()
         for consumer in self._by_signal.get(signal, ()):
-            result.add(consumer(payload))
+            result.add(consumer(payload) if customer is None else consumer(payload, customer=customer))
         return result
 
 
 class OtlpReceiver:
     """The ``otlp`` receiver: one server per configured protocol, feeding the pipelines."""
 
-    def __init__(self, config: OtlpReceiverConfig, component_id: str) -> None:
+    def __init__(self, config: OtlpReceiverConfig, component_id: str,
+                 authenticators: dict[str, Authenticator] | None = None) -> None:
+        """``authenticators``: the extensions named by ``protocols.*.auth``, by id."""
         self.config = config
         self.component_id = component_id
+        self.authenticators = dict(authenticators or {})
         self.consumers = SignalConsumers()
         self.grpc: OtlpGrpcServer | None = None
         self.http: OtlpHttpServer | None = None
@@ -46,10 +52,16 @@ class OtlpReceiver:
         protocols = self.config.protocols
         try:
             if protocols.grpc is not None:
-                self.grpc = OtlpGrpcServer(protocols.grpc, self.consumers)
+                where = f"receivers.{self.component_id}.protocols.grpc"
+                self.grpc = OtlpGrpcServer(protocols.grpc, self.consumers,
+                                           resolve_authenticator(protocols.grpc.auth, self.authenticators, where),
+                                           where)
                 self.grpc.start()
             if protocols.http is not None:
-                self.http = OtlpHttpServer(protocols.http, self.consumers)
+                where = f"receivers.{self.component_id}.protocols.http"
+                self.http = OtlpHttpServer(protocols.http, self.consumers,
+                                           resolve_authenticator(protocols.http.auth, self.authenticators, where),
+                                           where)
                 self.http.start()
         except OtelMeterError:
             self.shutdown(grace=0)  # the one that did start must not keep taking data
