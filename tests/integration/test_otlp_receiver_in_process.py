@@ -176,7 +176,7 @@ def test_shutdown_answers_requests_in_flight_and_refuses_new_ones(receiver: Otlp
         while True:  # until the listener is closed: new connections are refused at once
             try:
                 socket.create_connection(("127.0.0.1", receiver.http.port), timeout=1).close()
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):  # reset: queued as the listener closed
                 break
             time.sleep(0.05)
         kept_alive.request("POST", "/v1/traces", EMPTY_TRACES, {"Content-Type": "application/x-protobuf"})
