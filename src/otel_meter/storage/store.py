@@ -30,6 +30,9 @@ INSERT_SETTINGS = {
     # Set explicitly: defaults differ across ClickHouse versions (26.x turned async_insert on).
     "async_insert": 0,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
+    # A backfill may span years of monthly partitions in one block; refusing it would stall
+    # the queue behind it for good.
+    "max_partitions_per_insert_block": 0,
 }
 
 

@@ -29,7 +29,7 @@ from otel_meter.meters.compiled import CompiledMeter, ItemFacts, MeterIndex, exa
 from otel_meter.meters.definitions import MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.values import text_value
-from otel_meter.usage import UsageBatch
+from otel_meter.usage import Rejection, UsageBatch
 
 TOKEN_METRIC = "gen_ai.client.token.usage"
 TOKEN_TYPE = "gen_ai.token.type"
@@ -86,10 +86,15 @@ class MetricsConverter:
                             series = hashlib.sha1(
                                 f"{resource_key}|{scope}|{metric.name}|{sorted(attributes.items())}".encode()
                             ).hexdigest()
+                            event_id = f"metric:{series}:{point.start_time_unix_nano}:{point.time_unix_nano}"
+                            problem = point_problem(value, point.time_unix_nano)
+                            if problem:
+                                batch.rejections.append(Rejection(
+                                    event_id, f"metric {metric.name} point at {point.time_unix_nano} ns: {problem}"))
+                                continue
                             delta = value
                             if temporality == CUMULATIVE:
                                 delta = self._delta(series, point.start_time_unix_nano, value, changes)
-                            event_id = f"metric:{series}:{point.start_time_unix_nano}:{point.time_unix_nano}"
                             for meter_name, quantity_of in meters:
                                 quantity = quantity_of(attributes, delta)
                                 if quantity is None:
@@ -145,6 +150,20 @@ class MetricsConverter:
                         del self._series[series]
                     else:
                         self._series[series] = previous
+
+
+MAX_VALUE = Decimal(10) ** 20
+"""Point values stay below this: usage quantities are Decimal(38, 9) and amounts Decimal(38, 18)."""
+MAX_TIME_NS = 2**63 - 1
+
+
+def point_problem(value: Decimal, time_ns: int) -> str | None:
+    """Why a point cannot be usage, or None: usage is finite, non-negative and storable."""
+    if not value.is_finite() or value < 0 or value >= MAX_VALUE:
+        return f"value {value} is not a finite, non-negative number below 1e20"
+    if time_ns > MAX_TIME_NS:
+        return "its time is after 2262-04-11, beyond what can be stored"
+    return None
 
 
 def token_quantity(kind: str):

@@ -24,6 +24,8 @@ from otel_meter.processors.genai_usage.metrics import MetricsConverter
 from otel_meter.processors.genai_usage.values import InvalidCount, count_value, first_text, number_value, text_value
 from otel_meter.usage import Rejection, UsageBatch
 
+MAX_TIME_NS = 2**63 - 1
+"""Event times are stored as DateTime64(9), a signed 64-bit count of nanoseconds."""
 SDK_NAME = "telemetry.sdk.name"
 SERVICE_NAME = "service.name"
 NO_ATTRIBUTES: dict[str, str] = {}
@@ -88,6 +90,7 @@ class GenAIUsageProcessor:
             }
             sdk_name = resource_attributes.get(SDK_NAME, "")
             service = resource_attributes.get(SERVICE_NAME, "")
+            resource_too_long = any(len(text) > max_length for text in resource_attributes.values())
             for scope_spans in resource_spans.scope_spans:
                 scope = scope_spans.scope.name
                 for span in scope_spans.spans:
@@ -103,6 +106,7 @@ class GenAIUsageProcessor:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
                     event_id = trace_id.hex() + span_id.hex()
+                    named = event_id or "(empty id)"
                     provider = first_text(found, cv.PROVIDER).lower()
                     provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
                     try:
@@ -117,28 +121,34 @@ class GenAIUsageProcessor:
                             measured += self._measure(other_meters, operation, found, span, scope, service,
                                                       (sdk_name, provider), resource_attributes)
                     except InvalidCount as error:
-                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {error}"))
+                        batch.rejections.append(Rejection(event_id, f"span {named}: {error}"))
                         continue
                     if not measured:
                         continue
                     if len(span.attributes) > max_attributes:
                         batch.rejections.append(Rejection(event_id, (
-                            f"span {event_id}: {len(span.attributes)} attributes, above the limit of "
+                            f"span {named}: {len(span.attributes)} attributes, above the limit of "
                             f"{max_attributes} (max_attributes_per_span)")))
                         continue
                     if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
                         batch.rejections.append(Rejection(
-                            event_id, f"span {event_id or '(empty id)'}: trace_id must be 16 bytes and span_id "
+                            event_id, f"span {named}: trace_id must be 16 bytes and span_id "
                                       f"8 bytes, not all zero; usage cannot be deduplicated without them"))
                         continue
                     model = first_text(found, cv.MODEL)
                     event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
+                    if event_time > MAX_TIME_NS:
+                        batch.rejections.append(Rejection(event_id, (
+                            f"span {named}: end time {event_time} ns is after 2262-04-11, beyond what can be "
+                            f"stored (DateTime64(9))")))
+                        continue
                     span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
                                        if not extra_span_keys.isdisjoint(found) else NO_ATTRIBUTES)
-                    if (len(provider) > max_length or len(model) > max_length
+                    if (resource_too_long or len(provider) > max_length or len(model) > max_length
                             or any(len(text) > max_length for text in span_attributes.values())
                             or any(len(text) > max_length for _, _, dims in measured for text in dims.values())):
-                        batch.rejections.append(Rejection(event_id, f"span {event_id}: {too_long(found, max_length)}"))
+                        batch.rejections.append(Rejection(
+                            event_id, f"span {named}: {too_long(found, resource_attributes, max_length)}"))
                         continue
                     for meter, quantity, dimensions in measured:
                         batch.event_id.append(event_id)
@@ -207,10 +217,11 @@ class GenAIUsageProcessor:
         return 0
 
 
-def too_long(found: dict[str, AnyValue], limit: int) -> str:
+def too_long(found: dict[str, AnyValue], resource: dict[str, str], limit: int) -> str:
     """Names the attribute whose text is over the limit (the slow path, for the rejection message)."""
-    for key, value in found.items():
-        text = text_value(value)
+    texts = [(key, text_value(value)) for key, value in found.items()]
+    texts += list(resource.items())
+    for key, text in texts:
         if len(text) > limit:
             return (f"attribute {key} is {len(text)} characters long, above the limit of {limit} "
                     f"(max_attribute_value_length)")

@@ -34,13 +34,12 @@ def count_value(value: AnyValue, maximum: int) -> int:
         text = value.string_value.strip()
         if not NUMERIC_TEXT.fullmatch(text):
             raise InvalidCount(f"{value.string_value!r} is not a number")
-        try:
-            number = int(text)
-        except ValueError:
-            double = float(text)
-            if not math.isfinite(double) or double != int(double):
-                raise InvalidCount(f"{value.string_value!r} is not a whole number") from None
-            number = int(double)
+        exact = Decimal(text)  # not through float: 999999999.9999999999 is no whole number
+        if exact.adjusted() > 30:
+            raise InvalidCount(f"{value.string_value!r} is out of range")
+        if exact != exact.to_integral_value():
+            raise InvalidCount(f"{value.string_value!r} is not a whole number")
+        number = int(exact)
     elif kind is None:
         raise InvalidCount("has no value")
     else:

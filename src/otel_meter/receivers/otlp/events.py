@@ -14,6 +14,7 @@ Each event is taken or rejected whole; a rejected event is counted and explained
 from __future__ import annotations
 
 import calendar
+import decimal
 import json
 import math
 import re
@@ -137,6 +138,13 @@ class IngestResult:
 def quantity(meter: str, value: Any) -> int | Decimal:
     """A quantity from a decimal string or a JSON number: an int when whole, else a Decimal
     with 9 places. Exact: a float is read by its repr, a string or Decimal as written."""
+    try:
+        return checked_quantity(meter, value)
+    except decimal.InvalidOperation:
+        raise InvalidEvent(f"quantity {meter!r} is out of range: {value!r}") from None
+
+
+def checked_quantity(meter: str, value: Any) -> int | Decimal:
     if isinstance(value, bool):
         raise InvalidEvent(f"quantity {meter!r} is {str(value).lower()}, not a number")
     if isinstance(value, int):
@@ -268,6 +276,11 @@ def json_event(item: Any) -> Event:
     """A CloudEvent (JSON object, ``data`` holding the quantities) as an Event."""
     if not isinstance(item, dict):
         raise InvalidEvent(f"is {json_kind(item)}, not an event (a JSON object)")
+    try:
+        json.dumps(item, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("holds text that is not valid Unicode (a lone surrogate escape such as \\ud800)") \
+            from None
     event_id = required_text(item.get("id"), "id")
     source = required_text(item.get("source"), "source")
     if "data_base64" in item:
@@ -366,6 +379,9 @@ def json_items(body: bytes, content_type: str) -> list[Any]:
         document = json.loads(body, parse_float=Decimal, parse_constant=float)
     except RecursionError:
         raise EventsRequestError("body is not JSON: nested too deeply") from None
+    except decimal.InvalidOperation:
+        raise EventsRequestError("body is not JSON this service can read: a number's exponent is out of range") \
+            from None
     except ValueError as error:  # also UnicodeDecodeError
         raise EventsRequestError(f"body is not JSON: {error}") from None
     if content_type == CLOUDEVENTS:

@@ -242,7 +242,7 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         self.unread: int | None = None
         """Bytes of the request body not read yet; None when unknown (chunked, bad Content-Length)."""
         length = self.headers.get("Content-Length", "0").strip()
-        if not self.chunked and length.isdigit():
+        if not self.chunked and length.isascii() and length.isdigit():
             self.unread = int(length)
 
     def _export(self, otlp: OtlpHttpServer) -> None:

@@ -104,6 +104,9 @@ def parse(body: bytes, message_type: type[M]) -> M:
         return json_format.ParseDict(document, message_type(), ignore_unknown_fields=True)
     except (json_format.ParseError, RecursionError) as error:
         raise OtlpJsonError(f"body is not an OTLP {message_type.DESCRIPTOR.name}: {error}") from None
+    except SystemError:  # protobuf's C parser on text that is not valid Unicode (a lone surrogate)
+        raise OtlpJsonError(f"body is not an OTLP {message_type.DESCRIPTOR.name}: it holds text that is not "
+                            f"valid Unicode (a lone surrogate escape such as \\ud800)") from None
 
 
 def to_json(message: Message) -> bytes:
