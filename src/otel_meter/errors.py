@@ -27,3 +27,7 @@ class StoreLockedError(StoreError):
 
 class ExportError(OtelMeterError):
     """Usage could not be written; the client should retry."""
+
+
+class QueueFullError(ExportError):
+    """The local queue holds as much unstored usage as it may: backpressure, retry later."""

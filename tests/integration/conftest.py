@@ -52,7 +52,6 @@ class MeterServer:
     http_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
-    extra_processors: str = ""
 
     @property
     def config_path(self) -> Path:

@@ -292,14 +292,15 @@ def ingest_to(receiver: Any, *events: UsageEvent) -> IngestResponse:
         return EventsServiceStub(channel).Ingest(IngestRequest(events=events), timeout=30)
 
 
-@pytest.mark.parametrize("message, status, code", [
-    (QUEUE_FULL, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ("otel-meter is shutting down", 503, grpc.StatusCode.UNAVAILABLE),
+@pytest.mark.parametrize("refusal, message, status, code", [
+    ("QueueFullError", QUEUE_FULL, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("ExportError", "otel-meter is shutting down", 503, grpc.StatusCode.UNAVAILABLE),
 ])
-def test_a_refusing_pipeline_is_a_retryable_answer(in_process, message, status, code):
-    from otel_meter.errors import ExportError
+def test_a_refusing_pipeline_is_a_retryable_answer(in_process, refusal, message, status, code):
+    from otel_meter import errors
 
-    receiver = in_process(Scripted(ExportError(message), ExportError(message)))
+    error = getattr(errors, refusal)
+    receiver = in_process(Scripted(error(message), error(message)))
     answer_status, headers, answer = post_to(receiver, [cloud("r1", "acme", {"seats": 1})])
     assert (answer_status, headers["Retry-After"], answer["message"]) == (status, "5", message)
     with pytest.raises(grpc.RpcError) as caught:
@@ -327,9 +328,9 @@ def test_without_an_events_pipeline_http_is_404_and_grpc_unimplemented(in_proces
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_client_retries_a_refusal_then_succeeds(in_process, transport):
-    from otel_meter.errors import ExportError
+    from otel_meter.errors import ExportError, QueueFullError
 
-    pipeline = Scripted(ExportError(QUEUE_FULL), ExportError("otel-meter is shutting down"))
+    pipeline = Scripted(QueueFullError(QUEUE_FULL), ExportError("otel-meter is shutting down"))
     receiver = in_process(pipeline)
     url = f"http://127.0.0.1:{receiver.http.port}" if transport == "http" else f"127.0.0.1:{receiver.grpc.port}"
     client = EventsClient(url, transport=transport, retries=2, backoff=0.01, max_backoff=0.05)

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_meter.component import LOGS, METRICS, TRACES
-from otel_meter.errors import ExportError
+from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
@@ -93,14 +93,15 @@ def fail(error: Exception) -> Callable[[], ConsumeResult]:
     return action
 
 
-@pytest.mark.parametrize("message, http_status, grpc_code", [
-    (QUEUE_FULL, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ("otel-meter is shutting down; retry against another instance or later", 503, grpc.StatusCode.UNAVAILABLE),
+@pytest.mark.parametrize("refusal, message, http_status, grpc_code", [
+    (QueueFullError, QUEUE_FULL, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ExportError, "otel-meter is shutting down; retry against another instance or later", 503,
+     grpc.StatusCode.UNAVAILABLE),
 ])
 def test_a_refused_request_is_retryable_with_a_delay(receiver: OtlpReceiver, pipeline: ScriptedPipeline,
-                                                     message: str, http_status: int,
+                                                     refusal: type[ExportError], message: str, http_status: int,
                                                      grpc_code: grpc.StatusCode) -> None:
-    pipeline.action = fail(ExportError(message))
+    pipeline.action = fail(refusal(message))
     response = post(receiver, "/v1/traces", EMPTY_TRACES)
     status = Status.FromString(response.body)  # type: ignore[attr-defined]
     assert (response.status, response.headers["Retry-After"]) == (http_status, "5")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from otel_meter.errors import ExportError, StoreError
+from otel_meter.errors import ExportError, QueueFullError, StoreError
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
@@ -42,12 +42,12 @@ class PendingWrite:
 
     batch: UsageBatch
     done: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
+    error: ExportError | None = None
 
     def wait(self) -> None:
         self.done.wait()
         if self.error is not None:
-            raise ExportError(self.error)
+            raise self.error
 
 
 def to_ipc(table: pa.Table) -> bytes:
@@ -144,7 +144,8 @@ class ClickHouseExporter:
                 pending.error = error
                 pending.done.set()
 
-    def _append(self, batches: list[UsageBatch]) -> str | None:
+    def _append(self, batches: list[UsageBatch]) -> ExportError | None:
+        """Make the batches durable as one record; the error to answer their requests with, if any."""
         merged = UsageBatch()
         for batch in batches:
             merged.extend(batch)
@@ -152,20 +153,20 @@ class ClickHouseExporter:
             payload = to_ipc(to_arrow(merged, time.time_ns() // 1000))
             record_id = self.journal.append(payload)
         except JournalFullError as error:
-            return str(error)
+            return QueueFullError(str(error))
         except OSError as error:
             logger.error("cannot write the local queue %s: %s", self.journal.directory, error)
-            return f"otel-meter cannot write its local queue ({error.strerror}); retry later"
+            return ExportError(f"otel-meter cannot write its local queue ({error.strerror}); retry later")
         except Exception:  # a bug must fail these requests, not stop the writer
             logger.exception("cannot queue usage")
-            return "otel-meter could not queue this usage (internal error, logged); retry later"
+            return ExportError("otel-meter could not queue this usage (internal error, logged); retry later")
         try:
             self.journal.sync()
         except OSError as error:
             # The clients will retry, so this record must never reach the store.
             self.journal.rollback(record_id)
             logger.error("cannot fsync the local queue %s: %s", self.journal.directory, error)
-            return f"otel-meter cannot write its local queue ({error.strerror}); retry later"
+            return ExportError(f"otel-meter cannot write its local queue ({error.strerror}); retry later")
         with self._condition:
             self._record_rows[record_id] = len(merged)
             self._durable_id = record_id

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from otel_meter.component import LOGS, METRICS, TRACES
-from otel_meter.errors import ExportError
+from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.pipeline import ConsumeResult
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 MAX_LISTED_ERRORS = 10
 RETRY_AFTER_SECONDS = 5
 """Delay a refused client is asked to wait (gRPC ``RetryInfo``, HTTP ``Retry-After``)."""
-QUEUE_FULL_MARKER = "local queue holds"
-"""In the message of an ExportError caused by a full local queue (JournalFullError)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ def refusal_code(error: ExportError) -> grpc.StatusCode:
     refused the request (queue unwritable, shutting down) is UNAVAILABLE (HTTP 503).
     Both are retryable: the status carries RetryInfo, without which OTLP clients would
     not retry RESOURCE_EXHAUSTED."""
-    if QUEUE_FULL_MARKER in str(error):
+    if isinstance(error, QueueFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.UNAVAILABLE
 
