@@ -121,6 +121,22 @@ class UsageBatch:
             setattr(out, name, list(getattr(self, name)))
         return out
 
+    def append(self, event_id: str, seq: int, time_ns: int, meter: str, quantity: int | Decimal, provider: str,
+               model: str, operation: str, dimensions: dict[str, str], resource_attributes: dict[str, str],
+               event_attributes: dict[str, str]) -> None:
+        """Add one row (the converters' path for metric points, log records and events)."""
+        self.event_id.append(event_id)
+        self.event_seq.append(seq)
+        self.event_time_ns.append(time_ns)
+        self.meter.append(meter)
+        self.quantity.append(quantity)
+        self.provider.append(provider)
+        self.model.append(model)
+        self.operation.append(operation)
+        self.dimensions.append(dimensions)
+        self.resource_attributes.append(resource_attributes)
+        self.event_attributes.append(event_attributes)
+
     def extend(self, other: "UsageBatch") -> None:
         """Append another batch's rows (used to group-commit several requests)."""
         for name in ROW_COLUMNS:

@@ -206,14 +206,6 @@ def append_row(batch: UsageBatch, event_id: str, seq: int, time_ns: int, meter: 
                attributes: dict[str, str], dimensions: dict[str, str], resource: dict[str, str],
                item_attributes: dict[str, str]) -> None:
     provider = next((attributes[key] for key in cv.PROVIDER if attributes.get(key)), "").lower()
-    batch.event_id.append(event_id)
-    batch.event_seq.append(seq)
-    batch.event_time_ns.append(time_ns)
-    batch.meter.append(meter)
-    batch.quantity.append(quantity)
-    batch.provider.append(cv.PROVIDER_SPELLINGS.get(provider, provider))
-    batch.model.append(next((attributes[key] for key in cv.MODEL if attributes.get(key)), ""))
-    batch.operation.append(attributes.get(cv.OPERATION, ""))
-    batch.dimensions.append(dimensions)
-    batch.resource_attributes.append(resource)
-    batch.event_attributes.append(item_attributes)
+    batch.append(event_id, seq, time_ns, meter, quantity, cv.PROVIDER_SPELLINGS.get(provider, provider),
+                 next((attributes[key] for key in cv.MODEL if attributes.get(key)), ""),
+                 attributes.get(cv.OPERATION, ""), dimensions, resource, item_attributes)

@@ -356,17 +356,8 @@ def append_rows(batch: UsageBatch, event: Event, seq: int, time_ns: int) -> None
     subject leaves the customer empty, for the attribution processor's unattributed customer)."""
     event_id = f"{event.source}/{event.id}"
     for meter, amount in event.quantities:
-        batch.event_id.append(event_id)
-        batch.event_seq.append(seq)
-        batch.event_time_ns.append(time_ns)
-        batch.meter.append(meter)
-        batch.quantity.append(amount)
-        batch.provider.append(event.provider)
-        batch.model.append(event.model)
-        batch.operation.append(event.type)
-        batch.dimensions.append(event.dimensions)
-        batch.resource_attributes.append(EMPTY)
-        batch.event_attributes.append(EMPTY)
+        batch.append(event_id, seq, time_ns, meter, amount, event.provider, event.model, event.type,
+                     event.dimensions, EMPTY, EMPTY)
         batch.customer.append(event.subject)
         batch.feature.append(event.feature)
         batch.service.append(event.service)
