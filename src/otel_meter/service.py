@@ -23,15 +23,20 @@ class Service:
         self.exporters: dict[str, object] = {}
         self.extensions: dict[str, object] = {}
         self.pipelines: list[UsagePipeline] = []
+        self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
+                                          "meters": config.meters, "extension": self._extension, "rate_cards": {}}
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._build()
 
     def _context(self, component_id: str) -> BuildContext:
-        default_store = next(iter(self.stores.values()), None)
-        return BuildContext(config_dir=self.config.config_dir, component_id=component_id,
-                            shared={"stores": self.stores, "store": default_store, "queued": self.queued_records,
-                                    "meters": self.config.meters, "extension": self._extension})
+        self.shared["store"] = next(iter(self.stores.values()), None)
+        return BuildContext(config_dir=self.config.config_dir, component_id=component_id, shared=self.shared)
+
+    @property
+    def rate_cards(self) -> dict:
+        """The rate card registries, by rating processor id."""
+        return self.shared["rate_cards"]  # type: ignore[return-value]
 
     def _build(self) -> None:
         config = self.config
@@ -85,6 +90,8 @@ class Service:
     def start(self) -> None:
         for exporter in self.exporters.values():
             exporter.start()
+        for registry in self.rate_cards.values():
+            registry.start()
         for extension in self.extensions.values():
             extension.start()
         for receiver in self.receivers.values():
@@ -103,6 +110,8 @@ class Service:
             exporter.shutdown()
         for extension in self.extensions.values():
             extension.shutdown()
+        for registry in self.rate_cards.values():
+            registry.shutdown()
         for store in self.stores.values():
             store.close()
         logger.info("otel-meter stopped")

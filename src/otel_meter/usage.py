@@ -87,6 +87,13 @@ class UsageBatch:
     priced: list[bool] = field(default_factory=list)
     rate_card: list[str] = field(default_factory=list)
     rate_card_version: list[str] = field(default_factory=list)
+    rate_rule: list[str] = field(default_factory=list)
+    """Which rule of the card priced the row (see rating/matching.py), for explaining and period tiers."""
+    cost: list[int] = field(default_factory=list)
+    """What the usage cost us under the cost card, in 10**-18 units of ``cost_currency`` (0 without one)."""
+    cost_currency: list[str] = field(default_factory=list)
+    cost_card: list[str] = field(default_factory=list)
+    cost_card_version: list[str] = field(default_factory=list)
 
     rejections: list[Rejection] = field(default_factory=list)
     duplicate_events: int = 0
@@ -148,5 +155,6 @@ class UsageBatch:
 ROW_COLUMNS = (
     "event_id", "event_seq", "event_time_ns", "meter", "quantity", "provider", "model", "operation", "dimensions",
     "resource_attributes", "event_attributes", "customer", "feature", "service", "environment",
-    "unit_price", "amount", "currency", "priced", "rate_card", "rate_card_version",
+    "unit_price", "amount", "currency", "priced", "rate_card", "rate_card_version", "rate_rule",
+    "cost", "cost_currency", "cost_card", "cost_card_version",
 )

@@ -126,7 +126,9 @@ def test_rate_card_id_defaults_to_the_given_name_and_version_to_a_content_hash()
     card = parse_rate_card(text, "cards/eu.yaml", default_id="eu")
     assert card.id == "eu"
     assert re.fullmatch(r"[0-9a-f]{12}", card.version)
-    assert parse_rate_card(text + "# comment\n", "cards/eu.yaml", default_id="eu").version != card.version
+    # The hash is of the prices, not the text: a comment leaves the version alone, a price does not.
+    assert parse_rate_card(text + "# comment\n", "cards/eu.yaml", default_id="eu").version == card.version
+    assert parse_rate_card(text.replace('"1"', '"2"'), "cards/eu.yaml", default_id="eu").version != card.version
 
 
 MINIMAL_PIPELINES = """\

@@ -53,7 +53,7 @@ def batch_of(*rows: tuple[str, str, str, int]) -> UsageBatch:
 
 
 def rate(*rows: tuple[str, str, str, int]) -> UsageBatch:
-    return RatingProcessor(card()).process(batch_of(*rows))
+    return RatingProcessor(card().book()).process(batch_of(*rows))
 
 
 def money(units: list[int]) -> list[Decimal]:
@@ -85,19 +85,21 @@ def test_integer_prices_are_accepted():
     assert money(batch.amount) == [Decimal("2"), Decimal("4")]
 
 
-def test_first_matching_glob_wins():
+def test_most_specific_glob_wins_whatever_the_order():
     batch = rate(("gpt-4o-mini-2024-07-18", "openai", "input_tokens", 1_000_000),
                  ("gpt-4o", "openai", "input_tokens", 1_000_000))
     assert money(batch.unit_price) == [Decimal("0.00000015"), Decimal("0.0000025")]
-    assert card().rule_for("gpt-4o-mini-2024-07-18", "openai") == 0
-    assert card().rule_for("gpt-4o", "openai") == 1
+    assert batch.rate_rule == ["glob:gpt-4o-mini*", "glob:gpt-4o*"]
+    general_first = parse_rate_card('currency: USD\nmodels:\n  - {match: "gpt-4o*", prices: {input_tokens: "2.50"}}\n'
+                                    '  - {match: "gpt-4o-mini*", prices: {input_tokens: "0.15"}}\n', "card.yaml")
+    assert general_first.price("gpt-4o-mini-2024-07-18", "openai", "input_tokens").rule == "glob:gpt-4o-mini*"
 
 
 def test_glob_matches_the_whole_name_case_sensitively():
     c = card()
-    assert c.rule_for("o3-mini", "openai") is None
-    assert c.rule_for("GPT-4o", "openai") is None
-    assert c.rule_for("my-gpt-4o", "openai") is None
+    assert c.price("o3-mini", "openai", "input_tokens") is None
+    assert c.price("GPT-4o", "openai", "input_tokens") is None
+    assert c.price("my-gpt-4o", "openai", "input_tokens") is None
 
 
 def test_provider_qualified_rule_applies_only_to_that_provider():
@@ -106,7 +108,7 @@ def test_provider_qualified_rule_applies_only_to_that_provider():
                  ("claude-sonnet-4", "", "input_tokens", 1_000_000))
     assert money(batch.amount) == [Decimal("9"), Decimal("3"), Decimal("3")]
     price = card().price("claude-sonnet-4", "aws.bedrock", "input_tokens")
-    assert price is not None and price.rule == 2
+    assert price is not None and price.rule == "glob:claude-*@aws.bedrock"
 
 
 def test_reasoning_falls_back_to_output_price():
@@ -158,7 +160,7 @@ def test_card_id_defaults_to_file_stem_and_version_to_content_hash(tmp_path: Pat
     assert load_rate_card(file).version == loaded.version
     file.write_text('currency: EUR\nmodels:\n  - {match: "m", prices: {input_tokens: "2"}}\n')
     assert load_rate_card(file).version != loaded.version
-    assert RatingProcessor(loaded).process(batch_of(("m", "", "input_tokens", 1))).currency == ["EUR"]
+    assert RatingProcessor(loaded.book()).process(batch_of(("m", "", "input_tokens", 1))).currency == ["EUR"]
 
 
 def test_default_rate_card_loads():
@@ -187,7 +189,7 @@ def test_rated_amount_is_exact_for_any_quantity_and_price(items):
     models = "\n".join(f'  - match: "m{i}"\n    prices: {{input_tokens: "{price}"}}'
                        for i, (_, price) in enumerate(items))
     rate_card = parse_rate_card(f"currency: USD\nmodels:\n{models}\n", "prop.yaml")
-    batch = RatingProcessor(rate_card).process(
+    batch = RatingProcessor(rate_card.book()).process(
         batch_of(*((f"m{i}", "", "input_tokens", quantity) for i, (quantity, _) in enumerate(items))))
     # The reference is computed with rationals and a 100-digit context so nothing in it can round
     # (Decimal's default 28-digit context would: 10**9 tokens x a 19-digit price is 29 digits).
@@ -276,7 +278,7 @@ def test_non_decimal_prices_are_rejected(tmp_path, price, problem):
     assert message == f"invalid rate card\n  {tmp_path / 'prices.yaml'}:4: models.0.prices: {problem}"
 
 
-def test_unknown_meter_is_rejected_with_file_and_line(tmp_path):
+def test_misspelt_meter_is_rejected_with_file_and_line(tmp_path):
     message = invalid("""\
         currency: USD
         models:
@@ -285,11 +287,15 @@ def test_unknown_meter_is_rejected_with_file_and_line(tmp_path):
           - match: "b"
             prices:
               input_tokens: "1"
-              image_tokens: "2"
+              output_token: "2"
         """, tmp_path)
-    assert message == (f"invalid rate card\n  {tmp_path / 'prices.yaml'}:7: models.1.prices: unknown meter "
-                       f"'image_tokens'; known: input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, "
-                       f"reasoning_tokens")
+    assert message.startswith(f"invalid rate card\n  {tmp_path / 'prices.yaml'}:7: models.1.prices: unknown meter "
+                              f"'output_token': did you mean 'output_tokens'? (built-in meters: input_tokens, ")
+
+
+def test_a_meter_unlike_any_built_in_one_prices_a_custom_meter():
+    loaded = parse_rate_card('currency: USD\nmeters: {image_generations: {price: "0.04"}}\n', "card.yaml")
+    assert loaded.price("", "", "image_generations").unit_price == Decimal("0.04")
 
 
 def test_unknown_key_is_rejected_with_file_and_line(tmp_path):

@@ -36,6 +36,13 @@ WHERE mapContains(dimensions, 'otel_meter.series') AND event_time >= now() - INT
 GROUP BY series
 """
 
+RATE_CARD_VERSIONS = """
+SELECT card_id, version, document, source
+FROM rate_cards
+ORDER BY applied_at, card_id, effective_from
+LIMIT 1 BY card_id, version
+"""
+
 GROUP_KEYS = ("customer", "model", "provider", "meter", "feature", "service", "environment")
 """Dimensions the usage query may group by (column names in line_items and the rollups)."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -23,6 +23,9 @@ from clickhouse_connect.driver.client import Client
 
 from otel_meter.errors import StoreError, StoreLockedError
 from otel_meter.storage import queries
+
+if TYPE_CHECKING:
+    from otel_meter.rating.rate_card import CardVersion, RateCard
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,37 @@ class Store:
         """The last cumulative value of each metric series seen in the past week, to resume deltas."""
         rows = self.client.query(queries.METRIC_SERIES).result_rows
         return [(series, int(event_id.rsplit(":", 2)[1]), Decimal(value)) for series, event_id, value in rows]
+
+    def rate_card_versions(self) -> list[CardVersion]:
+        """Every applied card version, in the order applied (a version's first application wins)."""
+        from otel_meter.rating.rate_card import parse_rate_card
+
+        versions: list[CardVersion] = []
+        parsed: dict[tuple[str, str], RateCard] = {}
+        for card_id, version, document, source in self.client.query(queries.RATE_CARD_VERSIONS).result_rows:
+            card = parsed.get((document, source))
+            if card is None:
+                card = parsed[(document, source)] = parse_rate_card(document, source, default_id=card_id)
+            versions.extend(found for found in card.versions if found.version == version)
+        return versions
+
+    def insert_rate_card_versions(self, versions: list[CardVersion], document: str, source: str) -> None:
+        """All versions of one apply in one block: they land together or not at all."""
+        applied_at = time.time_ns() // 1000
+        rows = [[v.card_id, v.version, v.effective_from_ns, v.kind, v.currency, v.content, document, source,
+                 applied_at] for v in versions]
+        table = pa.table({
+            "card_id": pa.array([r[0] for r in rows], pa.string()),
+            "version": pa.array([r[1] for r in rows], pa.string()),
+            "effective_from": pa.array([r[2] for r in rows], pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+            "kind": pa.array([r[3] for r in rows], pa.string()),
+            "currency": pa.array([r[4] for r in rows], pa.string()),
+            "content": pa.array([r[5] for r in rows], pa.string()),
+            "document": pa.array([r[6] for r in rows], pa.string()),
+            "source": pa.array([r[7] for r in rows], pa.string()),
+            "applied_at": pa.array([r[8] for r in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        })
+        self.client.insert_arrow("rate_cards", table, settings=dict(INSERT_SETTINGS))
 
     def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple]:
         return self.client.query(sql, parameters=parameters).result_rows

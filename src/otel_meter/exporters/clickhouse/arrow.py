@@ -14,7 +14,12 @@ EVENT_TIME = pa.timestamp("ns", tz="UTC")
 RECEIVED_AT = pa.timestamp("us", tz="UTC")
 
 STRING_COLUMNS = ("event_id", "customer", "feature", "service", "environment", "provider", "model", "operation",
-                  "meter", "currency", "rate_card", "rate_card_version")
+                  "meter", "currency", "rate_card", "rate_card_version", "rate_rule", "cost_currency", "cost_card",
+                  "cost_card_version")
+
+COLUMNS = (*STRING_COLUMNS, "event_time", "received_at", "quantity", "dimensions", "unit_price", "amount", "priced",
+           "cost")
+"""Column order of every block (``to_arrow``'s), so queued blocks of any version concatenate."""
 
 
 def money_array(units: list[int]) -> pa.Array:
@@ -61,4 +66,16 @@ def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
     columns["unit_price"] = money_array(batch.unit_price if rated else [0] * rows)
     columns["amount"] = money_array(batch.amount if rated else [0] * rows)
     columns["priced"] = pa.array(batch.priced if rated else [False] * rows, pa.bool_())
+    columns["cost"] = money_array(batch.cost if len(batch.cost) == rows else [0] * rows)
     return pa.table(columns)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A queued block written by an earlier version, given the columns added since (neutral values)."""
+    rows = table.num_rows
+    for name in STRING_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([""] * rows, pa.string()))
+    if "cost" not in table.column_names:
+        table = table.append_column("cost", money_array([0] * rows))
+    return table.select(COLUMNS)

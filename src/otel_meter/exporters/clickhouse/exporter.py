@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from otel_meter.errors import ExportError, QueueFullError, StoreError
-from otel_meter.exporters.clickhouse.arrow import to_arrow
+from otel_meter.exporters.clickhouse.arrow import conform, to_arrow
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
 from otel_meter.storage.store import Store, new_token
@@ -220,7 +220,8 @@ class ClickHouseExporter:
         Without a deadline it retries until the store takes the block, or, once shutdown
         has begun, for ``shutdown_timeout``.
         """
-        table = pa.concat_tables([from_ipc(payload) for _, payload in self.journal.read(plan.first, plan.last)])
+        table = pa.concat_tables([conform(from_ipc(payload))
+                                  for _, payload in self.journal.read(plan.first, plan.last)])
         delay = 0.05
         while True:
             try:

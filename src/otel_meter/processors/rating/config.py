@@ -1,6 +1,15 @@
-from otel_meter.component import ComponentConfig, ConfigFile
+from otel_meter.component import ComponentConfig, ConfigFile, Duration
 
 
 class RatingConfig(ComponentConfig):
     rate_card: ConfigFile | None = None
-    """Rate card file, relative to the config file's directory. Without one, all usage is unpriced."""
+    """The default card's file, relative to the config file's directory; applied at start.
+    Without it (and without ``default_card``) all usage is unpriced."""
+    rate_cards: list[ConfigFile] = []
+    """More card files applied at start: plan cards and the cost card."""
+    default_card: str | None = None
+    """Id of the default card when it is not given as ``rate_card`` (e.g. applied with ``otel-meter rates apply``)."""
+    cost_card: str | None = None
+    """Id of the cost card (``kind: cost``): rates usage a second time, at what it costs us."""
+    watch: Duration | None = None
+    """Check the card files this often and apply a changed one without a restart (off when unset)."""

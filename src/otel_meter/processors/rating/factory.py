@@ -3,19 +3,23 @@ import logging
 from otel_meter.component import BuildContext, Factory, Kind, register
 from otel_meter.processors.rating.config import RatingConfig
 from otel_meter.processors.rating.processor import RatingProcessor
-from otel_meter.rating.rate_card import load_rate_card
+from otel_meter.rating.registry import RateCardRegistry
 
 TYPE = "rating"
 logger = logging.getLogger(__name__)
 
 
 def create(config: RatingConfig, context: BuildContext) -> RatingProcessor:
-    if config.rate_card is None:
-        logger.warning("processors.%s has no rate_card: all usage is stored unpriced", context.component_id)
-        return RatingProcessor(None)
-    card = load_rate_card(config.rate_card)
-    logger.info("rate card %s version %s loaded with %d model rules", card.id, card.version, len(card.model.models))
-    return RatingProcessor(card)
+    """One registry per rating component: pipelines that share ``rating`` share its cards, and
+    the usage API applies cards through it (``shared["rate_cards"]``)."""
+    registries = context.shared.setdefault("rate_cards", {})
+    registry = registries.get(context.component_id)
+    if registry is None:
+        registry = RateCardRegistry.from_config(config, context.shared.get("store"), f"processors.{context.component_id}")
+        registries[context.component_id] = registry
+    if registry.book.default_card is None:
+        logger.warning("processors.%s has no rate card: all usage is stored unpriced", context.component_id)
+    return RatingProcessor(registry)
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=RatingConfig, create=create))

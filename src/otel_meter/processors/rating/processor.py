@@ -1,9 +1,23 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Protocol
 
-from otel_meter.rating.rate_card import RateCard
+from otel_meter.rating.rate_book import UNPRICED, RateBook
 from otel_meter.usage import MONEY_CONTEXT, UsageBatch
+
+CACHE_LIMIT = 100_000
+
+
+class BookSource(Protocol):
+    book: RateBook
+
+
+class FixedBook:
+    """A book that never changes (tests, and a rating without a store)."""
+
+    def __init__(self, book: RateBook) -> None:
+        self.book = book
 
 
 def fractional_amount(unit_price: int, quantity: Decimal) -> int:
@@ -14,44 +28,78 @@ def fractional_amount(unit_price: int, quantity: Decimal) -> int:
 
 
 class RatingProcessor:
-    """Prices every row with the rate card: amount = quantity x unit price, exactly
-    (integer fixed point, see ``usage.MONEY_SCALE``).
+    """Prices every row with the rate book in force at the row's event time:
+    amount = quantity x unit price, exactly (integer fixed point, see ``usage.MONEY_SCALE``),
+    and, with a cost card, cost = quantity x unit cost the same way.
 
-    A row whose model or meter has no price keeps amount 0 and ``priced`` False, so
-    unpriced usage is stored and queryable, never dropped.
+    A row whose model or meter has no price keeps amount 0 and ``priced`` False, so unpriced
+    usage is stored and queryable, never dropped. The book is read once per batch, so a card
+    applied while the server runs prices the next batch.
     """
 
-    def __init__(self, card: RateCard | None) -> None:
-        self.card = card
-        self.currency = card.currency if card else ""
-        self._prices: dict[tuple[str, str, str], int | None] = {}
+    def __init__(self, source: BookSource | RateBook | None) -> None:
+        if source is None:
+            source = RateBook(())
+        self.source: BookSource = FixedBook(source) if isinstance(source, RateBook) else source
+        self._book: RateBook | None = None
+        self._cache: dict[tuple, tuple] = {}
 
-    def _unit_price(self, model: str, provider: str, meter: str) -> int | None:
-        key = (model, provider, meter)
-        try:
-            return self._prices[key]
-        except KeyError:
-            price = self.card.price(model, provider, meter) if self.card else None
-            unit = price.unit_price_units if price else None
-            if len(self._prices) < 100_000:
-                self._prices[key] = unit
-            return unit
+    def _rating(self, book: RateBook, epoch_time: int, customer: str, model: str, provider: str,
+                meter: str) -> tuple:
+        quote = book.quote(customer, model, provider, meter, epoch_time)
+        cost = book.cost_quote(model, provider, meter, epoch_time) if book.cost_card else UNPRICED
+        return (quote.unit_price_units if quote.priced else None, quote.currency, quote.card_id, quote.version,
+                quote.rule, cost.unit_price_units if cost.priced else None, cost.currency, cost.card_id,
+                cost.version)
 
     def process(self, batch: UsageBatch) -> UsageBatch:
-        unit_prices, amounts, priced = [], [], []
-        for model, provider, meter, quantity in zip(batch.model, batch.provider, batch.meter, batch.quantity):
-            unit = self._unit_price(model, provider, meter)
+        book = self.source.book
+        if book is not self._book:
+            self._book, self._cache = book, {}
+        rows = len(batch.meter)
+        customers = batch.customer if len(batch.customer) == rows else [""] * rows
+        times = batch.event_time_ns if len(batch.event_time_ns) == rows else [0] * rows
+        boundaries = book.boundaries
+        # Within one epoch every card's version is fixed; most batches sit in one epoch.
+        single_epoch = not boundaries or not rows or book.epoch(min(times)) == book.epoch(max(times))
+        epoch_of = book.epoch
+        first_epoch = epoch_of(times[0]) if rows and boundaries else 0
+        cache = self._cache
+        unit_prices, amounts, priced, currencies, cards, versions, rules = [], [], [], [], [], [], []
+        costs, cost_currencies, cost_cards, cost_versions = [], [], [], []
+        for time_ns, customer, model, provider, meter, quantity in zip(
+                times, customers, batch.model, batch.provider, batch.meter, batch.quantity):
+            epoch = first_epoch if single_epoch else epoch_of(time_ns)
+            key = (epoch, customer, model, provider, meter)
+            rating = cache.get(key)
+            if rating is None:
+                start = boundaries[epoch - 1] if epoch else (boundaries[0] - 1 if boundaries else 0)
+                rating = self._rating(book, start, customer, model, provider, meter)
+                if len(cache) < CACHE_LIMIT:
+                    cache[key] = rating
+            unit, currency, card, version, rule, unit_cost, cost_currency, cost_card, cost_version = rating
+            whole = type(quantity) is int
             if unit is None:
                 unit_prices.append(0)
                 amounts.append(0)
                 priced.append(False)
             else:
                 unit_prices.append(unit)
-                amounts.append(unit * quantity if type(quantity) is int else fractional_amount(unit, quantity))
+                amounts.append(unit * quantity if whole else fractional_amount(unit, quantity))
                 priced.append(True)
-        rows = len(batch.meter)
-        batch.unit_price, batch.amount, batch.priced = unit_prices, amounts, priced
-        batch.currency = [self.currency] * rows
-        batch.rate_card = [self.card.id if self.card else ""] * rows
-        batch.rate_card_version = [self.card.version if self.card else ""] * rows
+            currencies.append(currency)
+            cards.append(card)
+            versions.append(version)
+            rules.append(rule)
+            if unit_cost is None:
+                costs.append(0)
+            else:
+                costs.append(unit_cost * quantity if whole else fractional_amount(unit_cost, quantity))
+            cost_currencies.append(cost_currency)
+            cost_cards.append(cost_card)
+            cost_versions.append(cost_version)
+        batch.unit_price, batch.amount, batch.priced, batch.currency = unit_prices, amounts, priced, currencies
+        batch.rate_card, batch.rate_card_version, batch.rate_rule = cards, versions, rules
+        batch.cost, batch.cost_currency, batch.cost_card, batch.cost_card_version = (
+            costs, cost_currencies, cost_cards, cost_versions)
         return batch

@@ -1,0 +1,138 @@
+"""The rate cards a running server rates with: their history in the store, applied atomically.
+
+Cards live in ClickHouse (``rate_cards``), one row per version with its content, so any past
+rating can be explained. Card files named in the config are applied at start and, with
+``watch``, whenever they change; ``otel-meter rates apply`` and ``POST /v1/rate-cards`` apply
+through the running server. Applying builds and checks the whole new book first: a bad card
+changes nothing. A version is immutable: the same name with other content is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from otel_meter.errors import RateCardError
+from otel_meter.rating.rate_book import RateBook
+from otel_meter.rating.rate_card import CardVersion, RateCard, load_rate_card
+
+if TYPE_CHECKING:
+    from otel_meter.processors.rating.config import RatingConfig
+    from otel_meter.storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    card_id: str
+    added: tuple[str, ...]
+    """Versions new to the store."""
+    unchanged: tuple[str, ...]
+    """Versions already applied with the same content."""
+
+    def describe(self) -> str:
+        if not self.added:
+            return f"card {self.card_id}: unchanged ({', '.join(self.unchanged)} already applied)"
+        return f"card {self.card_id}: applied version(s) {', '.join(self.added)}"
+
+
+class RateCardRegistry:
+    def __init__(self, store: Store | None, default_card: str | None = None, cost_card: str | None = None,
+                 files: tuple[Path, ...] = (), watch_seconds: float | None = None) -> None:
+        self.store = store
+        self.files = files
+        self.watch_seconds = watch_seconds
+        self._lock = threading.Lock()
+        self._versions: list[CardVersion] = []
+        self._file_texts: dict[Path, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._default_card, self._cost_card = default_card, cost_card
+        if store is not None:
+            self._versions = store.rate_card_versions()
+        for file in files:
+            card = load_rate_card(file)
+            self._file_texts[file] = card.text
+            self._apply(card, str(file))
+        self.book = RateBook(self._versions, default_card, cost_card)
+
+    @classmethod
+    def from_config(cls, config: RatingConfig, store: Store | None, where: str) -> "RateCardRegistry":
+        files = tuple(([config.rate_card] if config.rate_card else []) + list(config.rate_cards))
+        default_card = config.default_card
+        if default_card is None and config.rate_card is not None:
+            default_card = load_rate_card(config.rate_card).id
+        try:
+            return cls(store, default_card, config.cost_card, files,
+                       config.watch.total_seconds() if config.watch else None)
+        except RateCardError as error:
+            raise RateCardError(f"{where}: {error}") from None
+
+    def versions(self) -> list[CardVersion]:
+        with self._lock:
+            return list(self._versions)
+
+    def apply(self, card: RateCard, source: str, dry_run: bool = False) -> ApplyResult:
+        with self._lock:
+            return self._apply(card, source, dry_run)
+
+    def _apply(self, card: RateCard, source: str, dry_run: bool = False) -> ApplyResult:
+        stored = {(v.card_id, v.version): v for v in self._versions}
+        added, unchanged = [], []
+        for version in card.versions:
+            existing = stored.get((version.card_id, version.version))
+            if existing is None:
+                added.append(version)
+            elif existing.content == version.content and existing.effective_from_ns == version.effective_from_ns:
+                unchanged.append(version.version)
+            else:
+                raise RateCardError(f"{source}: card {card.id} version {version.version} was already applied with "
+                                    f"other prices; versions are immutable, so give the change a new version")
+        if added:
+            candidate = self._versions + added
+            book = RateBook(candidate, self._default_card, self._cost_card)  # raises before anything changes
+            if not dry_run:
+                if self.store is not None:
+                    self.store.insert_rate_card_versions(added, card.text, source)
+                self._versions = candidate
+                self.book = book
+                logger.info("rate card %s: applied version(s) %s from %s", card.id,
+                            ", ".join(v.version for v in added), source)
+        return ApplyResult(card.id, tuple(v.version for v in added), tuple(unchanged))
+
+    def start(self) -> None:
+        if self.watch_seconds and self.files and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="rate-card-watch", daemon=True)
+            self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watch_seconds):
+            self.reload_changed_files()
+
+    def reload_changed_files(self) -> list[ApplyResult]:
+        """Apply every watched file whose text changed; a bad edit is logged and changes nothing."""
+        results = []
+        for file in self.files:
+            try:
+                text = file.read_text()
+            except OSError as error:
+                logger.error("rate card %s cannot be read: %s; keeping the cards in force", file, error.strerror)
+                continue
+            if text == self._file_texts.get(file):
+                continue
+            try:
+                results.append(self.apply(load_rate_card(file), str(file)))
+                self._file_texts[file] = text
+            except RateCardError as error:
+                logger.error("rate card %s not applied, the cards in force are unchanged: %s", file, error)
+                self._file_texts[file] = text  # report a bad edit once, not at every check
+        return results
