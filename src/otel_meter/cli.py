@@ -7,16 +7,13 @@ import csv
 import json
 import os
 import signal
-import ssl
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any, Sequence
 
-from otel_meter import __version__
+from otel_meter import __version__, cli_pricing
+from otel_meter.cli_client import ServerApi, add_server_options, open_store
 from otel_meter.component import Kind
-from otel_meter.errors import OtelMeterError, StoreLockedError
+from otel_meter.errors import OtelMeterError
 
 EPILOG = "Docs: docs/ in the project repository. Config layout follows the OpenTelemetry Collector."
 
@@ -44,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: customer,model,meter)")
     usage.add_argument("--customer", help="only this customer")
     usage.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    usage.add_argument("--config", metavar="PATH", help="config file (finds the usage API and the store)")
-    usage.add_argument("--url", help="usage API base URL, e.g. http://meter:8080 (default: from the config)")
-    usage.add_argument("--token", default=os.environ.get("OTEL_METER_TOKEN") or None,
-                       help="read token for a usage API with auth, sent as 'Authorization: Bearer TOKEN' "
-                            "(default: $OTEL_METER_TOKEN)")
-    usage.add_argument("--cacert", metavar="PATH", help="CA certificate to trust for an https usage API "
-                       "(default: the system's trusted CAs)")
+    add_server_options(usage, os.environ.get("OTEL_METER_TOKEN") or None)
 
     migrate = commands.add_parser("migrate", help="apply pending schema migrations to the store")
     migrate.add_argument("--config", metavar="PATH")
@@ -60,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = config_commands.add_parser("validate", help="check a config file (and its rate card) without "
                                           "starting anything")
     validate.add_argument("--config", metavar="PATH")
+    cli_pricing.add_commands(commands, os.environ.get("OTEL_METER_TOKEN") or None)
     return parser
 
 
@@ -74,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate(args)
         if args.command == "config":
             return validate_config(args)
+        if args.command in cli_pricing.COMMANDS:
+            return cli_pricing.run(args)
     except OtelMeterError as error:
         print(f"otel-meter: {error}", file=sys.stderr)
         return 2
@@ -121,74 +115,17 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_store(config_path: str | None):
-    from otel_meter.config import load_config
-    from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
-    from otel_meter.storage.store import Store, resolve_location
-
-    config = load_config(config_path)
-    for component in config.components[Kind.EXPORTER].values():
-        if isinstance(component, ClickHouseExporterConfig):
-            return Store(resolve_location(component.endpoint, component.database))
-    raise OtelMeterError(f"{config.source}: no clickhouse exporter configured")
-
-
-def usage_api_url(config_path: str | None) -> str | None:
-    from otel_meter.config import load_config
-    from otel_meter.extensions.usage_api.config import UsageApiConfig
-
-    config = load_config(config_path)
-    for extension_id in config.service.extensions:
-        component = config.components[Kind.EXTENSION].get(extension_id)
-        if isinstance(component, UsageApiConfig):
-            host, _, port = component.endpoint.rpartition(":")
-            host = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
-            return f"{'https' if component.tls is not None else 'http'}://{host}:{port}"
-    return None
-
-
 def usage(args: argparse.Namespace) -> int:
     from otel_meter.storage.usage_report import UsageRequest, run_usage_query
 
     request = UsageRequest.parse(args.start, args.end, args.group_by, args.customer)
-    base = args.url or usage_api_url(args.config)
-    rows: list[dict[str, Any]] | None = None
-    if base:
-        rows = fetch_usage(base, args)
-    if rows is None:
-        try:
-            store = open_store(args.config)
-        except StoreLockedError:
-            where = f"its usage API at {base} did not answer" if base else "no usage_api extension is configured"
-            raise OtelMeterError(f"the store is owned by a running otel-meter, but {where}; pass --url with the "
-                                 f"server's usage API address") from None
-        rows = run_usage_query(store, request)
+    server = ServerApi(args)
+    answer = server.call("GET", "/v1/usage", {"from": args.start, "to": args.end, "group_by": args.group_by,
+                                              "customer": args.customer})
+    rows: list[dict[str, Any]] = answer["rows"] if answer is not None else \
+        run_usage_query(server.store_or_explain(args.config), request)
     print_rows(rows, list(request.group_by), args.format)
     return 0
-
-
-def fetch_usage(base: str, args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    """Rows from a running server, or None when nothing listens there."""
-    query = {"from": args.start, "to": args.end, "group_by": args.group_by}
-    if args.customer:
-        query["customer"] = args.customer
-    url = f"{base.rstrip('/')}/v1/usage?{urllib.parse.urlencode(query)}"
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30,
-                                    context=context) as response:
-            return json.load(response)["rows"]
-    except urllib.error.HTTPError as error:
-        detail = json.loads(error.read() or b"{}").get("error", error.reason)
-        raise OtelMeterError(f"usage API: {detail}") from None
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, ssl.SSLError):
-            raise OtelMeterError(f"usage API at {base}: TLS failed ({error.reason}); pass --cacert with the CA "
-                                 f"that signed its certificate") from None
-        return None
-    except ConnectionError:
-        return None
 
 
 def print_rows(rows: list[dict[str, Any]], keys: list[str], output: str) -> None:

@@ -43,6 +43,16 @@ ORDER BY applied_at, card_id, effective_from
 LIMIT 1 BY card_id, version
 """
 
+PERIOD_LINES = """
+SELECT currency, rate_card, rate_rule, meter, priced, sum(quantity), sum(amount)
+FROM usage_hourly
+WHERE customer = {customer:String}
+  AND hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')
+GROUP BY currency, rate_card, rate_rule, meter, priced
+HAVING sum(quantity) != 0 OR sum(amount) != 0
+ORDER BY currency, rate_card, rate_rule, meter, priced
+"""
+
 GROUP_KEYS = ("customer", "model", "provider", "meter", "feature", "service", "environment")
 """Dimensions the usage query may group by (column names in line_items and the rollups)."""
 

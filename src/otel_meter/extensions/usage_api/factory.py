@@ -8,7 +8,7 @@ TYPE = "usage_api"
 def create(config: UsageApiConfig, context: BuildContext) -> UsageApiServer:
     authenticator = context.shared["extension"](config.auth.authenticator) if config.auth is not None else None
     return UsageApiServer(config, context.shared["store"], context.shared["queued"], authenticator,
-                          f"extensions.{context.component_id}")
+                          f"extensions.{context.component_id}", context.shared)
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.EXTENSION, config_model=UsageApiConfig, create=create))

@@ -1,6 +1,7 @@
-"""HTTP usage API: ``GET /v1/usage`` and ``GET /healthz``.
+"""The usage API: usage, rate cards, the period view, re-rating, credits and entitlements.
 
-A small threaded HTTP server from the standard library; every response is JSON.
+A small threaded HTTP server from the standard library; every response is JSON. Routes
+live in the ``routes_*`` modules; this module does the HTTP, TLS and token checks.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socket import AF_INET6
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from otel_meter import __version__
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
+from otel_meter.extensions.usage_api import routes_pricing, routes_usage
 from otel_meter.extensions.usage_api.config import UsageApiConfig
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, Route
 from otel_meter.security import Authenticator, TlsServerMixin, server_ssl_context
 from otel_meter.storage.store import Store
-from otel_meter.storage.usage_report import UsageRequest, UsageRequestError, run_usage_query
 
 logger = logging.getLogger(__name__)
+
+MAX_BODY = 4 * 1024 * 1024
+ROUTES: tuple[Route, ...] = (*routes_usage.ROUTES, *routes_pricing.ROUTES)
 
 
 def json_default(value: Any) -> Any:
@@ -43,13 +48,17 @@ class _Httpd(TlsServerMixin, ThreadingHTTPServer):
 
 class UsageApiServer:
     def __init__(self, config: UsageApiConfig, store: Store, queued_records: Callable[[], int],
-                 authenticator: Authenticator | None = None, where: str = "extensions.usage_api") -> None:
-        """``authenticator``: checks the read token of ``GET /v1/usage`` (None: open)."""
+                 authenticator: Authenticator | None = None, where: str = "extensions.usage_api",
+                 shared: dict[str, Any] | None = None) -> None:
+        """``authenticator``: checks the token of every ``/v1/`` request (None: open).
+        ``shared``: the service's shared objects (rate card registries, the budgets monitor),
+        looked up per request because processors are built after extensions."""
         self.config = config
         self.store = store
         self.queued_records = queued_records
         self.authenticator = authenticator
         self.where = where
+        self.shared = shared if shared is not None else {}
         ssl_context = server_ssl_context(config.tls, where) if config.tls is not None else None
         host, _, port = config.endpoint.rpartition(":")
         try:
@@ -72,20 +81,43 @@ class UsageApiServer:
                     "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file
                     else "TLS", "no auth" if self.authenticator is None else f"auth: {self.config.auth.authenticator}")
 
-    def reader(self, authorization: str | None) -> tuple[HTTPStatus, str] | str | None:
-        """Who may read: None for everyone (no auth, or an unbound token), the customer a read
-        token is bound to, or a refusal (401) with its message."""
+    def reader(self, authorization: str | None) -> str | None:
+        """Who may read: None for everyone (no auth, or an unbound token) or the customer a token
+        is bound to; raises ApiError 401 for a missing or unknown token."""
         if self.authenticator is None:
             return None
         try:
             return self.authenticator.authenticate(authorization).customer
         except AuthenticationError as error:
             logger.debug("usage API request refused: %s", error)
-            return HTTPStatus.UNAUTHORIZED, str(error)
+            raise ApiError(HTTPStatus.UNAUTHORIZED, str(error)) from None
 
     def shutdown(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def dispatch(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[HTTPStatus, Any]:
+        url = urlsplit(raw_path)
+        path = unquote(url.path)
+        allowed = []
+        for candidate in ROUTES:
+            found = candidate.pattern.match(path)
+            if not found:
+                continue
+            if candidate.method != method:
+                allowed.append(candidate.method)
+                continue
+            bound = None if path == "/healthz" else self.reader(headers.get("Authorization"))
+            if candidate.admin and bound is not None:
+                raise ApiError(HTTPStatus.FORBIDDEN, "this token is bound to a customer and may only read; "
+                                                     "changes need an unrestricted token")
+            request = ApiRequest(method, path, parse_qs(url.query, keep_blank_values=True), body, headers, bound,
+                                 found.groupdict())
+            return candidate.handler(self, request)
+        if allowed:
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {path}; use "
+                                                          f"{' or '.join(sorted(set(allowed)))}")
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no such path {path}; see docs/usage-api.md")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         api = self
@@ -94,49 +126,33 @@ class UsageApiServer:
             server_version = f"otel-meter/{__version__}"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                url = urlsplit(self.path)
-                if url.path == "/v1/usage":
-                    reader = api.reader(self.headers.get("Authorization"))
-                    if isinstance(reader, tuple):
-                        self._send(reader[0], {"error": reader[1]},
-                                   {"WWW-Authenticate": api.authenticator.scheme})  # type: ignore[union-attr]
-                        return
-                    self._usage(parse_qs(url.query, keep_blank_values=True), reader)
-                elif url.path == "/healthz":
-                    healthy = api.store.ping()
-                    self._send(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
-                               {"status": "ok" if healthy else "store unavailable",
-                                "queued_records": api.queued_records()})
-                else:
-                    self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try /v1/usage"})
+                self._answer("GET", b"")
 
-            def _usage(self, query: dict[str, list[str]], bound_customer: str | None) -> None:
-                def single(name: str) -> str | None:
-                    values = query.get(name)
-                    return values[-1] if values else None
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY:
+                    self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body above {MAX_BODY} bytes"})
+                    return
+                self._answer("POST", self.rfile.read(length))
 
-                customer = single("customer")
-                if bound_customer is not None:
-                    # A read token bound to a customer (a customer-facing usage page) sees that customer only.
-                    if customer is not None and customer != bound_customer:
-                        self._send(HTTPStatus.FORBIDDEN, {"error": "this token may read only its own customer's "
-                                                                   "usage; leave out customer= or ask for that "
-                                                                   "customer"})
-                        return
-                    customer = bound_customer
+            def _answer(self, method: str, body: bytes) -> None:
                 try:
-                    request = UsageRequest.parse(single("from"), single("to"), single("group_by"), customer)
-                    rows = run_usage_query(api.store, request)
-                except UsageRequestError as error:
+                    status, payload = api.dispatch(method, self.path, self.headers, body)
+                except ApiError as error:
+                    headers = {"WWW-Authenticate": api.authenticator.scheme} \
+                        if error.status == HTTPStatus.UNAUTHORIZED and api.authenticator else None
+                    self._send(error.status, {"error": str(error)}, headers)
+                    return
+                except OtelMeterError as error:
                     self._send(HTTPStatus.BAD_REQUEST, {"error": str(error)})
                     return
                 except Exception as error:  # the store failed: say so, keep serving
-                    logger.exception("usage query failed")
-                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"usage query failed: {error}"})
+                    logger.exception("usage API %s %s failed", method, self.path)
+                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"request failed: {error}"})
                     return
-                self._send(HTTPStatus.OK, {"rows": rows})
+                self._send(status, payload)
 
-            def _send(self, status: HTTPStatus, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            def _send(self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body, default=json_default).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

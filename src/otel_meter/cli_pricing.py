@@ -1,0 +1,298 @@
+"""``otel-meter rates ...``, ``otel-meter rerate`` and ``otel-meter period``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from otel_meter.cli_client import ServerApi, add_server_options, local_registry
+from otel_meter.errors import OtelMeterError, RateCardError
+
+COMMANDS = ("rates", "rerate", "period")
+
+
+def add_commands(commands: Any, token: str | None) -> None:
+    rates = commands.add_parser("rates", help="rate cards: validate, diff, apply, list, show, explain, import",
+                                description="Manage rate cards. Changes go through the running server's usage "
+                                "API (they take effect at once); with no server running, straight to the store.")
+    sub = rates.add_subparsers(dest="rates_command", required=True, metavar="SUBCOMMAND")
+
+    validate = sub.add_parser("validate", help="check card files without applying them")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+
+    diff = sub.add_parser("diff", help="what applying a card file would change")
+    diff.add_argument("file", metavar="FILE")
+    diff.add_argument("--against", metavar="FILE", help="compare with another card file instead of the applied card")
+    add_server_options(diff, token)
+
+    apply = sub.add_parser("apply", help="apply a card file (atomic: a bad card changes nothing)")
+    apply.add_argument("file", metavar="FILE")
+    apply.add_argument("--dry-run", action="store_true", help="check against the applied cards, change nothing")
+    add_server_options(apply, token)
+
+    listing = sub.add_parser("list", help="applied cards and their versions")
+    add_server_options(listing, token)
+
+    show = sub.add_parser("show", help="the version of a card in force at a time")
+    show.add_argument("card", metavar="CARD")
+    show.add_argument("--at", metavar="TIME", help="ISO 8601 time (default: now)")
+    add_server_options(show, token)
+
+    explain = sub.add_parser("explain", help="which rule prices a model's usage, and why")
+    explain.add_argument("model", metavar="MODEL")
+    explain.add_argument("--provider", default="", help="gen_ai.provider.name of the usage (default: none)")
+    explain.add_argument("--customer", default="", help="customer, for plans and overrides")
+    explain.add_argument("--meter", help="comma-separated meters (default: every meter the cards name)")
+    explain.add_argument("--at", metavar="TIME", help="ISO 8601 event time (default: now)")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    add_server_options(explain, token)
+
+    importer = sub.add_parser("import-litellm", help="make a card from LiteLLM's model price JSON",
+                              description="Read LiteLLM's model_prices_and_context_window.json and write a rate "
+                              "card with its list prices (review before applying).")
+    importer.add_argument("file", metavar="JSON")
+    importer.add_argument("-o", "--output", metavar="FILE", help="card file to write (default: standard output)")
+    importer.add_argument("--id", default="litellm-list-prices", help="card id (default: litellm-list-prices)")
+    importer.add_argument("--provider", action="append", help="only this provider (repeatable)")
+    importer.add_argument("--mode", action="append", help="only this LiteLLM mode, e.g. chat (repeatable; "
+                          "default: chat, completion, responses, embedding)")
+    importer.add_argument("--models", metavar="GLOB", help="only models matching this glob")
+
+    rerate = commands.add_parser("rerate", help="re-price usage after a backdated price change",
+                                 description="Re-price usage in [from, to) with the cards in force now. Writes "
+                                 "adjustment line items (a reversal and a new rating); never edits rated history; "
+                                 "running it twice changes nothing.")
+    rerate.add_argument("--from", dest="start", required=True, metavar="TIME", help="ISO 8601 start (inclusive)")
+    rerate.add_argument("--to", dest="end", required=True, metavar="TIME", help="ISO 8601 end (exclusive)")
+    rerate.add_argument("--customer", help="only this customer")
+    add_server_options(rerate, token)
+
+    period = commands.add_parser("period", help="a customer's billing period with tiers and commitments applied")
+    period.add_argument("--customer", required=True)
+    period.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
+    period.add_argument("--rounding", choices=["half_even", "half_up"], default="half_even")
+    period.add_argument("--format", choices=["text", "json"], default="text")
+    add_server_options(period, token)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "rerate":
+        return rerate(args)
+    if args.command == "period":
+        return period(args)
+    return {"validate": validate, "diff": diff, "apply": apply, "list": list_cards, "show": show,
+            "explain": explain, "import-litellm": import_litellm}[args.rates_command](args)
+
+
+def read_card_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise RateCardError(f"rate card {path} not found") from None
+    except OSError as error:
+        raise RateCardError(f"rate card {path} cannot be read: {error.strerror}") from None
+
+
+def validate(args: argparse.Namespace) -> int:
+    from otel_meter.rating.rate_book import RateBook
+    from otel_meter.rating.rate_card import load_rate_card
+
+    loaded = [load_rate_card(path) for path in args.files]
+    versions = [version for card in loaded for version in card.versions]
+    defaults = [card.id for card in loaded if card.latest.kind == "price"]
+    costs = [card.id for card in loaded if card.latest.kind == "cost"]
+    RateBook(versions, defaults[0] if defaults else None, costs[0] if costs else None)  # plans resolve, discounts exact
+    for path, card in zip(args.files, loaded):
+        print(f"{path}: valid: card {card.id}, {len(card.versions)} version(s): "
+              + ", ".join(v.version for v in card.versions))
+    return 0
+
+
+def _registry_answer(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
+                     body: bytes | None = None, content_type: str = "application/json") -> tuple[Any, Any]:
+    """The server's answer, or (None, a local registry over the store) when no server runs."""
+    server = ServerApi(args)
+    answer = server.call(method, path, query, body, content_type)
+    if answer is not None:
+        return answer, None
+    return None, local_registry(args.config, server.store_or_explain(args.config))
+
+
+def diff(args: argparse.Namespace) -> int:
+    from otel_meter.rating.card_diff import diff_versions
+    from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
+
+    card = load_rate_card(args.file)
+    if args.against:
+        base = load_rate_card(args.against)
+        old = {v.version: v for v in base.versions}
+        previous = base.latest
+    else:
+        answer, registry = _registry_answer(args, "GET", f"/v1/rate-cards/{card.id}", {})
+        previous = None
+        if registry is not None:
+            previous = registry.book.version_at(card.id, time.time_ns())
+        elif answer is not None:
+            previous = parse_rate_card(json.dumps(answer["content"]), "applied", default_id=card.id).latest
+        old = {}
+    changed = False
+    for version in card.versions:
+        against = old.get(version.version, previous)
+        lines = diff_versions(against, version)
+        label = f"card {card.id} version {version.version}"
+        if against is None:
+            print(f"{label}: new card")
+        print(f"{label}: " + ("no change" if not lines else f"{len(lines)} change(s)"))
+        for line in lines:
+            print(f"  {line}")
+        changed = changed or bool(lines)
+    return 1 if changed else 0
+
+
+def apply(args: argparse.Namespace) -> int:
+    from otel_meter.rating.rate_card import load_rate_card
+
+    card = load_rate_card(args.file)  # a bad card fails here, before anything is sent
+    query = {"source": str(Path(args.file).name), "id": Path(args.file).stem,
+             "dry_run": "true" if args.dry_run else None}
+    answer, registry = _registry_answer(args, "POST", "/v1/rate-cards", query, card.text.encode(),
+                                        "application/yaml")
+    if registry is not None:
+        message = registry.apply(card, str(args.file), dry_run=args.dry_run).describe()
+    else:
+        message = answer["message"]
+    print(("dry run: " if args.dry_run else "") + message)
+    return 0
+
+
+def list_cards(args: argparse.Namespace) -> int:
+    answer, registry = _registry_answer(args, "GET", "/v1/rate-cards")
+    if registry is not None:
+        from otel_meter.extensions.usage_api.routes_pricing import list_cards as listing
+
+        cards = listing(registry, time.time_ns())
+    else:
+        cards = answer["cards"]
+    if not cards:
+        print("no rate cards applied")
+    for card in cards:
+        role = "default" if card["default"] else "cost" if card["cost"] else card["kind"]
+        print(f"{card['id']} ({role}, {card['currency']}), in force: {card['in_force'] or 'none'}")
+        for version in card["versions"]:
+            print(f"  {version['version']:<24} effective from {version['effective_from']}")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from otel_meter.rating.explain import iso
+    from otel_meter.storage.usage_report import parse_time, to_ns
+
+    at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
+    answer, registry = _registry_answer(args, "GET", f"/v1/rate-cards/{args.card}", {"at": iso(at_ns)})
+    if registry is not None:
+        version = registry.book.version_at(args.card, at_ns)
+        if version is None:
+            raise OtelMeterError(f"card {args.card!r} has no version in force at {iso(at_ns)}")
+        answer = {"id": version.card_id, "version": version.version,
+                  "effective_from": iso(version.effective_from_ns), "content": json.loads(version.content)}
+    print(f"# card {answer['id']} version {answer['version']}, effective from {answer['effective_from']}")
+    print(yaml.safe_dump(answer["content"], sort_keys=False, allow_unicode=True).rstrip())
+    return 0
+
+
+def explain(args: argparse.Namespace) -> int:
+    from otel_meter.rating.explain import describe_lines, explain as explain_price, iso
+    from otel_meter.storage.usage_report import parse_time, to_ns
+
+    at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
+    query = {"model": args.model, "provider": args.provider, "customer": args.customer, "meter": args.meter,
+             "at": iso(at_ns)}
+    answer, registry = _registry_answer(args, "GET", "/v1/rates/explain", query)
+    if registry is not None:
+        meters = [m for m in (args.meter or "").split(",") if m]
+        answer = explain_price(registry.book, args.model, args.provider, args.customer, meters, at_ns)
+    print(json.dumps(answer, indent=2) if args.format == "json" else "\n".join(describe_lines(answer)))
+    return 0
+
+
+def import_litellm(args: argparse.Namespace) -> int:
+    from otel_meter.rating.litellm_import import import_litellm as convert
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as error:
+        raise OtelMeterError(f"{args.file}: cannot be read: {error.strerror}") from None
+    options: dict[str, Any] = {"card_id": args.id, "providers": args.provider, "models": args.models,
+                               "source": Path(args.file).name}
+    if args.mode:
+        options["modes"] = args.mode
+    text, report = convert(data, **options)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    print(f"imported {report.imported} model(s), skipped {len(report.skipped)}"
+          + (f"; providers kept under LiteLLM's names: {', '.join(report.unmapped_providers)}"
+             if report.unmapped_providers else ""), file=sys.stderr)
+    return 0
+
+
+def rerate(args: argparse.Namespace) -> int:
+    from otel_meter.rating.rerate import rerate as run_rerate
+    from otel_meter.storage.usage_report import parse_time, to_ns
+
+    start, end = to_ns(parse_time("from", args.start)), to_ns(parse_time("to", args.end))
+    if end <= start:
+        raise OtelMeterError(f"--to ({args.end}) must be after --from ({args.start})")
+    body = json.dumps({"from": args.start, "to": args.end, "customer": args.customer}).encode()
+    answer, registry = _registry_answer(args, "POST", "/v1/rerate", None, body)
+    if registry is not None:
+        def progress(done: int, total: int) -> None:
+            print(f"\rre-rating: {done}/{total} chunk(s)", end="", file=sys.stderr, flush=True)
+
+        result = run_rerate(registry.store, registry.book, start, end, args.customer, progress=progress)
+        print(file=sys.stderr)
+        answer = result_as_json(result)
+    print(f"examined {answer['examined']} item(s), changed {answer['changed']} (run {answer['run_id']})")
+    for currency, delta in sorted(answer["delta_amount"].items()):
+        print(f"  {currency}: {delta} adjustment")
+    return 0
+
+
+def result_as_json(result: Any) -> dict[str, Any]:
+    from otel_meter.rating.statement import plain
+
+    return {"run_id": result.run_id, "examined": result.examined, "changed": result.changed,
+            "delta_amount": {currency: plain(value) for currency, value in result.delta_amount.items()}}
+
+
+def period(args: argparse.Namespace) -> int:
+    from otel_meter.rating.statement import Period, period_view, view_as_json
+
+    answer, registry = _registry_answer(args, "GET", "/v1/period", {"customer": args.customer,
+                                                                     "period": args.period,
+                                                                     "rounding": args.rounding})
+    if registry is not None:
+        chosen = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
+        answer = view_as_json(period_view(registry.store, registry.book, args.customer, chosen, args.rounding))
+    if args.format == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"customer {answer['customer']}, period {answer['period']}")
+    for statement in answer["statements"]:
+        print(f"\n{statement['currency']}")
+        for line in statement["lines"]:
+            print(f"  {line['meter']:<20} {line['rule']:<28} {line['quantity']:>16}  real time "
+                  f"{line['realtime_amount']:>14}  period {line['period_amount']:>14}  adjustment {line['adjustment']}")
+        print(f"  real-time total {statement['realtime_total']}, adjustments {statement['adjustments']}, "
+              f"commitment true-up {statement['commitment_true_up']}")
+        print(f"  total {statement['total']} -> invoice {statement['total_rounded']} ({statement['rounding']})")
+    if answer["unpriced_quantity"]:
+        print("\nunpriced: " + ", ".join(f"{m} {q}" for m, q in answer["unpriced_quantity"].items()))
+    return 0

@@ -1,0 +1,146 @@
+"""Rate cards, price explanations and the period view over HTTP.
+
+``GET /v1/rate-cards``, ``GET /v1/rate-cards/{card}?at=``, ``POST /v1/rate-cards`` (a card
+file as the body; ``?dry_run=true`` checks without applying), ``GET /v1/rates/explain``,
+``GET /v1/period``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from otel_meter.errors import OtelMeterError
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.rating.explain import explain, iso
+from otel_meter.rating.rate_card import parse_rate_card
+from otel_meter.rating.registry import RateCardRegistry
+from otel_meter.rating.statement import Period, period_view, view_as_json
+from otel_meter.storage.usage_report import UsageRequestError, parse_time, to_ns
+
+if TYPE_CHECKING:
+    from otel_meter.extensions.usage_api.server import UsageApiServer
+
+
+def registry_of(api: UsageApiServer, request: ApiRequest) -> RateCardRegistry:
+    registries: dict[str, RateCardRegistry] = api.shared.get("rate_cards", {})
+    wanted = request.single("rating")
+    if wanted is not None:
+        if wanted not in registries:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no rating processor {wanted!r}; known: "
+                                                 f"{', '.join(sorted(registries)) or 'none'}")
+        return registries[wanted]
+    if not registries:
+        raise ApiError(HTTPStatus.NOT_FOUND, "no rating processor is configured, so there are no rate cards")
+    return registries.get("rating") or registries[sorted(registries)[0]]
+
+
+def time_param(request: ApiRequest, name: str) -> int:
+    text = request.single(name)
+    if text is None:
+        return time.time_ns()
+    try:
+        return to_ns(parse_time(name, text))
+    except UsageRequestError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+
+
+def list_cards(registry: RateCardRegistry, now_ns: int) -> list[dict[str, Any]]:
+    cards: dict[str, dict[str, Any]] = {}
+    book = registry.book
+    for version in registry.versions():
+        card = cards.setdefault(version.card_id, {
+            "id": version.card_id, "kind": version.kind, "currency": version.currency,
+            "default": version.card_id == book.default_card, "cost": version.card_id == book.cost_card,
+            "versions": []})
+        card["versions"].append({"version": version.version, "effective_from": iso(version.effective_from_ns)})
+    for card_id, card in cards.items():
+        in_force = book.version_at(card_id, now_ns)
+        card["in_force"] = in_force.version if in_force else None
+        card["versions"].sort(key=lambda entry: entry["effective_from"])
+    return sorted(cards.values(), key=lambda card: card["id"])
+
+
+def cards(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    return HTTPStatus.OK, {"cards": list_cards(registry_of(api, request), time.time_ns())}
+
+
+def show_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    registry = registry_of(api, request)
+    at = time_param(request, "at")
+    version = registry.book.version_at(request.params["card"], at)
+    if version is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"card {request.params['card']!r} has no version in force at {iso(at)}")
+    return HTTPStatus.OK, {"id": version.card_id, "version": version.version,
+                           "effective_from": iso(version.effective_from_ns), "currency": version.currency,
+                           "kind": version.kind, "content": json.loads(version.content)}
+
+
+def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    registry = registry_of(api, request)
+    source = request.single("source") or "api"
+    dry_run = (request.single("dry_run") or "").lower() in ("1", "true", "yes")
+    try:
+        text = request.body.decode()
+    except UnicodeDecodeError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the card must be UTF-8 text (YAML or JSON)") from None
+    card = parse_rate_card(text, source, default_id=request.single("id") or "rate-card")
+    result = registry.apply(card, source, dry_run=dry_run)
+    return HTTPStatus.OK, {"card": result.card_id, "added": list(result.added), "unchanged": list(result.unchanged),
+                           "dry_run": dry_run, "message": result.describe()}
+
+
+def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    model = request.single("model")
+    if not model:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "model is required, e.g. /v1/rates/explain?model=gpt-4o")
+    meters = [m for m in (request.single("meter") or "").split(",") if m]
+    customer = request.customer(request.single("customer")) or ""
+    return HTTPStatus.OK, explain(registry_of(api, request).book, model, request.single("provider") or "", customer,
+                                  meters, time_param(request, "at"))
+
+
+def period(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    customer = request.customer(request.single("customer"))
+    if not customer:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "customer is required, e.g. /v1/period?customer=acme&period=2026-11")
+    name = request.single("period")
+    try:
+        chosen = Period.parse(name) if name else Period.containing(time.time_ns())
+        view = period_view(api.store, registry_of(api, request).book, customer, chosen,
+                           request.single("rounding") or "half_even")
+    except (OtelMeterError, ValueError) as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    return HTTPStatus.OK, view_as_json(view)
+
+
+ROUTES = (
+    # Cards hold every customer's terms: only unrestricted tokens read them.
+    route("GET", "/v1/rate-cards", cards, admin=True),
+    route("POST", "/v1/rate-cards", apply_card, admin=True),
+    route("GET", "/v1/rate-cards/{card}", show_card, admin=True),
+    route("GET", "/v1/rates/explain", explain_price),
+    route("GET", "/v1/period", period),
+)
+
+
+def rerate(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    from otel_meter.cli_pricing import result_as_json
+    from otel_meter.rating.rerate import rerate as run_rerate
+
+    body = request.json()
+    if not isinstance(body, dict) or not body.get("from") or not body.get("to"):
+        raise ApiError(HTTPStatus.BAD_REQUEST, 'send {"from": TIME, "to": TIME, "customer": optional}')
+    try:
+        start, end = to_ns(parse_time("from", body["from"])), to_ns(parse_time("to", body["to"]))
+    except UsageRequestError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    if end <= start:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"to ({body['to']}) must be after from ({body['from']})")
+    result = run_rerate(api.store, registry_of(api, request).book, start, end, body.get("customer") or None)
+    return HTTPStatus.OK, result_as_json(result)
+
+
+ROUTES = (*ROUTES, route("POST", "/v1/rerate", rerate, admin=True))

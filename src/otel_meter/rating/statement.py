@@ -1,0 +1,183 @@
+"""The period view: a customer's billing period (a calendar month, UTC) priced exactly.
+
+Real-time line items carry the unit price known when the usage arrived (a tiered price's
+first tier, a package's price per unit). Here the period's quantity per (card, rule, meter)
+is priced with the tiers, packages and allowances of the card version in force at the
+period's end, the customer's discount applied, and the commitment (``minimum``) topped
+up. Each line's difference from real time is an explicit adjustment, so::
+
+    real-time total (= the usage API's amount) + adjustments + commitment true-up = total
+
+exactly; ``total`` is then rounded once to the currency's minor unit (period.round_invoice).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from otel_meter.errors import OtelMeterError
+from otel_meter.rating.period import (
+    PeriodPricing, PeriodStatement, StatementLine, Tier, TierMode, build_statement)
+from otel_meter.rating.rate_book import FALLBACK_METER, HUNDRED, RateBook
+from otel_meter.rating.rate_card import EXACT, CardVersion, CustomerOverride, PriceSpec, Pricing
+from otel_meter.storage import queries
+from otel_meter.storage.store import Store
+
+NS = 10**9
+
+
+class PeriodError(OtelMeterError):
+    """A period request that cannot be answered; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class Period:
+    name: str
+    start_ns: int
+    end_ns: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Period":
+        found = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
+        if not found or not 1 <= int(found.group(2)) <= 12:
+            raise PeriodError(f"period {text!r}: use a calendar month such as 2026-11")
+        year, month = int(found.group(1)), int(found.group(2))
+        start = calendar.timegm((year, month, 1, 0, 0, 0))
+        end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+        return cls(f"{year:04d}-{month:02d}", start * NS, end * NS)
+
+    @classmethod
+    def containing(cls, time_ns: int) -> "Period":
+        moment = datetime.fromtimestamp(time_ns / NS, tz=timezone.utc)
+        return cls.parse(f"{moment.year:04d}-{moment.month:02d}")
+
+
+@dataclass(frozen=True)
+class PeriodView:
+    customer: str
+    period: Period
+    statements: tuple[PeriodStatement, ...]
+    """One per currency the customer was rated in."""
+    unpriced_quantity: dict[str, Decimal]
+    """Per meter: usage no card priced (not in any amount)."""
+
+
+def price_spec_for(book: RateBook, card_id: str, rule: str, meter: str, customer: str,
+                   at_ns: int) -> tuple[PriceSpec | None, Pricing | None]:
+    """The price behind a line item's rule in the version in force at ``at_ns``, and the
+    pricing body it belongs to (for allowances and the minimum)."""
+    version = book.version_at(card_id, at_ns)
+    if version is None:
+        return None, None
+    body: Pricing = version.body
+    prefix = f"customers.{customer}/"
+    if rule.startswith(prefix):
+        terms = version.body.customers.get(customer)
+        if terms is None:
+            return None, None
+        body, rule = terms, rule[len(prefix):]
+    if rule == "meters":
+        return body.meters.get(meter), body
+    for model_rule in body.models:
+        if model_rule.key == rule:
+            spec = model_rule.prices.get(meter)
+            if spec is None and meter in FALLBACK_METER:
+                spec = model_rule.prices.get(FALLBACK_METER[meter])
+            return spec, body
+    return None, body
+
+
+def period_pricing(spec: PriceSpec | None, meter: str) -> PeriodPricing | None:
+    if spec is None or spec.mode == "unit":
+        return None
+    if spec.mode == "package":
+        return PeriodPricing(TierMode.PACKAGE, package_size=spec.package_size, package_price=spec.price)
+    block = Decimal(spec.block(meter))
+    tiers = tuple(Tier(tier.up_to, EXACT.divide(tier.price, block), tier.flat_fee) for tier in spec.tiers)
+    return PeriodPricing(TierMode(spec.mode), tiers)
+
+
+def period_view(store: Store, book: RateBook, customer: str, period: Period, rounding: str = "half_even",
+                credit_decimals: int = 2) -> PeriodView:
+    rows = store.query(queries.PERIOD_LINES, {"customer": customer, "from_s": period.start_ns // NS,
+                                              "to_s": period.end_ns // NS})
+    at = period.end_ns - 1
+    terms: CustomerOverride | None = book.terms(customer, at)
+    discount = (HUNDRED - terms.discount_percent) / HUNDRED if terms else Decimal(1)
+    pricing_card = _pricing_card(book, terms, at)
+    allowances = dict(pricing_card.body.allowances) if pricing_card else {}
+    if terms is not None:
+        allowances.update(terms.allowances)
+    by_currency: dict[str, list[StatementLine]] = {}
+    unpriced: dict[str, Decimal] = {}
+    for currency, card_id, rule, meter, priced, quantity, amount in rows:
+        if not priced:
+            unpriced[meter] = unpriced.get(meter, Decimal(0)) + quantity
+            continue
+        spec, _ = price_spec_for(book, card_id, rule, meter, customer, at)
+        pricing = period_pricing(spec, meter)
+        allowance = min(allowances.get(meter, Decimal(0)), max(quantity, Decimal(0)))
+        unit_price = None
+        if allowance and pricing is None:
+            if spec is None:
+                allowance = Decimal(0)  # the rule is gone from the card: nothing to price the free units at
+            else:
+                unit_price = spec.unit_price(meter)
+        if allowance:
+            allowances[meter] -= allowance
+        by_currency.setdefault(currency, []).append(StatementLine(
+            key=(card_id, rule, meter), quantity=quantity, realtime_amount=amount, pricing=pricing,
+            allowance=allowance, discount_factor=discount, unit_price=unit_price))
+    minimum = terms.minimum if terms is not None and terms.minimum is not None else \
+        (pricing_card.body.minimum if pricing_card else None)
+    minimum_currency = pricing_card.currency if pricing_card else None
+    if minimum is not None and minimum_currency and minimum_currency not in by_currency:
+        by_currency[minimum_currency] = []
+    statements = tuple(
+        build_statement(currency, lines, minimum if currency == minimum_currency else None, rounding,
+                        credit_decimals)
+        for currency, lines in sorted(by_currency.items()))
+    return PeriodView(customer, period, statements, unpriced)
+
+
+def _pricing_card(book: RateBook, terms: CustomerOverride | None, at_ns: int) -> CardVersion | None:
+    """The card whose plan-level allowances and minimum apply: the customer's plan, else the default card."""
+    if terms is not None and terms.plan is not None:
+        return book.version_at(terms.plan, at_ns)
+    return book.version_at(book.default_card, at_ns) if book.default_card else None
+
+
+def view_as_json(view: PeriodView) -> dict[str, Any]:
+    return {
+        "customer": view.customer,
+        "period": view.period.name,
+        "statements": [{
+            "currency": statement.currency,
+            "lines": [{"rate_card": line.key[0], "rule": line.key[1], "meter": line.key[2],
+                       "quantity": str(line.quantity.normalize(EXACT)) if line.quantity else "0",
+                       "realtime_amount": plain(line.realtime_amount), "period_amount": plain(line.period_amount),
+                       "adjustment": plain(line.adjustment)} for line in statement.lines],
+            "realtime_total": plain(statement.realtime_total),
+            "adjustments": plain(sum((line.adjustment for line in statement.lines), Decimal(0))),
+            "subtotal": plain(statement.subtotal),
+            "minimum": plain(statement.minimum) if statement.minimum is not None else None,
+            "commitment_true_up": plain(statement.commitment_true_up),
+            "total": plain(statement.total),
+            "total_rounded": format(statement.total_rounded, "f"),
+            "rounding": statement.rounding,
+        } for statement in view.statements],
+        "unpriced_quantity": {meter: plain(quantity) for meter, quantity in sorted(view.unpriced_quantity.items())},
+    }
+
+
+def plain(value: Decimal) -> str:
+    """An exact decimal without exponent or trailing zeros (``0.00``-style minor units are kept)."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
