@@ -84,12 +84,9 @@ class RateBook:
         self.validate()
 
     def validate(self) -> None:
-        """Refuse a book the rating could not use: named cards missing, plans unknown, inexact discounts."""
-        for role, card in (("default card", self.default_card), ("cost card", self.cost_card)):
-            if card is not None and card not in self.cards:
-                raise RateCardError(f"the {role} {card!r} has no applied version; apply it first "
-                                    f"(known: {', '.join(sorted(self.cards)) or 'none'})")
-        if self.cost_card is not None and self.cards[self.cost_card][-1].kind != "cost":
+        """Refuse a book the rating could not use: plans unknown, inexact discounts, a price card as
+        the cost card. A default or cost card not applied yet leaves usage unpriced (see ``missing``)."""
+        if self.cost_card in self.cards and self.cards[self.cost_card][-1].kind != "cost":
             raise RateCardError(f"card {self.cost_card!r} is configured as the cost card but says kind: price")
         for version in self.cards.get(self.default_card or "", []):
             for customer, terms in version.body.customers.items():
@@ -113,6 +110,11 @@ class RateBook:
                     raise RateCardError(
                         f"{where}.discount_percent: {terms.discount_percent} % off the {meter} price "
                         f"{spec.first_price()} is not exact within {PRICE_SCALE} decimal places per unit") from None
+
+    @property
+    def missing(self) -> list[str]:
+        """The configured default and cost cards that have no applied version."""
+        return [card for card in (self.default_card, self.cost_card) if card is not None and card not in self.cards]
 
     # --- versions --------------------------------------------------------------------------------
 

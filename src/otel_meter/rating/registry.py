@@ -59,6 +59,9 @@ class RateCardRegistry:
             self._file_texts[file] = card.text
             self._apply(card, str(file))
         self.book = RateBook(self._versions, default_card, cost_card)
+        for card in self.book.missing:
+            logger.warning("rate card %r is configured but has not been applied: usage it would price is stored "
+                           "unpriced until it is (otel-meter rates apply FILE)", card)
 
     @classmethod
     def from_config(cls, config: RatingConfig, store: Store | None, where: str) -> "RateCardRegistry":
