@@ -69,8 +69,9 @@ class MeterServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def write_config(self, rate_card: str = RATE_CARD, http_settings: str = "") -> None:
-        """``http_settings``: more keys of ``protocols.http``, e.g. ``", max_request_body_size: 1024"``."""
+    def write_config(self, rate_card: str = RATE_CARD, http_settings: str = "", rating_settings: str = "") -> None:
+        """``http_settings``: more keys of ``protocols.http``, e.g. ``", max_request_body_size: 1024"``;
+        ``rating_settings``: more keys of the rating processor, e.g. ``"watch: 200ms"``."""
         (self.workdir / "rate-card.yaml").write_text(rate_card)
         self.config_path.write_text(textwrap.dedent(f"""\
             receivers:
@@ -85,6 +86,7 @@ class MeterServer:
                 customer: [customer.id, tenant.id]
               rating:
                 rate_card: rate-card.yaml
+                {rating_settings}
             exporters:
               clickhouse:
                 endpoint: chdb://{self.workdir / 'data'}
@@ -163,7 +165,8 @@ class SpanFactory:
         self._providers: dict[tuple, TracerProvider] = {}
 
     def span(self, attributes: dict[str, Any], resource: dict[str, Any] | None = None,
-             name: str = "chat gpt-4o") -> ReadableSpan:
+             name: str = "chat gpt-4o", at: int | None = None) -> ReadableSpan:
+        """``at``: when the span started and ended, in ns since the epoch (default: now)."""
         key = tuple(sorted((resource or {}).items()))
         provider = self._providers.get(key)
         if provider is None:
@@ -171,8 +174,11 @@ class SpanFactory:
             provider.add_span_processor(SimpleSpanProcessor(self.memory))
             self._providers[key] = provider
         tracer = provider.get_tracer("tests")
-        with tracer.start_as_current_span(name, attributes=attributes):
-            pass
+        if at is None:
+            with tracer.start_as_current_span(name, attributes=attributes):
+                pass
+        else:
+            tracer.start_span(name, attributes=attributes, start_time=at).end(end_time=at)
         return self.memory.get_finished_spans()[-1]
 
 
@@ -221,12 +227,12 @@ def export_raw(server: MeterServer, spans: list[ReadableSpan]):
 
 
 def chat(factory: SpanFactory, customer: str | None, model: str, input_tokens: Any, output_tokens: Any,
-         **more: Any) -> ReadableSpan:
+         at: int | None = None, **more: Any) -> ReadableSpan:
     attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": model,
                   "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens}
     attributes.update({key.replace("__", "."): value for key, value in more.items()})
     resource = {"customer.id": customer} if customer else {}
-    return factory.span(attributes, resource=resource, name=f"chat {model}")
+    return factory.span(attributes, resource=resource, name=f"chat {model}", at=at)
 
 
 def totals(rows: list[dict[str, Any]], *keys: str) -> dict[tuple, tuple[int, str]]:

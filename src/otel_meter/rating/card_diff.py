@@ -12,6 +12,7 @@ def flatten(version: CardVersion) -> dict[str, str]:
     """``path -> value`` for every price and term; rules are named by their key, not position,
     so reordering rules is not a change."""
     data = json.loads(version.content)
+    data.pop("version", None)  # the name of a version, not a change of prices
     flat: dict[str, str] = {}
     _walk(data, "", flat)
     return flat

@@ -1,0 +1,214 @@
+"""Prices change without a release: cards applied to the running server, watched card files,
+the period view with tiers and commitments, and the rates commands, through the real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from otel_meter.rating.explain import iso
+from otel_meter.rating.statement import Period
+from tests.integration.conftest import MeterServer, SpanFactory, chat, export, totals
+
+CARD = """\
+id: list
+currency: USD
+version: v1
+models:
+  - {match: "gpt-4o*", prices: {input_tokens: "2.50", output_tokens: "10.00"}}
+"""
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "otel_meter", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def api(server: MeterServer, path: str, **query: str) -> Any:
+    url = f"{server.api_url}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def amounts_by_model(server: MeterServer) -> dict[tuple, tuple[int, str]]:
+    return totals(server.usage(group_by="model,meter"), "model", "meter")
+
+
+def started(tmp_path: Path, card: str = CARD, rating_settings: str = "") -> MeterServer:
+    server = MeterServer(workdir=tmp_path)
+    server.write_config(rate_card=card, rating_settings=rating_settings)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    running = started(tmp_path)
+    yield running
+    if running.process is not None:
+        running.process.kill()
+        running.process.wait()
+
+
+def test_a_version_applied_to_the_running_server_prices_later_events_and_keeps_earlier_ones(server, tmp_path):
+    factory = SpanFactory()
+    change = time.time_ns() - 60 * 10**9
+    before = change - 10**9
+    assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0, at=before)]) == SpanExportResult.SUCCESS
+
+    (tmp_path / "v2.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"), ("v2", iso(change), "2.00", "8.00")))
+    applied = cli("rates", "apply", "v2.yaml", "--url", server.api_url, cwd=tmp_path)
+    assert (applied.returncode, applied.stdout.strip()) == (0, "card list: applied version(s) v2"), applied.stderr
+
+    # After the change (its event time, not its arrival, decides) and a late event from before it.
+    assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0),
+                           chat(factory, "acme", "gpt-4o", 0, 1_000_000, at=before)]) == SpanExportResult.SUCCESS
+    assert amounts_by_model(server) == {("gpt-4o", "input_tokens"): (2_000_000, "4.50"),    # 2.50 + 2.00
+                                        ("gpt-4o", "output_tokens"): (1_000_000, "10.00")}  # v1's price
+
+    cards = api(server, "/v1/rate-cards")["cards"]
+    assert [(c["id"], c["in_force"], [v["version"] for v in c["versions"]]) for c in cards] == [
+        ("list", "v2", ["v1", "v2"])]
+    # Re-applying is a no-op; the same version name with other prices is refused and changes nothing.
+    again = cli("rates", "apply", "v2.yaml", "--url", server.api_url, cwd=tmp_path)
+    assert again.stdout.strip() == "card list: unchanged (v1, v2 already applied)"
+    (tmp_path / "v2.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"), ("v2", iso(change), "1.00", "8.00")))
+    refused = cli("rates", "apply", "v2.yaml", "--url", server.api_url, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "card list version v2 was already applied with other prices" in refused.stderr
+    assert api(server, "/v1/rate-cards")["cards"][0]["versions"][-1]["version"] == "v2"
+    explained = cli("rates", "explain", "gpt-4o", "--provider", "openai", "--meter", "input_tokens",
+                    "--url", server.api_url, cwd=tmp_path)
+    assert "input_tokens: 0.000002 USD per unit (2 per 1 000 000), card list version v2, rule glob:gpt-4o*" \
+        in explained.stdout
+
+
+def versioned_card(*versions: tuple[str, str | None, str, str]) -> str:
+    """A card file with its whole history, as a finance team keeps it: (version, effective_from, prices)."""
+    lines = ["id: list", "currency: USD", "versions:"]
+    for name, effective_from, input_price, output_price in versions:
+        lines.append(f"  - version: {name}")
+        if effective_from:
+            lines.append(f"    effective_from: {effective_from}")
+        lines.append(f'    models: [{{match: "gpt-4o*", prices: {{input_tokens: "{input_price}", '
+                     f'output_tokens: "{output_price}"}}}}]')
+    return "\n".join(lines) + "\n"
+
+
+def test_an_edited_card_file_is_applied_while_the_server_runs(tmp_path):
+    server = started(tmp_path, rating_settings="watch: 100ms")
+    try:
+        factory = SpanFactory()
+        assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0)]) == SpanExportResult.SUCCESS
+        change = iso(time.time_ns() - 10**9)
+        (tmp_path / "rate-card.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"),
+                                                                ("v2", change, "3.00", "12.00")))
+        deadline = time.monotonic() + 10
+        while api(server, "/v1/rate-cards")["cards"][0]["in_force"] != "v2":
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0)]) == SpanExportResult.SUCCESS
+        assert amounts_by_model(server)[("gpt-4o", "input_tokens")] == (2_000_000, "5.50")
+
+        # A broken edit is logged and changes nothing.
+        (tmp_path / "rate-card.yaml").write_text("currency: USD\nmodels: [{match: '*', prices: {input_tokens: 1.5}}]\n")
+        deadline = time.monotonic() + 10
+        while "not applied, the cards in force are unchanged" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0)]) == SpanExportResult.SUCCESS
+        assert amounts_by_model(server)[("gpt-4o", "input_tokens")] == (3_000_000, "8.50")
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+TIERED = """\
+id: list
+currency: USD
+models:
+  - match: "gpt-4o*"
+    prices:
+      input_tokens:
+        mode: graduated
+        tiers: [{up_to: 1000000, price: "2.00"}, {price: "1.00"}]
+      output_tokens: "10.00"
+customers:
+  acme: {minimum: "10.00", allowances: {output_tokens: 100000}}
+  globex: {discount_percent: "50"}
+"""
+
+
+def test_the_period_view_applies_tiers_allowances_and_the_commitment_and_reconciles_with_usage(tmp_path):
+    server = started(tmp_path, card=TIERED)
+    try:
+        factory = SpanFactory()
+        now = time.time_ns()
+        spans = [chat(factory, "acme", "gpt-4o", 600_000, 100_000, at=now), chat(factory, "acme", "gpt-4o", 900_000,
+                                                                                  50_000, at=now),
+                 chat(factory, "globex", "gpt-4o", 3_000_000, 0, at=now)]
+        assert export(server, spans) == SpanExportResult.SUCCESS
+        server.wait_until_stored()
+        period = Period.containing(now).name
+        view = api(server, "/v1/period", customer="acme", period=period)
+        (statement,) = view["statements"]
+        lines = {line["meter"]: line for line in statement["lines"]}
+        # Real time priced 1.5M input tokens at the first tier: 3.00. The period: 1M x 2.00 + 0.5M x 1.00.
+        assert (lines["input_tokens"]["realtime_amount"], lines["input_tokens"]["period_amount"],
+                lines["input_tokens"]["adjustment"]) == ("3", "2.5", "-0.5")
+        # 150 000 output tokens, 100 000 free: 50 000 x 10.00 / 1M.
+        assert (lines["output_tokens"]["realtime_amount"], lines["output_tokens"]["period_amount"]) == ("1.5", "0.5")
+        assert (statement["realtime_total"], statement["adjustments"], statement["subtotal"],
+                statement["commitment_true_up"], statement["total"], statement["total_rounded"]) == (
+            "4.5", "-1.5", "3", "7", "10", "10.00")
+        # The real-time total is exactly what the usage API reports for the period.
+        start, end = Period.parse(period).start_ns, Period.parse(period).end_ns
+        usage = server.usage(group_by="customer", start=iso(start), end=iso(end), customer="acme")
+        assert Decimal(usage[0]["amount"]) == Decimal(statement["realtime_total"])
+
+        globex = api(server, "/v1/period", customer="globex", period=period)["statements"][0]
+        # Tiers with the customer's discount: (1M x 2.00 + 2M x 1.00) x 50 %; real time 3M x 2.00 x 50 %.
+        assert (globex["realtime_total"], globex["total"]) == ("3", "2")
+
+        text = cli("period", "--customer", "acme", "--period", period, "--url", server.api_url, cwd=tmp_path)
+        assert "total 10 -> invoice 10.00 (half_even)" in text.stdout, text.stderr
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_rates_commands_read_the_store_when_no_server_runs(server, tmp_path):
+    factory = SpanFactory()
+    assert export(server, [chat(factory, "acme", "gpt-4o", 10, 10)]) == SpanExportResult.SUCCESS
+    server.wait_until_stored()
+    assert server.stop() == 0
+    config = str(server.config_path)
+    (tmp_path / "v2.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"),
+                                                     ("v2", "2030-01-01T00:00:00Z", "2.00", "8.00")))
+    diff = cli("rates", "diff", "v2.yaml", "--config", config, cwd=tmp_path)
+    assert diff.returncode == 1, diff.stderr  # like diff(1): 1 when something changes
+    assert "card list version v1: no change" in diff.stdout
+    assert "card list version v2: 3 change(s)" in diff.stdout
+    assert "+ effective_from: 2030-01-01T00:00:00Z" in diff.stdout
+    assert "~ models[glob:gpt-4o*].prices.input_tokens.price: 2.50 -> 2.00" in diff.stdout
+    applied = cli("rates", "apply", "v2.yaml", "--config", config, cwd=tmp_path)
+    assert applied.stdout.strip() == "card list: applied version(s) v2", applied.stderr
+    listing = cli("rates", "list", "--config", config, cwd=tmp_path)
+    assert "list (default, USD), in force: v1" in listing.stdout
+    assert "v2                       effective from 2030-01-01T00:00:00Z" in listing.stdout
+    shown = cli("rates", "show", "list", "--at", "2030-06-01T00:00:00Z", "--config", config, cwd=tmp_path)
+    assert "# card list version v2, effective from 2030-01-01T00:00:00Z" in shown.stdout
+    assert "    input_tokens:\n      price: '2.00'" in shown.stdout
+
+    server.start()  # the applied version is in force for the server too
+    assert api(server, "/v1/rate-cards")["cards"][0]["versions"][-1]["version"] == "v2"
