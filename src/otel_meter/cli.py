@@ -130,6 +130,8 @@ def usage(args: argparse.Namespace) -> int:
 
 def print_rows(rows: list[dict[str, Any]], keys: list[str], output: str) -> None:
     columns = keys + ["quantity", "unpriced_quantity", "amount", "currency"]
+    if any("cost" in row for row in rows):
+        columns += ["cost", "margin"]
     if output == "json":
         print(json.dumps({"rows": rows}, default=str, indent=2))
         return
@@ -140,7 +142,7 @@ def print_rows(rows: list[dict[str, Any]], keys: list[str], output: str) -> None
         return
     table = [[str(row.get(column, "")) for column in columns] for row in rows]
     widths = [max([len(column)] + [len(line[i]) for line in table]) for i, column in enumerate(columns)]
-    numeric = {"quantity", "unpriced_quantity", "amount"}
+    numeric = {"quantity", "unpriced_quantity", "amount", "cost", "margin"}
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for line in table:
         print("  ".join(value.rjust(w) if column in numeric else value.ljust(w)

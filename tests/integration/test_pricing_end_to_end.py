@@ -212,3 +212,37 @@ def test_rates_commands_read_the_store_when_no_server_runs(server, tmp_path):
 
     server.start()  # the applied version is in force for the server too
     assert api(server, "/v1/rate-cards")["cards"][0]["versions"][-1]["version"] == "v2"
+
+
+COST_CARD = """\
+id: provider-costs
+kind: cost
+currency: USD
+models:
+  - {match: "gpt-4o*", provider: openai, prices: {input_tokens: "1.25", output_tokens: "5.00"}}
+"""
+
+
+def test_a_cost_card_rates_the_same_usage_twice_and_the_usage_api_shows_the_margin(tmp_path):
+    server = MeterServer(workdir=tmp_path)
+    server.write_config(rate_card=CARD)
+    (tmp_path / "cost.yaml").write_text(COST_CARD)
+    config = server.config_path.read_text().replace(
+        "rate_card: rate-card.yaml", "rate_card: rate-card.yaml\n    rate_cards: [cost.yaml]\n    cost_card: provider-costs")
+    server.config_path.write_text(config)
+    server.start()
+    try:
+        factory = SpanFactory()
+        assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 100_000),
+                               chat(factory, "globex", "gpt-4o", 2_000_000, 0)]) == SpanExportResult.SUCCESS
+        rows = {row["customer"]: row for row in server.usage(group_by="customer")}
+        # acme: price 2.50 + 1.00 = 3.50, cost 1.25 + 0.50 = 1.75; globex: price 5.00, cost 2.50.
+        assert {customer: (row["amount"], row["cost"], row["margin"]) for customer, row in rows.items()} == {
+            "acme": ("3.50", "1.75", "1.75"), "globex": ("5.00", "2.50", "2.50")}
+        listing = cli("usage", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z", "--group-by",
+                      "customer", "--url", server.api_url, cwd=tmp_path)
+        assert listing.stdout.splitlines()[0].split() == ["CUSTOMER", "QUANTITY", "UNPRICED_QUANTITY", "AMOUNT",
+                                                          "CURRENCY", "COST", "MARGIN"]
+    finally:
+        server.process.kill()
+        server.process.wait()

@@ -91,9 +91,11 @@ def usage_query(group_by: list[str], customer_filter: bool, hourly: bool) -> tup
 SELECT {select_keys}currency,
        sum(quantity) AS total_quantity,
        sumIf(quantity, NOT priced) AS total_unpriced_quantity,
-       sum(amount) AS total_amount
+       sum(amount) AS total_amount,
+       cost_currency,
+       sum(cost) AS total_cost
 FROM {source}
 WHERE {time_filter}{customer}
-GROUP BY {group_keys}currency
-ORDER BY {group_keys}currency
+GROUP BY {group_keys}currency, cost_currency
+ORDER BY {group_keys}currency, cost_currency
 """, parameters

@@ -74,9 +74,13 @@ def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]
     rows = []
     for record in store.query(sql, parameters):
         keys = dict(zip(request.group_by, record))
-        currency, quantity, unpriced, amount = record[len(request.group_by):]
-        rows.append({**keys, "quantity": number(quantity), "unpriced_quantity": number(unpriced),
-                     "amount": decimal_text(amount), "currency": currency})
+        currency, quantity, unpriced, amount, cost_currency, cost = record[len(request.group_by):]
+        row = {**keys, "quantity": number(quantity), "unpriced_quantity": number(unpriced),
+               "amount": decimal_text(amount), "currency": currency}
+        if cost_currency:  # rated with a cost card too: what the usage cost us, and the margin
+            row.update(cost=decimal_text(cost), cost_currency=cost_currency,
+                       margin=decimal_text(amount - cost) if cost_currency == currency else None)
+        rows.append(row)
     return rows
 
 
