@@ -347,7 +347,14 @@ class CreditPrice(BaseModel):
 
 class RateCardDocument(VersionBody):
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    currency: str = Field(pattern=rf"^([A-Z]{{3}}|{CREDITS})$")
+    currency: str
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if value != CREDITS and not re.fullmatch(r"[A-Z]{3}", value):
+            raise ValueError(f"{value!r} is not a currency: use an ISO 4217 code in capitals (USD, EUR) or {CREDITS}")
+        return value
     credit_price: CreditPrice | None = None
     kind: Literal["price", "cost"] = "price"
     """``cost``: what a provider charges us; rated beside the price card to show margin."""
