@@ -246,3 +246,32 @@ def test_a_cost_card_rates_the_same_usage_twice_and_the_usage_api_shows_the_marg
     finally:
         server.process.kill()
         server.process.wait()
+
+
+def test_rerate_after_a_backdated_price_change_writes_adjustments_once(server, tmp_path):
+    factory = SpanFactory()
+    now = time.time_ns()
+    assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0, at=now - 3600 * 10**9),
+                           chat(factory, "globex", "gpt-4o", 1_000_000, 0, at=now - 60 * 10**9)]) == \
+        SpanExportResult.SUCCESS
+    assert totals(server.usage(group_by="customer"), "customer") == {("acme",): (1_000_000, "2.50"),
+                                                                     ("globex",): (1_000_000, "2.50")}
+    # Backdated: the new price has applied since two hours ago.
+    (tmp_path / "v2.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"),
+                                                     ("v2", iso(now - 7200 * 10**9), "2.00", "8.00")))
+    assert cli("rates", "apply", "v2.yaml", "--url", server.api_url, cwd=tmp_path).returncode == 0
+    assert totals(server.usage(group_by="customer"), "customer")[("acme",)] == (1_000_000, "2.50")  # not yet
+
+    window = ("--from", iso(now - 86400 * 10**9), "--to", iso(now + 10**9))
+    first = cli("rerate", *window, "--customer", "acme", "--url", server.api_url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0].startswith("examined 1 item(s), changed 1 (run rerate-")
+    assert "USD: -0.5 adjustment" in first.stdout
+    assert totals(server.usage(group_by="customer"), "customer") == {("acme",): (1_000_000, "2.00"),
+                                                                     ("globex",): (1_000_000, "2.50")}
+    everyone = cli("rerate", *window, "--url", server.api_url, cwd=tmp_path)
+    assert "examined 2 item(s), changed 1" in everyone.stdout
+    again = cli("rerate", *window, "--url", server.api_url, cwd=tmp_path)
+    assert "examined 2 item(s), changed 0" in again.stdout
+    assert totals(server.usage(group_by="customer"), "customer") == {("acme",): (1_000_000, "2.00"),
+                                                                     ("globex",): (1_000_000, "2.00")}
