@@ -2,6 +2,7 @@
 
 from otel_meter.exporters.clickhouse import factory as _clickhouse_exporter  # noqa: F401
 from otel_meter.extensions.bearertokenauth import factory as _bearertokenauth  # noqa: F401
+from otel_meter.extensions.budgets import factory as _budgets  # noqa: F401
 from otel_meter.extensions.usage_api import factory as _usage_api  # noqa: F401
 from otel_meter.processors.attribution import factory as _attribution  # noqa: F401
 from otel_meter.processors.dedup import factory as _dedup  # noqa: F401
