@@ -1,4 +1,4 @@
-"""``otel-meter rates ...``, ``otel-meter rerate`` and ``otel-meter period``."""
+"""``otel-meter rates ...``, ``rerate``, ``period`` and ``credits ...``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from otel_meter.cli_client import ServerApi, add_server_options, local_registry
 from otel_meter.errors import OtelMeterError, RateCardError
 
-COMMANDS = ("rates", "rerate", "period")
+COMMANDS = ("rates", "rerate", "period", "credits")
 
 
 def add_commands(commands: Any, token: str | None) -> None:
@@ -78,8 +78,35 @@ def add_commands(commands: Any, token: str | None) -> None:
     period.add_argument("--format", choices=["text", "json"], default="text")
     add_server_options(period, token)
 
+    credits = commands.add_parser("credits", help="prepaid credit grants: balance and history, grant, void",
+                                  description="Prepaid credits burn down from rated usage in the documented order "
+                                  "(docs/budgets-and-credits.md).")
+    credit_commands = credits.add_subparsers(dest="credits_command", required=True, metavar="SUBCOMMAND")
+    balance = credit_commands.add_parser("balance", help="balance, grants and history of a customer")
+    balance.add_argument("customer")
+    balance.add_argument("--as-of", metavar="TIME", help="ISO 8601 time (default: now)")
+    balance.add_argument("--history", action="store_true", help="also list every grant, burn and expiry")
+    balance.add_argument("--format", choices=["text", "json"], default="text")
+    add_server_options(balance, token)
+    grant = credit_commands.add_parser("grant", help="grant prepaid credits (or a prepaid money balance)")
+    grant.add_argument("customer")
+    grant.add_argument("--amount", required=True, help='a decimal, e.g. "1000" or "250.50"')
+    grant.add_argument("--currency", default="credits", help="credits (default) or an ISO 4217 code")
+    grant.add_argument("--effective-from", metavar="TIME", help="ISO 8601 (default: now)")
+    grant.add_argument("--expires-at", metavar="TIME", help="ISO 8601 (default: never)")
+    grant.add_argument("--priority", type=int, default=0, help="lower burns first (default 0)")
+    grant.add_argument("--id", dest="grant_id", help="grant id (default: generated)")
+    grant.add_argument("--note", default="")
+    add_server_options(grant, token)
+    void = credit_commands.add_parser("void", help="void a grant (it no longer burns; history keeps it)")
+    void.add_argument("customer")
+    void.add_argument("grant_id")
+    add_server_options(void, token)
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "credits":
+        return {"balance": credit_balance, "grant": credit_grant, "void": credit_void}[args.credits_command](args)
     if args.command == "rerate":
         return rerate(args)
     if args.command == "period":
@@ -295,4 +322,73 @@ def period(args: argparse.Namespace) -> int:
         print(f"  total {statement['total']} -> invoice {statement['total_rounded']} ({statement['rounding']})")
     if answer["unpriced_quantity"]:
         print("\nunpriced: " + ", ".join(f"{m} {q}" for m, q in answer["unpriced_quantity"].items()))
+    return 0
+
+
+def _server_or_store(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
+                     body: bytes | None = None) -> tuple[Any, Any]:
+    """The server's answer, or (None, the store) when no server runs."""
+    server = ServerApi(args)
+    answer = server.call(method, path, query, body)
+    return (answer, None) if answer is not None else (None, server.store_or_explain(args.config))
+
+
+def credit_balance(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from otel_meter.rating import credit_store
+    from otel_meter.storage.usage_report import parse_time, to_ns
+
+    as_of = to_ns(parse_time("as_of", args.as_of)) if args.as_of else time.time_ns()
+    answer, store = _server_or_store(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",
+                                     {"as_of": credit_store.iso_time(as_of)})
+    if store is not None:
+        answer = credit_store.ledger_document(credit_store.credit_ledger(store, args.customer, as_of), as_of)
+    if args.format == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    balances = ", ".join(f"{amount} {currency}" for currency, amount in answer["balances"].items()) or "no grants"
+    print(f"customer {args.customer} at {answer['as_of']}: balance {balances}")
+    for grant in answer["grants"]:
+        expiry = f", expires {grant['expires_at']}" if grant["expires_at"] else ""
+        print(f"  {grant['grant_id']:<36} {grant['status']:<9} {grant['remaining']:>14} of {grant['amount']} "
+              f"{grant['currency']} (priority {grant['priority']}, from {grant['effective_from']}{expiry})")
+    if args.history:
+        print("history:")
+        for entry in answer["history"]:
+            print(f"  {entry['time']}  {entry['kind']:<20} {entry['amount']:>14} {entry['currency']:<8} "
+                  f"{entry['grant_id'] or '-':<36} balance {entry['balance_after']}")
+    return 0
+
+
+def credit_grant(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from otel_meter.rating import credit_store
+
+    document = {"amount": args.amount, "currency": args.currency, "effective_from": args.effective_from,
+                "expires_at": args.expires_at, "priority": args.priority, "grant_id": args.grant_id,
+                "note": args.note}
+    document = {key: value for key, value in document.items() if value not in (None, "")}
+    grant, note = credit_store.parse_grant(document, args.customer)  # a bad grant fails before anything is sent
+    answer, store = _server_or_store(args, "POST", f"/v1/credits/{quote(args.customer, safe='')}/grants", None,
+                                     json.dumps(document).encode())
+    if store is not None:
+        stored = credit_store.add_grant(store, grant, note)
+        answer = {"grant_id": stored.grant_id, "amount": credit_store.money_text(stored.amount),
+                  "currency": stored.currency}
+    print(f"granted {answer['amount']} {answer['currency']} to {args.customer} (grant {answer['grant_id']})")
+    return 0
+
+
+def credit_void(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from otel_meter.rating import credit_store
+
+    path = f"/v1/credits/{quote(args.customer, safe='')}/grants/{quote(args.grant_id, safe='')}/void"
+    answer, store = _server_or_store(args, "POST", path)
+    if store is not None:
+        credit_store.void_grant(store, args.customer, args.grant_id)
+    print(f"voided grant {args.grant_id} of {args.customer}")
     return 0

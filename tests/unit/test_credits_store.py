@@ -129,16 +129,18 @@ def test_usage_buckets_sum_every_row_of_an_hour_per_currency_before_until(store:
                                (NOV + 2 * HOUR, c, "input_tokens", "USD", "0.7"),
                                (NOV + 3 * HOUR, c, "input_tokens", "USD", "9")])
     until = NOV + 2 * HOUR + 1  # one nanosecond into the third hour: that hour counts
+    # An hour's usage burns at its last nanosecond; the hour in progress just before until.
+    end_of_first = NOV + HOUR - 1
     assert store.call(credit_store.usage_buckets, c, until) == [
-        UsageBucket(NOV, "USD", D("3.250000000000000001")),
-        UsageBucket(NOV, "credits", D(3)),
-        UsageBucket(NOV + 2 * HOUR, "USD", D("0.7")),
+        UsageBucket(end_of_first, "USD", D("3.250000000000000001")),
+        UsageBucket(end_of_first, "credits", D(3)),
+        UsageBucket(until - 1, "USD", D("0.7")),
     ]
     assert store.call(credit_store.usage_buckets, c, NOV + 2 * HOUR) == [
-        UsageBucket(NOV, "USD", D("3.250000000000000001")), UsageBucket(NOV, "credits", D(3))]
+        UsageBucket(end_of_first, "USD", D("3.250000000000000001")), UsageBucket(end_of_first, "credits", D(3))]
     # From the hour holding since_ns.
     assert store.call(credit_store.usage_buckets, c, until, since_ns=NOV + HOUR + 1) == [
-        UsageBucket(NOV + 2 * HOUR, "USD", D("0.7"))]
+        UsageBucket(until - 1, "USD", D("0.7"))]
 
 
 def test_buckets_of_several_customers_start_at_each_ones_own_hour(store: ChdbWorker) -> None:
@@ -146,8 +148,9 @@ def test_buckets_of_several_customers_start_at_each_ones_own_hour(store: ChdbWor
                                (NOV, "many-2", "m", "credits", "4"), (NOV + HOUR, "many-2", "m", "credits", "8")])
     found = store.call(credit_store.usage_buckets_of_customers, {"many-1": NOV, "many-2": NOV + HOUR, "none": NOV},
                        NOV + 5 * HOUR)
-    assert found == {"many-1": [UsageBucket(NOV, "credits", D(1)), UsageBucket(NOV + HOUR, "credits", D(2))],
-                     "many-2": [UsageBucket(NOV + HOUR, "credits", D(8))], "none": []}
+    assert found == {"many-1": [UsageBucket(NOV + HOUR - 1, "credits", D(1)),
+                                UsageBucket(NOV + 2 * HOUR - 1, "credits", D(2))],
+                     "many-2": [UsageBucket(NOV + 2 * HOUR - 1, "credits", D(8))], "none": []}
 
 
 def test_the_ledger_burns_hourly_usage_in_burn_order_with_expiry_and_overage(store: ChdbWorker) -> None:

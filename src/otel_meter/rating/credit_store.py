@@ -193,7 +193,7 @@ def usage_buckets(store: Store, customer: str, until_ns: int, *, since_ns: int =
     Unpriced usage (amount 0) and hours whose amounts net to 0 are left out."""
     rows = store.query(credit_queries.USAGE_BUCKETS, {"customer": customer, "since_s": since_ns // 10**9,
                                                       "until_s": _ceil_seconds(until_ns)})
-    return [UsageBucket(start_s * 10**9, currency, exact(total)) for start_s, currency, total in rows]
+    return [UsageBucket(applied_at(start_s, until_ns), currency, exact(total)) for start_s, currency, total in rows]
 
 
 def usage_buckets_of_customers(store: Store, since_ns: Mapping[str, int], until_ns: int) -> dict[str, list[UsageBucket]]:
@@ -201,14 +201,21 @@ def usage_buckets_of_customers(store: Store, since_ns: Mapping[str, int], until_
     if not since_ns:
         return {}
     customers = list(since_ns)
-    starts = [max(0, since_ns[customer]) // 10**9 for customer in customers]
+    starts = [max(0, since_ns[customer]) // 10**9 // 3600 * 3600 for customer in customers]  # the hour holding it
     rows = store.query(credit_queries.USAGE_BUCKETS_OF_CUSTOMERS,
                        {"customers": customers, "since_s": starts, "min_since_s": min(starts),
                         "until_s": _ceil_seconds(until_ns)})
     buckets: dict[str, list[UsageBucket]] = {customer: [] for customer in customers}
     for customer, start_s, currency, total in rows:
-        buckets[customer].append(UsageBucket(start_s * 10**9, currency, exact(total)))
+        buckets[customer].append(UsageBucket(applied_at(start_s, until_ns), currency, exact(total)))
     return buckets
+
+
+def applied_at(hour_start_s: int, until_ns: int) -> int:
+    """When an hour's usage burns credits: at the hour's last nanosecond, or just before
+    ``until_ns`` for the hour in progress. So credits granted at 10:30 cover the usage of
+    10:00-11:00; credits that expire at 10:30 do not (they are gone when the hour is applied)."""
+    return min((hour_start_s + 3600) * 10**9 - 1, until_ns - 1)
 
 
 def credit_ledger(store: Store, customer: str, as_of_ns: int | None = None) -> CreditLedger:
