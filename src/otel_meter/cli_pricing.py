@@ -142,11 +142,8 @@ def validate(args: argparse.Namespace) -> int:
 def _registry_answer(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
                      body: bytes | None = None, content_type: str = "application/json") -> tuple[Any, Any]:
     """The server's answer, or (None, a local registry over the store) when no server runs."""
-    server = ServerApi(args)
-    answer = server.call(method, path, query, body, content_type)
-    if answer is not None:
-        return answer, None
-    return None, local_registry(args.config, server.store_or_explain(args.config))
+    answer, store = _server_or_store(args, method, path, query, body, content_type)
+    return (answer, None) if store is None else (None, local_registry(args.config, store))
 
 
 def diff(args: argparse.Namespace) -> int:
@@ -326,10 +323,10 @@ def period(args: argparse.Namespace) -> int:
 
 
 def _server_or_store(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
-                     body: bytes | None = None) -> tuple[Any, Any]:
+                     body: bytes | None = None, content_type: str = "application/json") -> tuple[Any, Any]:
     """The server's answer, or (None, the store) when no server runs."""
     server = ServerApi(args)
-    answer = server.call(method, path, query, body)
+    answer = server.call(method, path, query, body, content_type)
     return (answer, None) if answer is not None else (None, server.store_or_explain(args.config))
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator)
 
 from otel_meter.errors import RateCardError
 from otel_meter.meters.definitions import BUILTIN_METERS
@@ -201,6 +202,10 @@ def checked_prices(prices: dict[str, PriceSpec]) -> dict[str, PriceSpec]:
     return prices
 
 
+Prices = Annotated[dict[str, PriceSpec], BeforeValidator(parse_prices), AfterValidator(checked_prices)]
+"""Prices keyed by meter, each exact per unit and within bounds."""
+
+
 class ModelRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str | None = None
@@ -209,17 +214,7 @@ class ModelRule(BaseModel):
     exact: str | None = Field(default=None, min_length=1)
     regex: str | None = Field(default=None, min_length=1)
     provider: str | None = None
-    prices: dict[str, PriceSpec] = Field(min_length=1)
-
-    @field_validator("prices", mode="before")
-    @classmethod
-    def _prices_in(cls, value: Any) -> Any:
-        return parse_prices(value)
-
-    @field_validator("prices")
-    @classmethod
-    def _prices_out(cls, value: dict[str, PriceSpec]) -> dict[str, PriceSpec]:
-        return checked_prices(value)
+    prices: Prices = Field(min_length=1)
 
     @model_validator(mode="after")
     def _one_pattern(self) -> "ModelRule":
@@ -261,22 +256,12 @@ class Pricing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     models: tuple[ModelRule, ...] = ()
-    meters: dict[str, PriceSpec] = Field(default_factory=dict)
+    meters: Prices = Field(default_factory=dict)
     """Prices per meter whatever the model: tool calls, GPU seconds, API calls, custom meters."""
     allowances: dict[str, Decimal] = Field(default_factory=dict)
     """Free units per billing period and meter, taken off in the period view."""
     minimum: Decimal | None = None
     """Minimum spend (commitment) per billing period; the period view adds the shortfall."""
-
-    @field_validator("meters", mode="before")
-    @classmethod
-    def _prices_in(cls, value: Any) -> Any:
-        return parse_prices(value)
-
-    @field_validator("meters")
-    @classmethod
-    def _prices_out(cls, value: dict[str, PriceSpec]) -> dict[str, PriceSpec]:
-        return checked_prices(value)
 
     @field_validator("allowances", mode="before")
     @classmethod
