@@ -317,6 +317,9 @@ def period(args: argparse.Namespace) -> int:
         print(f"  real-time total {statement['realtime_total']}, adjustments {statement['adjustments']}, "
               f"commitment true-up {statement['commitment_true_up']}")
         print(f"  total {statement['total']} -> invoice {statement['total_rounded']} ({statement['rounding']})")
+        if "cost" in statement:
+            cost = ", ".join(f"{amount} {currency}" for currency, amount in statement["cost"].items()) or "0"
+            print(f"  cost {cost}, margin {statement['margin'] if statement['margin'] is not None else 'n/a'}")
     if answer["unpriced_quantity"]:
         print("\nunpriced: " + ", ".join(f"{m} {q}" for m, q in answer["unpriced_quantity"].items()))
     return 0

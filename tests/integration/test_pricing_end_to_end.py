@@ -239,6 +239,11 @@ def test_a_cost_card_rates_the_same_usage_twice_and_the_usage_api_shows_the_marg
         # acme: price 2.50 + 1.00 = 3.50, cost 1.25 + 0.50 = 1.75; globex: price 5.00, cost 2.50.
         assert {customer: (row["amount"], row["cost"], row["margin"]) for customer, row in rows.items()} == {
             "acme": ("3.50", "1.75", "1.75"), "globex": ("5.00", "2.50", "2.50")}
+        view = api(server, "/v1/period", customer="acme", period=Period.containing(time.time_ns()).name)
+        (statement,) = view["statements"]
+        assert {line["meter"]: (line["period_amount"], line["cost"], line["margin"]) for line in statement["lines"]} \
+            == {"input_tokens": ("2.5", {"USD": "1.25"}, "1.25"), "output_tokens": ("1", {"USD": "0.5"}, "0.5")}
+        assert (statement["total"], statement["cost"], statement["margin"]) == ("3.5", {"USD": "1.75"}, "1.75")
         listing = cli("usage", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z", "--group-by",
                       "customer", "--url", server.api_url, cwd=tmp_path)
         assert listing.stdout.splitlines()[0].split() == ["CUSTOMER", "QUANTITY", "UNPRICED_QUANTITY", "AMOUNT",

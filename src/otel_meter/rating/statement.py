@@ -65,6 +65,8 @@ class PeriodView:
     """One per currency the customer was rated in."""
     unpriced_quantity: dict[str, Decimal]
     """Per meter: usage no card priced (not in any amount)."""
+    costs: dict[tuple[str, str, str, str], dict[str, Decimal]]
+    """What the usage cost us (cost card), per (currency, card, rule, meter) line and cost currency."""
 
 
 def price_spec_for(book: RateBook, card_id: str, rule: str, meter: str, customer: str,
@@ -142,7 +144,11 @@ def period_view(store: Store, book: RateBook, customer: str, period: Period, rou
         build_statement(currency, lines, minimum if currency == minimum_currency else None, rounding,
                         credit_decimals)
         for currency, lines in sorted(by_currency.items()))
-    return PeriodView(customer, period, statements, unpriced)
+    costs: dict[tuple[str, str, str, str], dict[str, Decimal]] = {}
+    for currency, card_id, rule, meter, cost_currency, cost in store.query(
+            queries.PERIOD_COSTS, {"customer": customer, "from_s": period.start_ns // NS, "to_s": period.end_ns // NS}):
+        costs.setdefault((currency, card_id, rule, meter), {})[cost_currency] = cost
+    return PeriodView(customer, period, statements, unpriced, costs)
 
 
 def _pricing_card(book: RateBook, terms: CustomerOverride | None, at_ns: int) -> CardVersion | None:
@@ -153,15 +159,16 @@ def _pricing_card(book: RateBook, terms: CustomerOverride | None, at_ns: int) ->
 
 
 def view_as_json(view: PeriodView) -> dict[str, Any]:
+    """The period view as JSON values. With a cost card, each line and statement also shows
+    ``cost`` per cost currency and ``margin`` (period amount - cost, in the statement's currency)."""
     return {
         "customer": view.customer,
         "period": view.period.name,
         "statements": [{
             "currency": statement.currency,
-            "lines": [{"rate_card": line.key[0], "rule": line.key[1], "meter": line.key[2],
-                       "quantity": str(line.quantity.normalize(EXACT)) if line.quantity else "0",
-                       "realtime_amount": plain(line.realtime_amount), "period_amount": plain(line.period_amount),
-                       "adjustment": plain(line.adjustment)} for line in statement.lines],
+            "lines": [_line_json(view, statement.currency, line) for line in statement.lines],
+            **_cost_json(view, statement.currency, statement.total,
+                         [view.costs.get((statement.currency, *line.key), {}) for line in statement.lines]),
             "realtime_total": plain(statement.realtime_total),
             "adjustments": plain(sum((line.adjustment for line in statement.lines), Decimal(0))),
             "subtotal": plain(statement.subtotal),
@@ -173,6 +180,27 @@ def view_as_json(view: PeriodView) -> dict[str, Any]:
         } for statement in view.statements],
         "unpriced_quantity": {meter: plain(quantity) for meter, quantity in sorted(view.unpriced_quantity.items())},
     }
+
+
+def _line_json(view: PeriodView, currency: str, line: Any) -> dict[str, Any]:
+    return {"rate_card": line.key[0], "rule": line.key[1], "meter": line.key[2],
+            "quantity": str(line.quantity.normalize(EXACT)) if line.quantity else "0",
+            "realtime_amount": plain(line.realtime_amount), "period_amount": plain(line.period_amount),
+            "adjustment": plain(line.adjustment),
+            **_cost_json(view, currency, line.period_amount, [view.costs.get((currency, *line.key), {})])}
+
+
+def _cost_json(view: PeriodView, currency: str, amount: Decimal,
+               costs: list[dict[str, Decimal]]) -> dict[str, Any]:
+    if not view.costs:
+        return {}
+    total: dict[str, Decimal] = {}
+    for found in costs:
+        for cost_currency, cost in found.items():
+            total[cost_currency] = total.get(cost_currency, Decimal(0)) + cost
+    margin = amount - total.get(currency, Decimal(0)) if set(total) <= {currency} else None
+    return {"cost": {cost_currency: plain(cost) for cost_currency, cost in sorted(total.items())},
+            "margin": None if margin is None else plain(margin)}
 
 
 def plain(value: Decimal) -> str:

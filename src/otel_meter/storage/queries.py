@@ -53,6 +53,15 @@ HAVING sum(quantity) != 0 OR sum(amount) != 0
 ORDER BY currency, rate_card, rate_rule, meter, priced
 """
 
+PERIOD_COSTS = """
+SELECT currency, rate_card, rate_rule, meter, cost_currency, sum(cost)
+FROM usage_hourly
+WHERE customer = {customer:String} AND cost_currency != ''
+  AND hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')
+GROUP BY currency, rate_card, rate_rule, meter, cost_currency
+HAVING sum(cost) != 0
+"""
+
 GROUP_KEYS = ("customer", "model", "provider", "meter", "feature", "service", "environment")
 """Dimensions the usage query may group by (column names in line_items and the rollups)."""
 
