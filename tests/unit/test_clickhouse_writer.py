@@ -249,3 +249,22 @@ def test_rows_without_a_customer_are_stored_as_unattributed_even_beside_attribut
     batch = rows(2, "acme")
     batch.customer[1] = ""
     assert to_arrow(batch, received_at_us=0).to_pydict()["customer"] == ["acme", UNATTRIBUTED]
+
+
+def test_usage_queued_before_an_upgrade_added_columns_is_replayed_with_neutral_values(tmp_path: Path) -> None:
+    from otel_meter.exporters.clickhouse.arrow import COLUMNS
+    from otel_meter.exporters.clickhouse.exporter import to_ipc
+
+    old = to_arrow(rows(3), 1_700_000_000_000_000).drop_columns(["rate_rule", "cost", "cost_currency", "cost_card",
+                                                                 "cost_card_version"])
+    journal = Journal(tmp_path / "queue", max_bytes=1 << 20)
+    journal.append(to_ipc(old))
+    journal.sync()
+    journal.close()
+    store = TokenDedupStore()
+    writer = exporter(store, tmp_path / "queue", start=False)
+    writer.shutdown()
+    (table,) = store.blocks.values()
+    assert tuple(table.column_names) == COLUMNS
+    assert table["rate_rule"].to_pylist() == [""] * 3 and table["cost"].to_pylist() == [0] * 3
+    assert store.stored_quantity() == 30
