@@ -152,6 +152,21 @@ def test_ids_at_or_after_horizon_and_outside_window_are_not_looked_up():
     assert store.calls == []
 
 
+def test_with_a_shared_store_recent_ids_not_in_memory_are_looked_up_too():
+    """Another replica stored "theirs"; this one never saw it: only the store can tell."""
+    store = FakeStore({"theirs": RECENT})
+    idx = DedupIndex(window_ns=WINDOW_NS, max_cached_keys=1000, lookup=store.lookup, horizon_ns=NOW - HOUR_NS,
+                     shared_store=True)
+    decisions, reservation = admit(idx, "theirs", "new")
+    assert decisions == [False, True]
+    assert store.calls == [(["theirs", "new"], RECENT, RECENT)]
+    idx.resolve(reservation, stored=True)
+    assert admit(idx, "new")[0] == [False]
+    assert len(store.calls) == 1  # what this replica stored is answered from memory
+    alone = index(lookup=store.lookup, horizon_ns=NOW - HOUR_NS)
+    assert admit(alone, "theirs")[0] == [True]  # without shared_store memory alone decides recent ids
+
+
 def test_oldest_time_inside_the_window_is_still_looked_up():
     edge = NOW - WINDOW_NS
     store = FakeStore({"a": edge})

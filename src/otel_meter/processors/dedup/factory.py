@@ -19,6 +19,7 @@ def create(config: DedupConfig, context: BuildContext) -> DedupProcessor:
         max_cached_keys=config.max_cached_keys,
         lookup=store.stored_event_ids if store is not None else None,
         horizon_ns=horizon if store is not None else 0,
+        shared_store=config.shared_store,
     )
     if store is not None:
         loaded = store.recent_event_ids(horizon)

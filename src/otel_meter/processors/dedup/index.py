@@ -36,7 +36,7 @@ class Reservation:
 
 class DedupIndex:
     def __init__(self, window_ns: int, max_cached_keys: int, lookup: StoreLookup | None,
-                 horizon_ns: int = 0) -> None:
+                 horizon_ns: int = 0, shared_store: bool = False) -> None:
         self.window_ns = window_ns
         self.max_cached_keys = max_cached_keys
         self._lookup = lookup
@@ -46,7 +46,9 @@ class DedupIndex:
         self._size = 0
         self._pending: dict[str, Reservation] = {}
         self.horizon_ns = horizon_ns
-        """Events at or after this time are all in memory if they were ever stored."""
+        """Events at or after this time are all in memory if they were ever stored (by this process)."""
+        self.shared_store = shared_store
+        """Others write to the store too: what memory does not hold is looked up, whatever its time."""
 
     def load(self, ids_with_times: Iterable[tuple[str, int]]) -> None:
         for event_id, event_time in ids_with_times:
@@ -70,7 +72,8 @@ class DedupIndex:
                 claimed.add(event_id)
                 if self._held_elsewhere(event_id, event_time, reservation):
                     continue
-                if event_time < self.horizon_ns and event_time >= oldest_checked and self._lookup is not None:
+                if ((event_time < self.horizon_ns or self.shared_store) and event_time >= oldest_checked
+                        and self._lookup is not None):
                     to_look_up.append(position)
                     continue
                 decisions[position] = True
