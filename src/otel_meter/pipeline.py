@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 from otel_meter.component import EVENTS
 from otel_meter.errors import ExportError
 from otel_meter.exporters.clickhouse.exporter import PendingWrite
+from otel_meter.telemetry.counts import PipelineCounts, count_items
 from otel_meter.usage import Rejection, UsageBatch
 
 
@@ -57,6 +58,8 @@ class UsagePipeline:
         self.processors = processors
         self.exporters = exporters
         self.prerequisite_timeout = prerequisite_timeout
+        self.counts = PipelineCounts()
+        """Items received, accepted, refused; rows queued and unpriced (read by ``GET /metrics``)."""
         self._convert: Callable[[Any], UsageBatch] | None = None
         if signal != EVENTS:
             if converter is None:
@@ -73,6 +76,21 @@ class UsagePipeline:
 
         ``customer``: the customer the request's credentials are bound to. Every row is that
         customer's, whatever the attributes say (the attribution processor keeps it)."""
+        received = count_items(self.signal, payload)
+        try:
+            batch = self._store(payload, customer)
+            rows = len(batch)
+            self.counts.record_queued(rows, batch.priced.count(False) if len(batch.priced) == rows else rows)
+            self._await_prerequisites(batch)
+        except Exception as error:
+            self.counts.record_refused(received, error)
+            raise
+        self.counts.record_accepted(received, (rejection.reason for rejection in batch.rejections),
+                                    batch.duplicate_events)
+        return ConsumeResult(rejections=batch.rejections, stored_rows=rows, duplicate_events=batch.duplicate_events)
+
+    def _store(self, payload: Any, customer: str | None) -> UsageBatch:
+        """The processed batch, once every exporter holds it durably."""
         batch: UsageBatch = self._convert(payload) if self._convert is not None else payload.copy()
         if customer is not None:
             batch.customer = [customer] * len(batch)
@@ -87,10 +105,12 @@ class UsagePipeline:
         finally:
             for callback in batch.on_stored:
                 callback(stored)
+        return batch
+
+    def _await_prerequisites(self, batch: UsageBatch) -> None:
+        """Copies of events this batch dropped as duplicates, held by other requests, must be stored too."""
         deadline = time.monotonic() + self.prerequisite_timeout
         for prerequisite in batch.depends_on:
             if not prerequisite.done.wait(max(0.0, deadline - time.monotonic())) or not prerequisite.stored:
                 raise ExportError("a copy of some of these items is still being stored by another request, "
                                   "or failed to store; retry")
-        return ConsumeResult(rejections=batch.rejections, stored_rows=len(batch),
-                             duplicate_events=batch.duplicate_events)

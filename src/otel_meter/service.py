@@ -11,6 +11,7 @@ from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 from otel_meter.storage.store import Store, resolve_location
+from otel_meter.telemetry.registry import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ class Service:
         self.extensions: dict[str, object] = {}
         self.pipelines: list[UsagePipeline] = []
         self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
-                                          "meters": config.meters, "extension": self._extension, "rate_cards": {}}
+                                          "meters": config.meters, "extension": self._extension, "rate_cards": {},
+                                          "metrics": ServiceMetrics(self.pipelines, self.exporters)}
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._build()

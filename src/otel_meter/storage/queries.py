@@ -108,3 +108,78 @@ WHERE {time_filter}{customer}
 GROUP BY {group_keys}currency, cost_currency
 ORDER BY {group_keys}currency, cost_currency
 """, parameters
+
+
+# --- Verification (otel-meter verify, GET /v1/verify) ------------------------------------------------
+# Each query reads one side of the reconciliation over [from, to), grouped, optionally for one
+# customer; the two variants of each are fixed strings, chosen by ``customer_filter``.
+
+_VERIFY_EVENT_TIME = ("event_time >= fromUnixTimestamp64Nano({from_ns:Int64}) "
+                      "AND event_time < fromUnixTimestamp64Nano({to_ns:Int64})")
+_VERIFY_CUSTOMER = " AND customer = {customer:String}"
+VERIFY_DUPLICATE_EXAMPLES = 20
+"""How many duplicated (event_id, meter) keys a verification names."""
+
+
+def verify_raw_usage(customer_filter: bool) -> str:
+    """Raw usage per customer and meter: rows and quantity."""
+    return f"""
+SELECT toString(customer), toString(meter), count(), sum(quantity)
+FROM usage_events
+WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""}
+GROUP BY customer, meter
+"""
+
+
+def verify_line_items(customer_filter: bool) -> str:
+    """Line items per customer, meter, currency and cost currency: the ``usage`` rows (count,
+    quantity, amount), the re-rating rows, and the net of all kinds as the rollups sum them
+    (quantity, amount, cost, and line items counted +1 for usage and rerate rows, -1 for reversals)."""
+    return f"""
+SELECT toString(customer), toString(meter), toString(currency), toString(cost_currency),
+       countIf(kind = 'usage'), sumIf(quantity, kind = 'usage'), sumIf(amount, kind = 'usage'),
+       countIf(kind = 'reversal'), countIf(kind = 'rerate'),
+       sum(quantity), sum(amount), sum(cost), sum(multiIf(kind = 'reversal', -1, kind = 'rerate', 1, 1))
+FROM line_items
+WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""}
+GROUP BY customer, meter, currency, cost_currency
+"""
+
+
+def verify_rollup(table: str, customer_filter: bool) -> str:
+    """A rollup (``usage_hourly`` or ``usage_daily``) per customer, meter, currency and cost
+    currency over the whole hours or days of [from, to)."""
+    if table == "usage_hourly":
+        window = "hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')"
+    elif table == "usage_daily":
+        window = ("day >= toDate(toDateTime({from_s:Int64}, 'UTC')) "
+                  "AND day < toDate(toDateTime({to_s:Int64}, 'UTC'))")
+    else:
+        raise ValueError(f"not a rollup: {table!r}")
+    return f"""
+SELECT toString(customer), toString(meter), toString(currency), toString(cost_currency),
+       sum(quantity), sum(amount), sum(cost), sum(line_items)
+FROM {table}
+WHERE {window}{_VERIFY_CUSTOMER if customer_filter else ""}
+GROUP BY customer, meter, currency, cost_currency
+"""
+
+
+def verify_duplicates(table: str, customer_filter: bool) -> str:
+    """(event_id, meter) keys stored more than once in ``usage_events``, or among the ``usage``
+    rows of ``line_items``: how many keys, and the first few with their customer and copies."""
+    if table == "usage_events":
+        kind = ""
+    elif table == "line_items":
+        kind = " AND kind = 'usage'"
+    else:
+        raise ValueError(f"not a usage table: {table!r}")
+    return f"""
+SELECT event_id, toString(meter), toString(any(customer)), count() AS copies, count() OVER () AS keys
+FROM {table}
+WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""}{kind}
+GROUP BY event_id, meter
+HAVING copies > 1
+ORDER BY event_id, meter
+LIMIT {VERIFY_DUPLICATE_EXAMPLES}
+"""

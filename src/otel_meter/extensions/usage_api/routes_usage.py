@@ -30,5 +30,5 @@ def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 ROUTES = (
     route("GET", "/v1/usage", usage),
-    route("GET", "/healthz", health),
+    route("GET", "/healthz", health, public=True),
 )

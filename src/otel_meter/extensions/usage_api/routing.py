@@ -52,6 +52,14 @@ class ApiError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """An answer that is not JSON (the Prometheus exposition), sent as is."""
+
+    content: bytes
+    content_type: str
+
+
 Handler = Callable[["UsageApiServer", ApiRequest], tuple[HTTPStatus, Any]]
 
 
@@ -63,9 +71,11 @@ class Route:
     admin: bool = False
     """Changes prices, credits or rated history, or reads every customer's terms: refused to
     tokens bound to a customer."""
+    public: bool = False
+    """Needs no token even when the API has auth (probes, metrics scrapes): shows no customer data."""
 
 
-def route(method: str, path: str, handler: Handler, admin: bool = False) -> Route:
+def route(method: str, path: str, handler: Handler, admin: bool = False, public: bool = False) -> Route:
     """``path`` may hold ``{name}`` segments, passed to the handler as ``request.params``."""
     pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
-    return Route(method, re.compile(f"^{pattern}$"), handler, admin)
+    return Route(method, re.compile(f"^{pattern}$"), handler, admin, public)

@@ -19,16 +19,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from otel_meter import __version__
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
-from otel_meter.extensions.usage_api import routes_credits, routes_pricing, routes_usage
+from otel_meter.extensions.usage_api import routes_credits, routes_operations, routes_pricing, routes_usage
 from otel_meter.extensions.usage_api.config import UsageApiConfig
-from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, Route
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, Route
 from otel_meter.security import Authenticator, TlsServerMixin, server_ssl_context
 from otel_meter.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
-ROUTES: tuple[Route, ...] = (*routes_usage.ROUTES, *routes_pricing.ROUTES, *routes_credits.ROUTES)
+ROUTES: tuple[Route, ...] = (*routes_usage.ROUTES, *routes_pricing.ROUTES, *routes_credits.ROUTES,
+                             *routes_operations.ROUTES)
 
 
 def json_default(value: Any) -> Any:
@@ -107,7 +108,7 @@ class UsageApiServer:
             if candidate.method != method:
                 allowed.append(candidate.method)
                 continue
-            bound = None if path == "/healthz" else self.reader(headers.get("Authorization"))
+            bound = None if candidate.public else self.reader(headers.get("Authorization"))
             if candidate.admin and bound is not None:
                 raise ApiError(HTTPStatus.FORBIDDEN, "this token is bound to a customer and may only read; "
                                                      "changes need an unrestricted token")
@@ -153,9 +154,12 @@ class UsageApiServer:
                 self._send(status, payload)
 
             def _send(self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body, default=json_default).encode()
+                if isinstance(body, RawBody):
+                    data, content_type = body.content, body.content_type
+                else:
+                    data, content_type = json.dumps(body, default=json_default).encode(), "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)

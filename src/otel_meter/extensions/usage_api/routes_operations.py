@@ -1,0 +1,40 @@
+"""``GET /metrics`` (the service's own metrics, for Prometheus) and ``GET /v1/verify``
+(reconciliation of stored usage)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
+from otel_meter.storage.usage_report import UsageRequestError
+from otel_meter.storage.verify import VerifyRequest, verify
+
+if TYPE_CHECKING:
+    from otel_meter.extensions.usage_api.server import UsageApiServer
+
+
+def metrics(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Open like ``/healthz``: counts per pipeline and exporter, no customer data."""
+    service_metrics = api.shared.get("metrics")
+    if service_metrics is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, "this usage API runs without the service's metrics")
+    content, content_type = service_metrics.exposition(request.headers.get("Accept"))
+    return HTTPStatus.OK, RawBody(content, content_type)
+
+
+def verify_usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """The report, also when it finds mismatches (``ok`` false): the request itself succeeded."""
+    try:
+        verify_request = VerifyRequest.parse(request.single("from"), request.single("to"),
+                                             request.single("customer"))
+    except UsageRequestError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    return HTTPStatus.OK, verify(api.store, verify_request).to_json()
+
+
+ROUTES = (
+    route("GET", "/metrics", metrics, public=True),
+    # Reads every customer's usage (and its totals) unless customer= is given: unrestricted tokens only.
+    route("GET", "/v1/verify", verify_usage, admin=True),
+)

@@ -1,0 +1,129 @@
+"""The service's own metrics in a Prometheus registry, served on the usage API's ``GET /metrics``.
+
+Names follow the OpenTelemetry Collector's self-telemetry (``otelcol_receiver_accepted_items``,
+``otelcol_exporter_queue_size``) with an ``otel_meter_`` prefix; docs/operations.md
+("Self-metrics") lists every metric. Each service has its own ``CollectorRegistry``, so
+several services in one process (tests) never share counters.
+
+Everything is read at scrape time: the pipelines keep plain counts (``PipelineCounts``), the
+exporters plain attributes; this module turns them into metric families. So the hot path has
+no metrics library on it, and components need not know the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping, Protocol
+
+from prometheus_client import CollectorRegistry, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from otel_meter import __version__
+from otel_meter.telemetry.counts import PipelineCounts
+
+PREFIX = "otel_meter"
+
+
+class CountedPipeline(Protocol):
+    name: str
+    signal: str
+    counts: PipelineCounts
+
+
+EXPORTER_COUNTERS = (
+    # (exporter attribute, metric name without _total, help)
+    ("flushed_records", f"{PREFIX}_exporter_flushed_records",
+     "Queue records the exporter inserted into the store."),
+    ("flushed_rows", f"{PREFIX}_exporter_flushed_rows",
+     "Usage rows the exporter inserted into the store."),
+    ("failed_inserts", f"{PREFIX}_exporter_failed_inserts",
+     "Inserts into the store that failed (each is retried with the same block and token)."),
+)
+EXPORTER_GAUGES = (
+    ("queued_records", f"{PREFIX}_exporter_queued_records",
+     "Records acknowledged to clients and not yet in the store."),
+    ("last_flush_seconds", f"{PREFIX}_exporter_last_flush_duration_seconds",
+     "How long the exporter's last insert into the store took, in seconds."),
+)
+
+
+class PipelineCollector(Collector):
+    """Receiver, dedup and pipeline counts of every pipeline, read at scrape time."""
+
+    def __init__(self, pipelines: Iterable[CountedPipeline]) -> None:
+        self.pipelines = pipelines
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["signal", "pipeline"]
+        received = CounterMetricFamily(
+            f"{PREFIX}_receiver_received_items", "Items received in export requests (spans, metric data points, "
+            "log records, events): accepted plus refused.", labels=labels)
+        accepted = CounterMetricFamily(
+            f"{PREFIX}_receiver_accepted_items", "Items acknowledged to the client: their usage is in the local "
+            "queue, they carry no usage, or they were already counted.", labels=labels)
+        refused = CounterMetricFamily(
+            f"{PREFIX}_receiver_refused_items", "Items not acknowledged, by reason: rejected as invalid (partial "
+            "success, not retried) or refused with their whole request (retried by the client).",
+            labels=[*labels, "reason"])
+        duplicates = CounterMetricFamily(
+            f"{PREFIX}_dedup_duplicate_items", "Accepted items whose usage was already counted (dropped by the "
+            "dedup processor).", labels=labels)
+        usage_rows = CounterMetricFamily(
+            f"{PREFIX}_pipeline_usage_rows", "Usage rows (one per item and meter) queued for the store.",
+            labels=labels)
+        unpriced = CounterMetricFamily(
+            f"{PREFIX}_pipeline_unpriced_rows", "Queued usage rows that no rate card priced (stored with amount 0).",
+            labels=labels)
+        for pipeline in list(self.pipelines):
+            counts = pipeline.counts.snapshot()
+            values = [pipeline.signal, pipeline.name]
+            received.add_metric(values, counts.received_items)
+            accepted.add_metric(values, counts.accepted_items)
+            for reason, count in counts.refused_items.items():
+                refused.add_metric([*values, reason], count)
+            duplicates.add_metric(values, counts.duplicate_items)
+            usage_rows.add_metric(values, counts.usage_rows)
+            unpriced.add_metric(values, counts.unpriced_rows)
+        yield from (received, accepted, refused, duplicates, usage_rows, unpriced)
+
+
+class ExporterCollector(Collector):
+    """The exporters' queue and flush figures, read from their attributes at scrape time
+    (an exporter without an attribute reports 0)."""
+
+    def __init__(self, exporters: Mapping[str, Any]) -> None:
+        self.exporters = exporters
+
+    def collect(self) -> Iterator[Metric]:
+        exporters = list(self.exporters.items())
+        for attribute, name, documentation in EXPORTER_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["exporter"])
+            for exporter_id, exporter in exporters:
+                family.add_metric([exporter_id], float(getattr(exporter, attribute, 0) or 0))
+            yield family
+        for attribute, name, documentation in EXPORTER_COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=["exporter"])
+            for exporter_id, exporter in exporters:
+                family.add_metric([exporter_id], float(getattr(exporter, attribute, 0) or 0))
+            yield family
+
+
+class ServiceMetrics:
+    """The registry of one service.
+
+    ``pipelines`` and ``exporters`` are the service's own containers, read at every scrape,
+    so they may be filled after this object is made."""
+
+    def __init__(self, pipelines: Iterable[CountedPipeline], exporters: Mapping[str, Any]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        Info(f"{PREFIX}_build", "The running otel-meter.", registry=self.registry).info({"version": __version__})
+        self.registry.register(PipelineCollector(pipelines))
+        self.registry.register(ExporterCollector(exporters))
+        ProcessCollector(registry=self.registry)
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The metrics in the format the ``Accept`` header asks for (Prometheus text by default,
+        OpenMetrics on request), and its content type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
