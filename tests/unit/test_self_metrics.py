@@ -297,3 +297,15 @@ def test_metric_points_and_log_records_count_as_items_through_a_pipeline() -> No
     counts = metrics_pipeline.counts.snapshot()
     assert (counts.received_items, counts.accepted_items, counts.refused_items[INVALID_QUANTITY],
             counts.usage_rows) == (3, 2, 1, 1)
+
+
+def test_every_metric_is_documented_in_operations_md() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = text.split("## Self-metrics", 1)[1].split("\n## ", 1)[0]
+    content, _ = ServiceMetrics([traces_pipeline(Exporter())], {"clickhouse": FlushingExporter()}).exposition()
+    names = {sample.name.removesuffix("_created") for family in text_string_to_metric_families(content.decode())
+             for sample in family.samples if sample.name.startswith("otel_meter_")}
+    assert names and {name for name in names if f"| `{name}` |" not in section} == set()
+    assert {reason for reason in REFUSAL_REASONS if f"| `{reason}` |" not in section} == set()

@@ -214,3 +214,30 @@ def test_at_most_twenty_duplicates_are_listed_with_the_count_of_all(worker, data
 def test_a_bad_range_exits_2_before_reading_anything(arguments, message, capsys) -> None:
     assert cli.main(["verify", *arguments]) == 2
     assert capsys.readouterr().err == message
+
+
+# --- the example in docs/operations.md ----------------------------------------------------------------------
+
+def docs_example_report(store, database: str) -> str:
+    """The store behind the example: 40 events half an hour apart on Nov 1, a raw row stored twice
+    and an extra usage_hourly row."""
+    rows = []
+    for n in range(40):
+        customer, time_ns = ("acme", "globex")[n % 2], NOV_1 + n * HOUR // 2
+        rows.append((f"e{n}", time_ns, customer, "gpt-4o", "input_tokens", 1200 + n, {}))
+        rows.append((f"e{n}", time_ns, customer, "gpt-4o", "output_tokens", 300, {}))
+    db = _database(store, database)
+    db.insert_usage(to_arrow(RatingProcessor(book(V1)).process(usage(*rows)), NOV_1 // 1000), f"{database}-usage")
+    db.client.command("INSERT INTO usage_events SELECT * FROM usage_events WHERE event_id = 'e7' "
+                      "AND meter = 'output_tokens'")
+    db.client.command("INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, line_items) "
+                      "VALUES ('2026-11-01 05:00:00', 'acme', 'input_tokens', 'USD', 100, 0.00025, 1)")
+    return format_report(verify(db, VerifyRequest.parse("2026-11-01", "2026-11-02")).to_json())
+
+
+def test_the_report_shown_in_operations_md_is_what_verify_prints(worker, database) -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    shown = text.split("$ otel-meter verify --from 2026-11-01 --to 2026-11-02\n", 1)[1].split("\n$ echo $?", 1)[0]
+    assert worker.call(docs_example_report, database) == shown
