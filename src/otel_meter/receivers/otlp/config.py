@@ -3,6 +3,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from otel_meter.component import ComponentConfig
+from otel_meter.memory_limiter import MemoryLimiterConfig
 from otel_meter.security import ServerSecurityConfig
 
 EVENTS_PATH = "/v1/events"
@@ -24,6 +25,8 @@ class GrpcProtocolConfig(ServerSecurityConfig):
     max_recv_msg_size_mib: int = Field(default=16, gt=0, le=2047)
     max_concurrent_requests: int = Field(default=32, gt=0)
     """Requests handled at once; further ones queue in gRPC."""
+    max_in_flight_mib: int = Field(default=128, gt=0)
+    """Request bytes held at once by the requests being handled; beyond it, new ones are refused (retryable)."""
 
 
 def check_url_path(value: str) -> str:
@@ -40,6 +43,11 @@ class HttpProtocolConfig(ServerSecurityConfig):
     endpoint: Endpoint = "localhost:4318"
     max_request_body_size: int = Field(default=20 * 1024 * 1024, gt=0)
     """Largest body taken, in bytes, checked on the wire and again after decompression."""
+    max_concurrent_requests: int = Field(default=32, gt=0)
+    """Requests handled at once; further ones are refused with 429 (retryable)."""
+    max_in_flight_mib: int = Field(default=128, gt=0)
+    """Request bytes (as sent, and decompressed) held at once by the requests being handled;
+    beyond it, new ones are refused with 429 (retryable)."""
     traces_url_path: UrlPath = "/v1/traces"
     metrics_url_path: UrlPath = "/v1/metrics"
     logs_url_path: UrlPath = "/v1/logs"
@@ -69,6 +77,8 @@ class ProtocolsConfig(ComponentConfig):
 
 class OtlpReceiverConfig(ComponentConfig):
     protocols: ProtocolsConfig = Field(default_factory=lambda: ProtocolsConfig(grpc=GrpcProtocolConfig()))
+    memory_limiter: MemoryLimiterConfig | None = None
+    """Refuse new requests (retryable) while the process's resident memory is above a soft limit."""
 
     @model_validator(mode="after")
     def _something_is_served(self) -> "OtlpReceiverConfig":

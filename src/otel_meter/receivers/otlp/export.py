@@ -89,13 +89,15 @@ def refusal_code(error: ExportError) -> grpc.StatusCode:
     return grpc.StatusCode.UNAVAILABLE
 
 
-def retry_info() -> RetryInfo:
-    return RetryInfo(retry_delay=Duration(seconds=RETRY_AFTER_SECONDS))
+def retry_info(seconds: int = RETRY_AFTER_SECONDS) -> RetryInfo:
+    return RetryInfo(retry_delay=Duration(seconds=seconds))
 
 
-def error_status(code: grpc.StatusCode, message: str, retryable: bool = False) -> Status:
-    """A ``google.rpc.Status``, the body of every OTLP error (the gRPC rich status, the HTTP error body)."""
+def error_status(code: grpc.StatusCode, message: str, retryable: bool = False,
+                 retry_after: int = RETRY_AFTER_SECONDS) -> Status:
+    """A ``google.rpc.Status``, the body of every OTLP error (the gRPC rich status, the HTTP error body).
+    A retryable one carries ``RetryInfo`` with ``retry_after`` seconds."""
     status = Status(code=code.value[0], message=message)
     if retryable:
-        status.details.add().Pack(retry_info())
+        status.details.add().Pack(retry_info(retry_after))
     return status

@@ -7,6 +7,11 @@ the server needs nothing more. Answers follow the OTLP spec and the Collector:
 decompressed), 415 unsupported type or encoding, 429/503 with ``Retry-After``
 when the client should retry, 500 on a bug. Error bodies are a
 ``google.rpc.Status`` in the request's encoding (JSON unless it sent protobuf).
+
+Load: a request is admitted (see admission.py) after its headers are read and before
+its body is: beyond ``max_concurrent_requests``, ``max_in_flight_mib`` or the memory
+limiter's soft limit it is answered 429/503 with ``Retry-After`` and its body is dropped
+unread into memory.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from otel_meter import __version__
 from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, OtelMeterError
 from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
+from otel_meter.faults import crash_point
+from otel_meter.memory_limiter import MemoryLimiter
 from otel_meter.receivers.otlp import events, otlp_json
+from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
 from otel_meter.receivers.otlp.config import HttpProtocolConfig
 from otel_meter.receivers.otlp.export import (
     RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code,
@@ -47,6 +55,9 @@ IDLE_TIMEOUT_SECONDS = 60
 """An idle keep-alive connection (or a stalled upload) is closed after this long."""
 DRAIN_LIMIT = 64 * 1024 * 1024
 """At most this much of an unwanted body is read (and dropped) after an early answer."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel holds before they are accepted; the standard library's 5 made a burst
+of new connections fail with resets instead of waiting a moment."""
 REFUSAL_STATUS = {grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
                   grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE}
 
@@ -55,12 +66,19 @@ class HttpError(Exception):
     """An answer other than 200, with its ``google.rpc.Status`` code."""
 
     def __init__(self, status: HTTPStatus, code: grpc.StatusCode, message: str, retryable: bool = False,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, retry_after: int = RETRY_AFTER_SECONDS) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.retryable = retryable
         self.headers = headers or {}
+        self.retry_after = retry_after
+        """Seconds, in ``Retry-After`` and the status's ``RetryInfo`` when retryable."""
+
+
+def overloaded(error: Overloaded) -> HttpError:
+    return HttpError(REFUSAL_STATUS[error.code], error.code, str(error), retryable=True,
+                     retry_after=OVERLOAD_RETRY_SECONDS)
 
 
 def too_large(limit: int) -> HttpError:
@@ -108,13 +126,14 @@ def decode(body: bytes, content_type: str, signal: OtlpSignal) -> Message:
 class OtlpHttpServer:
     def __init__(self, config: HttpProtocolConfig, consumers: "SignalConsumers",
                  authenticator: Authenticator | None = None,
-                 where: str = "receivers.otlp.protocols.http") -> None:
+                 where: str = "receivers.otlp.protocols.http", memory_limiter: MemoryLimiter | None = None) -> None:
         """``authenticator``: checks each request's ``Authorization`` header (None: none needed).
-        ``where``: the config key path, for messages."""
+        ``where``: the config key path, for messages. ``memory_limiter``: the receiver's, if any."""
         self.config = config
         self.consumers = consumers
         self.authenticator = authenticator
         self.where = where
+        self.admission = Admission(config.max_concurrent_requests, config.max_in_flight_mib, memory_limiter, where)
         self.signals_by_path = {config.traces_url_path: SIGNALS[TRACES], config.metrics_url_path: SIGNALS[METRICS],
                                 config.logs_url_path: SIGNALS[LOGS]}
         self._httpd: _Httpd | None = None
@@ -170,22 +189,31 @@ class OtlpHttpServer:
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, max(0.0, self._deadline - time.monotonic()))
 
-    def admit(self) -> bool:
+    def enter(self) -> bool:
+        """Count a request for the shutdown drain; False once shutdown has begun."""
         with self._idle:
             if self._draining:
                 return False
             self._in_flight += 1
             return True
 
-    def release(self) -> None:
+    def leave(self) -> None:
         with self._idle:
             self._in_flight -= 1
             self._idle.notify_all()
+
+    def admit(self, size: int) -> Ticket:
+        """Admission control (see admission.py); raises HttpError 429 or 503."""
+        try:
+            return self.admission.admit(size)
+        except Overloaded as error:
+            raise overloaded(error) from None
 
 
 class _Httpd(TlsServerMixin, ThreadingHTTPServer):
     daemon_threads = True
     """Idle keep-alive connections must not hold up the exit; requests in flight are awaited by ``wait``."""
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, host: str, port: int, otlp: OtlpHttpServer) -> None:
         if host.startswith("["):
@@ -204,7 +232,7 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         self._begin()
         otlp = self.server.otlp
         try:
-            if not otlp.admit():
+            if not otlp.enter():
                 self._fail(HttpError(HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE,
                                      "otel-meter is shutting down; retry against another instance or later",
                                      retryable=True), close=True)
@@ -220,7 +248,7 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
                 self._fail(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL,
                                      "otel-meter failed on this request (internal error, logged)"))
             finally:
-                otlp.release()
+                otlp.leave()
         except (ConnectionError, TimeoutError):  # the client went away: nobody to answer
             self.close_connection = True
 
@@ -263,21 +291,41 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
                             f"Content-Type {self.headers.get('Content-Type')!r} is not supported; "
                             f"send {PROTOBUF} or {JSON}")
-        request = decode(self._read_decompressed(otlp), content_type, signal)
-        try:
-            response = export(otlp.consumers, signal, request, customer)
-        except ExportError as error:
-            code = refusal_code(error)
-            raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
+        encoding = self._content_encoding()
+        with otlp.admit(self.unread or 0) as ticket:
+            request = decode(self._read_decompressed(otlp, encoding, ticket), content_type, signal)
+            crash_point("after_receive")
+            try:
+                response = export(otlp.consumers, signal, request, customer)
+            except ExportError as error:
+                code = refusal_code(error)
+                raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
+            crash_point("before_ack")
         self._send(HTTPStatus.OK, response)
 
-    def _read_decompressed(self, otlp: OtlpHttpServer) -> bytes:
+    def _content_encoding(self) -> str:
         encoding = self.headers.get("Content-Encoding", "").strip().lower() or "identity"
         if encoding != "identity" and encoding not in WBITS:
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
                             f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity")
+        return encoding
+
+    def _read_decompressed(self, otlp: OtlpHttpServer, encoding: str, ticket: Ticket) -> bytes:
+        """The body, inflated; ``ticket`` accounts what was not known at admission (a chunked
+        body's size, the inflated size), refusing the request if that overloads."""
         limit = otlp.config.max_request_body_size
-        return decompress(self._read_body(limit), encoding, limit)
+        body = self._read_body(limit)
+        try:
+            if self.chunked:
+                ticket.grow(len(body))
+            if encoding == "identity":
+                return body
+            inflated = decompress(body, encoding, limit)
+            del body
+            ticket.grow(len(inflated))
+            return inflated
+        except Overloaded as error:
+            raise overloaded(error) from None
 
     def _ingest_events(self, otlp: OtlpHttpServer, customer: str | None) -> None:
         """``POST /v1/events``: the custom events API, CloudEvents JSON or protobuf (see events.py)."""
@@ -289,14 +337,18 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, grpc.StatusCode.INVALID_ARGUMENT,
                             f"Content-Type {self.headers.get('Content-Type')!r} is not supported on "
                             f"{events.HTTP_PATH}; send {', '.join(events.CONTENT_TYPES)}")
-        body = self._read_decompressed(otlp)
-        try:
-            data, answer_type = events.ingest_http(otlp.consumers, body, content_type, customer)
-        except events.EventsRequestError as error:
-            raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        except ExportError as error:
-            code = refusal_code(error)
-            raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
+        encoding = self._content_encoding()
+        with otlp.admit(self.unread or 0) as ticket:
+            body = self._read_decompressed(otlp, encoding, ticket)
+            crash_point("after_receive")
+            try:
+                data, answer_type = events.ingest_http(otlp.consumers, body, content_type, customer)
+            except events.EventsRequestError as error:
+                raise HttpError(HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+            except ExportError as error:
+                code = refusal_code(error)
+                raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
+            crash_point("before_ack")
         self._write(HTTPStatus.OK, data, answer_type)
 
     def _read_body(self, limit: int) -> bytes:
@@ -339,17 +391,19 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         return bytes(body)
 
     def _fail(self, error: HttpError, close: bool = False) -> None:
-        self._send(error.status, error_status(error.code, str(error), error.retryable), error.retryable, close,
-                   error.headers)
+        retry_after = error.retry_after if error.retryable else None
+        self._send(error.status, error_status(error.code, str(error), error.retryable, error.retry_after),
+                   retry_after, close, error.headers)
 
-    def _send(self, status: HTTPStatus, message: Message, retryable: bool = False, close: bool = False,
+    def _send(self, status: HTTPStatus, message: Message, retry_after: int | None = None, close: bool = False,
               headers: dict[str, str] | None = None) -> None:
         """Answer; after an early answer (body not read), read and drop the rest of the body.
-        The connection stays open only if that rest has a known, bounded length."""
+        The connection stays open only if that rest has a known, bounded length.
+        ``retry_after``: seconds, for a retryable refusal."""
         data = otlp_json.to_json(message) if self.json else message.SerializeToString()
-        self._write(status, data, JSON if self.json else PROTOBUF, retryable, close, headers)
+        self._write(status, data, JSON if self.json else PROTOBUF, retry_after, close, headers)
 
-    def _write(self, status: HTTPStatus, data: bytes, content_type: str, retryable: bool = False,
+    def _write(self, status: HTTPStatus, data: bytes, content_type: str, retry_after: int | None = None,
                close: bool = False, headers: dict[str, str] | None = None) -> None:
         keep_alive = not close and self.unread is not None and self.unread <= DRAIN_LIMIT
         self.send_response(status)
@@ -357,8 +411,8 @@ class OtlpRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        if retryable:
-            self.send_header("Retry-After", str(RETRY_AFTER_SECONDS))
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         if not keep_alive:
             self.send_header("Connection", "close")
         self.end_headers()

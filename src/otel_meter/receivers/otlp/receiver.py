@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from otel_meter.errors import OtelMeterError
+from otel_meter.memory_limiter import MemoryLimiter
 from otel_meter.pipeline import ConsumeResult, Consumer
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
@@ -44,6 +45,9 @@ class OtlpReceiver:
         self.consumers = SignalConsumers()
         self.grpc: OtlpGrpcServer | None = None
         self.http: OtlpHttpServer | None = None
+        self.memory_limiter = (MemoryLimiter(config.memory_limiter, f"receivers.{component_id}.memory_limiter")
+                               if config.memory_limiter is not None else None)
+        """Shared by both protocols: it watches the memory of the whole process."""
 
     def add_consumer(self, signal: str, consumer: Consumer) -> None:
         self.consumers.add(signal, consumer)
@@ -55,13 +59,13 @@ class OtlpReceiver:
                 where = f"receivers.{self.component_id}.protocols.grpc"
                 self.grpc = OtlpGrpcServer(protocols.grpc, self.consumers,
                                            resolve_authenticator(protocols.grpc.auth, self.authenticators, where),
-                                           where)
+                                           where, self.memory_limiter)
                 self.grpc.start()
             if protocols.http is not None:
                 where = f"receivers.{self.component_id}.protocols.http"
                 self.http = OtlpHttpServer(protocols.http, self.consumers,
                                            resolve_authenticator(protocols.http.auth, self.authenticators, where),
-                                           where)
+                                           where, self.memory_limiter)
                 self.http.start()
         except OtelMeterError:
             self.shutdown(grace=0)  # the one that did start must not keep taking data
