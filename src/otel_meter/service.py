@@ -26,7 +26,7 @@ class Service:
         self.pipelines: list[UsagePipeline] = []
         self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
                                           "meters": config.meters, "extension": self._extension, "rate_cards": {},
-                                          "metrics": ServiceMetrics(self.pipelines, self.exporters)}
+                                          "metrics": ServiceMetrics(self.pipelines, self.exporters, self.receivers)}
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._build()

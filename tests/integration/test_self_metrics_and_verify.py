@@ -58,6 +58,9 @@ def test_metrics_count_received_accepted_rejected_duplicate_and_queued_items(met
     assert found[("otel_meter_dedup_duplicate_items_total", TRACES)] == 2
     assert found[("otel_meter_pipeline_usage_rows_total", TRACES)] == 8  # 4 spans x input and output
     assert found[("otel_meter_pipeline_unpriced_rows_total", TRACES)] == 2  # llama-3 is not on the card
+    for transport in ("grpc", "http"):  # nothing was refused for overload
+        otlp = (("receiver", "otlp"), ("transport", transport))
+        assert found[("otel_meter_receiver_refused_requests_total", otlp)] == 0
     clickhouse = (("exporter", "clickhouse"),)
     assert found[("otel_meter_exporter_queued_records", clickhouse)] == 0
     assert found[("otel_meter_exporter_failed_inserts_total", clickhouse)] == 0

@@ -271,6 +271,31 @@ def test_the_registry_exposes_pipelines_and_exporters_at_scrape_time() -> None:
     assert any(name == "process_resident_memory_bytes" for name, _ in found)
 
 
+class Admission:
+    def __init__(self, refused: int) -> None:
+        self.refused = refused
+
+
+class Server:
+    def __init__(self, refused: int) -> None:
+        self.admission = Admission(refused)
+
+
+class Receiver:
+    def __init__(self, grpc: Server | None, http: Server | None) -> None:
+        self.grpc, self.http = grpc, http
+
+
+def test_requests_refused_by_admission_control_are_read_from_each_receivers_servers() -> None:
+    receivers = {"otlp": Receiver(Server(4), Server(0)), "otlp/internal": Receiver(None, Server(7))}
+    found = samples(ServiceMetrics([], {}, receivers).exposition()[0].decode())
+    refused = {labels: value for (name, labels), value in found.items()
+               if name == "otel_meter_receiver_refused_requests_total"}
+    assert refused == {(("receiver", "otlp"), ("transport", "grpc")): 4,
+                       (("receiver", "otlp"), ("transport", "http")): 0,
+                       (("receiver", "otlp/internal"), ("transport", "http")): 7}
+
+
 def test_two_services_in_one_process_keep_separate_counts() -> None:
     first, second = traces_pipeline(Exporter()), traces_pipeline(Exporter())
     first_metrics, second_metrics = ServiceMetrics([first], {}), ServiceMetrics([second], {})
@@ -304,7 +329,8 @@ def test_every_metric_is_documented_in_operations_md() -> None:
 
     text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
     section = text.split("## Self-metrics", 1)[1].split("\n## ", 1)[0]
-    content, _ = ServiceMetrics([traces_pipeline(Exporter())], {"clickhouse": FlushingExporter()}).exposition()
+    content, _ = ServiceMetrics([traces_pipeline(Exporter())], {"clickhouse": FlushingExporter()},
+                                {"otlp": Receiver(Server(1), None)}).exposition()
     names = {sample.name.removesuffix("_created") for family in text_string_to_metric_families(content.decode())
              for sample in family.samples if sample.name.startswith("otel_meter_")}
     assert names and {name for name in names if f"| `{name}` |" not in section} == set()

@@ -109,16 +109,38 @@ class ExporterCollector(Collector):
             yield family
 
 
+class ReceiverCollector(Collector):
+    """Requests each receiver's servers refused before reading them (admission control: too many
+    concurrent requests, too many bytes in flight, the memory limiter), read at scrape time."""
+
+    def __init__(self, receivers: Mapping[str, Any]) -> None:
+        self.receivers = receivers
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            f"{PREFIX}_receiver_refused_requests", "Requests refused before their items were read (overload: "
+            "concurrent requests, bytes in flight, memory limiter); clients retry them.",
+            labels=["receiver", "transport"])
+        for receiver_id, receiver in list(self.receivers.items()):
+            for transport in ("grpc", "http"):
+                admission = getattr(getattr(receiver, transport, None), "admission", None)
+                if admission is not None:
+                    refused.add_metric([receiver_id, transport], float(getattr(admission, "refused", 0) or 0))
+        yield refused
+
+
 class ServiceMetrics:
     """The registry of one service.
 
-    ``pipelines`` and ``exporters`` are the service's own containers, read at every scrape,
-    so they may be filled after this object is made."""
+    ``pipelines``, ``exporters`` and ``receivers`` are the service's own containers, read at
+    every scrape, so they may be filled after this object is made."""
 
-    def __init__(self, pipelines: Iterable[CountedPipeline], exporters: Mapping[str, Any]) -> None:
+    def __init__(self, pipelines: Iterable[CountedPipeline], exporters: Mapping[str, Any],
+                 receivers: Mapping[str, Any] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         Info(f"{PREFIX}_build", "The running otel-meter.", registry=self.registry).info({"version": __version__})
         self.registry.register(PipelineCollector(pipelines))
+        self.registry.register(ReceiverCollector(receivers if receivers is not None else {}))
         self.registry.register(ExporterCollector(exporters))
         ProcessCollector(registry=self.registry)
 
