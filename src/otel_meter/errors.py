@@ -31,3 +31,9 @@ class ExportError(OtelMeterError):
 
 class QueueFullError(ExportError):
     """The local queue holds as much unstored usage as it may: backpressure, retry later."""
+
+
+class StoreUnavailableError(StoreError, ExportError):
+    """A ClickHouse server cannot be reached (or keeps failing) right now. Usage already
+    acknowledged waits in the local queue; a request that needs the store to be answered
+    exactly (a dedup check of an older event) is refused retryably."""

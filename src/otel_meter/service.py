@@ -8,6 +8,7 @@ import threading
 from otel_meter.component import EVENTS, BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+from otel_meter.exporters.clickhouse.factory import queue_directory
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 from otel_meter.storage.store import Store, resolve_location
@@ -48,9 +49,13 @@ class Service:
             if isinstance(exporter_config, ClickHouseExporterConfig):
                 key = exporter_config.store_key
                 if key not in self.stores:
-                    store = Store(resolve_location(exporter_config.endpoint, exporter_config.database))
-                    if exporter_config.create_schema:
-                        store.migrate()
+                    # A server that cannot be reached yet does not stop the start: the store
+                    # connects and migrates on first use; the local copy of the rate cards
+                    # lives next to the first exporter's queue.
+                    location = resolve_location(exporter_config.endpoint, exporter_config.database)
+                    state = None if location.embedded_path else queue_directory(exporter_config, location)
+                    store = Store.open(location, migrate=exporter_config.create_schema, state_directory=state,
+                                       send_receive_timeout=exporter_config.timeout.total_seconds())
                     logger.info("usage store: %s", store.location.describe())
                     self.stores[key] = store
         for exporter_id in sorted(used_exporters):

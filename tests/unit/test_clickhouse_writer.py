@@ -268,3 +268,49 @@ def test_usage_queued_before_an_upgrade_added_columns_is_replayed_with_neutral_v
     assert tuple(table.column_names) == COLUMNS
     assert table["rate_rule"].to_pylist() == [""] * 3 and table["cost"].to_pylist() == [0] * 3
     assert store.stored_quantity() == 30
+
+
+def test_a_store_down_at_start_leaves_the_replay_to_the_writer_which_resumes_the_interrupted_insert_first(
+        tmp_path: Path) -> None:
+    store = TokenDedupStore()
+    writer = exporter(store, tmp_path, start=False)
+    writer._queue_thread.start()
+    writer.submit(rows(3, "first", quantity=2)).wait()
+    writer.submit(rows(2, "second", quantity=5)).wait()
+    plan = writer._plan_records()
+    writer.journal.begin(plan)                          # an insert was under way when the process died
+    writer.journal.close()
+
+    down = TokenDedupStore(failures=10**9)
+    restarted = exporter(down, tmp_path, start=False)   # recover() gives up after one failed attempt
+    assert restarted.queued_records == 2
+    assert [attempt[1] for attempt in down.attempts] == [plan.token]
+    down.failures = 2                                    # the store comes back after two more failures
+    restarted.start()
+    wait_for(lambda: restarted.queued_records == 0)
+    restarted.shutdown()
+    assert {token for _, token in down.attempts} == {plan.token}
+    assert (down.stored_rows(), down.stored_quantity()) == (5, 16)
+
+
+def test_the_writer_counts_what_it_flushed_and_what_failed(tmp_path: Path) -> None:
+    store = TokenDedupStore(failures=2)
+    writer = exporter(store, tmp_path)
+    writer.submit(rows(4)).wait()
+    wait_for(lambda: writer.queued_records == 0)
+    writer.submit(rows(3, "other")).wait()
+    wait_for(lambda: writer.queued_records == 0)
+    writer.shutdown()
+    assert (writer.flushed_records, writer.flushed_rows, writer.failed_inserts) == (2, 7, 2)
+    assert 0 < writer.last_flush_seconds < 5
+
+
+def test_queued_usage_reads_the_records_not_stored_yet(tmp_path: Path) -> None:
+    down = TokenDedupStore(failures=10**9)
+    writer = exporter(down, tmp_path, shutdown_timeout=timedelta(milliseconds=100))
+    writer.submit(rows(2, "a")).wait()
+    writer.submit(rows(1, "b")).wait()
+    tables = list(writer.queued_usage(["event_id", "event_time", "no_such_column"]))
+    writer.shutdown()
+    assert [table.column_names for table in tables] == [["event_id", "event_time"]] * len(tables)
+    assert sorted(id_ for table in tables for id_ in table["event_id"].to_pylist()) == ["a-0", "a-1", "b-0"]

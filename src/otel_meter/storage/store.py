@@ -3,31 +3,52 @@
 ``chdb://PATH`` opens the real ClickHouse engine in this process (one process owns a
 path); ``http(s)://user:pass@host:8123/db`` talks to a ClickHouse server or cluster.
 The same SQL serves both.
+
+A server may be unreachable when the service starts, or go away for a while. The service
+then starts anyway (:meth:`Store.open`): the store connects, creates the database and
+applies the migrations on first use, at most one attempt a second. Until then calls fail
+fast with :class:`StoreUnavailableError`, acknowledged usage waits in the exporters' local
+queues (attached with :meth:`Store.attach_queue`, so the dedup and metric-series answers
+include it), and the rate card history is answered from a local copy, with versions
+applied meanwhile inserted before the next usage block.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
-from otel_meter.errors import StoreError, StoreLockedError
+from otel_meter.errors import StoreError, StoreLockedError, StoreUnavailableError
 from otel_meter.storage import queries
 
 if TYPE_CHECKING:
     from otel_meter.rating.rate_card import CardVersion, RateCard
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RECONNECT_INTERVAL = 1.0
+"""Seconds between two attempts to reach a server that is not connected yet."""
+RATE_CARDS_COPY = "rate-cards.json"
+"""The local copy of the applied rate card versions, in the state directory."""
+
+QueuedUsage = Callable[[list[str]], Iterable[pa.Table]]
+"""Given column names, the blocks of usage acknowledged but not yet stored (oldest first)."""
 
 INSERT_SETTINGS = {
     # Set explicitly: defaults differ across ClickHouse versions (26.x turned async_insert on).
@@ -68,11 +89,107 @@ def resolve_location(endpoint: str, database: str) -> StoreLocation:
 
 
 class Store:
-    """Schema, inserts and queries; safe to share between threads."""
+    """Schema, inserts and queries; safe to share between threads.
 
-    def __init__(self, location: StoreLocation, connect_timeout: float = 10.0) -> None:
+    ``Store(location)`` connects at once and raises :class:`StoreError` if it cannot (the
+    CLI's way). :meth:`open` is the service's: a server that cannot be reached yet is
+    connected to on first use instead.
+    """
+
+    def __init__(self, location: StoreLocation, connect_timeout: float = 10.0, *,
+                 send_receive_timeout: float | None = None, connect: bool = True, migrate_on_connect: bool = False,
+                 state_directory: Path | None = None) -> None:
         self.location = location
-        self.client = self._connect(connect_timeout)
+        self.connect_timeout = connect_timeout
+        self.send_receive_timeout = send_receive_timeout
+        self.migrate_on_connect = migrate_on_connect
+        self.state_directory = state_directory
+        self._client: Client | None = None
+        self._connecting = threading.Lock()
+        self._next_attempt = 0.0
+        self._failures = 0
+        self._down_since: float | None = None
+        self._last_error = "not connected yet"
+        self._queues: list[QueuedUsage] = []
+        self._cards_lock = threading.Lock()
+        self._pending_cards: list[list[Any]] = self._read_cards_copy().get("pending", [])
+        """Rate card version rows applied while the store was unreachable, not inserted yet."""
+        if connect:
+            self._client = self._connect(connect_timeout)
+
+    @classmethod
+    def open(cls, location: StoreLocation, *, migrate: bool, state_directory: Path | None = None,
+             connect_timeout: float = 10.0, send_receive_timeout: float | None = None) -> "Store":
+        """The service's store. An embedded store opens (and migrates) now or raises; a server
+        that cannot be reached is logged and connected to (and migrated) on first use."""
+        store = cls(location, connect_timeout, send_receive_timeout=send_receive_timeout, connect=False,
+                    migrate_on_connect=migrate, state_directory=state_directory)
+        if location.embedded_path is not None:
+            store._client = store._connect(connect_timeout)
+            if migrate:
+                store.migrate()
+            return store
+        try:
+            store._ready_client()
+        except StoreUnavailableError as error:
+            logger.warning("%s; starting anyway: acknowledged usage waits in the local queue and is stored "
+                           "once the server answers (retried every %.0fs)", error, RECONNECT_INTERVAL)
+        return store
+
+    @property
+    def client(self) -> Client:
+        """The connected client; connects first if needed. Raises StoreUnavailableError when a
+        server cannot be reached (fast, while the last attempt is less than a second old)."""
+        return self._ready_client()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def _ready_client(self) -> Client:
+        client = self._client
+        if client is not None:
+            return client
+        if time.monotonic() < self._next_attempt or not self._connecting.acquire(blocking=False):
+            raise self._unavailable()
+        try:
+            if self._client is not None:
+                return self._client
+            try:
+                client = self._connect(self.connect_timeout)
+                if self.migrate_on_connect:
+                    applied = _migrate(client)
+                    if applied:
+                        logger.info("applied %d migration(s) to %s: %s", len(applied), self.location.describe(),
+                                    ", ".join(applied))
+            except StoreLockedError:
+                raise
+            except StoreError as error:
+                self._failed(str(error))
+                raise self._unavailable() from None
+            except Exception as error:  # a migration statement failing on a server going away
+                self._failed(f"cannot prepare {self.location.describe()}: {first_line(error)}")
+                raise self._unavailable() from None
+            if self._failures:
+                logger.info("connected to %s after %d failed attempt(s) over %.1fs", self.location.describe(),
+                            self._failures, time.monotonic() - (self._down_since or time.monotonic()))
+            else:
+                logger.info("connected to %s", self.location.describe())
+            self._failures, self._down_since = 0, None
+            self._client = client
+            return client
+        finally:
+            self._connecting.release()
+
+    def _failed(self, message: str) -> None:
+        self._failures += 1
+        self._last_error = message
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._next_attempt = time.monotonic() + RECONNECT_INTERVAL
+
+    def _unavailable(self) -> StoreUnavailableError:
+        return StoreUnavailableError(f"{self.location.describe()} is unreachable ({self._last_error})")
 
     def _connect(self, connect_timeout: float) -> Client:
         location = self.location
@@ -83,11 +200,21 @@ class Store:
                 bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(location.database)}")
                 return clickhouse_connect.get_client(dsn=location.dsn, database=location.database)
             parts = urlsplit(location.dsn)
-            bootstrap = clickhouse_connect.get_client(dsn=location.dsn, database="default",
-                                                      connect_timeout=connect_timeout)
-            bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(location.database)}")
+            # No HTTP session: the exporter, the dedup checks of requests and the usage API
+            # share this client from several threads, and a ClickHouse session takes one
+            # query at a time (clickhouse-connect refuses a second one at once: "Attempt to
+            # execute concurrent queries within the same session"). Nothing here needs
+            # session state.
+            options: dict[str, Any] = {"connect_timeout": connect_timeout, "autogenerate_session_id": False}
+            if self.send_receive_timeout is not None:
+                options["send_receive_timeout"] = self.send_receive_timeout
+            bootstrap = clickhouse_connect.get_client(dsn=location.dsn, database="default", **options)
+            try:
+                bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(location.database)}")
+            finally:
+                bootstrap.close()
             return clickhouse_connect.get_client(dsn=parts._replace(path="").geturl(), database=location.database,
-                                                 connect_timeout=connect_timeout)
+                                                 **options)
         except Exception as error:  # clickhouse-connect and chDB raise several unrelated types
             text = str(error)
             if "Cannot lock file" in text or "already running" in text or "EmbeddedServer" in text:
@@ -96,48 +223,122 @@ class Store:
                     f"stop it, or query it through its usage API") from None
             raise StoreError(f"cannot open {location.describe()}: {text.splitlines()[0] if text else error!r}") from None
 
+    def _call(self, what: str, operation: Callable[[Client], T]) -> T:
+        """Run a read the service cannot answer without: any failure is the store being
+        unavailable (the caller's request is refused retryably), never a wrong answer."""
+        client = self._ready_client()
+        try:
+            return operation(client)
+        except Exception as error:
+            logger.warning("%s failed on %s: %s", what, self.location.describe(), first_line(error))
+            raise StoreUnavailableError(f"{what} failed on {self.location.describe()}: {first_line(error)}") from None
+
+    # -- the local queues --------------------------------------------------------------------------
+
+    def attach_queue(self, queued: QueuedUsage) -> None:
+        """An exporter's queue of usage acknowledged but not stored yet: what the store will
+        hold. The dedup and metric-series answers include it."""
+        self._queues.append(queued)
+
+    def _queued(self, columns: list[str]) -> Iterable[pa.Table]:
+        for queued in self._queues:
+            yield from queued(columns)
+
+    def queued_event_ids(self) -> list[tuple[str, int]]:
+        """(event id, event time ns) of the usage in the local queues."""
+        found: list[tuple[str, int]] = []
+        for table in self._queued(["event_id", "event_time"]):
+            times = table["event_time"].cast(pa.int64()).to_pylist()
+            found.extend(zip(table["event_id"].to_pylist(), times))
+        return found
+
+    def _queued_metric_series(self) -> dict[str, tuple[int, str, str]]:
+        """series -> (event time ns, event id, cumulative value) of its latest queued point."""
+        latest: dict[str, tuple[int, str, str]] = {}
+        for table in self._queued(["event_id", "event_time", "dimensions"]):
+            series = pc.map_lookup(table["dimensions"], "otel_meter.series", "first")
+            values = pc.map_lookup(table["dimensions"], "otel_meter.cumulative", "first")
+            times = table["event_time"].cast(pa.int64())
+            for key, event_id, event_time, value in zip(series.to_pylist(), table["event_id"].to_pylist(),
+                                                        times.to_pylist(), values.to_pylist()):
+                if key is not None and value is not None and (key not in latest or event_time >= latest[key][0]):
+                    latest[key] = (event_time, event_id, value)
+        return latest
+
     def migrate(self) -> list[str]:
         """Apply the numbered SQL migrations not yet recorded; returns the names applied."""
-        self.client.command(queries.CREATE_MIGRATIONS_TABLE)
-        applied = {row[0] for row in self.client.query(queries.APPLIED_MIGRATIONS).result_rows}
-        done = []
-        for version, name, sql in available_migrations():
-            if version in applied:
-                continue
-            for statement in split_statements(sql):
-                self.client.command(statement)
-            self.client.insert("schema_migrations", [[version, name]], column_names=["version", "name"],
-                               settings={"async_insert": 0})
-            done.append(name)
-            logger.info("applied migration %s", name)
-        return done
+        return _migrate(self.client)
 
     def insert_usage(self, table: pa.Table, token: str) -> None:
-        """Insert one block; the token makes a retry of the same block a no-op in every table."""
-        self.client.insert_arrow("usage_ingest", table,
-                                 settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+        """Insert one block; the token makes a retry of the same block a no-op in every table.
+
+        Rate card versions applied while the store was unreachable go in first, so stored
+        usage never names a version the store does not hold."""
+        client = self._ready_client()
+        if self._pending_cards:
+            self._insert_pending_cards(client)
+        client.insert_arrow("usage_ingest", table, settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
 
     def recent_event_ids(self, since_ns: int) -> list[tuple[str, int]]:
-        result = self.client.query(queries.RECENT_EVENT_IDS, parameters={"since": since_ns})
-        return [(row[0], row[1]) for row in result.result_rows]
+        """Ids of the events stored since ``since_ns``, and of every event in the local queues.
+        Raises StoreUnavailableError when the store cannot be read (then only
+        :meth:`queued_event_ids` can be known)."""
+        queued = self.queued_event_ids()  # before the store: a record stored meanwhile is then seen twice, not never
+        result = self._call("reading recent event ids",
+                            lambda client: client.query(queries.RECENT_EVENT_IDS, parameters={"since": since_ns}))
+        return [(row[0], row[1]) for row in result.result_rows] + queued
 
     def stored_event_ids(self, event_ids: list[str], min_ns: int, max_ns: int) -> set[str]:
-        result = self.client.query(queries.STORED_EVENT_IDS,
-                                   parameters={"ids": event_ids, "min": min_ns, "max": max_ns})
+        """The given ids already stored. Raises StoreUnavailableError (retryable) when the
+        store cannot answer: an event must not be counted on a guess."""
+        result = self._call("checking event ids", lambda client: client.query(
+            queries.STORED_EVENT_IDS, parameters={"ids": event_ids, "min": min_ns, "max": max_ns}))
         return {row[0] for row in result.result_rows}
 
     def metric_series(self) -> list[tuple[str, int, Decimal]]:
-        """The last cumulative value of each metric series seen in the past week, to resume deltas."""
-        rows = self.client.query(queries.METRIC_SERIES).result_rows
-        return [(series, int(event_id.rsplit(":", 2)[1]), Decimal(value)) for series, event_id, value in rows]
+        """The last cumulative value of each metric series seen in the past week (stored or
+        queued), to resume deltas. Raises StoreUnavailableError when the store cannot be read."""
+        latest = self._queued_metric_series()  # before the store, as in recent_event_ids
+        rows = self._call("reading metric series", lambda client: client.query(queries.METRIC_SERIES).result_rows)
+        for series, event_id, value in rows:
+            event_time = int(event_id.rsplit(":", 1)[1])
+            if series not in latest or event_time > latest[series][0]:
+                latest[series] = (event_time, event_id, value)
+        return [(series, int(event_id.rsplit(":", 2)[1]), Decimal(value))
+                for series, (_, event_id, value) in latest.items()]
 
     def rate_card_versions(self) -> list[CardVersion]:
-        """Every applied card version, in the order applied (a version's first application wins)."""
+        """Every applied card version, in the order applied (a version's first application wins).
+
+        From the store, keeping a local copy (with a state directory); while a server is
+        unreachable, from that copy plus the versions applied meanwhile. Raises
+        StoreUnavailableError when neither is there."""
         from otel_meter.rating.rate_card import parse_rate_card
+
+        try:
+            rows = [list(row) for row in self._call(
+                "reading rate cards", lambda client: client.query(queries.RATE_CARD_VERSIONS).result_rows)]
+            with self._cards_lock:
+                pending = list(self._pending_cards)
+                self._write_cards_copy(rows)
+        except StoreUnavailableError as error:
+            copy = self._read_cards_copy()
+            if "rows" not in copy:
+                where = self.state_directory / RATE_CARDS_COPY if self.state_directory else "none kept"
+                raise StoreUnavailableError(
+                    f"{error}, and there is no local copy of the applied rate cards ({where}): rating cannot "
+                    f"start without them. Start once the store is reachable; the copy is kept from then on") from None
+            logger.warning("rate cards: %s; rating with the local copy of %s", error,
+                           self.state_directory / RATE_CARDS_COPY if self.state_directory else "")
+            rows = copy["rows"]
+            with self._cards_lock:
+                pending = list(self._pending_cards)
+        known = {(row[0], row[1]) for row in rows}
+        rows = rows + [[row[0], row[1], row[6], row[7]] for row in pending if (row[0], row[1]) not in known]
 
         versions: list[CardVersion] = []
         parsed: dict[tuple[str, str], RateCard] = {}
-        for card_id, version, document, source in self.client.query(queries.RATE_CARD_VERSIONS).result_rows:
+        for card_id, version, document, source in rows:
             card = parsed.get((document, source))
             if card is None:
                 card = parsed[(document, source)] = parse_rate_card(document, source, default_id=card_id)
@@ -145,22 +346,75 @@ class Store:
         return versions
 
     def insert_rate_card_versions(self, versions: list[CardVersion], document: str, source: str) -> None:
-        """All versions of one apply in one block: they land together or not at all."""
+        """All versions of one apply in one block: they land together or not at all. While
+        a server is unreachable they are kept locally and inserted before the next usage."""
         applied_at = time.time_ns() // 1000
         rows = [[v.card_id, v.version, v.effective_from_ns, v.kind, v.currency, v.content, document, source,
                  applied_at] for v in versions]
-        table = pa.table({
-            "card_id": pa.array([r[0] for r in rows], pa.string()),
-            "version": pa.array([r[1] for r in rows], pa.string()),
-            "effective_from": pa.array([r[2] for r in rows], pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
-            "kind": pa.array([r[3] for r in rows], pa.string()),
-            "currency": pa.array([r[4] for r in rows], pa.string()),
-            "content": pa.array([r[5] for r in rows], pa.string()),
-            "document": pa.array([r[6] for r in rows], pa.string()),
-            "source": pa.array([r[7] for r in rows], pa.string()),
-            "applied_at": pa.array([r[8] for r in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        })
-        self.client.insert_arrow("rate_cards", table, settings=dict(INSERT_SETTINGS))
+        if self.location.embedded_path is not None or self.state_directory is None:
+            self.client.insert_arrow("rate_cards", rate_cards_table(rows), settings=dict(INSERT_SETTINGS))
+            return
+        with self._cards_lock:
+            self._pending_cards.extend(rows)
+            self._write_cards_copy(None)
+        try:
+            self._insert_pending_cards(self._ready_client())
+        except StoreUnavailableError as error:
+            logger.warning("rate card version(s) %s kept locally and inserted once the store answers: %s",
+                           ", ".join(f"{row[0]}/{row[1]}" for row in rows), error)
+        except Exception as error:  # the server failing: the next usage insert tries again
+            logger.warning("rate card version(s) %s kept locally, insert failed (retried before the next usage "
+                           "insert): %s", ", ".join(f"{row[0]}/{row[1]}" for row in rows), first_line(error))
+
+    def _insert_pending_cards(self, client: Client) -> None:
+        with self._cards_lock:
+            pending = list(self._pending_cards)
+            if not pending:
+                return
+            # One block per apply (same applied_at). A retry after a lost answer may store a
+            # version twice: harmless, a version's first application is the one read.
+            groups: dict[int, list[list[Any]]] = {}
+            for row in pending:
+                groups.setdefault(row[8], []).append(row)
+            for _, rows in sorted(groups.items()):
+                client.insert_arrow("rate_cards", rate_cards_table(rows), settings=dict(INSERT_SETTINGS))
+            self._pending_cards = self._pending_cards[len(pending):]
+            stored = self._read_cards_copy().get("rows")
+            self._write_cards_copy(None if stored is None else stored + [[r[0], r[1], r[6], r[7]] for r in pending])
+            logger.info("rate cards: inserted %d version(s) applied while the store was unreachable", len(pending))
+
+    def _read_cards_copy(self) -> dict[str, Any]:
+        if self.state_directory is None:
+            return {}
+        path = self.state_directory / RATE_CARDS_COPY
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            logger.warning("ignoring the local copy of the rate cards %s: %s", path, error)
+            return {}
+
+    def _write_cards_copy(self, rows: list[list[Any]] | None) -> None:
+        """Rewrite the copy (atomically): ``rows`` as the stored versions (None: keep them),
+        and the versions not inserted yet. Call with ``_cards_lock`` held."""
+        if self.state_directory is None:
+            return
+        copy = self._read_cards_copy()
+        if rows is not None:
+            copy["rows"] = rows
+        copy["pending"] = self._pending_cards
+        path = self.state_directory / RATE_CARDS_COPY
+        try:
+            self.state_directory.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            with open(temporary, "w") as handle:
+                json.dump(copy, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as error:
+            logger.warning("cannot write the local copy of the rate cards %s: %s", path, error.strerror)
 
     def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple]:
         return self.client.query(sql, parameters=parameters).result_rows
@@ -173,7 +427,43 @@ class Store:
             return False
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+
+
+def _migrate(client: Client) -> list[str]:
+    client.command(queries.CREATE_MIGRATIONS_TABLE)
+    applied = {row[0] for row in client.query(queries.APPLIED_MIGRATIONS).result_rows}
+    done = []
+    for version, name, sql in available_migrations():
+        if version in applied:
+            continue
+        for statement in split_statements(sql):
+            client.command(statement)
+        client.insert("schema_migrations", [[version, name]], column_names=["version", "name"],
+                      settings={"async_insert": 0})
+        done.append(name)
+        logger.info("applied migration %s", name)
+    return done
+
+
+def rate_cards_table(rows: list[list[Any]]) -> pa.Table:
+    return pa.table({
+        "card_id": pa.array([r[0] for r in rows], pa.string()),
+        "version": pa.array([r[1] for r in rows], pa.string()),
+        "effective_from": pa.array([r[2] for r in rows], pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        "kind": pa.array([r[3] for r in rows], pa.string()),
+        "currency": pa.array([r[4] for r in rows], pa.string()),
+        "content": pa.array([r[5] for r in rows], pa.string()),
+        "document": pa.array([r[6] for r in rows], pa.string()),
+        "source": pa.array([r[7] for r in rows], pa.string()),
+        "applied_at": pa.array([r[8] for r in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+    })
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else repr(error)
 
 
 def available_migrations() -> list[tuple[int, str, str]]:

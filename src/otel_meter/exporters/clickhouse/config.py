@@ -35,7 +35,18 @@ class ClickHouseExporterConfig(ComponentConfig):
     def _empty_means_defaults(cls, value: object) -> object:
         return {} if value is None else value
     shutdown_timeout: Duration = timedelta(seconds=30)
-    """How long shutdown (and start-up replay) keeps trying to store queued usage; what remains stays queued."""
+    """How long shutdown keeps trying to store queued usage (what remains stays queued), and
+    how long start-up replays the queue before leaving the rest to the running writer."""
+    timeout: Duration = timedelta(seconds=30)
+    """ClickHouse server only: how long a request may go without an answer (no byte, no
+    progress header) before it fails and is retried."""
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
 
     @field_validator("endpoint")
     @classmethod

@@ -10,6 +10,10 @@ Two threads, each with one job:
   which deduplication token the insert will use, inserts them as one block, and
   checkpoints. A retry, or a replay after a crash, inserts the very same block with
   the same token, which ClickHouse drops from every table if it already landed.
+
+A store that is down or unreachable (at start or later) only delays the store writer: it
+retries the same block with backoff, logging the first failure and then one line every
+30 s, while the queue writer keeps acknowledging into the queue until it is full.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 
-from otel_meter.errors import ExportError, QueueFullError, StoreError
+from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.exporters.clickhouse.arrow import conform, to_arrow
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
+from otel_meter.faults import crash_point
 from otel_meter.storage.store import Store, new_token
 from otel_meter.usage import UsageBatch
 
@@ -34,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_INSERT = 10_000
 MAX_BYTES_PER_INSERT = 64 * 1024 * 1024
+MAX_RETRY_DELAY = 5.0
+"""Longest pause between two attempts of a failing insert, in seconds."""
+FAILURE_LOG_INTERVAL = 30.0
+"""While inserts keep failing, one warning per this many seconds (the first failure is always logged)."""
 
 
 @dataclass
@@ -74,12 +84,31 @@ class ClickHouseExporter:
         self._stopping = False
         self._queue_thread = threading.Thread(target=self._run_queue_writer, name="usage-queue-writer", daemon=True)
         self._store_thread = threading.Thread(target=self._run_store_writer, name="usage-store-writer", daemon=True)
-        self.rows_stored = 0
+        self._resume_plan: InsertPlan | None = None
+        """The insert a previous run had begun and not finished, left to the store writer."""
+        # Self-metrics, read at scrape time.
+        self.flushed_records = 0
+        """Queue records inserted into the store."""
+        self.flushed_rows = 0
+        """Usage rows inserted into the store."""
+        self.failed_inserts = 0
+        """Insert attempts that raised (each is retried with the same block and token)."""
+        self.last_flush_seconds = 0.0
+        """How long the last successful insert took."""
+        attach = getattr(store, "attach_queue", None)
+        if attach is not None:
+            attach(self.queued_usage)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Store what a previous run acknowledged but did not store, before taking new data."""
+        """Store what a previous run acknowledged but did not store, before taking new data.
+
+        While the store takes the blocks (for up to ``shutdown_timeout``) this replays them
+        here. If an insert fails, or time runs out, the rest stays queued and the store
+        writer replays it, in order and before anything newer, once it runs: the service
+        starts and takes traffic meanwhile (the store's dedup answers include the queue).
+        """
         deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
         replayed = 0
         while self.journal.checkpoint < self.journal.last_id:
@@ -87,9 +116,12 @@ class ClickHouseExporter:
             if plan is None:
                 plan = self._plan_records()
                 self.journal.begin(plan)
-            if not self._insert(plan, deadline):
-                raise StoreError(f"{self.journal.last_id - self.journal.checkpoint} queued record(s) from the last "
-                                 f"run could not be stored within shutdown_timeout; is the store reachable?")
+            if time.monotonic() > deadline or not self._insert(plan, deadline, attempts=1):
+                self._resume_plan = plan
+                logger.warning("%d queued record(s) from the last run are not in the store yet; they are stored "
+                               "first once the store takes them, while new usage is queued behind them",
+                               self.journal.last_id - self.journal.checkpoint)
+                break
             replayed += plan.last - plan.first + 1
         if replayed:
             logger.info("replayed %d queued record(s) into the store", replayed)
@@ -115,6 +147,17 @@ class ClickHouseExporter:
     @property
     def queued_records(self) -> int:
         return self.journal.last_id - self.journal.checkpoint
+
+    def queued_usage(self, columns: list[str]) -> Iterator[pa.Table]:
+        """The given columns of each record acknowledged and not yet stored, oldest first
+        (read from disk; a record stored meanwhile may still be included)."""
+        first, last = self.journal.checkpoint + 1, self.journal.last_id
+        try:
+            for _, payload in self.journal.read(first, last):
+                table = from_ipc(payload)
+                yield table.select([name for name in columns if name in table.column_names])
+        except FileNotFoundError:  # its segment was dropped meanwhile: stored
+            return
 
     # -- the queue writer ------------------------------------------------------------------------
 
@@ -151,6 +194,7 @@ class ClickHouseExporter:
             merged.extend(batch)
         try:
             payload = to_ipc(to_arrow(merged, time.time_ns() // 1000))
+            crash_point("before_queue_append")
             record_id = self.journal.append(payload)
         except JournalFullError as error:
             return QueueFullError(str(error))
@@ -167,6 +211,7 @@ class ClickHouseExporter:
             self.journal.rollback(record_id)
             logger.error("cannot fsync the local queue %s: %s", self.journal.directory, error)
             return ExportError(f"otel-meter cannot write its local queue ({error.strerror}); retry later")
+        crash_point("after_queue_fsync")
         with self._condition:
             self._record_rows[record_id] = len(merged)
             self._durable_id = record_id
@@ -192,7 +237,9 @@ class ClickHouseExporter:
                         return
                     self._condition.wait(interval)
                     continue
-                plan = self._plan_records()
+                plan, self._resume_plan = self._resume_plan, None
+                if plan is None:
+                    plan = self._plan_records()
             self.journal.begin(plan)
             if not self._insert(plan, deadline=None):
                 return
@@ -214,8 +261,9 @@ class ClickHouseExporter:
             last += 1
         return InsertPlan(first, last - 1, new_token())
 
-    def _insert(self, plan: InsertPlan, deadline: float | None) -> bool:
-        """Insert the plan's records, retrying the same block; False if the deadline passed first.
+    def _insert(self, plan: InsertPlan, deadline: float | None, attempts: int | None = None) -> bool:
+        """Insert the plan's records, retrying the same block; False if the deadline passed
+        (or ``attempts`` failed) first.
 
         Without a deadline it retries until the store takes the block, or, once shutdown
         has begun, for ``shutdown_timeout``.
@@ -223,23 +271,42 @@ class ClickHouseExporter:
         table = pa.concat_tables([conform(from_ipc(payload))
                                   for _, payload in self.journal.read(plan.first, plan.last)])
         delay = 0.05
+        failures = 0
+        first_failure = last_logged = 0.0
         while True:
+            started = time.monotonic()
             try:
+                crash_point("before_store_insert")
                 self.store.insert_usage(table, plan.token)
                 break
             except Exception as error:  # any store failure is retried with the same block and token
+                now = time.monotonic()
+                failures += 1
+                self.failed_inserts += 1
                 message = str(error).splitlines()[0] if str(error) else repr(error)
                 if deadline is None and self._stopping:
-                    deadline = time.monotonic() + self.config.shutdown_timeout.total_seconds()
-                if deadline is not None and time.monotonic() + delay > deadline:
+                    deadline = now + self.config.shutdown_timeout.total_seconds()
+                if (attempts is not None and failures >= attempts) or (deadline is not None and now + delay > deadline):
                     logger.error("usage insert failed, leaving it queued: %s", message)
                     return False
-                logger.warning("usage insert failed, retrying in %.2fs: %s", delay, message)
+                if failures == 1:
+                    first_failure = last_logged = now
+                    logger.warning("usage insert failed, retrying in %.2fs: %s", delay, message)
+                elif now - last_logged >= FAILURE_LOG_INTERVAL:
+                    last_logged = now
+                    logger.warning("usage insert failed, retrying in %.2fs: %s (%d attempts over %.0fs; %d record(s) "
+                                   "queued)", delay, message, failures, now - first_failure, self.queued_records)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+        self.last_flush_seconds = time.monotonic() - started
+        if failures:
+            logger.info("usage insert succeeded after %d failed attempt(s) over %.1fs; %d record(s) queued",
+                        failures, time.monotonic() - first_failure, self.queued_records)
+        crash_point("after_store_insert_before_checkpoint")
         self.journal.commit(plan)
         with self._condition:
             for record_id in range(plan.first, plan.last + 1):
                 self._record_rows.pop(record_id, None)
-        self.rows_stored += table.num_rows
+        self.flushed_records += plan.last - plan.first + 1
+        self.flushed_rows += table.num_rows
         return True

@@ -2,6 +2,7 @@ import logging
 import time
 
 from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.errors import StoreUnavailableError
 from otel_meter.processors.dedup.config import DedupConfig
 from otel_meter.processors.dedup.index import DedupIndex
 from otel_meter.processors.dedup.processor import DedupProcessor
@@ -22,7 +23,15 @@ def create(config: DedupConfig, context: BuildContext) -> DedupProcessor:
         shared_store=config.shared_store,
     )
     if store is not None:
-        loaded = store.recent_event_ids(horizon)
+        try:
+            loaded = store.recent_event_ids(horizon)
+        except StoreUnavailableError as error:
+            # Nothing stored is known: every event older than now is checked against the
+            # store (refused retryably until it answers); the queued ones are known here.
+            index.horizon_ns = now
+            loaded = store.queued_event_ids()
+            logger.warning("dedup index: %s; loaded the %d queued event ids only, older events are checked "
+                           "against the store once it answers", error, len(loaded))
         index.load(loaded)
         logger.info("dedup index loaded %d event ids newer than the preload horizon", len(index))
     return DedupProcessor(index)

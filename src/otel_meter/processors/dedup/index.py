@@ -80,7 +80,11 @@ class DedupIndex:
                 self._pending[event_id] = reservation
                 reservation.keys.append((event_id, event_time))
         if to_look_up:
-            self._admit_from_store(to_look_up, event_ids, event_times, decisions, reservation)
+            try:
+                self._admit_from_store(to_look_up, event_ids, event_times, decisions, reservation)
+            except BaseException:
+                self.resolve(reservation, stored=False)  # else the ids claimed above stay pending for good
+                raise
         return decisions, reservation
 
     def _admit_from_store(self, positions: list[int], event_ids: list[str], event_times: list[int],

@@ -1,4 +1,5 @@
 from otel_meter.component import LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
+from otel_meter.errors import StoreUnavailableError
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
@@ -10,7 +11,10 @@ def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcess
     processor = GenAIUsageProcessor(config, context.shared.get("meters", BUILTIN_METERS))
     store = context.shared.get("store")
     if store is not None:
-        processor.metrics.load_series(store.metric_series())
+        try:
+            processor.metrics.load_series(store.metric_series())
+        except StoreUnavailableError:
+            processor.metrics.defer_series(store.metric_series)
     return processor
 
 

@@ -58,13 +58,30 @@ class MetricsConverter:
         self._extra_keys = extra_keys
         self._series: dict[str, SeriesState] = {}
         self._lock = threading.Lock()
+        self._series_loader: SeriesLoader | None = None
+        """Set while the series could not be loaded at start (store unreachable)."""
 
     def load_series(self, rows: Iterable[tuple[str, int, Decimal]]) -> None:
         """Resume cumulative series from the store: (series key, start time ns, last cumulative value)."""
         for key, start_ns, value in rows:
             self._series[key] = SeriesState(start_ns, value)
 
+    def defer_series(self, loader: SeriesLoader) -> None:
+        """The series cannot be loaded now: a request with cumulative points first calls
+        ``loader``, and is refused with its error (retryable) until it succeeds, since a
+        series not resumed would be counted again from its start."""
+        self._series_loader = loader
+
+    def _load_deferred_series(self) -> None:
+        with self._lock:
+            if self._series_loader is None:
+                return
+            self.load_series(self._series_loader())
+            self._series_loader = None
+
     def convert(self, request: ExportMetricsServiceRequest) -> UsageBatch:
+        if self._series_loader is not None and has_cumulative_points(request):
+            self._load_deferred_series()
         batch = UsageBatch()
         changes: list[tuple[str, SeriesState | None, SeriesState]] = []
         extra = self._extra_keys()
@@ -184,6 +201,17 @@ def point_matches(meter: CompiledMeter, attributes: dict[str, str]) -> bool:
         if all(attributes.get(key) in allowed for key, allowed in block.attributes) and \
                 all(key in attributes for key in block.exists):
             return True
+    return False
+
+
+def has_cumulative_points(request: ExportMetricsServiceRequest) -> bool:
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind in ("sum", "histogram", "exponential_histogram") and \
+                        getattr(metric, kind).aggregation_temporality == CUMULATIVE:
+                    return True
     return False
 
 
