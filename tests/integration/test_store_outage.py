@@ -368,3 +368,88 @@ def test_kill_9_during_the_outage_then_restart_and_store_back_stores_everything_
     assert send_concurrently(server, everything, lambda: None, after=0) == set(everything)
     server.wait_until_stored()
     assert_stored_exactly_once(clickhouse.client(database), tokens_of(everything, everything))
+
+
+def test_a_store_that_hangs_delays_storage_but_loses_and_doubles_nothing(
+        server: RemoteMeterServer, proxy: FaultProxy, clickhouse: ClickHouseHttpFixture, database: str) -> None:
+    """Blackhole: connections accepted, nothing answered; inserts fail after the exporter's
+    ``timeout`` (5 s here) and are retried. Then a slow network (latency) before recovery."""
+    server.start()
+    factory = SpanFactory()
+    proxy.blackhole()
+    hung = batches_of(factory, "hung", 10)
+    assert send_concurrently(server, hung, lambda: None, after=0) == set(hung)
+    time.sleep(1)
+    assert server.queued_records() > 0
+    proxy.pass_through()  # answering again, slowly
+    proxy.latency(0.2)
+    slow = batches_of(factory, "slow", 5)
+    assert send_concurrently(server, slow, lambda: None, after=0) == set(slow)
+    recovery = server.wait_until_stored(within=20)
+    print(f"queue drained {recovery:.2f}s after the store stopped hanging (0.2 s latency per chunk)")
+    proxy.latency(0)
+    assert_stored_exactly_once(clickhouse.client(database), tokens_of({**hung, **slow}, {*hung, *slow}))
+
+
+def token_histogram(customer: str, start_ns: int, time_ns: int, input_tokens: int):
+    """A cumulative gen_ai.client.token.usage point, as an SDK exports it."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    def attributes(values: dict[str, str]) -> list:
+        return [KeyValue(key=key, value=AnyValue(string_value=value)) for key, value in values.items()]
+
+    point = metrics_pb2.HistogramDataPoint(
+        attributes=attributes({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                               "gen_ai.request.model": "gpt-4o", "gen_ai.token.type": "input"}),
+        start_time_unix_nano=start_ns, time_unix_nano=time_ns, count=1, sum=float(input_tokens))
+    metric = metrics_pb2.Metric(name="gen_ai.client.token.usage", unit="{token}", histogram=metrics_pb2.Histogram(
+        data_points=[point], aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE))
+    return ExportMetricsServiceRequest(resource_metrics=[metrics_pb2.ResourceMetrics(
+        resource={"attributes": attributes({"service.name": "chat-app", "customer.id": customer})},
+        scope_metrics=[metrics_pb2.ScopeMetrics(scope={"name": "tests"}, metrics=[metric])])])
+
+
+def export_metrics(server: RemoteMeterServer, request) -> grpc.StatusCode:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import MetricsServiceStub
+
+    with grpc.insecure_channel(server.grpc_endpoint) as channel:
+        try:
+            MetricsServiceStub(channel).Export(request, timeout=30)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+
+def test_cumulative_metrics_after_a_restart_during_an_outage_are_refused_until_the_series_can_be_resumed(
+        tmp_path: Path, proxy: FaultProxy, clickhouse: ClickHouseHttpFixture, database: str) -> None:
+    """A cumulative series must resume from its last stored value: with the store down at
+    start it cannot, so cumulative points are refused retryably until the store answers;
+    counting them from the series' start would count the first 1000 tokens twice."""
+    server = remote_server(tmp_path / "meter", proxy.url, database, metrics_pipeline=True)
+    server.start()
+    try:
+        series_start = time.time_ns() - 10**9
+        assert export_metrics(server, token_histogram("metrics", series_start, series_start + 1, 1000)) == \
+            grpc.StatusCode.OK
+        server.wait_until_stored()
+        server.stop()
+
+        proxy.refuse()
+        server.start()
+        later = token_histogram("metrics", series_start, time.time_ns(), 3000)  # 2000 more since the last point
+        assert export_metrics(server, later) == grpc.StatusCode.UNAVAILABLE
+        proxy.pass_through()
+        deadline = time.monotonic() + 15
+        while (status := export_metrics(server, later)) != grpc.StatusCode.OK:  # the client's retries
+            assert status == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.5)
+        server.wait_until_stored()
+        found = read_totals(clickhouse.client(database))
+        assert found.raw[("metrics", "input_tokens")] == (2, 3000)
+        for table in (found.line_items, found.hourly, found.daily):
+            assert table[("metrics", "input_tokens")][:2] == (2, 3000)
+    finally:
+        if server.process is not None:
+            server.kill()

@@ -111,6 +111,7 @@ class Store:
         self._down_since: float | None = None
         self._last_error = "not connected yet"
         self._queues: list[QueuedUsage] = []
+        self._closed = threading.Event()
         self._cards_lock = threading.Lock()
         self._pending_cards: list[list[Any]] = self._read_cards_copy().get("pending", [])
         """Rate card version rows applied while the store was unreachable, not inserted yet."""
@@ -134,7 +135,19 @@ class Store:
         except StoreUnavailableError as error:
             logger.warning("%s; starting anyway: acknowledged usage waits in the local queue and is stored "
                            "once the server answers (retried every %.0fs)", error, RECONNECT_INTERVAL)
+            threading.Thread(target=store._keep_connecting, name="store-connect", daemon=True).start()
         return store
+
+    def _keep_connecting(self) -> None:
+        """Until connected: so that the schema is ready and health checks see the server
+        come back even when no usage is waiting to be inserted."""
+        while self._client is None and not self._closed.wait(RECONNECT_INTERVAL):
+            try:
+                self._ready_client()
+            except StoreUnavailableError:
+                pass
+            except Exception:  # noqa: BLE001 - e.g. the embedded lock; never on a server
+                logger.exception("connecting to %s failed", self.location.describe())
 
     @property
     def client(self) -> Client:
@@ -420,13 +433,21 @@ class Store:
         return self.client.query(sql, parameters=parameters).result_rows
 
     def ping(self) -> bool:
+        """Whether the store answers now; never waits more than about two seconds (a
+        server not connected yet is being connected to in the background)."""
+        client = self._client
+        if client is None:
+            return False
         try:
-            self.client.command("SELECT 1")
+            if self.location.embedded_path is None:
+                return client.ping(timeout=2)
+            client.command("SELECT 1")
             return True
         except Exception:
             return False
 
     def close(self) -> None:
+        self._closed.set()
         if self._client is not None:
             self._client.close()
 
