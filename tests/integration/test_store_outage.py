@@ -453,3 +453,37 @@ def test_cumulative_metrics_after_a_restart_during_an_outage_are_refused_until_t
     finally:
         if server.process is not None:
             server.kill()
+
+
+def test_a_rate_card_changed_during_an_outage_prices_new_usage_and_is_stored_once_the_store_is_back(
+        server: RemoteMeterServer, proxy: FaultProxy, clickhouse: ClickHouseHttpFixture, database: str) -> None:
+    from decimal import Decimal
+
+    from tests.integration.conftest import RATE_CARD
+
+    server.start()
+    factory = SpanFactory()
+    before = batches_of(factory, "old-price", 2)
+    assert send_concurrently(server, before, lambda: None, after=0) == set(before)
+    server.wait_until_stored()
+    server.stop()
+
+    proxy.refuse()
+    (server.workdir / "rate-card.yaml").write_text(RATE_CARD.replace('input_tokens: "2.50"', 'input_tokens: "5.00"'))
+    server.start()  # rates from the local copy of the history plus the changed file
+    after = batches_of(factory, "new-price", 2)
+    assert send_concurrently(server, after, lambda: None, after=0) == set(after)
+    proxy.pass_through()
+    server.wait_until_stored(within=15)
+
+    client = clickhouse.client(database)
+    versions = [version for (version,) in client.query("SELECT version FROM rate_cards ORDER BY applied_at")
+                .result_rows]
+    assert len(versions) == 2, versions
+    rows = client.query("SELECT customer, rate_card_version, sum(quantity), sum(amount) FROM line_items "
+                        "GROUP BY customer, rate_card_version").result_rows
+    for customer, version, quantity, amount in rows:
+        price = Decimal("5.00") if customer.startswith("new-price") else Decimal("2.50")
+        assert version == (versions[1] if customer.startswith("new-price") else versions[0])
+        assert amount == quantity * price / 1_000_000
+    assert "kept locally and inserted once the store answers" in server.log()
