@@ -44,6 +44,8 @@ T = TypeVar("T")
 
 RECONNECT_INTERVAL = 1.0
 """Seconds between two attempts to reach a server that is not connected yet."""
+FAILURE_LOG_INTERVAL = 30.0
+"""A read that keeps failing (each request's dedup check) is logged once per this many seconds."""
 RATE_CARDS_COPY = "rate-cards.json"
 """The local copy of the applied rate card versions, in the state directory."""
 
@@ -112,6 +114,7 @@ class Store:
         self._last_error = "not connected yet"
         self._queues: list[QueuedUsage] = []
         self._closed = threading.Event()
+        self._read_failure_logged: dict[str, float] = {}
         self._cards_lock = threading.Lock()
         self._pending_cards: list[list[Any]] = self._read_cards_copy().get("pending", [])
         """Rate card version rows applied while the store was unreachable, not inserted yet."""
@@ -243,7 +246,10 @@ class Store:
         try:
             return operation(client)
         except Exception as error:
-            logger.warning("%s failed on %s: %s", what, self.location.describe(), first_line(error))
+            now = time.monotonic()
+            if now - self._read_failure_logged.get(what, -FAILURE_LOG_INTERVAL) >= FAILURE_LOG_INTERVAL:
+                self._read_failure_logged[what] = now  # each request would log it: once per interval
+                logger.warning("%s failed on %s: %s", what, self.location.describe(), first_line(error))
             raise StoreUnavailableError(f"{what} failed on {self.location.describe()}: {first_line(error)}") from None
 
     # -- the local queues --------------------------------------------------------------------------

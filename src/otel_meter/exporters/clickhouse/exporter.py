@@ -85,6 +85,7 @@ class ClickHouseExporter:
         self._queue_thread = threading.Thread(target=self._run_queue_writer, name="usage-queue-writer", daemon=True)
         self._store_thread = threading.Thread(target=self._run_store_writer, name="usage-store-writer", daemon=True)
         self._resume_plan: InsertPlan | None = None
+        self._last_insert_error = ""
         """The insert a previous run had begun and not finished, left to the store writer."""
         # Self-metrics, read at scrape time.
         self.flushed_records = 0
@@ -118,9 +119,10 @@ class ClickHouseExporter:
                 self.journal.begin(plan)
             if time.monotonic() > deadline or not self._insert(plan, deadline, attempts=1):
                 self._resume_plan = plan
-                logger.warning("%d queued record(s) from the last run are not in the store yet; they are stored "
-                               "first once the store takes them, while new usage is queued behind them",
-                               self.journal.last_id - self.journal.checkpoint)
+                logger.warning("%d queued record(s) from the last run are not in the store yet (%s); they are "
+                               "stored first once the store takes them, while new usage is queued behind them",
+                               self.journal.last_id - self.journal.checkpoint,
+                               self._last_insert_error or "replay took longer than shutdown_timeout")
                 break
             replayed += plan.last - plan.first + 1
         if replayed:
@@ -286,7 +288,10 @@ class ClickHouseExporter:
                 message = str(error).splitlines()[0] if str(error) else repr(error)
                 if deadline is None and self._stopping:
                     deadline = now + self.config.shutdown_timeout.total_seconds()
-                if (attempts is not None and failures >= attempts) or (deadline is not None and now + delay > deadline):
+                self._last_insert_error = message
+                if attempts is not None and failures >= attempts:
+                    return False  # the caller says what happens next
+                if deadline is not None and now + delay > deadline:
                     logger.error("usage insert failed, leaving it queued: %s", message)
                     return False
                 if failures == 1:
