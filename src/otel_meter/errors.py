@@ -33,6 +33,11 @@ class QueueFullError(ExportError):
     """The local queue holds as much unstored usage as it may: backpressure, retry later."""
 
 
+class StoreAccessError(StoreError):
+    """A ClickHouse server refused the configured user, password or rights: a setting to fix,
+    not an outage to wait out."""
+
+
 class StoreUnavailableError(StoreError, ExportError):
     """A ClickHouse server cannot be reached (or keeps failing) right now. Usage already
     acknowledged waits in the local queue; a request that needs the store to be answered

@@ -487,3 +487,16 @@ def test_a_rate_card_changed_during_an_outage_prices_new_usage_and_is_stored_onc
         assert version == (versions[1] if customer.startswith("new-price") else versions[0])
         assert amount == quantity * price / 1_000_000
     assert "kept locally and inserted once the store answers" in server.log()
+
+
+def test_a_server_that_refuses_the_password_stops_the_start_instead_of_being_waited_for(tmp_path: Path) -> None:
+    """Refused credentials are a setting to fix, not an outage: the start fails and says so."""
+    guarded = ClickHouseHttpFixture(tmp_path / "guarded", password="right-password").start()
+    try:
+        assert guarded.client().query("SELECT 1").result_rows == [(1,)]
+        url = f"http://default:wrong-password@127.0.0.1:{guarded.port}"
+        server = remote_server(tmp_path / "meter", url, "guarded_db")
+        with pytest.raises(RuntimeError, match="refused the connection's user or rights.*AUTHENTICATION_FAILED"):
+            server.start(timeout=30)
+    finally:
+        guarded.stop()

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
-from otel_meter.errors import StoreError, StoreLockedError, StoreUnavailableError
+from otel_meter.errors import StoreAccessError, StoreError, StoreLockedError, StoreUnavailableError
 from otel_meter.storage import queries
 
 if TYPE_CHECKING:
@@ -44,8 +44,11 @@ T = TypeVar("T")
 
 RECONNECT_INTERVAL = 1.0
 """Seconds between two attempts to reach a server that is not connected yet."""
+ACCESS_ERROR_CODES = frozenset({192, 193, 194, 195, 497, 516})
+"""UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, IP_ADDRESS_NOT_ALLOWED, ACCESS_DENIED,
+AUTHENTICATION_FAILED: refused credentials or rights, which waiting does not fix."""
 FAILURE_LOG_INTERVAL = 30.0
-"""A read that keeps failing (each request's dedup check) is logged once per this many seconds."""
+"""A failure that repeats (each request's dedup check, a refused password) is logged once per this many seconds."""
 RATE_CARDS_COPY = "rate-cards.json"
 """The local copy of the applied rate card versions, in the state directory."""
 
@@ -114,7 +117,7 @@ class Store:
         self._last_error = "not connected yet"
         self._queues: list[QueuedUsage] = []
         self._closed = threading.Event()
-        self._read_failure_logged: dict[str, float] = {}
+        self._failure_logged: dict[str, float] = {}
         self._cards_lock = threading.Lock()
         self._pending_cards: list[list[Any]] = self._read_cards_copy().get("pending", [])
         """Rate card version rows applied while the store was unreachable, not inserted yet."""
@@ -125,7 +128,8 @@ class Store:
     def open(cls, location: StoreLocation, *, migrate: bool, state_directory: Path | None = None,
              connect_timeout: float = 10.0, send_receive_timeout: float | None = None) -> "Store":
         """The service's store. An embedded store opens (and migrates) now or raises; a server
-        that cannot be reached is logged and connected to (and migrated) on first use."""
+        that cannot be reached is logged and connected to (and migrated) on first use. A
+        server that refuses the credentials or rights raises StoreAccessError now."""
         store = cls(location, connect_timeout, send_receive_timeout=send_receive_timeout, connect=False,
                     migrate_on_connect=migrate, state_directory=state_directory)
         if location.embedded_path is not None:
@@ -149,7 +153,9 @@ class Store:
                 self._ready_client()
             except StoreUnavailableError:
                 pass
-            except Exception:  # noqa: BLE001 - e.g. the embedded lock; never on a server
+            except StoreAccessError as error:  # e.g. a password changed meanwhile
+                self._log_throttled("access", logging.ERROR, "%s", error)
+            except Exception:  # noqa: BLE001 - never expected on a server
                 logger.exception("connecting to %s failed", self.location.describe())
 
     @property
@@ -179,6 +185,9 @@ class Store:
                         logger.info("applied %d migration(s) to %s: %s", len(applied), self.location.describe(),
                                     ", ".join(applied))
             except StoreLockedError:
+                raise
+            except StoreAccessError as error:
+                self._failed(str(error))
                 raise
             except StoreError as error:
                 self._failed(str(error))
@@ -237,20 +246,33 @@ class Store:
                 raise StoreLockedError(
                     f"{location.describe()} is in use by another process (one process owns an embedded store); "
                     f"stop it, or query it through its usage API") from None
+            if getattr(error, "code", None) in ACCESS_ERROR_CODES:
+                raise StoreAccessError(
+                    f"{location.describe()} refused the connection's user or rights: "
+                    f"{text.splitlines()[0] if text else error!r}; check the user and password in the endpoint "
+                    f"and that the user may create the database and tables") from None
             raise StoreError(f"cannot open {location.describe()}: {text.splitlines()[0] if text else error!r}") from None
 
     def _call(self, what: str, operation: Callable[[Client], T]) -> T:
         """Run a read the service cannot answer without: any failure is the store being
         unavailable (the caller's request is refused retryably), never a wrong answer."""
-        client = self._ready_client()
+        try:
+            client = self._ready_client()
+        except StoreAccessError as error:  # refused credentials mid-run: the request is retried
+            raise StoreUnavailableError(str(error)) from None
         try:
             return operation(client)
         except Exception as error:
-            now = time.monotonic()
-            if now - self._read_failure_logged.get(what, -FAILURE_LOG_INTERVAL) >= FAILURE_LOG_INTERVAL:
-                self._read_failure_logged[what] = now  # each request would log it: once per interval
-                logger.warning("%s failed on %s: %s", what, self.location.describe(), first_line(error))
+            # Each request's dedup check would log it: once per interval.
+            self._log_throttled(what, logging.WARNING, "%s failed on %s: %s", what, self.location.describe(),
+                                first_line(error))
             raise StoreUnavailableError(f"{what} failed on {self.location.describe()}: {first_line(error)}") from None
+
+    def _log_throttled(self, key: str, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._failure_logged.get(key, -FAILURE_LOG_INTERVAL) >= FAILURE_LOG_INTERVAL:
+            self._failure_logged[key] = now
+            logger.log(level, message, *args)
 
     # -- the local queues --------------------------------------------------------------------------
 
