@@ -9,8 +9,11 @@ taken can finish within the spike allowance and the process stays below ``limit_
 
 Memory freed by Python is not always given back to the operating system (the C allocator
 keeps it for reuse), so above the soft limit the limiter first collects garbage and asks
-glibc to return free pages (``malloc_trim``), at most once a second, and reads the RSS
-again before it refuses: memory held only by the allocator must not stop the intake.
+glibc (``malloc_trim``) and Arrow's memory pool to return free pages, at most once a second,
+and reads the RSS again before it refuses: memory held only by an allocator must not stop
+the intake. The embedded ClickHouse engine has an allocator of its own (jemalloc), which
+keeps freed pages for seconds unless started with ``JE_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0``
+(see docs/operations.md, "Faults and overload").
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -85,9 +89,13 @@ _malloc_trim = _glibc_malloc_trim()
 
 
 def release_free_memory() -> None:
-    """Collect reference cycles, then give the C allocator's free pages back to the system."""
+    """Collect reference cycles, then give free pages back to the system: the C allocator's
+    (Python, protobuf) and Arrow's memory pool (the queue's records)."""
     gc.collect()
     _malloc_trim()
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
 
 
 class MemoryLimiter:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import grpc
 from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.integration.conftest import RATE_CARD, MeterServer, SpanFactory, chat
@@ -97,15 +97,13 @@ class Server(MeterServer):
         """``*_settings``: more keys, e.g. ``", max_in_flight_mib: 8"`` for a protocol, or lines
         (``"memory_limiter: {limit_mib: 900}"``) for the receiver and exporter. ``data``: the chDB directory."""
         (self.workdir / "rate-card.yaml").write_text(RATE_CARD)
-        receiver = textwrap.indent(receiver_settings, " " * 8).lstrip()
-        exporter = textwrap.indent(exporter_settings, " " * 8).lstrip()
-        self.config_path.write_text(textwrap.dedent(f"""\
+        config = textwrap.dedent(f"""\
             receivers:
               otlp:
                 protocols:
                   grpc: {{endpoint: 127.0.0.1:{self.grpc_port}{grpc_settings}}}
                   http: {{endpoint: 127.0.0.1:{self.http_port}{http_settings}}}
-                {receiver}
+                RECEIVER
             processors:
               genai_usage: {{}}
               dedup: {{}}
@@ -116,14 +114,17 @@ class Server(MeterServer):
             exporters:
               clickhouse:
                 endpoint: chdb://{data or self.workdir / 'data'}
-                {exporter}
+                EXPORTER
             extensions:
               usage_api: {{endpoint: 127.0.0.1:{self.api_port}}}
             service:
               extensions: [usage_api]
               pipelines:
                 traces: {{receivers: [otlp], processors: [genai_usage, dedup, attribution, rating], exporters: [clickhouse]}}
-            """))
+            """)
+        for placeholder, settings in (("RECEIVER", receiver_settings), ("EXPORTER", exporter_settings)):
+            config = config.replace(placeholder, textwrap.indent(settings, " " * 4).lstrip())
+        self.config_path.write_text(config)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start with ``env`` added to the environment; wait until every port answers."""
@@ -180,6 +181,34 @@ def make_batches(prefix: str, count: int, factory: SpanFactory | None = None) ->
 
 def encode(spans: list[ReadableSpan]) -> bytes:
     return encode_spans(spans).SerializeToString()
+
+
+def large_bodies(prefix: str, count: int, spans: int) -> dict[str, bytes]:
+    """``count`` export requests of ``spans`` spans each, one customer ``PREFIX-N`` per request,
+    every span worth 100 input and 10 output tokens; built from one template, as the SDK is slow
+    at this size."""
+    now = time.time_ns()
+    template = ExportTraceServiceRequest()
+    resource_spans = template.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "chat-app"
+    customer = resource_spans.resource.attributes.add(key="customer.id").value
+    scope = resource_spans.scope_spans.add()
+    for n in range(spans):
+        span = scope.spans.add(span_id=(n + 1).to_bytes(8, "big"), name="chat gpt-4o", kind=3,
+                               start_time_unix_nano=now - 1_000_000, end_time_unix_nano=now)
+        for key, value in (("gen_ai.operation.name", "chat"), ("gen_ai.provider.name", "openai"),
+                           ("gen_ai.request.model", "gpt-4o")):
+            span.attributes.add(key=key).value.string_value = value
+        span.attributes.add(key="gen_ai.usage.input_tokens").value.int_value = 100
+        span.attributes.add(key="gen_ai.usage.output_tokens").value.int_value = 10
+    bodies = {}
+    for index in range(count):
+        customer.string_value = f"{prefix}-{index}"
+        trace_id = os.urandom(16)
+        for span in scope.spans:
+            span.trace_id = trace_id
+        bodies[customer.string_value] = template.SerializeToString()
+    return bodies
 
 
 # -- sending ---------------------------------------------------------------------------------------
@@ -337,10 +366,11 @@ def store_totals(data: Path, prefix: str = "") -> dict[str, dict[str, tuple[Deci
             for table, rows in document.items()}
 
 
-def assert_stored_exactly_once(data: Path, expected: Iterable[str], prefix: str = "") -> None:
-    """Every customer in ``expected`` holds one whole batch in all four tables, and no other
-    customer with ``prefix`` holds anything."""
-    wanted = {customer: (Decimal(WHOLE), ROWS) for customer in expected}
+def assert_stored_exactly_once(data: Path, expected: Iterable[str], prefix: str = "", whole: int = WHOLE,
+                               rows: int = ROWS) -> None:
+    """Every customer in ``expected`` holds one whole batch (``whole`` tokens in ``rows`` rows) in
+    all four tables, and no other customer with ``prefix`` holds anything."""
+    wanted = {customer: (Decimal(whole), rows) for customer in expected}
     for table, totals in store_totals(data, prefix).items():
         assert totals == wanted, f"{table}: {diff(totals, wanted)}"
 
@@ -357,17 +387,19 @@ def api_totals(server: MeterServer, prefix: str) -> dict[str, dict[str, int]]:
     return result
 
 
-def assert_api_totals(server: MeterServer, prefix: str, at_least: set[str], at_most: set[str] | None = None) -> None:
-    """Through the running server: each customer in ``at_least`` is stored whole, and only
-    customers in ``at_most`` (default: exactly ``at_least``) are stored, each whole: none twice."""
+def assert_api_totals(server: MeterServer, prefix: str, at_least: set[str], at_most: set[str] | None = None,
+                      whole: int = WHOLE) -> None:
+    """Through the running server: each customer in ``at_least`` is stored whole (``whole``
+    tokens), and only customers in ``at_most`` (default: exactly ``at_least``) are stored, each
+    whole: none twice."""
     if isinstance(server, Server):
         server.wait_until_stored()
     at_most = at_least if at_most is None else at_most
     for source, totals in api_totals(server, prefix).items():
         assert at_least <= set(totals), f"{source}: acknowledged but not stored: {sorted(at_least - set(totals))}"
         assert set(totals) <= at_most, f"{source}: stored but never sent: {sorted(set(totals) - at_most)}"
-        wrong = {customer: quantity for customer, quantity in totals.items() if quantity != WHOLE}
-        assert not wrong, f"{source}: customers not stored exactly once (one batch is {WHOLE}): {wrong}"
+        wrong = {customer: quantity for customer, quantity in totals.items() if quantity != whole}
+        assert not wrong, f"{source}: customers not stored exactly once (one batch is {whole}): {wrong}"
 
 
 def diff(got: dict, wanted: dict) -> str:

@@ -1,0 +1,146 @@
+"""Offered load well above capacity: the server's memory stays below its configured limit,
+clients are pushed back with retryable refusals (and retry after the delay they are given),
+and everything acknowledged is stored exactly once, re-sent copies dropped."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from tests.integration.fault_harness import (
+    Answer, Ledger, RssSampler, Server, assert_api_totals, assert_stored_exactly_once, export_grpc, large_bodies,
+    make_batches, post_http, rss_mib,
+)
+
+SPANS_PER_LARGE_BODY = 2_000
+LARGE_WHOLE = SPANS_PER_LARGE_BODY * 110
+LARGE_ROWS = SPANS_PER_LARGE_BODY * 2
+RAW_SENDERS = 24
+LARGE_BODIES_PER_SENDER = 4
+SDK_SENDERS = 8
+SDK_BATCHES_PER_SENDER = 6
+SPIKE_MIB = 200
+HEADROOM_MIB = 300
+"""The limit is the memory after a warm-up plus this; refusing starts SPIKE_MIB below it."""
+LOAD_DEADLINE_SECONDS = 60
+
+
+def raw_sender(server: Server, bodies: dict[str, bytes], send: Callable[..., Answer], ledger: Ledger,
+               deadline: float) -> None:
+    """Send each body until it is acknowledged, waiting the delay a refusal asks for (as OTLP clients do)."""
+    for key, body in bodies.items():
+        while time.monotonic() < deadline:
+            answer = send(server, body, 30.0)
+            ledger.record(key, answer)
+            if answer.acknowledged:
+                break
+            time.sleep(answer.retry_after if answer.retry_after is not None else 0.2)
+
+
+def sdk_sender(exporter: GrpcSpanExporter | HttpSpanExporter, batches: dict[str, list[ReadableSpan]],
+               ledger: Ledger, deadline: float) -> None:
+    """The SDK exporter retries refusals itself (RetryInfo, Retry-After); a batch it gives up on is exported again."""
+    try:
+        for key, spans in batches.items():
+            while time.monotonic() < deadline:
+                success = exporter.export(spans) == SpanExportResult.SUCCESS
+                ledger.record(key, Answer(success, "sdk-ok" if success else "sdk-gave-up"))
+                if success:
+                    break
+    finally:
+        exporter.shutdown()
+
+
+def configure(server: Server, memory_limiter: str = "") -> None:
+    server.configure(grpc_settings=", max_concurrent_requests: 8, max_in_flight_mib: 4",
+                     http_settings=", max_concurrent_requests: 8, max_in_flight_mib: 4",
+                     receiver_settings=memory_limiter,
+                     exporter_settings="flush_interval: 50ms\nbatch_size: 20000")
+
+
+def test_overload_keeps_memory_below_the_limit_pushes_clients_back_and_stores_everything_once(
+        tmp_path: Path) -> None:
+    # The embedded ClickHouse's allocator keeps freed pages for seconds unless told otherwise.
+    server = Server(workdir=tmp_path, env={"JE_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"})
+    try:
+        # The memory a working server holds here: after a warm-up burst, no limit yet.
+        configure(server)
+        server.start()
+        warm_up = Ledger()
+        threads = [threading.Thread(target=raw_sender, args=(server, {key: body}, post_http, warm_up,
+                                                            time.monotonic() + 30))
+                   for key, body in large_bodies("warm", 8, SPANS_PER_LARGE_BODY).items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        server.wait_until_stored()
+        assert server.process is not None
+        warm_mib = rss_mib(server.process.pid)
+        assert server.stop() == 0
+        limit_mib = int(warm_mib) + HEADROOM_MIB
+        configure(server, f"memory_limiter: {{limit_mib: {limit_mib}, spike_limit_mib: {SPIKE_MIB}, "
+                          f"check_interval: 50ms}}")
+        server.start()
+        assert server.process is not None
+
+        large = [large_bodies(f"big{n:02d}", LARGE_BODIES_PER_SENDER, SPANS_PER_LARGE_BODY)
+                 for n in range(RAW_SENDERS)]
+        small = [make_batches(f"sdk{n:02d}", SDK_BATCHES_PER_SENDER) for n in range(SDK_SENDERS)]
+        ledger = Ledger()
+        deadline = time.monotonic() + LOAD_DEADLINE_SECONDS
+        threads = [threading.Thread(target=raw_sender, args=(server, bodies, post_http if n % 4 else export_grpc,
+                                                            ledger, deadline))
+                   for n, bodies in enumerate(large)]
+        threads += [threading.Thread(target=sdk_sender, args=(
+            GrpcSpanExporter(endpoint=server.grpc_endpoint, insecure=True, timeout=10) if n % 2 else
+            HttpSpanExporter(endpoint=f"{server.http_url}/v1/traces", timeout=10), batches, ledger, deadline))
+            for n, batches in enumerate(small)]
+        started = time.monotonic()
+        with RssSampler(server.process.pid) as memory:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        took = time.monotonic() - started
+
+        large_keys = {key for bodies in large for key in bodies}
+        small_keys = {key for batches in small for key in batches}
+        summary = (f"warm {warm_mib:.0f} MiB, limit {limit_mib} MiB, peak {memory.peak:.0f} MiB "
+                   f"({memory.samples} samples), {took:.1f}s, answers {dict(ledger.outcomes)}")
+        print(summary)
+        assert ledger.acknowledged == large_keys | small_keys, f"not all acknowledged within the deadline: {summary}"
+        assert memory.peak < limit_mib, summary
+        # Pushed back with retryable refusals carrying a delay: bytes in flight, and memory.
+        assert ledger.outcomes["429"] + ledger.outcomes["RESOURCE_EXHAUSTED"] > 0, summary
+        assert ledger.outcomes["503"] + ledger.outcomes["UNAVAILABLE"] > 0, summary
+        assert set(ledger.retry_after) <= {(outcome, 1.0) for outcome in
+                                           ("429", "503", "RESOURCE_EXHAUSTED", "UNAVAILABLE")}, ledger.retry_after
+        assert "is at or above the soft limit" in server.log()
+
+        # Copies of acknowledged requests (a lost answer, a retry) are dropped.
+        copies = Ledger()
+        raw_sender(server, {key: body for bodies in large[:2] for key, body in bodies.items()}, post_http, copies,
+                   time.monotonic() + 30)
+        sdk_sender(GrpcSpanExporter(endpoint=server.grpc_endpoint, insecure=True, timeout=10), small[0], copies,
+                   time.monotonic() + 30)
+        assert copies.acknowledged == set(large[0]) | set(large[1]) | set(small[0]), copies.outcomes
+        assert_api_totals(server, "big", at_least=large_keys, whole=LARGE_WHOLE)
+        assert_api_totals(server, "sdk", at_least=small_keys)
+        assert server.stop() == 0
+        assert_stored_exactly_once(tmp_path / "data", large_keys, prefix="big", whole=LARGE_WHOLE, rows=LARGE_ROWS)
+        assert_stored_exactly_once(tmp_path / "data", small_keys, prefix="sdk")
+    finally:
+        server.kill()
+
+
+def outcomes_text(outcomes: Counter) -> str:
+    return ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
