@@ -12,8 +12,9 @@ What keeps counts exact across replicas, and what these tests show of it:
 * A copy reaching the other replica **before** the first copy is stored (here: the first
   replica's store is unreachable, so its copy waits in its queue) is counted twice, with
   or without ``shared_store``: no replica can see another's queue.
-* With ``shared_store: true`` a replica whose store is down refuses new spans retryably
-  (the lookup cannot be answered) rather than queueing them.
+* With ``shared_store: true`` a replica whose store is down keeps queueing spans that ended
+  since its start (its memory knows what it stored itself; only a retry stored by the other
+  replica would be missed) and refuses older ones retryably (only the store can tell).
 
 The store is the ClickHouse HTTP fixture over chDB, not a ClickHouse server or cluster."""
 
@@ -172,20 +173,24 @@ def test_a_retry_reaching_the_other_replica_before_the_first_copy_is_stored_coun
     assert found.raw[("gap0", "input_tokens")][0] == 2 * len(spans)
 
 
-def test_with_shared_store_a_replica_refuses_retryably_while_its_store_is_down_then_stores_once(
+def test_with_shared_store_a_replica_whose_store_is_down_queues_recent_spans_and_refuses_old_ones(
         tmp_path: Path, proxies, clickhouse: ClickHouseHttpFixture, database: str, cleanup) -> None:
     a, b = replicas(tmp_path, proxies, database)
     cleanup.extend([a, b])
     factory = SpanFactory()
     a_path, _ = proxies
     a_path.refuse()
-    batch = batches_of(factory, "down", 1)["down0"]
-    assert export_status(a, batch) == (grpc.StatusCode.UNAVAILABLE, 5.0)  # the shared-store check cannot run
-    assert a.queued_records() == 0
+    recent = batches_of(factory, "down", 1)["down0"]
+    old = batches_of(factory, "old", 1, at=time.time_ns() - 3 * 3600 * 10**9)["old0"]
+    assert export_status(a, recent)[0] == grpc.StatusCode.OK  # queued on this replica's memory alone
+    assert a.queued_records() > 0
+    assert export_status(a, old) == (grpc.StatusCode.UNAVAILABLE, 5.0)  # before its start: only the store can tell
     a_path.pass_through()
     deadline = time.monotonic() + 15
-    while (status := export_status(a, batch)[0]) != grpc.StatusCode.OK and time.monotonic() < deadline:
+    while (status := export_status(a, old)[0]) != grpc.StatusCode.OK and time.monotonic() < deadline:
         time.sleep(0.5)  # a client's retries
     assert status == grpc.StatusCode.OK
+    assert export_status(a, recent)[0] == grpc.StatusCode.OK  # a retry of the queued batch: dropped
     a.wait_until_stored()
-    assert_stored_exactly_once(clickhouse.client(database), tokens_of({"down0": batch}, ["down0"]))
+    assert_stored_exactly_once(clickhouse.client(database), tokens_of({"down0": recent, "old0": old},
+                                                                      ["down0", "old0"]))

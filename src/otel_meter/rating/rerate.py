@@ -23,8 +23,8 @@ The contract:
   duplicate itself is left as it is.
 - **The rating in force** of an item is its latest ``rerate`` row (by ``rated_at``, then
   run id), else its ``usage`` row. When the new rating differs from it in any of unit
-  price, amount, currency, priced, rate card, card version, rule, cost, cost currency,
-  cost card or cost card version, two line items are written: a ``reversal`` that negates
+  price, amount, currency, priced, rate card, rule, cost, cost currency or cost card (a new
+  version name alone is no change), two line items are written: a ``reversal`` that negates
   the rating in force (quantity, amount and cost negated; card, version, rule, unit price,
   currency and priced kept, so it lands in the same rollup group as what it cancels) and
   a ``rerate`` row with the new rating and the positive quantity. Both keep the item's

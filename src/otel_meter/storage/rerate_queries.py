@@ -104,10 +104,12 @@ compared AS (
                 AS Decimal(38, 18)) AS n_amount,
            CAST(roundBankers(toDecimal256(o_quantity, 9) * toDecimal256(n_unit_cost, 18), 18)
                 AS Decimal(38, 18)) AS n_cost,
-           (o_unit_price, o_amount, o_currency, o_priced, o_rate_card, o_rate_card_version, o_rate_rule,
-            o_cost, o_cost_currency, o_cost_card, o_cost_card_version)
-             != (n_unit_price, n_amount, n_currency, n_priced, n_rate_card, n_rate_card_version, n_rate_rule,
-                 n_cost, n_cost_currency, n_cost_card, n_cost_card_version) AS changed
+           -- A new version name alone is no change: the item keeps its rating when its money, card
+           -- and rule (which the period view's tiers depend on) stay the same.
+           (o_unit_price, o_amount, o_currency, o_priced, o_rate_card, o_rate_rule,
+            o_cost, o_cost_currency, o_cost_card)
+             != (n_unit_price, n_amount, n_currency, n_priced, n_rate_card, n_rate_rule,
+                 n_cost, n_cost_currency, n_cost_card) AS changed
     FROM items INNER JOIN ratings USING (customer, model, provider, meter)
 )
 SELECT event_id,

@@ -91,7 +91,17 @@ class DedupIndex:
                           decisions: list[bool], reservation: Reservation) -> None:
         ids = [event_ids[p] for p in positions]
         times = [event_times[p] for p in positions]
-        stored = self._lookup(ids, min(times), max(times)) if self._lookup else set()
+        try:
+            stored = self._lookup(ids, min(times), max(times)) if self._lookup else set()
+        except Exception:
+            if not self.shared_store or min(times) < self.horizon_ns:
+                raise  # only the store can tell: the client retries once it answers
+            # Events since this replica's start: memory knows what this replica stored; only
+            # a retry that another replica stored is missed. Keep taking data while the store
+            # is down rather than refuse every span (docs/operations.md, Several replicas).
+            logger.warning("dedup: store lookup failed; admitting %d recent event(s) on this replica's memory alone",
+                           len(ids))
+            stored = set()
         with self._lock:
             for position in positions:
                 event_id = event_ids[position]
