@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -42,48 +41,6 @@ WHOLE = sum(INPUT_TOKENS) + sum(OUTPUT_TOKENS)
 """The quantity of one batch (one customer): its input and output tokens."""
 ROWS = 2 * SPANS_PER_BATCH
 """Usage rows of one batch: an input and an output tokens row per span."""
-
-
-SOURCE = Path(__file__).resolve().parents[2] / "src" / "otel_meter"
-EXPORTER_POINTS = {
-    # point: (class, method, crash before or after the call) standing in for the exporter's own call
-    "before_queue_append": ("otel_meter.exporters.clickhouse.journal", "Journal", "append", "before"),
-    "after_queue_fsync": ("otel_meter.exporters.clickhouse.journal", "Journal", "sync", "after"),
-    "before_store_insert": ("otel_meter.storage.store", "Store", "insert_usage", "before"),
-    "after_store_insert_before_checkpoint": ("otel_meter.exporters.clickhouse.journal", "Journal", "commit", "before"),
-}
-
-
-def wired_points() -> set[str]:
-    """The fault points the service's code calls ``crash_point`` at."""
-    calls = set()
-    for path in SOURCE.rglob("*.py"):
-        calls.update(re.findall(r'crash_point\("([a-z_]+)"\)', path.read_text()))
-    return calls
-
-
-LAUNCHER = textwrap.dedent("""\
-    # otel-meter serve; fault points the exporter does not call yet are stood in for by wrapping
-    # the journal and store method the exporter calls at that moment.
-    import functools, importlib, sys
-    from otel_meter import faults
-    STAND_INS = %r
-    for point, (module, cls, method, when) in STAND_INS.items():
-        owner = getattr(importlib.import_module(module), cls)
-        original = getattr(owner, method)
-        def wrapper(*args, _original=original, _point=point, _when=when, **kwargs):
-            if _when == "before":
-                faults.crash_point(_point)
-            result = _original(*args, **kwargs)
-            if _when == "after":
-                faults.crash_point(_point)
-            return result
-        setattr(owner, method, functools.wraps(original)(wrapper))
-    from otel_meter.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """) % ({point: spec for point, spec in EXPORTER_POINTS.items() if point not in wired_points()},)
-"""Runs ``otel-meter serve``. Until the exporter calls a fault point itself, the point is placed
-around the journal or store method it calls at that moment, so the crash tests cover it either way."""
 
 
 @dataclass
@@ -129,7 +86,7 @@ class Server(MeterServer):
     def start(self, timeout: float = 60.0) -> None:
         """Start with ``env`` added to the environment; wait until every port answers."""
         log = open(self.workdir / "server.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-c", LAUNCHER, "serve", "--config", str(self.config_path)],
+        self.process = subprocess.Popen([sys.executable, "-m", "otel_meter", "serve", "--config", str(self.config_path)],
                                         cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout
@@ -175,8 +132,12 @@ class Server(MeterServer):
 def make_batches(prefix: str, count: int, factory: SpanFactory | None = None) -> dict[str, list[ReadableSpan]]:
     """``count`` batches, each the spans of one customer named ``PREFIX-N``, worth WHOLE tokens."""
     factory = factory or SpanFactory()
-    return {f"{prefix}-{n}": [chat(factory, f"{prefix}-{n}", "gpt-4o", INPUT_TOKENS[i], OUTPUT_TOKENS[i])
-                              for i in range(SPANS_PER_BATCH)] for n in range(count)}
+    batches = {}
+    for n in range(count):
+        batches[f"{prefix}-{n}"] = [chat(factory, f"{prefix}-{n}", "gpt-4o", INPUT_TOKENS[i], OUTPUT_TOKENS[i])
+                                    for i in range(SPANS_PER_BATCH)]
+        factory.memory.clear()  # it hands out the last finished span: keep that list short
+    return batches
 
 
 def encode(spans: list[ReadableSpan]) -> bytes:
