@@ -62,6 +62,10 @@ INSERT_SETTINGS = {
     # A backfill may span years of monthly partitions in one block; refusing it would stall
     # the queue behind it for good.
     "max_partitions_per_insert_block": 0,
+    # On a cluster (deploy/cluster) the landing table is Distributed: forward to the shards
+    # before answering, so an acknowledged insert is on them. The old name works on every
+    # version (it is an alias of distributed_foreground_insert since 23.x).
+    "insert_distributed_sync": 1,
 }
 
 
