@@ -1,0 +1,155 @@
+"""Billing targets: where rated usage is sent (Stripe, Chargebee, Zuora, NetSuite, files, webhooks).
+
+A target is a component like a receiver or exporter: a type name, a pydantic config model,
+and a factory, registered here; adding a platform is adding a module under
+``billing/targets/`` (imported by ``billing/targets/__init__.py``).
+
+The export job (``billing/export.py``) gives a target **records**: for one customer, one
+target meter and one window, the change since what the ledger says was sent (revision n
+of that window). The target sends each record in the form its platform supports and says
+for each whether it landed. Keys are deterministic, so a re-sent record is recognised by
+the platform too; the ledger is what prevents double billing, the platform's dedup is a
+second net.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Callable, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Granularity = Literal["hour", "day", "month"]
+
+
+class MeterMapping(BaseModel):
+    """Which of our usage goes to which platform meter, and what value is sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    meter: str = Field(min_length=1)
+    """Our meter, e.g. ``input_tokens``."""
+    to: str = Field(min_length=1)
+    """The platform's meter: Stripe event name, Chargebee item price id, Zuora unit of measure,
+    NetSuite item, or the name written to a file."""
+    models: str | None = None
+    """Only usage of models matching this glob (default: every model)."""
+    value: Literal["quantity", "amount"] = "quantity"
+    """Send the quantity (the platform prices it) or our rated amount (in ``currency``)."""
+    unit: Decimal = Decimal(1)
+    """Send quantity / unit: e.g. 1000 to send thousands of tokens. Amounts are sent as is."""
+
+    @field_validator("unit", mode="before")
+    @classmethod
+    def _exact_unit(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            raise ValueError(f"unit is written as a float ({value!r}); write it as an integer or a quoted decimal")
+        return value
+
+
+class TargetConfig(BaseModel):
+    """Keys every target has; a target's own config model extends it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    meters: tuple[MeterMapping, ...] = Field(min_length=1)
+    customers: dict[str, str] = Field(default_factory=dict)
+    """Our customer id -> the platform's customer (or subscription / account) reference.
+    Usage of a customer with no entry is held back and reported, never sent unmapped."""
+    granularity: Granularity = "day"
+    """The window each record covers (UTC)."""
+    lateness: str = "1h"
+    """Only windows closed at least this long ago are sent (a duration such as ``1h``)."""
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One send: the change of one (customer, platform meter, window) since the ledger's last revision."""
+
+    target: str
+    customer: str
+    reference: str
+    """The platform's customer / subscription / account reference from ``customers``."""
+    meter: str
+    """The platform meter (``MeterMapping.to``)."""
+    window_start_ns: int
+    window_end_ns: int
+    revision: int
+    """1 for the first send of a window; each correction adds one."""
+    value: Decimal
+    """What to send now: the change since the last revision (may be negative: a correction)."""
+    total: Decimal
+    """The window's total after this record (what the platform should hold in all)."""
+    quantity: Decimal
+    """Change in quantity (in our meter's units) behind ``value``."""
+    amount: Decimal
+    """Change in our rated amount behind ``value``."""
+    currency: str
+    key: str
+    """Deterministic idempotency key: the same record always has the same key."""
+
+    @property
+    def is_correction(self) -> bool:
+        return self.revision > 1
+
+
+def record_key(target: str, customer: str, meter: str, window_start_ns: int, window_end_ns: int,
+               revision: int) -> str:
+    """32 hex characters: fits Stripe's ``identifier``, Chargebee's 36-character
+    ``deduplication_id`` and every idempotency header."""
+    text = f"{target}\x1f{customer}\x1f{meter}\x1f{window_start_ns}\x1f{window_end_ns}\x1f{revision}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    key: str
+    delivered: bool
+    external_id: str = ""
+    """The platform's id of what was created (meter event, usage record, file name)."""
+    error: str = ""
+    retryable: bool = False
+    """A failure worth retrying later (429, 5xx, timeouts); False: parked until someone acts."""
+
+
+class BillingTarget(Protocol):
+    name: str
+    config: TargetConfig
+    integer_values: bool
+    """The platform takes whole numbers only (Stripe meter events): the job sends the whole part
+    of each window's total and carries the remainder to the next revision."""
+    negative_values: bool
+    """The platform takes a negative value as a correction; otherwise corrections are sent the
+    way the target implements them (e.g. delete and recreate)."""
+
+    def send(self, records: list[UsageRecord], progress: Callable[[int], None]) -> list[SendResult]:
+        """Send the records (retrying transient failures itself, with backoff) and report each.
+        ``progress(n)`` after every n records handled. Never raises for one record's failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TargetFactory:
+    type: str
+    config_model: type[TargetConfig]
+    create: Callable[[str, Any], BillingTarget]
+    """(target name, validated config) -> target."""
+
+
+_TARGETS: dict[str, TargetFactory] = {}
+
+
+def register_target(factory: TargetFactory) -> TargetFactory:
+    existing = _TARGETS.get(factory.type)
+    if existing is not None and existing is not factory:
+        raise ValueError(f"two billing targets register the type {factory.type!r}")
+    _TARGETS[factory.type] = factory
+    return factory
+
+
+def target_factories() -> dict[str, TargetFactory]:
+    import otel_meter.billing.targets  # noqa: F401  (registers the built-in targets)
+
+    return dict(_TARGETS)
