@@ -250,6 +250,30 @@ CREATE TABLE IF NOT EXISTS otel_meter.alerts ON CLUSTER otel_meter
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel_meter/alerts', '{shard}-{replica}', updated_at)
 ORDER BY alert_id;
 
+CREATE TABLE IF NOT EXISTS otel_meter.billing_ledger ON CLUSTER otel_meter
+(
+    target LowCardinality(String),
+    customer String,
+    reference String,
+    meter LowCardinality(String),
+    window_start DateTime64(9, 'UTC'),
+    window_end DateTime64(9, 'UTC'),
+    revision UInt32,
+    key String,
+    value Decimal(38, 18),
+    total Decimal(38, 18),
+    quantity Decimal(38, 9),
+    amount Decimal(38, 18),
+    currency LowCardinality(String),
+    status LowCardinality(String),
+    external_id String,
+    error String,
+    recorded_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel_meter/billing_ledger', '{shard}-{replica}',
+                                      recorded_at)
+ORDER BY (target, customer, meter, window_start, revision);
+
 CREATE TABLE IF NOT EXISTS otel_meter.schema_migrations ON CLUSTER otel_meter
 (
     version UInt32,
@@ -260,4 +284,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing');

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_meter import components  # noqa: F401  (registers the built-in components)
 from otel_meter.component import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories
+from otel_meter.billing.config import BillingSection, parse_billing
 from otel_meter.errors import ConfigError
 from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition, MeterSwitch, resolve_meters
 from otel_meter.security import auth_references
@@ -59,6 +60,7 @@ class TopLevel(BaseModel):
     exporters: dict[str, Any] = Field(default_factory=dict)
     extensions: dict[str, Any] = Field(default_factory=dict)
     meters: dict[str, Any] = Field(default_factory=dict)
+    billing: dict[str, Any] = Field(default_factory=dict)
     service: ServiceSection
 
 
@@ -72,6 +74,8 @@ class ServiceConfig:
     service: ServiceSection
     meters: dict[str, MeterDefinition]
     """The built-in meters overlaid with the config's ``meters`` section (enabled ones only)."""
+    billing: BillingSection = field(default_factory=BillingSection)
+    """Billing export targets and schedules."""
 
     def component(self, kind: Kind, component_id: str) -> ComponentConfig:
         return self.components[kind][component_id]
@@ -170,6 +174,7 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
                 problems.extend(validation_problems(f"{kind.value}.{component_id}", error))
 
     meters = parse_meters(top.meters, problems)
+    billing = parse_billing(top.billing, problems)
 
     service = top.service
     for extension in service.extensions:
@@ -196,7 +201,8 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
         problems.extend(processor_order_problems(name, signal, pipeline.processors))
     if problems:
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
-    return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service, meters=meters)
+    return ServiceConfig(source=source, config_dir=config_dir, components=built, service=service, meters=meters,
+                         billing=billing)
 
 
 def authenticator_problems(top: TopLevel, built: dict[Kind, dict[str, ComponentConfig]]) -> list[str]:

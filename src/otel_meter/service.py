@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from otel_meter.billing.scheduler import BillingScheduler
 from otel_meter.component import EVENTS, BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
@@ -27,7 +28,9 @@ class Service:
         self.pipelines: list[UsagePipeline] = []
         self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
                                           "meters": config.meters, "extension": self._extension, "rate_cards": {},
-                                          "metrics": ServiceMetrics(self.pipelines, self.exporters, self.receivers)}
+                                          "metrics": ServiceMetrics(self.pipelines, self.exporters, self.receivers),
+                                          "billing": config.billing}
+        self.billing_scheduler: BillingScheduler | None = None
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._build()
@@ -99,6 +102,10 @@ class Service:
             exporter.start()
         for registry in self.rate_cards.values():
             registry.start()
+        if self.config.billing.schedules and self.shared["store"] is not None:
+            self.billing_scheduler = BillingScheduler(self.config.billing, self.shared["store"])
+            self.shared["billing_scheduler"] = self.billing_scheduler
+            self.billing_scheduler.start()
         for extension in self.extensions.values():
             extension.start()
         for receiver in self.receivers.values():
@@ -115,6 +122,8 @@ class Service:
             receiver.shutdown()
         for exporter in self.exporters.values():
             exporter.shutdown()
+        if self.billing_scheduler is not None:
+            self.billing_scheduler.shutdown()
         for extension in self.extensions.values():
             extension.shutdown()
         for registry in self.rate_cards.values():

@@ -62,6 +62,28 @@ GROUP BY currency, rate_card, rate_rule, meter, cost_currency
 HAVING sum(cost) != 0
 """
 
+LEDGER_ENTRIES = """
+SELECT target, customer, reference, meter, toUnixTimestamp64Nano(window_start), toUnixTimestamp64Nano(window_end),
+       revision, key, value, total, quantity, amount, currency, status, external_id, error,
+       toUnixTimestamp64Nano(recorded_at)
+FROM billing_ledger FINAL
+WHERE ({target:String} = '' OR target = {target:String})
+  AND ({customer:String} = '' OR customer = {customer:String})
+  AND window_start >= fromUnixTimestamp64Nano({from_ns:Int64})
+  AND window_start < fromUnixTimestamp64Nano({to_ns:Int64})
+ORDER BY target, customer, meter, window_start, revision
+"""
+
+BILLABLE_USAGE = """
+SELECT customer, meter, model, currency, toUnixTimestamp(hour) AS hour_s, sum(quantity), sum(amount)
+FROM usage_hourly
+WHERE hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')
+  AND meter IN {meters:Array(String)}
+  AND ({customer:String} = '' OR customer = {customer:String})
+GROUP BY customer, meter, model, currency, hour_s
+HAVING sum(quantity) != 0 OR sum(amount) != 0
+"""
+
 GROUP_KEYS = ("customer", "model", "provider", "meter", "feature", "service", "environment")
 """Dimensions the usage query may group by (column names in line_items and the rollups)."""
 

@@ -1,0 +1,75 @@
+"""Billing exports over HTTP: ``POST /v1/billing/export`` and ``GET /v1/billing/ledger``."""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from otel_meter.billing.config import build_target
+from otel_meter.billing.export import run_export
+from otel_meter.billing.ledger import ledger_entries
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.rating.statement import Period
+
+if TYPE_CHECKING:
+    from otel_meter.extensions.usage_api.server import UsageApiServer
+
+
+def summary_json(summary: Any) -> dict[str, Any]:
+    from otel_meter.rating.statement import plain
+
+    return {"target": summary.target, "period": summary.period, "ok": summary.ok, "sent": summary.sent,
+            "corrections": summary.corrections, "resent": summary.resent, "unchanged": summary.unchanged,
+            "failed": summary.failed, "parked": summary.parked, "held": summary.held,
+            "open_windows": summary.open_windows, "errors": summary.errors, "message": summary.describe(),
+            "records": [{"customer": r.customer, "reference": r.reference, "meter": r.meter,
+                         "window_start_ns": r.window_start_ns, "window_end_ns": r.window_end_ns,
+                         "revision": r.revision, "value": plain(r.value), "total": plain(r.total),
+                         "quantity": plain(r.quantity), "amount": plain(r.amount), "currency": r.currency,
+                         "key": r.key} for r in summary.records]}
+
+
+def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    body = request.json()
+    section = api.shared.get("billing")
+    if section is None or not section.targets:
+        raise ApiError(HTTPStatus.NOT_FOUND, "no billing targets are configured (billing.targets in the config)")
+    if not isinstance(body, dict) or not body.get("target"):
+        raise ApiError(HTTPStatus.BAD_REQUEST, 'send {"target": NAME, "period": "2026-11", "customer": optional, '
+                                               '"dry_run": false}')
+    period = Period.parse(body["period"]) if body.get("period") else Period.containing(time.time_ns())
+    target = build_target(section, body["target"])
+    scheduler = api.shared.get("billing_scheduler")
+    try:
+        if scheduler is not None:
+            with scheduler.export_lock:
+                summary = run_export(api.store, target, period, body.get("customer"), bool(body.get("dry_run")),
+                                     bool(body.get("retry_parked")))
+        else:
+            summary = run_export(api.store, target, period, body.get("customer"), bool(body.get("dry_run")),
+                                 bool(body.get("retry_parked")))
+    finally:
+        target.close()
+    return HTTPStatus.OK, summary_json(summary)
+
+
+def ledger(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    from otel_meter.rating.statement import plain
+
+    name = request.single("period")
+    period = Period.parse(name) if name else Period.containing(time.time_ns())
+    entries = ledger_entries(api.store, target=request.single("target"), customer=request.single("customer"),
+                             start_ns=period.start_ns, end_ns=period.end_ns)
+    return HTTPStatus.OK, {"entries": [{
+        "target": e.target, "customer": e.customer, "reference": e.reference, "meter": e.meter,
+        "window_start_ns": e.window_start_ns, "window_end_ns": e.window_end_ns, "revision": e.revision,
+        "key": e.key, "value": plain(e.value), "total": plain(e.total), "quantity": plain(e.quantity),
+        "amount": plain(e.amount), "currency": e.currency, "status": e.status, "external_id": e.external_id,
+        "error": e.error} for e in entries]}
+
+
+ROUTES = (
+    route("POST", "/v1/billing/export", export, admin=True),
+    route("GET", "/v1/billing/ledger", ledger, admin=True),
+)

@@ -1,0 +1,182 @@
+"""The billing export job on a real store: first sends, nothing twice, late usage as exactly one
+correction, failures retried with the same key, whole-number platforms, unmapped customers held.
+
+The target here is a recording target implementing the BillingTarget protocol (the platform
+targets have their own tests against fakes of their APIs); the store is real chDB, owned by a
+child process (tests/chdb_worker.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal as D
+from typing import Callable
+
+import pytest
+
+from otel_meter.billing.export import ExportSummary, run_export
+from otel_meter.billing.ledger import ledger_entries
+from otel_meter.billing.target import MeterMapping, SendResult, TargetConfig, UsageRecord
+from otel_meter.exporters.clickhouse.arrow import to_arrow
+from otel_meter.processors.rating.processor import RatingProcessor
+from otel_meter.rating.rate_card import parse_rate_card
+from otel_meter.rating.statement import Period
+from otel_meter.usage import UsageBatch
+from tests.chdb_worker import ChdbWorker
+
+NS = 10**9
+NOV = Period.parse("2026-11")
+DAY = 86400 * NS
+AFTER_NOVEMBER = NOV.end_ns + 2 * 3600 * NS
+CARD = parse_rate_card('id: list\ncurrency: USD\nmodels: [{match: "*", prices: {input_tokens: "2.50"}}]\n', "card.yaml")
+
+
+@dataclass
+class RecordingTarget:
+    """Keeps what it was sent; fails the records whose customer is in ``fail`` (retryable or not)."""
+
+    name: str = "recorder"
+    config: TargetConfig = field(default_factory=lambda: TargetConfig(
+        meters=(MeterMapping(meter="input_tokens", to="tokens"),), customers={"acme": "cus_acme", "globex": "cus_gx"},
+        granularity="day", lateness="1h"))
+    integer_values: bool = False
+    negative_values: bool = True
+    fail: dict[str, bool] = field(default_factory=dict)
+    sent: list[UsageRecord] = field(default_factory=list)
+
+    def send(self, records: list[UsageRecord], progress: Callable[[int], None]) -> list[SendResult]:
+        results = []
+        for record in records:
+            if record.customer in self.fail:
+                results.append(SendResult(record.key, False, error="platform said no", retryable=self.fail[record.customer]))
+            else:
+                self.sent.append(record)
+                results.append(SendResult(record.key, True, external_id=f"ev_{record.key[:8]}"))
+            progress(1)
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+def ingest(store, rows: list[tuple[str, str, int, int]]) -> None:
+    """Rows of (event id, customer, event time ns, input tokens), rated with CARD and inserted."""
+    batch = UsageBatch()
+    for event_id, customer, time_ns, tokens in rows:
+        batch.append(event_id, 0, time_ns, "input_tokens", tokens, "openai", "gpt-4o", "chat", {}, {}, {})
+        batch.customer.append(customer)
+        for column in ("feature", "service", "environment"):
+            getattr(batch, column).append("")
+    batch = RatingProcessor(CARD.book()).process(batch)
+    store.insert_usage(to_arrow(batch, 0), f"ingest-{rows[0][0]}")
+
+
+def export(store, target: RecordingTarget, now_ns: int = AFTER_NOVEMBER, **options) -> tuple[ExportSummary, list]:
+    summary = run_export(store, target, NOV, now_ns=now_ns, **options)
+    return summary, target.sent
+
+
+def ledger(store) -> list[tuple]:
+    return [(e.customer, e.meter, e.window_start_ns, e.revision, e.value, e.total, e.status)
+            for e in ledger_entries(store, start_ns=NOV.start_ns, end_ns=NOV.end_ns)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ChdbWorker(tmp_path / "store") as worker:
+        yield worker
+
+
+def day(n: int) -> int:
+    return NOV.start_ns + (n - 1) * DAY
+
+
+def test_first_export_sends_each_closed_window_once_and_a_rerun_sends_nothing(store):
+    store.call(ingest, [("a1", "acme", day(3) + 5, 1000), ("a2", "acme", day(3) + 9, 500),
+                        ("a3", "acme", day(4), 7), ("g1", "globex", day(3) + 1, 100)])
+    summary, sent = store.call(export, RecordingTarget())
+    assert (summary.sent, summary.unchanged, summary.corrections) == (3, 0, 0)
+    assert sorted((r.customer, r.reference, r.meter, r.window_start_ns, r.revision, r.value, r.total,
+                   r.amount) for r in sent) == [
+        ("acme", "cus_acme", "tokens", day(3), 1, D(1500), D(1500), D("0.00375")),
+        ("acme", "cus_acme", "tokens", day(4), 1, D(7), D(7), D("0.0000175")),
+        ("globex", "cus_gx", "tokens", day(3), 1, D(100), D(100), D("0.00025")),
+    ]
+    again, resent = store.call(export, RecordingTarget())
+    assert (again.sent, again.unchanged, resent) == (0, 3, [])
+    assert [row[-1] for row in store.call(ledger)] == ["sent"] * 3
+
+
+def test_late_usage_in_an_exported_window_goes_out_as_exactly_one_correction(store):
+    store.call(ingest, [("a1", "acme", day(3), 1000)])
+    store.call(export, RecordingTarget())
+    store.call(ingest, [("late", "acme", day(3) + 3600 * NS, 250)])
+    summary, sent = store.call(export, RecordingTarget())
+    assert (summary.sent, summary.corrections) == (1, 1)
+    (correction,) = sent
+    assert (correction.revision, correction.value, correction.total, correction.quantity) == (2, D(250), D(1250),
+                                                                                              D(250))
+    assert store.call(export, RecordingTarget())[0].sent == 0
+    assert store.call(ledger) == [("acme", "tokens", day(3), 1, D(1000), D(1000), "sent"),
+                                  ("acme", "tokens", day(3), 2, D(250), D(1250), "sent")]
+
+
+def test_a_failed_send_is_retried_unchanged_with_the_same_key_before_anything_new(store):
+    store.call(ingest, [("a1", "acme", day(5), 1000)])
+    failing = RecordingTarget(fail={"acme": True})
+    first, _ = store.call(export, failing)
+    assert (first.sent, first.failed, first.ok) == (0, 1, False)
+    (failed_key,) = [r.key for r in first.records]
+    store.call(ingest, [("a2", "acme", day(5) + 1, 300)])  # more usage while the send is unsettled
+    retried, sent = store.call(export, RecordingTarget())
+    assert (retried.sent, retried.resent) == (1, 1)
+    assert [(r.key, r.value, r.revision) for r in sent] == [(failed_key, D(1000), 1)]
+    follow_up, sent = store.call(export, RecordingTarget())
+    assert [(r.revision, r.value, r.total) for r in sent] == [(2, D(300), D(1300))]
+
+
+def test_a_refused_record_is_parked_until_retried_on_purpose(store):
+    store.call(ingest, [("a1", "acme", day(6), 10)])
+    parked, _ = store.call(export, RecordingTarget(fail={"acme": False}))
+    assert (parked.parked, parked.failed) == (1, 0)
+    assert store.call(export, RecordingTarget())[0].sent == 0
+    retried, sent = store.call(export, RecordingTarget(), retry_parked=True)
+    assert (retried.sent, [r.value for r in sent]) == (1, [D(10)])
+
+
+def test_whole_number_platforms_get_whole_units_and_the_fraction_is_carried(store):
+    thousands = RecordingTarget(integer_values=True, config=TargetConfig(
+        meters=(MeterMapping(meter="input_tokens", to="ktokens", unit=D(1000)),), customers={"acme": "cus_acme"}))
+    store.call(ingest, [("a1", "acme", day(7), 1700)])
+    _, sent = store.call(export, thousands)
+    assert [(r.value, r.total) for r in sent] == [(D(1), D(1))]
+    store.call(ingest, [("a2", "acme", day(7) + 1, 400)])  # 2.1 thousand now
+    _, sent = store.call(export, thousands)
+    assert [(r.revision, r.value, r.total) for r in sent] == [(2, D(1), D(2))]
+    store.call(ingest, [("a3", "acme", day(7) + 2, 800)])  # 2.9: still 2 whole
+    assert store.call(export, thousands)[0].unchanged == 1
+
+
+def test_customers_without_a_platform_reference_are_held_and_windows_still_open_wait(store):
+    store.call(ingest, [("i1", "initech", day(8), 5), ("a1", "acme", day(8), 5), ("a2", "acme", day(30) + 1, 5)])
+    end_of_day_30 = day(31) + 30 * 60 * NS  # day 30 closed 30 minutes ago: within the 1 h lateness
+    summary, sent = store.call(export, RecordingTarget(), now_ns=end_of_day_30)
+    assert summary.held == {"initech": 1}
+    assert summary.open_windows == 1
+    assert [(r.customer, r.window_start_ns) for r in sent] == [("acme", day(8))]
+    assert "held 1 window(s) of 1 unmapped customer(s): initech" in summary.describe()
+
+
+def test_a_dry_run_sends_and_records_nothing(store):
+    store.call(ingest, [("a1", "acme", day(9), 42)])
+    summary, sent = store.call(export, RecordingTarget(), dry_run=True)
+    assert ([r.value for r in summary.records], sent, store.call(ledger)) == ([D(42)], [], [])
+
+
+def test_moments_are_exact_to_the_window_boundaries():
+    from otel_meter.billing.export import window_of
+
+    start = int(datetime(2026, 11, 3, 17, tzinfo=timezone.utc).timestamp())
+    assert window_of(start, "hour") == (start * NS, (start + 3600) * NS)
+    assert window_of(start, "day") == (day(3), day(4))
+    assert window_of(start, "month") == (NOV.start_ns, NOV.end_ns)
