@@ -1,0 +1,1 @@
+from otel_meter.billing.targets import stripe  # noqa: F401
