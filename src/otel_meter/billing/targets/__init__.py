@@ -1,1 +1,2 @@
 from otel_meter.billing.targets import stripe  # noqa: F401
+from otel_meter.billing.targets import files, webhook, zuora  # noqa: F401
