@@ -53,7 +53,7 @@ class Period:
 
     @classmethod
     def containing(cls, time_ns: int) -> "Period":
-        moment = datetime.fromtimestamp(time_ns / NS, tz=timezone.utc)
+        moment = datetime.fromtimestamp(time_ns // NS, tz=timezone.utc)
         return cls.parse(f"{moment.year:04d}-{moment.month:02d}")
 
 
