@@ -1,4 +1,4 @@
-"""``otel-meter rates ...``, ``rerate``, ``period`` and ``credits ...``."""
+"""``otel-meter rates ...``, ``rerate``, ``period``, ``invoice`` and ``credits ...``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from otel_meter.cli_client import ServerApi, add_server_options, local_registry
 from otel_meter.errors import OtelMeterError, RateCardError
 
-COMMANDS = ("rates", "rerate", "period", "credits")
+COMMANDS = ("rates", "rerate", "period", "invoice", "credits")
 
 
 def add_commands(commands: Any, token: str | None) -> None:
@@ -78,6 +78,18 @@ def add_commands(commands: Any, token: str | None) -> None:
     period.add_argument("--format", choices=["text", "json"], default="text")
     add_server_options(period, token)
 
+    invoice = commands.add_parser("invoice", help="a customer's period statement: usage, adjustments, commitment, "
+                                  "credits and the amount due, as HTML, CSV or JSON",
+                                  description="The true-up invoice of a calendar month (UTC), per currency; "
+                                  "docs/invoices.md says what each figure is and how they reconcile.")
+    invoice.add_argument("--customer", required=True)
+    invoice.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
+    invoice.add_argument("--format", choices=["html", "csv", "json"], default="html")
+    invoice.add_argument("-o", "--output", metavar="FILE", help="file to write (default: standard output)")
+    invoice.add_argument("--rounding", choices=["half_even", "half_up"], default="half_even")
+    invoice.add_argument("--issued", metavar="YYYY-MM-DD", help="issue date printed on it (default: today, UTC)")
+    add_server_options(invoice, token)
+
     credits = commands.add_parser("credits", help="prepaid credit grants: balance and history, grant, void",
                                   description="Prepaid credits burn down from rated usage in the documented order "
                                   "(docs/budgets-and-credits.md).")
@@ -111,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         return rerate(args)
     if args.command == "period":
         return period(args)
+    if args.command == "invoice":
+        return invoice(args)
     return {"validate": validate, "diff": diff, "apply": apply, "list": list_cards, "show": show,
             "explain": explain, "import-litellm": import_litellm}[args.rates_command](args)
 
@@ -322,6 +336,33 @@ def period(args: argparse.Namespace) -> int:
             print(f"  cost {cost}, margin {statement['margin'] if statement['margin'] is not None else 'n/a'}")
     if answer["unpriced_quantity"]:
         print("\nunpriced: " + ", ".join(f"{m} {q}" for m, q in answer["unpriced_quantity"].items()))
+    return 0
+
+
+def invoice(args: argparse.Namespace) -> int:
+    """Built by the server when one runs (its JSON), else from the store; rendered here either way."""
+    from otel_meter.billing.invoice import build_invoice, invoice_document, parse_issued, render
+    from otel_meter.config import load_config
+    from otel_meter.rating.statement import Period
+
+    issued = parse_issued(args.issued)  # a bad date fails before anything is asked
+    chosen = Period.parse(args.period) if args.period else None
+    answer, registry = _registry_answer(args, "GET", "/v1/invoice", {
+        "customer": args.customer, "period": chosen.name if chosen else None, "rounding": args.rounding,
+        "issued": issued.isoformat() if issued else None, "format": "json"})
+    if registry is not None:
+        targets = load_config(args.config).billing.targets
+        answer = invoice_document(build_invoice(
+            registry.store, registry.book, args.customer, chosen or Period.containing(time.time_ns()), args.rounding,
+            issued=issued, target_meters={name: target.meters for name, target in targets.items()}))
+    text = render(answer, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}: {answer['customer']} {answer['period']}, statement {answer['statement_id']}"
+              + "".join(f", due {s['amount_due_rounded']} {s['currency']}" for s in answer["statements"]),
+              file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

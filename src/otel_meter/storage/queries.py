@@ -205,3 +205,43 @@ HAVING copies > 1
 ORDER BY event_id, meter
 LIMIT {VERIFY_DUPLICATE_EXAMPLES}
 """
+
+
+# --- Invoices (otel-meter invoice, GET /v1/invoice) --------------------------------------------------
+# A customer's calendar month (UTC): whole hours and days, so the rollups answer exactly what
+# the usage API and the period view read.
+
+INVOICE_USAGE = """
+SELECT currency, meter, model, sum(quantity), sum(amount)
+FROM usage_hourly
+WHERE customer = {customer:String} AND priced
+  AND hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')
+GROUP BY currency, meter, model
+HAVING sum(quantity) != 0 OR sum(amount) != 0
+ORDER BY currency, meter, model
+"""
+"""Quantity and real-time amount (re-rating included) per currency, meter and model."""
+
+INVOICE_RERATING = """
+SELECT currency, meter, model, sumIf(amount, kind = 'reversal'), sumIf(amount, kind = 'rerate'),
+       countIf(kind = 'rerate')
+FROM line_items
+WHERE customer = {customer:String} AND kind IN ('reversal', 'rerate') AND priced
+  AND event_time >= fromUnixTimestamp64Nano({from_ns:Int64}) AND event_time < fromUnixTimestamp64Nano({to_ns:Int64})
+GROUP BY currency, meter, model
+HAVING sumIf(amount, kind = 'reversal') != 0 OR sumIf(amount, kind = 'rerate') != 0
+ORDER BY currency, meter, model
+"""
+"""Re-rating adjustments per currency, meter and model: the reversed ratings (negative), the new
+ones, and how many items were re-rated. Unpriced rows carry no money and are left out."""
+
+INVOICE_DAILY = """
+SELECT toString(day), currency, meter, sum(quantity), sum(amount)
+FROM usage_daily
+WHERE customer = {customer:String} AND priced
+  AND day >= toDate(toDateTime({from_s:Int64}, 'UTC')) AND day < toDate(toDateTime({to_s:Int64}, 'UTC'))
+GROUP BY day, currency, meter
+HAVING sum(quantity) != 0 OR sum(amount) != 0
+ORDER BY day, currency, meter
+"""
+"""Quantity and real-time amount per UTC day, currency and meter."""

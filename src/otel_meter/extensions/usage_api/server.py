@@ -20,7 +20,7 @@ from otel_meter import __version__
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.extensions.usage_api import (
-    routes_billing, routes_credits, routes_operations, routes_pricing, routes_usage)
+    routes_billing, routes_credits, routes_invoice, routes_operations, routes_pricing, routes_usage)
 from otel_meter.extensions.usage_api.config import UsageApiConfig
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, Route
 from otel_meter.security import Authenticator, TlsServerMixin, server_ssl_context
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
 ROUTES: tuple[Route, ...] = (*routes_usage.ROUTES, *routes_pricing.ROUTES, *routes_credits.ROUTES,
-                             *routes_operations.ROUTES, *routes_billing.ROUTES)
+                             *routes_operations.ROUTES, *routes_billing.ROUTES, *routes_invoice.ROUTES)
 
 
 def json_default(value: Any) -> Any:

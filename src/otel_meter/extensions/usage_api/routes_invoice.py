@@ -1,0 +1,52 @@
+"""Invoices over HTTP: ``GET /v1/invoice?customer=C&period=2026-11&format=json|html|csv``.
+
+Optional: ``rounding`` (``half_even`` or ``half_up``), ``issued`` (``YYYY-MM-DD``, default
+today in UTC) and ``rating`` (the rating processor whose cards price the period). A token
+bound to a customer reads that customer's invoice only.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from otel_meter.billing.invoice import FORMATS, build_invoice, invoice_document, parse_issued, render
+from otel_meter.errors import OtelMeterError
+from otel_meter.extensions.usage_api.routes_pricing import registry_of
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
+from otel_meter.rating.statement import Period
+
+if TYPE_CHECKING:
+    from otel_meter.extensions.usage_api.server import UsageApiServer
+
+CONTENT_TYPES = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8"}
+
+
+def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    customer = request.customer(request.single("customer"))
+    if not customer:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "customer is required, e.g. /v1/invoice?customer=acme&period=2026-11")
+    output_format = request.single("format") or "json"
+    if output_format not in FORMATS:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"format {output_format!r} is not supported; use one of "
+                                               f"{', '.join(FORMATS)}")
+    name = request.single("period")
+    billing = api.shared.get("billing")  # the billing targets' meter mappings, to compare what each sent
+    target_meters = {target: config.meters for target, config in billing.targets.items()} if billing else None
+    try:
+        chosen = Period.parse(name) if name else Period.containing(time.time_ns())
+        built = build_invoice(api.store, registry_of(api, request).book, customer, chosen,
+                              request.single("rounding") or "half_even", issued=parse_issued(request.single("issued")),
+                              target_meters=target_meters)
+    except (OtelMeterError, ValueError) as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    document = invoice_document(built)
+    if output_format == "json":
+        return HTTPStatus.OK, document
+    return HTTPStatus.OK, RawBody(render(document, output_format).encode(), CONTENT_TYPES[output_format])
+
+
+ROUTES = (
+    route("GET", "/v1/invoice", invoice),
+)
