@@ -180,3 +180,46 @@ def test_moments_are_exact_to_the_window_boundaries():
     assert window_of(start, "hour") == (start * NS, (start + 3600) * NS)
     assert window_of(start, "day") == (day(3), day(4))
     assert window_of(start, "month") == (NOV.start_ns, NOV.end_ns)
+
+
+def export_to_stripe(store, api_base: str, api_key: str, now_ns: int, hour_start: int) -> ExportSummary:
+    from otel_meter.billing.targets.stripe import StripeTarget, StripeTargetConfig
+
+    config = StripeTargetConfig.model_validate({
+        "api_key": api_key, "api_base": api_base, "timeout": "5s", "granularity": "hour", "lateness": "1s",
+        "customers": {"acme": "cus_ACME", "globex": "cus_GLOBEX"},
+        "meters": [{"meter": "input_tokens", "to": "input_tokens"}]})
+    target = StripeTarget("stripe", config)
+    try:
+        return run_export(store, target, Period.containing(hour_start), now_ns=now_ns)
+    finally:
+        target.close()
+
+
+def test_through_the_stripe_target_quantities_are_exact_per_customer_and_errors_never_duplicate(store):
+    from tests.fixtures.fake_stripe import FakeStripe
+
+    fake = FakeStripe(meters={"input_tokens"}).start()
+    try:
+        import time as clock
+
+        now = clock.time_ns()
+        hour = (now - 3 * 3600 * NS) // (3600 * NS) * (3600 * NS)
+        store.call(ingest, [("s1", "acme", hour + 1, 1500), ("s2", "globex", hour + 2, 40),
+                            ("s3", "acme", hour + 3600 * NS + 5, 10)])
+        fake.inject(500, times=1)  # the SDK retries it with the same identifier and idempotency key
+        first = store.call(export_to_stripe, fake.url, fake.api_key, now, hour)
+        assert (first.sent, first.failed) == (3, 0)
+        assert fake.totals() == {("cus_ACME", "input_tokens"): 1510, ("cus_GLOBEX", "input_tokens"): 40}
+        assert store.call(export_to_stripe, fake.url, fake.api_key, now, hour).sent == 0
+
+        store.call(ingest, [("late", "acme", hour + 7, 250)])
+        fake.inject(429, retry_after=1)  # rate limited: left for the next run
+        limited = store.call(export_to_stripe, fake.url, fake.api_key, now, hour)
+        assert (limited.sent, limited.failed) == (0, 1)
+        retried = store.call(export_to_stripe, fake.url, fake.api_key, now, hour)
+        assert (retried.sent, retried.corrections, retried.resent) == (1, 1, 1)
+        assert fake.totals() == {("cus_ACME", "input_tokens"): 1760, ("cus_GLOBEX", "input_tokens"): 40}
+        assert len({event["identifier"] for event in fake.events}) == len(fake.events) == 4
+    finally:
+        fake.close()
