@@ -25,7 +25,7 @@ class GrpcProtocolConfig(ServerSecurityConfig):
     max_recv_msg_size_mib: int = Field(default=16, gt=0, le=2047)
     max_concurrent_requests: int = Field(default=32, gt=0)
     """Requests handled at once; further ones queue in gRPC."""
-    max_in_flight_mib: int = Field(default=128, gt=0)
+    max_in_flight_mib: int = Field(default=32, gt=0)
     """Request bytes held at once by the requests being handled; beyond it, new ones are refused (retryable)."""
 
 
@@ -45,7 +45,7 @@ class HttpProtocolConfig(ServerSecurityConfig):
     """Largest body taken, in bytes, checked on the wire and again after decompression."""
     max_concurrent_requests: int = Field(default=32, gt=0)
     """Requests handled at once; further ones are refused with 429 (retryable)."""
-    max_in_flight_mib: int = Field(default=128, gt=0)
+    max_in_flight_mib: int = Field(default=32, gt=0)
     """Request bytes (as sent, and decompressed) held at once by the requests being handled;
     beyond it, new ones are refused with 429 (retryable)."""
     traces_url_path: UrlPath = "/v1/traces"
