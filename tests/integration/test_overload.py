@@ -4,21 +4,34 @@ and everything acknowledged is stored exactly once, re-sent copies dropped."""
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 import time
-from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
+
+import grpc
+import pytest
+from google.rpc.error_details_pb2 import RetryInfo
+from google.rpc.status_pb2 import Status
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_meter.component import TRACES
+from otel_meter.pipeline import ConsumeResult
+from otel_meter.receivers.otlp.config import OtlpReceiverConfig
+from otel_meter.receivers.otlp.receiver import OtlpReceiver
 from tests.integration.fault_harness import (
     Answer, Ledger, RssSampler, Server, assert_api_totals, assert_stored_exactly_once, export_grpc, large_bodies,
     make_batches, post_http, rss_mib,
 )
+from tests.integration.test_otlp_receiver_in_process import EMPTY_TRACES, ScriptedPipeline, grpc_export, post
 
 SPANS_PER_LARGE_BODY = 2_000
 LARGE_WHOLE = SPANS_PER_LARGE_BODY * 110
@@ -142,5 +155,107 @@ def test_overload_keeps_memory_below_the_limit_pushes_clients_back_and_stores_ev
         server.kill()
 
 
-def outcomes_text(outcomes: Counter) -> str:
-    return ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
+# -- admission control in-process, in front of a pipeline that holds requests ------------------------
+
+@pytest.fixture
+def pipeline() -> ScriptedPipeline:
+    return ScriptedPipeline()
+
+
+def in_process_receiver(pipeline: ScriptedPipeline, **config: Any) -> OtlpReceiver:
+    receiver = OtlpReceiver(OtlpReceiverConfig.model_validate(config), "otlp")
+    receiver.add_consumer(TRACES, pipeline.consumer(TRACES))
+    receiver.start()
+    return receiver
+
+
+@pytest.fixture
+def held(pipeline: ScriptedPipeline) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """The pipeline holds each request until ``release`` is set; ``entered`` says one is held."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> ConsumeResult:
+        entered.set()
+        release.wait(20)
+        return ConsumeResult()
+
+    pipeline.action = hold
+    yield entered, release
+    release.set()
+
+
+def retry_delay(error: grpc.RpcError) -> float:
+    trailers = dict(error.trailing_metadata() or ())
+    delay = RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay
+    return delay.seconds + delay.nanos / 1e9
+
+
+def test_http_beyond_max_concurrent_requests_is_429_with_retry_after_1_before_the_body_is_read(
+        pipeline: ScriptedPipeline, held: tuple[threading.Event, threading.Event]) -> None:
+    entered, release = held
+    receiver = in_process_receiver(pipeline, protocols={"http": {"endpoint": "127.0.0.1:0",
+                                                                  "max_concurrent_requests": 1}})
+    assert receiver.http is not None
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(post, receiver, "/v1/traces", EMPTY_TRACES)
+            assert entered.wait(10)
+            # Announce 10 MiB and send none of it: the answer must not wait for the body.
+            with socket.create_connection(("127.0.0.1", receiver.http.port), timeout=10) as connection:
+                connection.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: meter\r\n"
+                                   b"Content-Type: application/x-protobuf\r\nContent-Length: 10485760\r\n\r\n")
+                answer = http.client.HTTPResponse(connection)
+                answer.begin()
+                status = Status.FromString(answer.read())
+            assert (answer.status, answer.headers["Retry-After"]) == (429, "1")
+            assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert "limit (receivers.otlp.protocols.http.max_concurrent_requests)" in status.message
+            release.set()
+            assert in_flight.result(10).status == 200
+        assert post(receiver, "/v1/traces", EMPTY_TRACES).status == 200  # taken again once the first is done
+        assert receiver.http.admission.refused == 1
+    finally:
+        receiver.shutdown(grace=1)
+
+
+def test_grpc_beyond_max_in_flight_mib_is_resource_exhausted_with_a_1s_retry_info(
+        pipeline: ScriptedPipeline, held: tuple[threading.Event, threading.Event]) -> None:
+    entered, release = held
+    receiver = in_process_receiver(pipeline, protocols={"grpc": {"endpoint": "127.0.0.1:0", "max_in_flight_mib": 1}})
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().resource.attributes.add(key="padding").value.string_value = "x" * 700_000
+    body = request.SerializeToString()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(grpc_export, receiver, "trace.v1.TraceService", body)
+            assert entered.wait(10)
+            with pytest.raises(grpc.RpcError) as refused:
+                grpc_export(receiver, "trace.v1.TraceService", body)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "exceed receivers.otlp.protocols.grpc.max_in_flight_mib (1 MiB)" in refused.value.details()
+            assert retry_delay(refused.value) == 1.0
+            assert len(pipeline.received) == 1  # the refused one never reached the pipeline
+            release.set()
+            in_flight.result(10)
+        grpc_export(receiver, "trace.v1.TraceService", body)  # alone again: taken
+    finally:
+        receiver.shutdown(grace=1)
+
+
+def test_above_the_memory_limiters_soft_limit_both_protocols_answer_unavailable_with_a_1s_delay(
+        pipeline: ScriptedPipeline) -> None:
+    receiver = in_process_receiver(pipeline, memory_limiter={"limit_mib": 2, "spike_limit_mib": 1},
+                                   protocols={"grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}})
+    try:
+        response = post(receiver, "/v1/traces", EMPTY_TRACES)
+        assert (response.status, response.headers["Retry-After"]) == (503, "1")
+        message = Status.FromString(response.body).message  # type: ignore[attr-defined]
+        assert message.startswith("otel-meter is using ") and message.endswith(
+            "MiB of memory, above the soft limit of 1 MiB (receivers.otlp.memory_limiter); retry shortly")
+        with pytest.raises(grpc.RpcError) as refused:
+            grpc_export(receiver, "trace.v1.TraceService", EMPTY_TRACES)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay(refused.value) == 1.0
+        assert pipeline.received == []
+    finally:
+        receiver.shutdown(grace=1)
