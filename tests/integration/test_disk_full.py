@@ -69,11 +69,6 @@ def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "exporters/clickhouse: a short write on a full disk is taken as a whole record (journal._append ignores "
-    "FileIO.write's count and leaves the file position past the end after a failed write), and the store "
-    "writer thread dies when the checkpoint or inflight file cannot be written (journal.commit/begin "
-    "raise OSError in _run_store_writer); remove this mark once both are fixed"))
 def test_a_full_queue_disk_refuses_with_retryable_codes_keeps_serving_and_recovers_without_corruption(
         tmp_path: Path, small_disk: Callable[[str, str], Path]) -> None:
     queue = small_disk("queue-disk", "4m")

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
@@ -242,9 +242,31 @@ class ClickHouseExporter:
                 plan, self._resume_plan = self._resume_plan, None
                 if plan is None:
                     plan = self._plan_records()
-            self.journal.begin(plan)
+            if not self._write_queue_state(lambda: self.journal.begin(plan), "the inflight plan"):
+                return
             if not self._insert(plan, deadline=None):
                 return
+
+    def _write_queue_state(self, write: Callable[[], None], what: str) -> bool:
+        """Write a queue file (the inflight plan or the checkpoint), retrying while the disk is full
+        or failing: the store writer must not die of it. False if shutdown ended the wait."""
+        delay, deadline, last_logged = 0.05, None, 0.0
+        while True:
+            try:
+                write()
+                return True
+            except OSError as error:
+                now = time.monotonic()
+                if now - last_logged >= FAILURE_LOG_INTERVAL:
+                    last_logged = now
+                    logger.error("cannot write %s of the local queue in %s: %s; retrying (free space there)",
+                                 what, self.journal.directory, error.strerror or error)
+                if self._stopping:
+                    deadline = deadline or now + self.config.shutdown_timeout.total_seconds()
+                    if now > deadline:
+                        return False
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     def _queued_rows(self) -> int:
         return sum(rows for record_id, rows in self._record_rows.items() if record_id > self.journal.checkpoint)
@@ -308,7 +330,8 @@ class ClickHouseExporter:
             logger.info("usage insert succeeded after %d failed attempt(s) over %.1fs; %d record(s) queued",
                         failures, time.monotonic() - first_failure, self.queued_records)
         crash_point("after_store_insert_before_checkpoint")
-        self.journal.commit(plan)
+        if not self._write_queue_state(lambda: self.journal.commit(plan), "the checkpoint"):
+            return False  # the block is stored; the replay at the next start finds it by its token
         with self._condition:
             for record_id in range(plan.first, plan.last + 1):
                 self._record_rows.pop(record_id, None)

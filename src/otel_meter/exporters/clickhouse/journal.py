@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import errno
 import os
 import struct
 import threading
@@ -160,10 +161,18 @@ class Journal:
         assert self._file is not None
         record_id = self.last_id + 1
         start = self._file.tell()
+        data = memoryview(HEADER.pack(record_id, len(payload), zlib.crc32(payload)) + payload)
         try:
-            self._file.write(HEADER.pack(record_id, len(payload), zlib.crc32(payload)) + payload)
+            written = 0
+            while written < len(data):  # an unbuffered write may take part of the data (a full disk)
+                count = self._file.write(data[written:])
+                if not count:
+                    raise OSError(errno.ENOSPC, "no space left for the record")
+                written += count
         except OSError:
+            # Cut the partial record off and put the position back, so the next append starts clean.
             self._file.truncate(start)
+            self._file.seek(start)
             raise
         self._last_start = start
         self.last_id = record_id
