@@ -34,7 +34,7 @@ class Kind(str, enum.Enum):
 class ComponentConfig(BaseModel):
     """Base of every component config: strict about unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 @dataclass

@@ -27,7 +27,7 @@ Granularity = Literal["hour", "day", "month"]
 class MeterMapping(BaseModel):
     """Which of our usage goes to which platform meter, and what value is sent."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     meter: str = Field(min_length=1)
     """Our meter, e.g. ``input_tokens``."""
     to: str = Field(min_length=1)
@@ -51,7 +51,7 @@ class MeterMapping(BaseModel):
 class TargetConfig(BaseModel):
     """Keys every target has; a target's own config model extends it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     meters: tuple[MeterMapping, ...] = Field(min_length=1)
     customers: dict[str, str] = Field(default_factory=dict)
     """Our customer id -> the platform's customer (or subscription / account) reference.
