@@ -113,7 +113,7 @@ def test_the_compose_schema_check_catches_a_misspelt_key():
 
 def test_the_compose_file_runs_clickhouse_otel_meter_grafana_and_a_collector_in_front():
     services = compose()["services"]
-    assert set(services) == {"clickhouse", "otel-meter", "grafana", "otelcol"}
+    assert set(services) == {"clickhouse", "otel-meter", "grafana", "otelcol", "prometheus"}
     assert services["otel-meter"]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert services["otel-meter"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     # Applications reach the Collector; otel-meter publishes only its usage API.
@@ -130,7 +130,20 @@ def test_the_compose_file_mounts_existing_files_and_the_grafana_provisioning_pat
     for source in set(binds) - grafana:
         assert (DEPLOY / source).exists(), source
     assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in services["grafana"]["volumes"]
-    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in services["grafana"]["volumes"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards/otel-meter:ro" in services["grafana"]["volumes"]
+
+
+def test_grafana_gets_every_variable_and_path_its_provisioning_uses():
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    if not provisioning.is_dir():
+        pytest.skip("deploy/grafana/provisioning is not in this tree")
+    grafana = compose()["services"]["grafana"]
+    text = "\n".join(path.read_text() for path in sorted(provisioning.rglob("*.yaml")))
+    assert set(re.findall(r"\$\{(\w+)\}", text)) <= set(grafana["environment"])
+    mounted = {volume.split(":")[1] for volume in grafana["volumes"] if volume.startswith(".")}
+    for path in sorted((provisioning / "dashboards").glob("*.yaml")):
+        for provider in yaml.safe_load(path.read_text())["providers"]:
+            assert provider["options"]["path"] in mounted, path.name
 
 
 def test_the_compose_file_names_only_defined_volumes_and_configs():
