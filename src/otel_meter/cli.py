@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from otel_meter import __version__, cli_billing, cli_pricing
+from otel_meter import __version__, cli_billing, cli_operations, cli_pricing
 from otel_meter.cli_client import ServerApi, add_server_options, open_store
 from otel_meter.component import Kind
 from otel_meter.errors import OtelMeterError
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", metavar="PATH")
     cli_pricing.add_commands(commands, os.environ.get("OTEL_METER_TOKEN") or None)
     cli_billing.add_commands(commands, os.environ.get("OTEL_METER_TOKEN") or None)
+    cli_operations.add_commands(commands, os.environ.get("OTEL_METER_TOKEN") or None)
     return parser
 
 
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_pricing.run(args)
         if args.command in cli_billing.COMMANDS:
             return cli_billing.run(args)
+        if args.command in cli_operations.COMMANDS:
+            return cli_operations.run(args)
     except OtelMeterError as error:
         print(f"otel-meter: {error}", file=sys.stderr)
         return 2

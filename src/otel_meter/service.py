@@ -17,6 +17,9 @@ from otel_meter.telemetry.registry import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
+QUEUE_FULL_FRACTION = 0.95
+"""A local queue holding this share of ``sending_queue.max_size_mib`` counts as full for ``/readyz``."""
+
 
 class Service:
     def __init__(self, config: ServiceConfig) -> None:
@@ -29,10 +32,11 @@ class Service:
         self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
                                           "meters": config.meters, "extension": self._extension, "rate_cards": {},
                                           "metrics": ServiceMetrics(self.pipelines, self.exporters, self.receivers),
-                                          "billing": config.billing}
+                                          "billing": config.billing, "readiness": self.readiness}
         self.billing_scheduler: BillingScheduler | None = None
         self._stop_requested = threading.Event()
         self._shut_down = False
+        self._started = False
         self._build()
 
     def _context(self, component_id: str) -> BuildContext:
@@ -97,6 +101,31 @@ class Service:
         """Acknowledged usage records not yet in the store, over all exporters."""
         return sum(getattr(exporter, "queued_records", 0) for exporter in self.exporters.values())
 
+    def queue_room(self) -> list[tuple[str, int, int]]:
+        """(exporter id, bytes queued, ``sending_queue.max_size_mib`` in bytes) of each local queue."""
+        room = []
+        for exporter_id, exporter in self.exporters.items():
+            journal = getattr(exporter, "journal", None)
+            if journal is not None:
+                room.append((exporter_id, journal.pending_bytes, journal.max_bytes))
+        return room
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the service takes data now, and why not (read by ``GET /readyz``).
+
+        Not ready while starting (receivers not listening yet), once shutdown began, and while a
+        local queue is at least ``QUEUE_FULL_FRACTION`` full (new requests would be refused with
+        429). The store being down alone does not make it unready: the queue takes the data."""
+        if self._shut_down:
+            return False, "shutting down"
+        if not self._started:
+            return False, "starting"
+        for exporter_id, queued, limit in self.queue_room():
+            if queued >= limit * QUEUE_FULL_FRACTION:
+                return False, (f"exporters.{exporter_id}: local queue full ({queued} of {limit} bytes); the store "
+                               f"is not taking usage fast enough")
+        return True, "ready"
+
     def start(self) -> None:
         for exporter in self.exporters.values():
             exporter.start()
@@ -110,6 +139,7 @@ class Service:
             extension.start()
         for receiver in self.receivers.values():
             receiver.start()
+        self._started = True
         logger.info("otel-meter started", extra={"pipelines": [p.name for p in self.pipelines]})
 
     def shutdown(self) -> None:

@@ -1,4 +1,4 @@
-"""``GET /v1/usage`` and ``GET /healthz``."""
+"""``GET /v1/usage``, ``GET /healthz`` and ``GET /readyz``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,20 @@ def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
             {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()})
 
 
+def ready(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """200 while the service takes data: started, not shutting down, and the store answers or
+    the local queue has room (usage waits there while the store is down). 503 otherwise."""
+    readiness = api.shared.get("readiness")
+    ready_now, reason = readiness() if readiness is not None else (True, "ready")
+    store_ok = api.store.ping()
+    body = {"status": reason, "store": "ok" if store_ok else "unavailable", "queued_records": api.queued_records()}
+    if ready_now and not store_ok:
+        body["status"] = "ready (store unavailable: usage waits in the local queue)"
+    return (HTTPStatus.OK if ready_now else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+
 ROUTES = (
     route("GET", "/v1/usage", usage),
     route("GET", "/healthz", health, public=True),
+    route("GET", "/readyz", ready, public=True),
 )
