@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Callable, Literal, Protocol
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -60,6 +62,26 @@ class TargetConfig(BaseModel):
     """The window each record covers (UTC)."""
     lateness: str = "1h"
     """Only windows closed at least this long ago are sent (a duration such as ``1h``)."""
+
+
+def http_url(url: str | None, key: str, example: str) -> str | None:
+    """A platform base URL from a target's config (None: the platform's own), without a trailing slash."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key} {url!r} must be an http(s) URL {example}")
+    return url.rstrip("/")
+
+
+def check_retry_durations(timeout: timedelta, initial_backoff: timedelta, max_backoff: timedelta, prefix: str,
+                          timeout_example: str, backoff_defaults: str) -> None:
+    """The timeout and backoff keys every HTTP target has, with messages naming them."""
+    if timeout <= timedelta(0):
+        raise ValueError(f"{prefix}timeout must be positive, e.g. {timeout_example}")
+    if not timedelta(0) <= initial_backoff <= max_backoff:
+        raise ValueError(f"{prefix}initial_backoff must be between 0 and {prefix}max_backoff "
+                         f"(defaults {backoff_defaults})")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ from otel_meter.billing.target import (
     TargetConfig,
     TargetFactory,
     UsageRecord,
+    check_retry_durations,
+    http_url,
     record_key,
     register_target,
 )
@@ -106,19 +108,11 @@ class ChargebeeTargetConfig(TargetConfig):
     @field_validator("api_base")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"api_base {url!r} must be an http(s) URL such as https://acme.chargebee.com/api/v2")
-        return url.rstrip("/")
+        return http_url(url, "api_base", "such as https://acme.chargebee.com/api/v2")
 
     @model_validator(mode="after")
     def _durations(self) -> ChargebeeTargetConfig:
-        if self.timeout <= timedelta(0):
-            raise ValueError("timeout must be positive, e.g. 30s")
-        if not timedelta(0) <= self.initial_backoff <= self.max_backoff:
-            raise ValueError("initial_backoff must be between 0 and max_backoff (defaults 500ms and 60s)")
+        check_retry_durations(self.timeout, self.initial_backoff, self.max_backoff, "", "30s", "500ms and 60s")
         return self
 
     @property

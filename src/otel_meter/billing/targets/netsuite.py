@@ -63,7 +63,8 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from otel_meter import __version__
-from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, UsageRecord, register_target
+from otel_meter.billing.target import (
+    SendResult, TargetConfig, TargetFactory, UsageRecord, check_retry_durations, http_url, register_target)
 from otel_meter.component import Duration
 
 __all__ = ["COLUMNS", "NetSuiteRestConfig", "NetSuiteTarget", "NetSuiteTargetConfig", "format_date",
@@ -114,19 +115,11 @@ class NetSuiteRestConfig(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"rest.api_base {url!r} must be an http(s) URL ending in /services/rest")
-        return url.rstrip("/")
+        return http_url(url, "rest.api_base", "ending in /services/rest")
 
     @model_validator(mode="after")
     def _durations(self) -> NetSuiteRestConfig:
-        if self.timeout <= timedelta(0):
-            raise ValueError("rest.timeout must be positive, e.g. 60s")
-        if not timedelta(0) <= self.initial_backoff <= self.max_backoff:
-            raise ValueError("rest.initial_backoff must be between 0 and rest.max_backoff (defaults 1s and 60s)")
+        check_retry_durations(self.timeout, self.initial_backoff, self.max_backoff, "rest.", "60s", "1s and 60s")
         return self
 
     @property
