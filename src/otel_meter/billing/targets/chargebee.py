@@ -60,6 +60,7 @@ from otel_meter.billing.target import (
     SendResult,
     TargetConfig,
     TargetFactory,
+    HttpAnswer,
     UsageRecord,
     check_retry_durations,
     http_url,
@@ -135,22 +136,7 @@ def format_quantity(value: Decimal) -> str:
 
 
 @dataclass(frozen=True)
-class _Answer:
-    """One HTTP exchange: status 0 when no response came (then ``detail`` says why)."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def transient(self) -> bool:
-        return self.status in (0, 429) or self.status >= 500
-
+class _Answer(HttpAnswer):
     def describe(self) -> str:
         """Chargebee's own words: ``message`` [``api_error_code``, param ``param``] (HTTP status)."""
         if self.status == 0:

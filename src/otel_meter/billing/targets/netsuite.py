@@ -64,7 +64,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from otel_meter import __version__
 from otel_meter.billing.target import (
-    SendResult, TargetConfig, TargetFactory, UsageRecord, check_retry_durations, http_url, register_target)
+    HttpAnswer, SendResult, TargetConfig, TargetFactory, UsageRecord, check_retry_durations, http_url,
+    register_target)
 from otel_meter.component import Duration
 
 __all__ = ["COLUMNS", "NetSuiteRestConfig", "NetSuiteTarget", "NetSuiteTargetConfig", "format_date",
@@ -515,25 +516,16 @@ class NetSuiteTarget:
 
 
 @dataclass(frozen=True)
-class _Answer:
-    """One HTTP exchange: status 0 when no response came (then ``detail`` says why)."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    detail: str = ""
+class _Answer(HttpAnswer):
     errors: str = ""
     """NetSuite's ``o:errorDetails`` as text."""
 
     @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
     def transient(self) -> bool:
+        """Also NetSuite's concurrency-limit refusals, which come as 400s."""
         details = self.body.get("o:errorDetails") or []
         codes = {str(item.get("o:errorCode")) for item in details if isinstance(item, dict)}
-        return self.status in (0, 429) or self.status >= 500 or bool(codes & CONCURRENCY_ERRORS)
+        return super().transient or bool(codes & CONCURRENCY_ERRORS)
 
     def describe(self) -> str:
         if self.status == 0:
