@@ -133,6 +133,51 @@ def test_an_edited_card_file_is_applied_while_the_server_runs(tmp_path):
         server.process.wait()
 
 
+
+def test_a_card_file_whose_apply_fails_on_a_full_store_disk_is_applied_once_space_returns(tmp_path):
+    disk = tmp_path / "store-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up ({mounted.stderr.strip()}); this test needs root")
+    server = MeterServer(workdir=tmp_path)
+    server.write_config(rate_card=CARD, rating_settings="watch: 100ms")
+    server.config_path.write_text(server.config_path.read_text().replace(
+        f"chdb://{tmp_path / 'data'}", f"chdb://{disk / 'chdb'}"))
+    server.start()
+    try:
+        filler = disk / "filler"
+        with open(filler, "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+            except OSError:
+                pass
+        (tmp_path / "rate-card.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"),
+                                                                ("v2", iso(time.time_ns() - 10**9), "3.00", "12.00")))
+        deadline = time.monotonic() + 20
+        while "rate card" not in server.log() or "not applied (" not in server.log():
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.05)
+        assert api(server, "/v1/rate-cards")["cards"][0]["in_force"] == "v1"
+
+        filler.unlink()  # space returns: the next check applies the file
+        deadline = time.monotonic() + 20
+        while api(server, "/v1/rate-cards")["cards"][0]["in_force"] != "v2":
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.05)
+        assert "Exception in thread" not in server.log(), server.log()[-3000:]
+        factory = SpanFactory()
+        assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0)]) == SpanExportResult.SUCCESS
+        assert amounts_by_model(server)[("gpt-4o", "input_tokens")] == (1_000_000, "3.00")
+    finally:
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 TIERED = """\
 id: list
 currency: USD

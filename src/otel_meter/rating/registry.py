@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from otel_meter.storage.store import Store
 
 logger = logging.getLogger(__name__)
+
+FAILURE_LOG_INTERVAL = 60.0
+"""Seconds between two log lines of the same lasting failure of a watched card file."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class RateCardRegistry:
         self._lock = threading.Lock()
         self._versions: list[CardVersion] = []
         self._file_texts: dict[Path, str] = {}
+        self._failures: dict[Path, tuple[str, float]] = {}
+        """The last failure logged per watched file, and when (monotonic)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._default_card, self._cost_card = default_card, cost_card
@@ -118,17 +124,25 @@ class RateCardRegistry:
             self._thread.join(timeout=5)
 
     def _watch(self) -> None:
+        """Until shutdown, whatever a check meets: a watcher that died would leave the cards
+        in force unchanged without a word."""
         while not self._stop.wait(self.watch_seconds):
-            self.reload_changed_files()
+            try:
+                self.reload_changed_files()
+            except Exception:  # noqa: BLE001 - logged; the next check runs as usual
+                logger.exception("checking the rate card files failed; the cards in force are unchanged and the "
+                                 "files are checked again in %gs", self.watch_seconds)
 
     def reload_changed_files(self) -> list[ApplyResult]:
-        """Apply every watched file whose text changed; a bad edit is logged and changes nothing."""
+        """Apply every watched file whose text changed. A bad edit is logged once and changes
+        nothing; any other failure (an unreadable file, the store refusing the insert, a full
+        disk) is logged and the file is tried again at the next check."""
         results = []
         for file in self.files:
             try:
                 text = file.read_text()
-            except OSError as error:
-                logger.error("rate card %s cannot be read: %s; keeping the cards in force", file, error.strerror)
+            except (OSError, ValueError) as error:
+                self._report_failure(file, f"cannot be read: {getattr(error, 'strerror', None) or error}")
                 continue
             if text == self._file_texts.get(file):
                 continue
@@ -138,4 +152,17 @@ class RateCardRegistry:
             except RateCardError as error:
                 logger.error("rate card %s not applied, the cards in force are unchanged: %s", file, error)
                 self._file_texts[file] = text  # report a bad edit once, not at every check
+            except Exception as error:  # noqa: BLE001 - e.g. the store's disk is full: try again
+                self._report_failure(file, f"not applied ({type(error).__name__}: {error})")
+                continue
+            self._failures.pop(file, None)
         return results
+
+    def _report_failure(self, file: Path, problem: str) -> None:
+        """Log at ERROR when the problem is new or once a minute while it lasts."""
+        now = time.monotonic()
+        last = self._failures.get(file)
+        if last is None or last[0] != problem or now - last[1] >= FAILURE_LOG_INTERVAL:
+            logger.error("rate card %s %s; the cards in force are unchanged, checking again every %gs", file,
+                         problem, self.watch_seconds or 0)
+            self._failures[file] = (problem, now)

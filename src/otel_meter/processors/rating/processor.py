@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from otel_meter.rating.rate_book import UNPRICED, RateBook
 from otel_meter.usage import MONEY_CONTEXT, UsageBatch
@@ -27,6 +27,15 @@ def fractional_amount(unit_price: int, quantity: Decimal) -> int:
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
+class PricedBook(NamedTuple):
+    """A book and the quotes cached from it, swapped as one reference: two separate writes
+    could pair a new book with a cache filled from the old one by another worker thread,
+    which would keep pricing at the old version until the next card change."""
+
+    book: RateBook | None
+    cache: dict[tuple, tuple]
+
+
 class RatingProcessor:
     """Prices every row with the rate book in force at the row's event time:
     amount = quantity x unit price, exactly (integer fixed point, see ``usage.MONEY_SCALE``),
@@ -41,8 +50,7 @@ class RatingProcessor:
         if source is None:
             source = RateBook(())
         self.source: BookSource = FixedBook(source) if isinstance(source, RateBook) else source
-        self._book: RateBook | None = None
-        self._cache: dict[tuple, tuple] = {}
+        self._priced: PricedBook = PricedBook(None, {})
 
     def _rating(self, book: RateBook, epoch_time: int, customer: str, model: str, provider: str,
                 meter: str) -> tuple:
@@ -54,8 +62,10 @@ class RatingProcessor:
 
     def process(self, batch: UsageBatch) -> UsageBatch:
         book = self.source.book
-        if book is not self._book:
-            self._book, self._cache = book, {}
+        priced = self._priced  # one read: this batch's book and cache belong together
+        if priced.book is not book:
+            priced = PricedBook(book, {})
+            self._priced = priced
         rows = len(batch.meter)
         customers = batch.customer if len(batch.customer) == rows else [""] * rows
         times = batch.event_time_ns if len(batch.event_time_ns) == rows else [0] * rows
@@ -64,7 +74,7 @@ class RatingProcessor:
         single_epoch = not boundaries or not rows or book.epoch(min(times)) == book.epoch(max(times))
         epoch_of = book.epoch
         first_epoch = epoch_of(times[0]) if rows and boundaries else 0
-        cache = self._cache
+        cache = priced.cache
         unit_prices, amounts, priced, currencies, cards, versions, rules = [], [], [], [], [], [], []
         costs, cost_currencies, cost_cards, cost_versions = [], [], [], []
         for time_ns, customer, model, provider, meter, quantity in zip(
