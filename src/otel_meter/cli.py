@@ -11,7 +11,7 @@ import sys
 from typing import Any, Sequence
 
 from otel_meter import __version__, cli_billing, cli_operations, cli_pricing
-from otel_meter.cli_client import ServerApi, add_server_options, open_store
+from otel_meter.cli_client import ServerApi, add_server_options, store_location
 from otel_meter.component import Kind
 from otel_meter.errors import OtelMeterError
 
@@ -137,7 +137,9 @@ def validate_config(args: argparse.Namespace) -> int:
 
 
 def migrate(args: argparse.Namespace) -> int:
-    store = open_store(args.config)
+    from otel_meter.storage.store import Store
+
+    store = Store(store_location(args.config))
     applied = store.migrate()
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0

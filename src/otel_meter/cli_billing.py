@@ -55,7 +55,7 @@ def export(args: argparse.Namespace) -> int:
             "retry_parked": args.retry_parked}
     answer = server.call("POST", "/v1/billing/export", None, json.dumps(body).encode(), timeout=3600)
     if answer is None:
-        store = server.store_or_explain(args.config)
+        store = server.store_or_explain(args.config, write=not args.dry_run)
         target = build_target(load_config(args.config).billing, args.target)
 
         def progress(done: int, total: int) -> None:

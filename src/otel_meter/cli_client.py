@@ -1,7 +1,10 @@
 """How the command line reaches a running server's usage API, or the store when none runs.
 
 In embedded mode the server owns the store (one process per chDB path), so commands go
-through its API first and open the store themselves only when nothing listens.
+through its API first and open the store themselves only when nothing listens there. An
+explicit ``--url`` is taken at its word: when it does not answer the command fails, it never
+falls back to a local store. A read command never creates a store; a write command creates
+and migrates one that was never started, and says so.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import ssl
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,13 +34,16 @@ def add_server_options(parser: argparse.ArgumentParser, token_env: str | None) -
 
 class ServerApi:
     def __init__(self, args: argparse.Namespace) -> None:
+        self.explicit = bool(args.url)
+        """``--url`` was given: only that server may answer."""
         self.base = args.url or usage_api_url(args.config)
         self.token = args.token
         self.context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
 
     def call(self, method: str, path: str, query: dict[str, str] | None = None, body: bytes | None = None,
              content_type: str = "application/json", timeout: float = 300) -> Any | None:
-        """The decoded JSON answer, or None when no server listens there."""
+        """The decoded JSON answer, or None when no server listens at the configured address.
+        Raises when an explicit ``--url`` does not answer."""
         if not self.base:
             return None
         query = {key: value for key, value in (query or {}).items() if value is not None}
@@ -49,20 +56,26 @@ class ServerApi:
             with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
                 return json.load(response)
         except urllib.error.HTTPError as error:
-            detail = json.loads(error.read() or b"{}").get("error", error.reason)
-            raise OtelMeterError(f"usage API: {detail}") from None
+            raise OtelMeterError(f"usage API: {error_detail(error)}") from None
         except urllib.error.URLError as error:
             if isinstance(error.reason, ssl.SSLError):
                 raise OtelMeterError(f"usage API at {self.base}: TLS failed ({error.reason}); pass --cacert with "
                                      f"the CA that signed its certificate") from None
-            return None
-        except ConnectionError:
-            return None
+            return self._no_answer(error.reason)
+        except (OSError, ValueError) as error:  # refused, reset or timed out; or an answer that is not JSON
+            return self._no_answer(error)
 
-    def store_or_explain(self, config_path: str | None):
-        """The store, for when no server answered; says what to do when a server owns it."""
+    def _no_answer(self, reason: object) -> None:
+        if self.explicit:
+            raise OtelMeterError(f"usage API at {self.base} did not answer ({reason}); check the address, or leave "
+                                 f"out --url to read the local store when no server runs")
+        return None
+
+    def store_or_explain(self, config_path: str | None, *, write: bool = False):
+        """The store, for when no server answered; says what to do when a server owns it, or
+        when there is no store. ``write``: create and migrate a store never started."""
         try:
-            return open_store(config_path)
+            return open_store(config_path, create=write, api_url=self.base)
         except StoreLockedError:
             where = f"its usage API at {self.base} did not answer" if self.base else \
                 "no usage_api extension is configured"
@@ -70,16 +83,62 @@ class ServerApi:
                                  f"server's usage API address") from None
 
 
-def open_store(config_path: str | None):
+def error_detail(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(error.read() or b"{}").get("error", error.reason)
+    except (ValueError, AttributeError):
+        return f"{error.code} {error.reason}"
+
+
+def store_location(config_path: str | None):
+    """Where the config's clickhouse exporter keeps the usage."""
     from otel_meter.config import load_config
     from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
-    from otel_meter.storage.store import Store, resolve_location
+    from otel_meter.storage.store import resolve_location
 
     config = load_config(config_path)
-    for component in config.components[Kind.EXPORTER].values():
-        if isinstance(component, ClickHouseExporterConfig):
-            return Store(resolve_location(component.endpoint, component.database))
-    raise OtelMeterError(f"{config.source}: no clickhouse exporter configured")
+    exporter = next((component for component in config.components[Kind.EXPORTER].values()
+                     if isinstance(component, ClickHouseExporterConfig)), None)
+    if exporter is None:
+        raise OtelMeterError(f"{config.source}: no clickhouse exporter configured")
+    return resolve_location(exporter.endpoint, exporter.database)
+
+
+def open_store(config_path: str | None, *, create: bool, api_url: str | None = None):
+    """The configured store. ``create``: make and migrate it when it was never started (and say
+    so on stderr); otherwise a missing or empty store is an error naming where it was looked for."""
+    from otel_meter.storage.store import Store, available_migrations
+
+    location = store_location(config_path)
+    where = location.embedded_path or location.describe()
+    no_store = (f"no store at {where} and no usage API "
+                f"{f'at {api_url}' if api_url else 'configured'}; run from the server's folder or pass --config / --url")
+    if location.embedded_path is not None and not location.embedded_path.exists() and not create:
+        raise OtelMeterError(no_store)
+    store = Store(location)
+    pending = pending_migrations(store)
+    if pending and create:
+        applied = store.migrate()
+        print(f"otel-meter: {location.describe()} was never started: applied {len(applied)} migration(s)",
+              file=sys.stderr)
+    elif pending:
+        store.close()
+        if len(pending) == len(available_migrations()):
+            raise OtelMeterError(no_store)
+        raise OtelMeterError(f"{location.describe()} needs migration(s) {', '.join(pending)}; run otel-meter migrate "
+                             f"(or start the server, which applies them)")
+    return store
+
+
+def pending_migrations(store) -> list[str]:
+    from otel_meter.storage import queries
+    from otel_meter.storage.store import available_migrations
+
+    try:
+        applied = {row[0] for row in store.query(queries.APPLIED_MIGRATIONS, {})}
+    except Exception:  # noqa: BLE001 - no schema_migrations table: nothing applied
+        applied = set()
+    return [name for version, name, _ in available_migrations() if version not in applied]
 
 
 def usage_api_url(config_path: str | None) -> str | None:

@@ -154,9 +154,10 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def _registry_answer(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
-                     body: bytes | None = None, content_type: str = "application/json") -> tuple[Any, Any]:
+                     body: bytes | None = None, content_type: str = "application/json", *,
+                     write: bool = False) -> tuple[Any, Any]:
     """The server's answer, or (None, a local registry over the store) when no server runs."""
-    answer, store = _server_or_store(args, method, path, query, body, content_type)
+    answer, store = _server_or_store(args, method, path, query, body, content_type, write=write)
     return (answer, None) if store is None else (None, local_registry(args.config, store))
 
 
@@ -289,7 +290,7 @@ def rerate(args: argparse.Namespace) -> int:
     if end <= start:
         raise OtelMeterError(f"--to ({args.end}) must be after --from ({args.start})")
     body = json.dumps({"from": args.start, "to": args.end, "customer": args.customer}).encode()
-    answer, registry = _registry_answer(args, "POST", "/v1/rerate", None, body)
+    answer, registry = _registry_answer(args, "POST", "/v1/rerate", None, body, write=True)
     if registry is not None:
         def progress(done: int, total: int) -> None:
             print(f"\rre-rating: {done}/{total} chunk(s)", end="", file=sys.stderr, flush=True)
@@ -367,11 +368,13 @@ def invoice(args: argparse.Namespace) -> int:
 
 
 def _server_or_store(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
-                     body: bytes | None = None, content_type: str = "application/json") -> tuple[Any, Any]:
-    """The server's answer, or (None, the store) when no server runs."""
+                     body: bytes | None = None, content_type: str = "application/json", *,
+                     write: bool = False) -> tuple[Any, Any]:
+    """The server's answer, or (None, the store) when no server runs. ``write``: the command
+    changes the store, so a store never started is created (a read never creates one)."""
     server = ServerApi(args)
     answer = server.call(method, path, query, body, content_type)
-    return (answer, None) if answer is not None else (None, server.store_or_explain(args.config))
+    return (answer, None) if answer is not None else (None, server.store_or_explain(args.config, write=write))
 
 
 def credit_balance(args: argparse.Namespace) -> int:
@@ -413,7 +416,7 @@ def credit_grant(args: argparse.Namespace) -> int:
     document = {key: value for key, value in document.items() if value not in (None, "")}
     grant, note = credit_store.parse_grant(document, args.customer)  # a bad grant fails before anything is sent
     answer, store = _server_or_store(args, "POST", f"/v1/credits/{quote(args.customer, safe='')}/grants", None,
-                                     json.dumps(document).encode())
+                                     json.dumps(document).encode(), write=True)
     if store is not None:
         stored = credit_store.add_grant(store, grant, note)
         answer = {"grant_id": stored.grant_id, "amount": credit_store.money_text(stored.amount),
@@ -428,7 +431,7 @@ def credit_void(args: argparse.Namespace) -> int:
     from otel_meter.rating import credit_store
 
     path = f"/v1/credits/{quote(args.customer, safe='')}/grants/{quote(args.grant_id, safe='')}/void"
-    answer, store = _server_or_store(args, "POST", path)
+    answer, store = _server_or_store(args, "POST", path, write=True)
     if store is not None:
         credit_store.void_grant(store, args.customer, args.grant_id)
     print(f"voided grant {args.grant_id} of {args.customer}")
