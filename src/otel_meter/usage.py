@@ -36,6 +36,17 @@ def money_to_decimal(units: int) -> Decimal:
     return Decimal(units).scaleb(-MONEY_SCALE, MONEY_CONTEXT)
 
 
+MAX_QUANTITY = 10**20
+"""An item's quantity is below this. The column is Decimal(38, 9), which holds values below
+10**29, and ClickHouse sums of Decimals wrap around silently on overflow: the headroom keeps
+the sum of a billion such items exact (docs/meters.md, "What an item may hold")."""
+MAX_AMOUNT = 10**15
+"""An item's amount (and cost) is below this many currency units. Amounts are Decimal(38, 18),
+which holds values below 10**20; the headroom keeps the sum of 100,000 such items exact."""
+MAX_AMOUNT_UNITS = MAX_AMOUNT * 10**MONEY_SCALE
+"""MAX_AMOUNT in 10**-18 currency units (the hot path's representation)."""
+
+
 class Prerequisite(Protocol):
     """Something a batch must see stored before its request is acknowledged."""
 
@@ -45,10 +56,16 @@ class Prerequisite(Protocol):
 
 @dataclass(slots=True)
 class Rejection:
-    """One event refused at ingest, with the reason a client can act on."""
+    """One event refused at ingest, with the reason a client can act on.
+
+    ``customer`` when known where it was refused (after attribution); else ``resource`` and
+    ``attributes``, the event's wanted attributes, let the pipeline tell whose it was."""
 
     event_id: str
     reason: str
+    customer: str = ""
+    resource: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +114,9 @@ class UsageBatch:
 
     rejections: list[Rejection] = field(default_factory=list)
     duplicate_events: int = 0
+    dropped_event_ids: set[str] = field(default_factory=set)
+    """Events a processor took out of the batch (duplicates, refused at rating): not stored by
+    this request. Shared by every ``select`` of one batch, like the callbacks."""
     on_stored: list[Callable[[bool], None]] = field(default_factory=list)
     """Callbacks run once the batch is durably stored (True) or failed (False)."""
     depends_on: list[Prerequisite] = field(default_factory=list)
@@ -111,6 +131,7 @@ class UsageBatch:
         out = UsageBatch(
             rejections=self.rejections,
             duplicate_events=self.duplicate_events,
+            dropped_event_ids=self.dropped_event_ids,
             on_stored=self.on_stored,
             depends_on=self.depends_on,
         )

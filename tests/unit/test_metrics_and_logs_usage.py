@@ -68,15 +68,18 @@ def test_delta_token_histogram_sums_by_token_type_with_model_and_provider() -> N
 
 
 def test_cumulative_points_become_deltas_and_resets_start_over() -> None:
+    """A repeated point changes nothing (no row); a new start time, or a value that fell at a
+    later time, is a reset."""
     converter = processor().metrics
     quantities = []
-    for total, start in ((100, START), (250, START), (250, START), (30, START + 5 * SECOND), (10, START + 5 * SECOND)):
-        batch = converter.convert(token_histogram([("input", total, start, start + 10 * SECOND + total)],
+    for total, start, at in ((100, START, 1), (250, START, 2), (250, START, 2), (30, START + 5 * SECOND, 3),
+                             (10, START + 5 * SECOND, 4)):
+        batch = converter.convert(token_histogram([("input", total, start, START + 10 * SECOND + at)],
                                                   CUMULATIVE))
-        quantities.append(batch.quantity[0])
+        quantities.append(batch.quantity)
         for callback in batch.on_stored:
             callback(True)
-    assert quantities == [100, 150, 0, 30, 10]
+    assert quantities == [[100], [150], [], [30], [10]]
 
 
 def test_a_failed_write_rolls_the_series_back_so_the_retry_counts() -> None:
@@ -97,7 +100,7 @@ def test_a_restart_resumes_cumulative_series_from_the_store() -> None:
     stored = before.convert(token_histogram([("input", 400, START, START + SECOND)], CUMULATIVE))
     series = stored.dimensions[0]["otel_meter.series"]
     after = processor().metrics
-    after.load_series([(series, START, Decimal(stored.dimensions[0]["otel_meter.cumulative"]))])
+    after.load_series([(series, START, START + SECOND, Decimal(stored.dimensions[0]["otel_meter.cumulative"]))])
     resumed = after.convert(token_histogram([("input", 450, START, START + 2 * SECOND)], CUMULATIVE))
     assert resumed.quantity == [50]
 

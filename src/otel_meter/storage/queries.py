@@ -29,12 +29,14 @@ WHERE event_time >= fromUnixTimestamp64Nano({min:Int64})
 
 METRIC_SERIES = """
 SELECT dimensions['otel_meter.series'] AS series,
+       splitByChar(':', event_id)[3] AS start,
        argMax(event_id, event_time),
        argMax(dimensions['otel_meter.cumulative'], event_time)
 FROM usage_events
 WHERE mapContains(dimensions, 'otel_meter.series') AND event_time >= now() - INTERVAL 8 DAY
-GROUP BY series
+GROUP BY series, start
 """
+"""The newest point of each run (series and start time; event ids are ``metric:series:start:time``)."""
 
 RATE_CARD_VERSIONS = """
 SELECT card_id, version, document, source
@@ -71,7 +73,7 @@ WHERE ({target:String} = '' OR target = {target:String})
   AND ({customer:String} = '' OR customer = {customer:String})
   AND window_start >= fromUnixTimestamp64Nano({from_ns:Int64})
   AND window_start < fromUnixTimestamp64Nano({to_ns:Int64})
-ORDER BY target, customer, meter, window_start, revision
+ORDER BY target, customer, meter, currency, window_start, revision
 """
 
 BILLABLE_USAGE = """

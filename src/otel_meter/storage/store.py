@@ -297,17 +297,19 @@ class Store:
             found.extend(zip(table["event_id"].to_pylist(), times))
         return found
 
-    def _queued_metric_series(self) -> dict[str, tuple[int, str, str]]:
-        """series -> (event time ns, event id, cumulative value) of its latest queued point."""
-        latest: dict[str, tuple[int, str, str]] = {}
+    def _queued_metric_series(self) -> dict[tuple[str, int], tuple[int, str]]:
+        """(series, start time ns) -> (event time ns, cumulative value) of each run's newest queued point."""
+        latest: dict[tuple[str, int], tuple[int, str]] = {}
         for table in self._queued(["event_id", "event_time", "dimensions"]):
             series = pc.map_lookup(table["dimensions"], "otel_meter.series", "first")
             values = pc.map_lookup(table["dimensions"], "otel_meter.cumulative", "first")
             times = table["event_time"].cast(pa.int64())
             for key, event_id, event_time, value in zip(series.to_pylist(), table["event_id"].to_pylist(),
                                                         times.to_pylist(), values.to_pylist()):
-                if key is not None and value is not None and (key not in latest or event_time >= latest[key][0]):
-                    latest[key] = (event_time, event_id, value)
+                if key is not None and value is not None:
+                    run = (key, int(event_id.rsplit(":", 2)[1]))
+                    if run not in latest or event_time >= latest[run][0]:
+                        latest[run] = (event_time, value)
         return latest
 
     def migrate(self) -> list[str]:
@@ -340,17 +342,18 @@ class Store:
             queries.STORED_EVENT_IDS, parameters={"ids": event_ids, "min": min_ns, "max": max_ns}))
         return {row[0] for row in result.result_rows}
 
-    def metric_series(self) -> list[tuple[str, int, Decimal]]:
-        """The last cumulative value of each metric series seen in the past week (stored or
-        queued), to resume deltas. Raises StoreUnavailableError when the store cannot be read."""
+    def metric_series(self) -> list[tuple[str, int, int, Decimal]]:
+        """(series, start time ns, time ns, cumulative value) of the newest point of each run of
+        each metric series seen in the past week (stored or queued), to resume deltas. Raises
+        StoreUnavailableError when the store cannot be read."""
         latest = self._queued_metric_series()  # before the store, as in recent_event_ids
         rows = self._call("reading metric series", lambda client: client.query(queries.METRIC_SERIES).result_rows)
-        for series, event_id, value in rows:
+        for series, start, event_id, value in rows:
             event_time = int(event_id.rsplit(":", 1)[1])
-            if series not in latest or event_time > latest[series][0]:
-                latest[series] = (event_time, event_id, value)
-        return [(series, int(event_id.rsplit(":", 2)[1]), Decimal(value))
-                for series, (_, event_id, value) in latest.items()]
+            run = (series, int(start))
+            if run not in latest or event_time > latest[run][0]:
+                latest[run] = (event_time, value)
+        return [(series, start, event_time, Decimal(value)) for (series, start), (event_time, value) in latest.items()]
 
     def rate_card_versions(self) -> list[CardVersion]:
         """Every applied card version, in the order applied (a version's first application wins).

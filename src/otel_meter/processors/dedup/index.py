@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 HOUR_NS = 3600 * 10**9
 logger = logging.getLogger(__name__)
@@ -111,13 +111,14 @@ class DedupIndex:
                 self._pending[event_id] = reservation
                 reservation.keys.append((event_id, event_times[position]))
 
-    def resolve(self, reservation: Reservation, stored: bool) -> None:
-        """Commit (stored) or release (failed) the ids a batch claimed."""
+    def resolve(self, reservation: Reservation, stored: bool, not_stored: Collection[str] = ()) -> None:
+        """Commit (stored) or release (failed) the ids a batch claimed; ``not_stored`` ids
+        (refused after the claim) are released whatever ``stored`` says."""
         with self._lock:
             for event_id, event_time in reservation.keys:
                 if self._pending.get(event_id) is reservation:
                     del self._pending[event_id]
-                if stored:
+                if stored and event_id not in not_stored:
                     self._add(event_id, event_time)
             if stored:
                 self._evict()

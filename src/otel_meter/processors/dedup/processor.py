@@ -31,7 +31,11 @@ class DedupProcessor:
             result = batch
         else:
             result = batch.select([row for row, seq in enumerate(batch.event_seq) if seq in admitted])
+            result.dropped_event_ids.update(event_id for event_id, new in zip(ids, decisions) if not new)
         result.duplicate_events += len(seqs) - len(admitted)
         result.depends_on.extend(reservation.waits_on)
-        result.on_stored.append(lambda stored: self.index.resolve(reservation, stored))
+        # Events a later processor refuses (rating) are in the shared set by the time the batch
+        # is stored: they are released, not committed, so a corrected copy is counted.
+        dropped = result.dropped_event_ids
+        result.on_stored.append(lambda stored: self.index.resolve(reservation, stored, not_stored=dropped))
         return result

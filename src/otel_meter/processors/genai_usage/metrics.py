@@ -6,30 +6,38 @@ meters: the sum of ``input`` points is input tokens, of ``output`` points output
 ``quantity: {value: true}`` take a sum's value or a histogram's sum.
 
 Delta points count as they are. Cumulative points are turned into deltas per series
-(resource, scope, metric, point attributes): the increase over the series' previous
-point, or the whole value after a reset (a new start time, or a value that fell). The
-last cumulative value of each series rides along in the rows' dimensions
-(``otel_meter.series`` and ``otel_meter.cumulative``), so a restart resumes the series
-from the store instead of counting it again, and a failed store write rolls the series
-back so the client's retry is counted.
+(resource, scope, metric, point attributes) and run (the point's start time: each start of the
+sender is a run of its own). A run remembers its newest point (by ``time_unix_nano``): a point
+no newer changes nothing (a retry, a duplicate, a late arrival, whose increase the newer point
+already holds); a newer one counts its increase over that point, or its whole value when the
+value fell (a reset without a new start time); the first point of a run counts its whole value.
+So the total of a run is its newest value whatever the order of arrival.
+
+The state of a series changes only once the point's usage is stored: a request with points of
+a series another request is still storing waits for it, and a point that was not stored (the
+write failed, dedup dropped it as a copy, rating refused it) leaves the series as it was. The
+newest value of each run rides along in the rows' dimensions (``otel_meter.series`` and
+``otel_meter.cumulative``), so a restart resumes the runs from the store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable, Iterable
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
+from otel_meter.errors import ExportError
 from otel_meter.meters.compiled import CompiledMeter, ItemFacts, MeterIndex, exact_quantity
 from otel_meter.meters.definitions import MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.values import text_value
-from otel_meter.usage import Rejection, UsageBatch
+from otel_meter.usage import MAX_QUANTITY, Rejection, UsageBatch
 
 TOKEN_METRIC = "gen_ai.client.token.usage"
 TOKEN_TYPE = "gen_ai.token.type"
@@ -38,15 +46,32 @@ SERIES_KEY = "otel_meter.series"
 CUMULATIVE_KEY = "otel_meter.cumulative"
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 SERVICE_NAME = "service.name"
+MAX_RUNS_PER_SERIES = 16
+"""Runs (start times) remembered per series; a point of an older, forgotten run is refused."""
+SERIES_WAIT_SECONDS = 30.0
+"""How long a request waits for another request storing points of the same series."""
 
 
 @dataclass(frozen=True)
-class SeriesState:
-    start_ns: int
+class RunState:
+    """The newest point seen of one run of a series."""
+
+    time_ns: int
     value: Decimal
 
 
-SeriesLoader = Callable[[], Iterable[tuple[str, int, Decimal]]]
+SeriesRow = tuple[str, int, int, Decimal]
+"""(series key, start time ns, time ns of the run's newest point, its cumulative value)."""
+SeriesLoader = Callable[[], Iterable[SeriesRow]]
+
+
+@dataclass
+class SeriesChanges:
+    """The run states one request computed, applied once its usage is stored."""
+
+    states: dict[tuple[str, int], list[tuple[RunState, str]]] = field(default_factory=dict)
+    """(series, start) -> the run's newer points in this request, in order, with their event ids."""
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 class MetricsConverter:
@@ -56,15 +81,23 @@ class MetricsConverter:
         self.token_meters = {meter.quantity.tokens: meter.name
                              for meter in MeterIndex(meters, "spans").meters if meter.quantity.tokens}
         self._extra_keys = extra_keys
-        self._series: dict[str, SeriesState] = {}
+        self._runs: dict[str, dict[int, RunState]] = {}
+        """Stored state: series -> start time ns -> newest stored point."""
+        self._in_flight: dict[str, SeriesChanges] = {}
+        """Series with points on their way to the store, and the request storing them."""
         self._lock = threading.Lock()
         self._series_loader: SeriesLoader | None = None
         """Set while the series could not be loaded at start (store unreachable)."""
 
-    def load_series(self, rows: Iterable[tuple[str, int, Decimal]]) -> None:
-        """Resume cumulative series from the store: (series key, start time ns, last cumulative value)."""
-        for key, start_ns, value in rows:
-            self._series[key] = SeriesState(start_ns, value)
+    def load_series(self, rows: Iterable[SeriesRow]) -> None:
+        """Resume cumulative series from the store: the newest point of each run."""
+        with self._lock:
+            for key, start_ns, time_ns, value in rows:
+                runs = self._runs.setdefault(key, {})
+                known = runs.get(start_ns)
+                if known is None or time_ns > known.time_ns:
+                    runs[start_ns] = RunState(time_ns, value)
+                forget_old_runs(runs)
 
     def defer_series(self, loader: SeriesLoader) -> None:
         """The series cannot be loaded now: a request with cumulative points first calls
@@ -73,61 +106,132 @@ class MetricsConverter:
         self._series_loader = loader
 
     def _load_deferred_series(self) -> None:
+        loader = self._series_loader
+        if loader is None:
+            return
+        rows = list(loader())
         with self._lock:
             if self._series_loader is None:
                 return
-            self.load_series(self._series_loader())
             self._series_loader = None
+        self.load_series(rows)
 
     def convert(self, request: ExportMetricsServiceRequest) -> UsageBatch:
         if self._series_loader is not None and has_cumulative_points(request):
             self._load_deferred_series()
         batch = UsageBatch()
-        changes: list[tuple[str, SeriesState | None, SeriesState]] = []
+        points = list(self._points(request, batch))
+        changes = self._claim({point.series for point in points if point.cumulative})
+        try:
+            with self._lock:
+                for point in points:
+                    delta: Decimal | None = point.value
+                    if point.cumulative:
+                        delta = self._delta(point, changes, batch)
+                        if delta is None:
+                            continue
+                    point.append_rows(batch, delta)
+        except BaseException:
+            self._release(changes)
+            raise
+        if changes is not None:
+            batch.on_stored.append(lambda stored: self._settle(changes, stored, batch))
+        return batch
+
+    def _points(self, request: ExportMetricsServiceRequest, batch: UsageBatch) -> Iterable["MetricPoint"]:
+        """The metered points of the request; refuses (into ``batch``) those that cannot be usage."""
         extra = self._extra_keys()
         seq = 0
-        with self._lock:
-            for resource_metrics in request.resource_metrics:
-                resource = {kv.key: text_value(kv.value) for kv in resource_metrics.resource.attributes}
-                resource_key = repr(sorted(resource.items()))
-                wanted_resource = {key: value for key, value in resource.items() if key in extra}
-                for scope_metrics in resource_metrics.scope_metrics:
-                    scope = scope_metrics.scope.name
-                    for metric in scope_metrics.metrics:
-                        meters = self._meters_for(metric.name, scope, resource)
-                        if not meters:
+        for resource_metrics in request.resource_metrics:
+            resource = {kv.key: text_value(kv.value) for kv in resource_metrics.resource.attributes}
+            resource_key = repr(sorted(resource.items()))
+            wanted_resource = {key: value for key, value in resource.items() if key in extra}
+            for scope_metrics in resource_metrics.scope_metrics:
+                scope = scope_metrics.scope.name
+                for metric in scope_metrics.metrics:
+                    meters = self._meters_for(metric.name, scope, resource)
+                    if not meters:
+                        continue
+                    for point, value, temporality in points_of(metric):
+                        seq += 1
+                        attributes = {kv.key: text_value(kv.value) for kv in point.attributes}
+                        series = hashlib.sha1(
+                            f"{resource_key}|{scope}|{metric.name}|{sorted(attributes.items())}".encode()
+                        ).hexdigest()
+                        event_id = f"metric:{series}:{point.start_time_unix_nano}:{point.time_unix_nano}"
+                        problem = point_problem(value, point.time_unix_nano)
+                        if problem:
+                            batch.rejections.append(Rejection(
+                                event_id, f"metric {metric.name} point at {point.time_unix_nano} ns: {problem}",
+                                resource=wanted_resource,
+                                attributes={key: attributes[key] for key in extra if key in attributes}))
                             continue
-                        for point, value, temporality in points_of(metric):
-                            seq += 1
-                            attributes = {kv.key: text_value(kv.value) for kv in point.attributes}
-                            series = hashlib.sha1(
-                                f"{resource_key}|{scope}|{metric.name}|{sorted(attributes.items())}".encode()
-                            ).hexdigest()
-                            event_id = f"metric:{series}:{point.start_time_unix_nano}:{point.time_unix_nano}"
-                            problem = point_problem(value, point.time_unix_nano)
-                            if problem:
-                                batch.rejections.append(Rejection(
-                                    event_id, f"metric {metric.name} point at {point.time_unix_nano} ns: {problem}"))
-                                continue
-                            delta = value
-                            if temporality == CUMULATIVE:
-                                delta = self._delta(series, point.start_time_unix_nano, value, changes)
-                            for meter_name, quantity_of in meters:
-                                quantity = quantity_of(attributes, delta)
-                                if quantity is None:
-                                    continue
-                                dimensions = {key: attributes[key] for key in self._dimensions(meter_name)
-                                              if key in attributes}
-                                if temporality == CUMULATIVE:
-                                    dimensions = {**dimensions, SERIES_KEY: series, CUMULATIVE_KEY: str(value)}
-                                if not quantity and temporality != CUMULATIVE:
-                                    continue
-                                append_row(batch, event_id, seq, point.time_unix_nano, meter_name,
-                                           exact_quantity(quantity), attributes, dimensions, wanted_resource,
-                                           {key: attributes[key] for key in extra if key in attributes})
-        if changes:
-            batch.on_stored.append(lambda stored: None if stored else self._roll_back(changes))
-        return batch
+                        yield MetricPoint(
+                            metric.name, series, event_id, seq, point.start_time_unix_nano, point.time_unix_nano,
+                            value, temporality == CUMULATIVE, attributes, meters, wanted_resource,
+                            {key: attributes[key] for key in extra if key in attributes}, self._dimensions)
+
+    def _claim(self, series: set[str]) -> SeriesChanges | None:
+        """Mark the series as being stored by this request, once no other request is storing any
+        of them (all at once, so two requests never wait on each other)."""
+        if not series:
+            return None
+        changes = SeriesChanges()
+        deadline = time.monotonic() + SERIES_WAIT_SECONDS
+        while True:
+            with self._lock:
+                busy = next((self._in_flight[key] for key in series if key in self._in_flight), None)
+                if busy is None:
+                    for key in series:
+                        self._in_flight[key] = changes
+                    return changes
+            if not busy.released.wait(max(0.0, deadline - time.monotonic())):
+                raise ExportError("points of the same cumulative metric series are still being stored by another "
+                                  "request; retry")
+
+    def _release(self, changes: SeriesChanges | None) -> None:
+        if changes is None:
+            return
+        with self._lock:
+            for key in [key for key, holder in self._in_flight.items() if holder is changes]:
+                del self._in_flight[key]
+        changes.released.set()
+
+    def _settle(self, changes: SeriesChanges, stored: bool, batch: UsageBatch) -> None:
+        """Apply the run states of the points stored; forget those of points not stored."""
+        if stored:
+            dropped = batch.dropped_event_ids
+            with self._lock:
+                for (series, start_ns), newer in changes.states.items():
+                    state = next((state for state, event_id in reversed(newer) if event_id not in dropped), None)
+                    if state is not None:
+                        runs = self._runs.setdefault(series, {})
+                        runs[start_ns] = state
+                        forget_old_runs(runs)
+        self._release(changes)
+
+    def _delta(self, point: "MetricPoint", changes: SeriesChanges, batch: UsageBatch) -> Decimal | None:
+        """The point's increase, or None when it changes nothing (counted as a duplicate) or is
+        refused. Called under the lock."""
+        key = (point.series, point.start_ns)
+        runs = self._runs.get(point.series, {})
+        pending = changes.states.get(key)
+        previous = pending[-1][0] if pending else runs.get(point.start_ns)
+        if previous is None and len(runs) >= MAX_RUNS_PER_SERIES and point.start_ns < min(runs):
+            batch.rejections.append(Rejection(point.event_id, (
+                f"metric {point.metric} point at {point.time_ns} ns: its start time {point.start_ns} ns is older "
+                f"than the last {MAX_RUNS_PER_SERIES} start times of its series, whose increase is no longer known"),
+                resource=point.resource, attributes=point.item_attributes))
+            return None
+        if previous is not None and point.time_ns <= previous.time_ns:
+            batch.duplicate_events += 1  # a copy or a late point: the newer point holds its increase
+            return None
+        if previous is None or point.value < previous.value:
+            delta = point.value  # a new run, or a reset: everything since the start time counts
+        else:
+            delta = point.value - previous.value
+        changes.states.setdefault(key, []).append((RunState(point.time_ns, point.value), point.event_id))
+        return delta
 
     def _meters_for(self, name: str, scope: str, resource: dict[str, str]):
         """(meter, quantity function) pairs for one metric."""
@@ -148,39 +252,60 @@ class MetricsConverter:
                 return meter.definition.dimensions
         return []
 
-    def _delta(self, series: str, start_ns: int, value: Decimal, changes: list) -> Decimal:
-        previous = self._series.get(series)
-        if previous is None or previous.start_ns != start_ns or value < previous.value:
-            delta = value  # a new series or a reset: everything since the start time counts
-        else:
-            delta = value - previous.value
-        state = SeriesState(start_ns, value)
-        self._series[series] = state
-        changes.append((series, previous, state))
-        return delta
-
-    def _roll_back(self, changes: list[tuple[str, SeriesState | None, SeriesState]]) -> None:
-        with self._lock:
-            for series, previous, state in reversed(changes):
-                if self._series.get(series) is state:
-                    if previous is None:
-                        del self._series[series]
-                    else:
-                        self._series[series] = previous
-
-
-MAX_VALUE = Decimal(10) ** 20
-"""Point values stay below this: usage quantities are Decimal(38, 9) and amounts Decimal(38, 18)."""
 MAX_TIME_NS = 2**63 - 1
 
 
 def point_problem(value: Decimal, time_ns: int) -> str | None:
-    """Why a point cannot be usage, or None: usage is finite, non-negative and storable."""
-    if not value.is_finite() or value < 0 or value >= MAX_VALUE:
+    """Why a point cannot be usage, or None: usage is finite, non-negative, storable, and has a time."""
+    if not value.is_finite() or value < 0 or value >= MAX_QUANTITY:
         return f"value {value} is not a finite, non-negative number below 1e20"
+    if time_ns == 0:
+        return ("has no time (time_unix_nano is 0): usage needs its event time to be priced, placed in its "
+                "period and deduplicated; the sender must set it")
     if time_ns > MAX_TIME_NS:
         return "its time is after 2262-04-11, beyond what can be stored"
     return None
+
+
+def forget_old_runs(runs: dict[int, RunState]) -> None:
+    while len(runs) > MAX_RUNS_PER_SERIES:
+        del runs[min(runs)]
+
+
+MeterQuantity = Callable[[dict[str, str], Decimal], "Decimal | None"]
+
+
+@dataclass
+class MetricPoint:
+    """One point of a metered metric, read once, turned into rows once its increase is known."""
+
+    metric: str
+    series: str
+    event_id: str
+    seq: int
+    start_ns: int
+    time_ns: int
+    value: Decimal
+    cumulative: bool
+    attributes: dict[str, str]
+    meters: list[tuple[str, MeterQuantity]]
+    resource: dict[str, str]
+    item_attributes: dict[str, str]
+    dimensions_of: Callable[[str], list[str]]
+
+    def append_rows(self, batch: UsageBatch, delta: Decimal) -> None:
+        """One row per meter; a cumulative point keeps its zero rows, which carry the run's newest
+        value to the store for a restart."""
+        attributes = self.attributes
+        for meter_name, quantity_of in self.meters:
+            quantity = quantity_of(attributes, delta)
+            if quantity is None or (not quantity and not self.cumulative):
+                continue
+            dimensions = {key: attributes[key] for key in self.dimensions_of(meter_name) if key in attributes}
+            if self.cumulative:
+                dimensions = {**dimensions, SERIES_KEY: self.series, CUMULATIVE_KEY: str(self.value)}
+            append_row(batch, self.event_id, self.seq, self.time_ns, meter_name, exact_quantity(quantity),
+                       attributes, dimensions, self.resource, self.item_attributes)
 
 
 def token_quantity(kind: str):
