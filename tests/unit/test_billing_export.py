@@ -29,6 +29,9 @@ NOV = Period.parse("2026-11")
 DAY = 86400 * NS
 AFTER_NOVEMBER = NOV.end_ns + 2 * 3600 * NS
 CARD = parse_rate_card('id: list\ncurrency: USD\nmodels: [{match: "*", prices: {input_tokens: "2.50"}}]\n', "card.yaml")
+EURO_CARD = parse_rate_card('id: plan\ncurrency: EUR\nmodels: [{match: "*", prices: {input_tokens: "2.00"}}]\n',
+                            "plan.yaml")
+HOUR = 3600 * NS
 
 
 @dataclass
@@ -59,15 +62,15 @@ class RecordingTarget:
         pass
 
 
-def ingest(store, rows: list[tuple[str, str, int, int]]) -> None:
-    """Rows of (event id, customer, event time ns, input tokens), rated with CARD and inserted."""
+def ingest(store, rows: list[tuple[str, str, int, int]], card=CARD) -> None:
+    """Rows of (event id, customer, event time ns, input tokens), rated with ``card`` and inserted."""
     batch = UsageBatch()
     for event_id, customer, time_ns, tokens in rows:
         batch.append(event_id, 0, time_ns, "input_tokens", tokens, "openai", "gpt-4o", "chat", {}, {}, {})
         batch.customer.append(customer)
         for column in ("feature", "service", "environment"):
             getattr(batch, column).append("")
-    batch = RatingProcessor(CARD.book()).process(batch)
+    batch = RatingProcessor(card.book()).process(batch)
     store.insert_usage(to_arrow(batch, 0), f"ingest-{rows[0][0]}")
 
 
@@ -155,6 +158,115 @@ def test_whole_number_platforms_get_whole_units_and_the_fraction_is_carried(stor
     assert [(r.revision, r.value, r.total) for r in sent] == [(2, D(1), D(2))]
     store.call(ingest, [("a3", "acme", day(7) + 2, 800)])  # 2.9: still 2 whole
     assert store.call(export, thousands)[0].unchanged == 1
+
+
+def test_two_currencies_in_one_window_are_two_records_and_reruns_send_nothing(store):
+    # acme's plan card prices in EUR; the same day, usage priced by the default USD card.
+    store.call(ingest, [("u1", "acme", day(3) + 5, 1000)])
+    store.call(ingest, [("e1", "acme", day(3) + 9, 300)], EURO_CARD)
+    amounts = RecordingTarget(config=TargetConfig(
+        meters=(MeterMapping(meter="input_tokens", to="token_cost", value="amount"),), customers={"acme": "cus_acme"}))
+    summary, sent = store.call(export, amounts)
+    assert (summary.sent, summary.corrections) == (2, 0)
+    assert sorted((r.currency, r.window_start_ns, r.revision, r.value, r.total, r.quantity) for r in sent) == [
+        ("EUR", day(3), 1, D("0.0006"), D("0.0006"), D(300)),
+        ("USD", day(3), 1, D("0.0025"), D("0.0025"), D(1000))]
+    assert len({r.key for r in sent}) == 2
+    for _ in range(3):
+        again, resent = store.call(export, amounts)
+        assert (again.sent, again.corrections, again.unchanged, resent) == (0, 0, 2, [])
+    assert sorted((e.currency, e.revision, e.value, e.status) for e in store.call(
+        ledger_entries, start_ns=NOV.start_ns, end_ns=NOV.end_ns)) == [
+        ("EUR", 1, D("0.0006"), "sent"), ("USD", 1, D("0.0025"), "sent")]
+
+
+def test_a_late_correction_in_one_currency_leaves_the_other_currency_alone(store):
+    store.call(ingest, [("u1", "acme", day(4), 1000)])
+    store.call(ingest, [("e1", "acme", day(4) + 1, 300)], EURO_CARD)
+    store.call(export, RecordingTarget())
+    store.call(ingest, [("e2", "acme", day(4) + 2, 200)], EURO_CARD)
+    summary, sent = store.call(export, RecordingTarget())
+    assert [(r.currency, r.revision, r.value, r.total) for r in sent] == [("EUR", 2, D(200), D(500))]
+    assert store.call(export, RecordingTarget())[0].sent == 0
+
+
+def test_whole_units_carry_the_fraction_to_the_next_window_so_ten_hours_of_1500_tokens_send_15(store):
+    hourly = RecordingTarget(integer_values=True, config=TargetConfig(
+        meters=(MeterMapping(meter="input_tokens", to="ktokens", unit=D(1000)),), customers={"acme": "cus_acme"},
+        granularity="hour", lateness="1s"))
+    start = day(10)
+    sent = []
+    for hour in range(10):  # one export after each hour closes, as an hourly schedule runs it
+        store.call(ingest, [(f"h{hour}", "acme", start + hour * HOUR + 7, 1500)])
+        sent += store.call(export, hourly, now_ns=start + (hour + 1) * HOUR + 2 * NS)[1]
+    assert [((r.window_start_ns - start) // HOUR, r.revision, r.value) for r in sent] == [
+        (hour, 1, D(1) if hour % 2 == 0 else D(2)) for hour in range(10)]
+    assert sum(r.value for r in sent) == D(15)
+    assert (sum(r.quantity for r in sent), sum(r.amount for r in sent)) == (D(15000), D("0.0375"))
+    rerun, resent = store.call(export, hourly)
+    assert (rerun.sent, rerun.unchanged, resent) == (0, 10, [])
+
+
+def test_whole_units_at_period_close_are_the_floor_of_the_period_total_whatever_the_export_order(store):
+    hourly = RecordingTarget(integer_values=True, config=TargetConfig(
+        meters=(MeterMapping(meter="input_tokens", to="ktokens", unit=D(1000)),), customers={"acme": "cus_acme"},
+        granularity="hour", lateness="1s"))
+    start = day(11)
+    store.call(ingest, [(f"s{hour}", "acme", start + hour * HOUR, 300) for hour in range(10)])
+    first, sent = store.call(export, hourly)  # 0.3, 0.6, 0.9, 1.2, ...: a whole unit every few hours
+    assert [((r.window_start_ns - start) // HOUR, r.value) for r in sent] == [(3, D(1)), (6, D(1)), (9, D(1))]
+    store.call(ingest, [("late", "acme", start + 5, 250)])  # hour 0 now 0.55: 1.15 at hour 2, 2.05 at hour 5
+    _, corrections = store.call(export, hourly)
+    assert [((r.window_start_ns - start) // HOUR, r.revision, r.value) for r in corrections] == [
+        (2, 1, D(1)), (3, 2, D(-1)), (5, 1, D(1)), (6, 2, D(-1))]
+    total = sum(r.value for r in sent + corrections)
+    assert total == D(3)  # floor(3.25)
+    assert store.call(export, hourly)[0].sent == 0
+
+
+def upgrade_a_ledger_written_before_0005(store, crash_after_exchange: bool) -> dict:
+    """A store migrated to 0004 with ledger rows of two currencies in one window (written in two
+    inserts, not merged yet), then migrated on; optionally the first 0005 run stops after its
+    exchange, as after a crash, and the migration runs again."""
+    from otel_meter.billing.ledger import LedgerEntry, record_states
+    from otel_meter.storage.store import Store, available_migrations, resolve_location, split_statements
+
+    old = Store(resolve_location(store.location.dsn, f"upgrade_{int(crash_after_exchange)}"))
+    client = old.client
+    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at "
+                   "DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
+    for version, name, sql in available_migrations():
+        if version < 5:
+            for statement in split_statements(sql):
+                client.command(statement)
+            client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
+
+    def entry(currency: str, value: str) -> LedgerEntry:
+        return LedgerEntry("recorder", "acme", "cus_acme", "token_cost", day(3), day(4), 1, f"old-{currency}",
+                           D(value), D(value), D(1000), D(value), currency, "sent", "", "", NOV.end_ns)
+
+    record_states(old, [entry("USD", "0.0025")])
+    record_states(old, [entry("EUR", "0.0006")])
+    if crash_after_exchange:
+        (_, _, sql), = [migration for migration in available_migrations() if migration[0] == 5]
+        statements = split_statements(sql)
+        for statement in statements[:statements.index("EXCHANGE TABLES billing_ledger AND billing_ledger_0005") + 1]:
+            client.command(statement)
+    applied = old.migrate()
+    sorting_key = client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
+                               "AND name = 'billing_ledger'").result_rows[0][0]
+    tables = [row[0] for row in client.query("SHOW TABLES").result_rows if row[0].startswith("billing_ledger")]
+    rows = sorted((e.currency, e.revision, e.key, e.value, e.status) for e in ledger_entries(old))
+    return {"applied": applied, "sorting_key": sorting_key, "tables": tables, "rows": rows}
+
+
+@pytest.mark.parametrize("crash_after_exchange", [False, True])
+def test_an_existing_ledger_upgrades_to_the_currency_in_its_sort_key_and_keeps_every_row(store, crash_after_exchange):
+    upgraded = store.call(upgrade_a_ledger_written_before_0005, crash_after_exchange)
+    assert upgraded["applied"] == ["0005_ledger_currency"]
+    assert upgraded["sorting_key"] == "target, customer, meter, currency, window_start, revision"
+    assert upgraded["tables"] == ["billing_ledger"]
+    assert upgraded["rows"] == [("EUR", 1, "old-EUR", D("0.0006"), "sent"), ("USD", 1, "old-USD", D("0.0025"), "sent")]
 
 
 def test_customers_without_a_platform_reference_are_held_and_windows_still_open_wait(store):

@@ -32,7 +32,7 @@ def record(total: str, *, revision: int = 1, value: str | None = None, start: in
                        window_start_ns=start, window_end_ns=start + DAY, revision=revision,
                        value=Decimal(value if value is not None else total), total=Decimal(total),
                        quantity=Decimal(value if value is not None else total), amount=Decimal(0), currency="USD",
-                       key=record_key("chargebee", customer, meter, start, start + DAY, revision))
+                       key=record_key("chargebee", customer, meter, start, start + DAY, revision, currency="USD"))
 
 
 class Sleeps(list[float]):

@@ -36,7 +36,7 @@ def record(revision: int = 1, value: str = "1234567", total: str = "1234567", am
     return UsageRecord(target="finance", customer=customer, reference=reference, meter="input_tokens",
                        window_start_ns=MAY_1, window_end_ns=MAY_2, revision=revision, value=Decimal(value),
                        total=Decimal(total), quantity=Decimal(value), amount=Decimal(amount), currency="USD",
-                       key=record_key("finance", customer, "input_tokens", MAY_1, MAY_2, revision))
+                       key=record_key("finance", customer, "input_tokens", MAY_1, MAY_2, revision, currency="USD"))
 
 
 def csv_target(tmp_path: Path, **overrides: object) -> FileTarget:

@@ -43,7 +43,7 @@ def record(value: str, *, revision: int = 1, total: str | None = None, start: in
                        window_start_ns=start, window_end_ns=start + DAY, revision=revision, value=Decimal(value),
                        total=Decimal(total if total is not None else value), quantity=Decimal(value),
                        amount=Decimal(0), currency="USD",
-                       key=record_key("netsuite", customer, meter, start, start + DAY, revision))
+                       key=record_key("netsuite", customer, meter, start, start + DAY, revision, currency="USD"))
 
 
 def file_config(directory: Path, **overrides: object) -> NetSuiteTargetConfig:

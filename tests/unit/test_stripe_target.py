@@ -56,7 +56,7 @@ def record(reference: str = "cus_ACME", meter: str = "input_tokens", days_ago: i
     customer = reference.removeprefix("cus_").lower()
     return UsageRecord("stripe", customer, reference, meter, start, start + DAY_NS, revision, Decimal(value),
                        Decimal(total if total is not None else value), Decimal(value), Decimal(0), "USD",
-                       record_key("stripe", customer, meter, start, start + DAY_NS, revision))
+                       record_key("stripe", customer, meter, start, start + DAY_NS, revision, currency="USD"))
 
 
 def send(target: StripeTarget, records: list[UsageRecord]) -> list:

@@ -33,7 +33,7 @@ def record(customer: str, value: str = "42.5", revision: int = 1) -> UsageRecord
     return UsageRecord(target="hook", customer=customer, reference=f"ref-{customer}", meter="input_tokens",
                        window_start_ns=MAY_1, window_end_ns=MAY_2, revision=revision, value=Decimal(value),
                        total=Decimal(value), quantity=Decimal(value), amount=Decimal("0.01"), currency="EUR",
-                       key=record_key("hook", customer, "input_tokens", MAY_1, MAY_2, revision))
+                       key=record_key("hook", customer, "input_tokens", MAY_1, MAY_2, revision, currency="EUR"))
 
 
 class Receiver:

@@ -33,7 +33,7 @@ def usage(customer: str = "acme", meter: str = "ktokens", value: str = "12.5", *
                        window_start_ns=start, window_end_ns=end, revision=revision, value=Decimal(value),
                        total=Decimal(total if total is not None else value), quantity=Decimal(value) * 1000,
                        amount=Decimal(value) / 50, currency="USD",
-                       key=record_key(target, customer, meter, start, end, revision))
+                       key=record_key(target, customer, meter, start, end, revision, currency="USD"))
 
 
 def config(tmp_path: Path, **overrides: Any) -> ZuoraTargetConfig:

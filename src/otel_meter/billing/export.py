@@ -1,7 +1,7 @@
 """The billing export job: rated usage of a period to one target, exactly once.
 
-For each customer, target meter and closed window of the period (hour, day or month, UTC,
-ended at least ``lateness`` ago) the job computes the window's total from the hourly
+For each customer, target meter, currency and closed window of the period (hour, day or
+month, UTC, ended at least ``lateness`` ago) the job computes the window's total from the hourly
 rollups (re-rating adjustments included) and compares it with what the ledger says was
 sent. The difference goes out as revision n+1 of that window: the first send of a window,
 or a **correction** when usage arrived late or was re-rated. Nothing changed, nothing sent.
@@ -15,9 +15,11 @@ Order of work, so that a crash or a failure never double-bills or loses usage:
 3. Each result is written as ``sent``, ``failed`` (retried next run) or ``parked`` (refused
    for good: a person must act; ``--retry-parked`` sends them again).
 
-Platforms that take whole numbers only get the whole part of each window total; the
-fraction is carried, so the sum of what was sent never exceeds the usage and catches up
-as usage grows.
+Platforms that take whole numbers only get, per window, the whole units its usage completes:
+floor(cumulative value at the window's end) - floor(cumulative value at its start), the
+cumulative value running over the period's windows of the same customer, platform meter and
+currency. A fraction thus carries to the next window, and once every window of the period is
+sent, the sum sent is floor(period total).
 """
 
 from __future__ import annotations
@@ -102,14 +104,18 @@ def window_of(hour_s: int, granularity: str) -> tuple[int, int]:
     return int(start.timestamp()) * NS, int(following.timestamp()) * NS
 
 
+WindowKey = tuple[str, str, int, int, str]
+"""(customer, platform meter, window start, window end, currency)."""
+
+
 def window_totals(store: Store, target: BillingTarget, period: Period, customer: str | None,
-                  ) -> dict[tuple[str, str, int, int, str], tuple[Decimal, Decimal, Decimal]]:
+                  ) -> dict[WindowKey, tuple[Decimal, Decimal, Decimal]]:
     """(customer, platform meter, window start, window end, currency) -> (value, quantity, amount)."""
     config = target.config
     rows = store.query(queries.BILLABLE_USAGE, {
         "from_s": period.start_ns // NS, "to_s": period.end_ns // NS, "customer": customer or "",
         "meters": sorted({mapping.meter for mapping in config.meters})})
-    totals: dict[tuple[str, str, int, int, str], tuple[Decimal, Decimal, Decimal]] = {}
+    totals: dict[WindowKey, tuple[Decimal, Decimal, Decimal]] = {}
     for who, meter, model, currency, hour_s, quantity, amount in rows:
         start, end = window_of(int(hour_s), config.granularity)
         for mapping in config.meters:
@@ -122,24 +128,47 @@ def window_totals(store: Store, target: BillingTarget, period: Period, customer:
     return totals
 
 
+def whole_unit_totals(totals: dict[WindowKey, tuple[Decimal, Decimal, Decimal]]
+                      ) -> dict[WindowKey, tuple[Decimal, Decimal, Decimal]]:
+    """Window values for a whole-number platform: the whole units each window completes.
+
+    Per (customer, platform meter, currency), in window order over the period, a window's
+    value is floor(C_end) - floor(C_start), C being the cumulative value. The values add up to
+    floor(period total), so no fraction is lost between windows; they depend only on the
+    usage, so a re-run that finds the same usage sends nothing."""
+    whole: dict[WindowKey, tuple[Decimal, Decimal, Decimal]] = {}
+    cumulative: dict[tuple[str, str, str], Decimal] = {}
+    for key in sorted(totals, key=lambda key: (key[0], key[1], key[4], key[2])):
+        who, meter, _, _, currency = key
+        value, quantity, amount = totals[key]
+        before = cumulative.get((who, meter, currency), Decimal(0))
+        after = EXACT.add(before, value)
+        cumulative[(who, meter, currency)] = after
+        units = after.to_integral_value(rounding=ROUND_FLOOR) - before.to_integral_value(rounding=ROUND_FLOOR)
+        whole[key] = (units, quantity, amount)
+    return whole
+
+
 def plan_records(store: Store, target: BillingTarget, period: Period, customer: str | None, now_ns: int,
                  retry_parked: bool, summary: ExportSummary) -> tuple[list[UsageRecord], list[UsageRecord]]:
     """(records sent before that need sending again unchanged, new records)."""
     config = target.config
     closed_before = now_ns - int(parse_duration(config.lateness).total_seconds() * NS)
-    ledger: dict[tuple[str, str, int], list[LedgerEntry]] = {}
+    ledger: dict[tuple[str, str, str, int], list[LedgerEntry]] = {}
     for entry in ledger_entries(store, target=target.name, customer=customer, start_ns=period.start_ns,
                                 end_ns=period.end_ns):
-        ledger.setdefault((entry.customer, entry.meter, entry.window_start_ns), []).append(entry)
+        ledger.setdefault((entry.customer, entry.meter, entry.currency, entry.window_start_ns), []).append(entry)
     again, new = [], []
     retry = {PENDING, FAILED} | ({PARKED} if retry_parked else set())
     for entries in ledger.values():
         last = entries[-1]
         if last.status in retry:
-            again.append(last.record())
-    blocked = {(record.customer, record.meter, record.window_start_ns) for record in again}
-    for (who, meter, start, end, currency), (value, quantity, amount) in sorted(
-            window_totals(store, target, period, customer).items()):
+            again.append(last.record(tuple(entry.key for entry in entries[:-1])))
+    blocked = {(record.customer, record.meter, record.currency, record.window_start_ns) for record in again}
+    totals = window_totals(store, target, period, customer)
+    if target.integer_values:
+        totals = whole_unit_totals(totals)
+    for (who, meter, start, end, currency), (total, quantity, amount) in sorted(totals.items()):
         if end > closed_before:
             summary.open_windows += 1
             continue
@@ -147,21 +176,21 @@ def plan_records(store: Store, target: BillingTarget, period: Period, customer: 
         if reference is None:
             summary.held[who] = summary.held.get(who, 0) + 1
             continue
-        history = ledger.get((who, meter, start), [])
-        if (who, meter, start) in blocked or (history and history[-1].status == PARKED):
+        history = ledger.get((who, meter, currency, start), [])
+        if (who, meter, currency, start) in blocked or (history and history[-1].status == PARKED):
             continue
         sent = [entry for entry in history if entry.status == SENT]
         sent_value = sum((entry.value for entry in sent), Decimal(0))
         sent_quantity = sum((entry.quantity for entry in sent), Decimal(0))
         sent_amount = sum((entry.amount for entry in sent), Decimal(0))
-        total = value.to_integral_value(rounding=ROUND_FLOOR) if target.integer_values else value
         if total == sent_value:  # nothing new (for whole-number platforms: no new whole unit yet)
             summary.unchanged += 1
             continue
         revision = (history[-1].revision if history else 0) + 1
         new.append(UsageRecord(target.name, who, reference, meter, start, end, revision, total - sent_value, total,
                                quantity - sent_quantity, amount - sent_amount, currency,
-                               record_key(target.name, who, meter, start, end, revision)))
+                               record_key(target.name, who, meter, start, end, revision, currency=currency),
+                               tuple(entry.key for entry in history)))
     return again, new
 
 

@@ -3,7 +3,7 @@
 Every record is written ``pending`` before it goes out and ``sent``, ``failed`` or
 ``parked`` once the target answers (``billing_ledger``, a ReplacingMergeTree: the latest
 row of a record is its state). The platforms' own dedup lasts a day or so; this ledger,
-keyed by (target, customer, meter, window, revision), is what prevents double billing.
+keyed by (target, customer, meter, currency, window, revision), is what prevents double billing.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ class LedgerEntry:
                    record.window_end_ns, record.revision, record.key, record.value, record.total, record.quantity,
                    record.amount, record.currency, status, external_id, error, time.time_ns())
 
-    def record(self) -> UsageRecord:
+    def record(self, earlier_keys: tuple[str, ...] = ()) -> UsageRecord:
         return UsageRecord(self.target, self.customer, self.reference, self.meter, self.window_start_ns,
                            self.window_end_ns, self.revision, self.value, self.total, self.quantity, self.amount,
-                           self.currency, self.key)
+                           self.currency, self.key, earlier_keys)
 
 
 def ledger_entries(store: Store, *, target: str | None = None, customer: str | None = None,

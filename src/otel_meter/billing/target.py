@@ -105,7 +105,8 @@ class HttpAnswer:
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One send: the change of one (customer, platform meter, window) since the ledger's last revision."""
+    """One send: the change of one (customer, platform meter, currency, window) since the ledger's last
+    revision."""
 
     target: str
     customer: str
@@ -128,17 +129,22 @@ class UsageRecord:
     currency: str
     key: str
     """Deterministic idempotency key: the same record always has the same key."""
+    earlier_keys: tuple[str, ...] = ()
+    """The keys of revisions 1 .. n-1 of this window, as the ledger has them: a target that
+    replaces earlier revisions (Chargebee, Zuora) finds them by these, whichever key rule made them."""
 
     @property
     def is_correction(self) -> bool:
         return self.revision > 1
 
 
-def record_key(target: str, customer: str, meter: str, window_start_ns: int, window_end_ns: int,
-               revision: int) -> str:
+def record_key(target: str, customer: str, meter: str, window_start_ns: int, window_end_ns: int, revision: int, *,
+               currency: str) -> str:
     """32 hex characters: fits Stripe's ``identifier``, Chargebee's 36-character
-    ``deduplication_id`` and every idempotency header."""
-    text = f"{target}\x1f{customer}\x1f{meter}\x1f{window_start_ns}\x1f{window_end_ns}\x1f{revision}"
+    ``deduplication_id`` and every idempotency header. The currency is part of it: usage of one
+    window in two currencies is two records, each with its own revisions."""
+    text = (f"{target}\x1f{customer}\x1f{meter}\x1f{currency}\x1f{window_start_ns}\x1f{window_end_ns}"
+            f"\x1f{revision}")
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -157,8 +163,9 @@ class BillingTarget(Protocol):
     name: str
     config: TargetConfig
     integer_values: bool
-    """The platform takes whole numbers only (Stripe meter events): the job sends the whole part
-    of each window's total and carries the remainder to the next revision."""
+    """The platform takes whole numbers only (Stripe meter events): a window's total is the
+    whole units its usage completes, floor(cumulative / unit) at its end less at its start
+    (cumulative over the period), so the fraction carries to the next window."""
     negative_values: bool
     """The platform takes a negative value as a correction; otherwise corrections are sent the
     way the target implements them (e.g. delete and recreate)."""

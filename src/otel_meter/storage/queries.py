@@ -45,15 +45,19 @@ ORDER BY applied_at, card_id, effective_from
 LIMIT 1 BY card_id, version
 """
 
-PERIOD_LINES = """
-SELECT currency, rate_card, rate_rule, meter, priced, sum(quantity), sum(amount)
-FROM usage_hourly
+PERIOD_SEGMENTS = """
+SELECT currency, rate_card, rate_card_version, rate_rule, meter, priced, unit_price,
+       toUnixTimestamp64Nano(min(event_time)) AS first_event_ns, sum(quantity), sum(amount)
+FROM line_items
 WHERE customer = {customer:String}
-  AND hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')
-GROUP BY currency, rate_card, rate_rule, meter, priced
+  AND event_time >= fromUnixTimestamp64Nano({from_ns:Int64}) AND event_time < fromUnixTimestamp64Nano({to_ns:Int64})
+GROUP BY currency, rate_card, rate_card_version, rate_rule, meter, priced, unit_price, toStartOfHour(event_time)
 HAVING sum(quantity) != 0 OR sum(amount) != 0
-ORDER BY currency, rate_card, rate_rule, meter, priced
+ORDER BY first_event_ns, currency, rate_card, rate_rule, meter, rate_card_version, unit_price
 """
+"""A customer's usage per hour, card, version, rule, meter and unit price (the period view's segments):
+the line items, so the version and unit price that rated each hour are known. Re-rating reversals
+keep the version and unit price they cancel, so they net out within their segment."""
 
 PERIOD_COSTS = """
 SELECT currency, rate_card, rate_rule, meter, cost_currency, sum(cost)

@@ -259,9 +259,12 @@ class ChargebeeTarget:
         return f"otel-meter {self.name}: {record.customer} {start}..{end} revision {record.revision}"[:500]
 
     def _delete(self, record: UsageRecord, revision: int) -> None:
-        """Delete the usage revision ``revision`` of the record's window created (gone already is fine)."""
-        usage_id = record_key(record.target, record.customer, record.meter, record.window_start_ns,
-                              record.window_end_ns, revision)
+        """Delete the usage revision ``revision`` of the record's window created (gone already is fine).
+        Its id is the key the ledger has for that revision (a ledger written before the currency
+        joined the key has the old ones), else the key rule's."""
+        usage_id = (record.earlier_keys[revision - 1] if revision <= len(record.earlier_keys) else
+                    record_key(record.target, record.customer, record.meter, record.window_start_ns,
+                               record.window_end_ns, revision, currency=record.currency))
         answer = self._request("POST", f"/subscriptions/{quote(record.reference, safe='')}/delete_usage",
                                {"id": usage_id}, idempotency_key=f"delete-{usage_id}")
         if answer.ok or answer.status == 404:

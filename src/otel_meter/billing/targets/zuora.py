@@ -170,8 +170,15 @@ class ZuoraTargetConfig(TargetConfig):
 
 
 def window_id(record: UsageRecord) -> str:
-    """16 hex characters naming the record's (target, customer, unit of measure, window): the same for
-    every revision, so a correction finds the window's usage row by its description."""
+    """16 hex characters naming the record's (target, customer, unit of measure, currency, window): the
+    same for every revision, so a correction finds the window's usage row by its description."""
+    text = "\x1f".join((record.target, record.customer, record.meter, record.currency, str(record.window_start_ns),
+                        str(record.window_end_ns)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def earlier_window_id(record: UsageRecord) -> str:
+    """The window id rows imported before the currency joined it carry (ledger migration 0005)."""
     text = "\x1f".join((record.target, record.customer, record.meter, str(record.window_start_ns),
                         str(record.window_end_ns)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -409,7 +416,12 @@ class ZuoraTarget:
                  f" where AccountNumber = '{_zoql(record.reference)}' and UOM = '{_zoql(record.meter)}'"
                  f" and StartDateTime >= '{first_day - timedelta(days=1)}T00:00:00'"  # the tenant's time zone may
                  f" and StartDateTime < '{first_day + timedelta(days=2)}T00:00:00'")  # shift the day either way
-        rows = [row for row in self._query(query) if window in str(row.get("Description") or "")]
+        found = self._query(query)
+        rows = [row for row in found if window in str(row.get("Description") or "")]
+        if not rows and record.earlier_keys:  # the window's first revision predates the currency in its id
+            earlier = f"window {earlier_window_id(record)}"
+            rows = [row for row in found if earlier in str(row.get("Description") or "")
+                    and any(f"key {key} " in str(row.get("Description")) for key in record.earlier_keys)]
         if not rows:
             return _Outcome(False, error=f"{self.name}: {label}: no usage of {window} in Zuora (its first revision "
                             "was never imported, or was deleted); nothing to correct")
