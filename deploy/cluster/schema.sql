@@ -1,5 +1,5 @@
 -- otel-meter on a ClickHouse cluster: the schema of the embedded store's migrations
--- (src/otel_meter/storage/migrations/0001..0003), laid out for a cluster named 'otel_meter'
+-- (src/otel_meter/storage/migrations/0001..0005), laid out for a cluster named 'otel_meter'
 -- with the macros {shard} and {replica} set on every server.
 --
 -- Per shard, replicated:  usage_ingest_local (Null) -> MVs -> usage_events_local, line_items_local
@@ -11,6 +11,11 @@
 -- otel-meter inserts into the Distributed usage_ingest with distributed_foreground_insert = 1 (see
 -- README.md); it must not run its own migrations here: set create_schema: false on the exporter.
 -- Apply once: clickhouse-client --multiquery < schema.sql
+--
+-- Insert deduplication is sized by time: every table a block lands in remembers it for the
+-- retry horizon (6 h) and for as many blocks as the replicas insert meanwhile (at most 8
+-- replicas x one insert per flush_interval of 1 s x 21 600 s = 172 800, rounded up to 180 000).
+-- The arithmetic, and how to resize it, is in README.md ("Insert deduplication window").
 
 CREATE DATABASE IF NOT EXISTS otel_meter ON CLUSTER otel_meter;
 
@@ -63,7 +68,7 @@ CREATE TABLE IF NOT EXISTS otel_meter.usage_events_local ON CLUSTER otel_meter
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/usage_events', '{replica}')
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (toStartOfHour(event_time), customer, meter, model, event_id)
-SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
 
 CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
 (
@@ -97,7 +102,7 @@ CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/line_items', '{replica}')
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (toStartOfHour(event_time), customer, meter, model, event_id)
-SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
 
 CREATE TABLE IF NOT EXISTS otel_meter.usage_hourly_local ON CLUSTER otel_meter
 (
@@ -124,7 +129,7 @@ ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/otel_meter/usage
 PARTITION BY toYYYYMM(hour)
 ORDER BY (hour, customer, meter, model, provider, feature, service, environment, currency, priced, rate_card,
           rate_rule, cost_currency)
-SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
 
 CREATE TABLE IF NOT EXISTS otel_meter.usage_daily_local ON CLUSTER otel_meter
 (
@@ -151,7 +156,7 @@ ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/otel_meter/usage
 PARTITION BY toYYYYMM(day)
 ORDER BY (day, customer, meter, model, provider, feature, service, environment, currency, priced, rate_card,
           rate_rule, cost_currency)
-SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_events_mv ON CLUSTER otel_meter
 TO otel_meter.usage_events_local AS
@@ -270,9 +275,9 @@ CREATE TABLE IF NOT EXISTS otel_meter.billing_ledger ON CLUSTER otel_meter
     error String,
     recorded_at DateTime64(6, 'UTC')
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel_meter/billing_ledger', '{shard}-{replica}',
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel_meter/billing_ledger_0005', '{shard}-{replica}',
                                       recorded_at)
-ORDER BY (target, customer, meter, window_start, revision);
+ORDER BY (target, customer, meter, currency, window_start, revision);
 
 CREATE TABLE IF NOT EXISTS otel_meter.schema_migrations ON CLUSTER otel_meter
 (
@@ -284,4 +289,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency');

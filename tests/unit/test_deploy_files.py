@@ -105,3 +105,76 @@ def test_the_collector_routes_by_trace_id_over_the_grpc_port():
     assert balancer["routing_key"] == "traceID"
     assert balancer["resolver"]["dns"]["port"] == 4317
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+
+
+# --- the insert deduplication window covers the promised retry horizon ----------------------------
+
+DEDUP_TARGETS = ("usage_events_local", "line_items_local", "usage_hourly_local", "usage_daily_local")
+
+
+def sizing_table() -> dict[str, str]:
+    """The README's "Insert deduplication window" table: quantity -> value."""
+    text = (CLUSTER / "README.md").read_text().split("## Insert deduplication window", 1)[1].split("\n## ", 1)[0]
+    return {cells[0]: cells[1] for cells in (
+        [cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| Quantity"))}
+
+
+def dedup_settings(sql: str) -> dict[str, tuple[int, int]]:
+    """Per replicated table: (replicated_deduplication_window, replicated_deduplication_window_seconds)."""
+    found = {}
+    for statement in split_statements(sql):
+        table = re.match(r"CREATE TABLE IF NOT EXISTS otel_meter\.(\w+)", statement)
+        if not table or "ENGINE = Replicated" not in statement:
+            continue
+        blocks = re.search(r"replicated_deduplication_window = (\d+)", statement)
+        seconds = re.search(r"replicated_deduplication_window_seconds = (\d+)", statement)
+        found[table.group(1)] = (int(blocks.group(1)) if blocks else 10_000,  # ClickHouse's default
+                                 int(seconds.group(1)) if seconds else 604_800)
+    return found
+
+
+def flush_intervals(tmp_path) -> dict[str, float]:
+    """The exporter's flush_interval in every config that runs against the cluster schema."""
+    from tests.unit.test_deploy_manifests import KUBERNETES, load_otel_meter_config
+
+    replica = (CLUSTER / "otel-meter-replica.yaml").read_text()
+    configmap = yaml.safe_load((KUBERNETES / "configmap.yaml").read_text())["data"]["collector-config.yaml"]
+    found = {}
+    for name, text in (("otel-meter-replica.yaml", replica), ("kubernetes/configmap.yaml", configmap)):
+        config = load_otel_meter_config(text, tmp_path, name)
+        found[name] = config.component(Kind.EXPORTER, "clickhouse").flush_interval.total_seconds()
+    return found
+
+
+def test_the_insert_dedup_window_of_every_cluster_table_covers_the_retry_horizon_the_readme_promises(tmp_path):
+    sizing = sizing_table()
+    horizon_s = int(re.search(r"= (\d+) s", sizing["retry horizon H"]).group(1))
+    replicas = int(sizing["replicas R, at most"])
+    flush_s = float(sizing["flush interval F"].removesuffix(" s"))
+    assert "within 6 hours" in (CLUSTER / "README.md").read_text() and horizon_s == 6 * 3600
+    settings = dedup_settings((CLUSTER / "schema.sql").read_text())
+    assert set(DEDUP_TARGETS) <= set(settings)
+    needed_blocks = replicas * horizon_s / flush_s
+    for table in DEDUP_TARGETS:  # every table an insert's block lands in keeps it for H and R x H / F blocks
+        blocks, seconds = settings[table]
+        assert seconds >= horizon_s, table
+        assert blocks >= needed_blocks, (table, blocks, needed_blocks)
+        assert (str(blocks), str(seconds)) == (sizing["`replicated_deduplication_window`"],
+                                               sizing["`replicated_deduplication_window_seconds`"])
+    # Every config that inserts into the cluster flushes no faster than the sizing assumes.
+    assert flush_intervals(tmp_path) == {"otel-meter-replica.yaml": flush_s, "kubernetes/configmap.yaml": flush_s}
+    statefulset = yaml.safe_load((CLUSTER.parent / "kubernetes" / "statefulset.yaml").read_text())
+    assert statefulset["spec"]["replicas"] <= replicas
+
+
+def test_the_cluster_ledger_has_the_embedded_ledgers_sort_key(store):
+    embedded = store.call(embedded_ledger_sort_key)
+    (statement,) = [s for s in split_statements((CLUSTER / "schema.sql").read_text())
+                    if s.startswith("CREATE TABLE IF NOT EXISTS otel_meter.billing_ledger ")]
+    assert f"ORDER BY ({embedded})" in statement
+
+
+def embedded_ledger_sort_key(store) -> str:
+    return store.client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() "
+                              "AND name = 'billing_ledger'").result_rows[0][0]
