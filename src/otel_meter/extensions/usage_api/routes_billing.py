@@ -6,14 +6,32 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from otel_meter.billing.config import build_target
 from otel_meter.billing.export import run_export
 from otel_meter.billing.ledger import ledger_entries
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.extensions.usage_api.validation import (BodyInput, Flag, PeriodText, QueryInput, RequiredText, Text,
+                                                        described)
 from otel_meter.rating.statement import Period
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
+
+
+class ExportBody(BodyInput):
+    target: RequiredText = Field(description="the name of a billing target in billing.targets")
+    period: PeriodText | None = None
+    customer: Text | None = None
+    dry_run: Flag | None = None
+    retry_parked: Flag | None = None
+
+
+class LedgerQuery(QueryInput):
+    period: PeriodText | None = None
+    target: Text | None = None
+    customer: Text | None = None
 
 
 def summary_json(summary: Any) -> dict[str, Any]:
@@ -31,24 +49,25 @@ def summary_json(summary: Any) -> dict[str, Any]:
 
 
 def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
-    body = request.json()
+    body: ExportBody = request.body_input
     section = api.shared.get("billing")
     if section is None or not section.targets:
         raise ApiError(HTTPStatus.NOT_FOUND, "no billing targets are configured (billing.targets in the config)")
-    if not isinstance(body, dict) or not body.get("target"):
-        raise ApiError(HTTPStatus.BAD_REQUEST, 'send {"target": NAME, "period": "2026-11", "customer": optional, '
-                                               '"dry_run": false}')
-    period = Period.parse(body["period"]) if body.get("period") else Period.containing(time.time_ns())
-    target = build_target(section, body["target"])
+    if body.target not in section.targets:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"target: no billing target {body.target!r}; defined: "
+                                               f"{', '.join(sorted(section.targets))} (billing.targets in the config)",
+                       field="target", expected=described(ExportBody.model_fields["target"]))
+    period = Period.parse(body.period) if body.period else Period.containing(time.time_ns())
+    target = build_target(section, body.target)
     scheduler = api.shared.get("billing_scheduler")
     try:
         if scheduler is not None:
             with scheduler.export_lock:
-                summary = run_export(api.store, target, period, body.get("customer"), bool(body.get("dry_run")),
-                                     bool(body.get("retry_parked")))
+                summary = run_export(api.store, target, period, body.customer, bool(body.dry_run),
+                                     bool(body.retry_parked))
         else:
-            summary = run_export(api.store, target, period, body.get("customer"), bool(body.get("dry_run")),
-                                 bool(body.get("retry_parked")))
+            summary = run_export(api.store, target, period, body.customer, bool(body.dry_run),
+                                 bool(body.retry_parked))
     finally:
         target.close()
     return HTTPStatus.OK, summary_json(summary)
@@ -70,6 +89,6 @@ def ledger(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 
 ROUTES = (
-    route("POST", "/v1/billing/export", export, admin=True),
-    route("GET", "/v1/billing/ledger", ledger, admin=True),
+    route("POST", "/v1/billing/export", export, admin=True, body=ExportBody),
+    route("GET", "/v1/billing/ledger", ledger, admin=True, query=LedgerQuery),
 )

@@ -8,14 +8,43 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator, Field
 
 from otel_meter.extensions.usage_api.routes_pricing import time_param
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.extensions.usage_api.validation import (BodyInput, Integer, PositiveDecimal, QueryInput,
+                                                        StoredTimeText, Text, TimeText)
 from otel_meter.rating import credit_store
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
+
+
+def _currency(text: str) -> str:
+    if not credit_store.CURRENCY.match(text):
+        raise ValueError(f'currency is {text!r}; use "credits" or an ISO 4217 code in capitals such as "USD"')
+    return text
+
+
+class BalanceQuery(QueryInput):
+    as_of: TimeText | None = None
+
+
+class GrantBody(BodyInput):
+    """The keys ``credit_store.parse_grant`` reads, typed; it checks what spans keys (expiry after
+    start, the customer the path names)."""
+
+    amount: PositiveDecimal
+    currency: Annotated[Text, AfterValidator(_currency),
+                        Field(description='"credits" or an ISO 4217 code in capitals such as "USD"')] = "credits"
+    effective_from: StoredTimeText | None = None
+    expires_at: StoredTimeText | None = None
+    priority: Integer = 0
+    grant_id: Text | None = None
+    note: Text = ""
+    customer: Text | None = None
 
 
 def grant_document(grant: Any) -> dict[str, Any]:
@@ -28,8 +57,16 @@ def grant_document(grant: Any) -> dict[str, Any]:
 def balance(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     customer = request.customer(request.params["customer"]) or request.params["customer"]
     as_of = time_param(request, "as_of")
-    ledger = credit_store.credit_ledger(api.store, customer, as_of)
+    ledger = credit_store.credit_ledger(api.store, customer, as_of, _rate_book(api))
     return HTTPStatus.OK, credit_store.ledger_document(ledger, as_of)
+
+
+def _rate_book(api: UsageApiServer) -> Any:
+    """The rate cards that settle each billing period's credits with its statement: the ``rating``
+    processor's (the first by name without one), or None when no rating processor is configured."""
+    registries = api.shared.get("rate_cards", {})
+    registry = registries.get("rating") or (registries[sorted(registries)[0]] if registries else None)
+    return registry.book if registry is not None else None
 
 
 def add_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
@@ -57,8 +94,8 @@ def entitlement(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, A
 
 
 ROUTES = (
-    route("GET", "/v1/credits/{customer}", balance),
-    route("POST", "/v1/credits/{customer}/grants", add_grant, admin=True),
+    route("GET", "/v1/credits/{customer}", balance, query=BalanceQuery),
+    route("POST", "/v1/credits/{customer}/grants", add_grant, admin=True, body=GrantBody),
     route("POST", "/v1/credits/{customer}/grants/{grant}/void", void_grant, admin=True),
     route("GET", "/v1/entitlements/{customer}", entitlement),
 )

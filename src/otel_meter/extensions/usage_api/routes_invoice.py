@@ -11,10 +11,11 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from otel_meter.billing.invoice import FORMATS, build_invoice, invoice_document, parse_issued, render
+from otel_meter.billing.invoice import build_invoice, invoice_document, parse_issued, render
 from otel_meter.errors import OtelMeterError
-from otel_meter.extensions.usage_api.routes_pricing import registry_of
+from otel_meter.extensions.usage_api.routes_pricing import RatingQuery, registry_of
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
+from otel_meter.extensions.usage_api.validation import InvoiceFormatText, IssuedText, PeriodText, RoundingText, Text
 from otel_meter.rating.statement import Period
 
 if TYPE_CHECKING:
@@ -23,14 +24,20 @@ if TYPE_CHECKING:
 CONTENT_TYPES = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 
 
+class InvoiceQuery(RatingQuery):
+    customer: Text | None = None
+    """Required, unless the token is bound to a customer (then that one)."""
+    format: InvoiceFormatText | None = None
+    period: PeriodText | None = None
+    rounding: RoundingText | None = None
+    issued: IssuedText | None = None
+
+
 def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     customer = request.customer(request.single("customer"))
     if not customer:
         raise ApiError(HTTPStatus.BAD_REQUEST, "customer is required, e.g. /v1/invoice?customer=acme&period=2026-11")
     output_format = request.single("format") or "json"
-    if output_format not in FORMATS:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"format {output_format!r} is not supported; use one of "
-                                               f"{', '.join(FORMATS)}")
     name = request.single("period")
     billing = api.shared.get("billing")  # the billing targets' meter mappings, to compare what each sent
     target_meters = {target: config.meters for target, config in billing.targets.items()} if billing else None
@@ -48,5 +55,5 @@ def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 
 ROUTES = (
-    route("GET", "/v1/invoice", invoice),
+    route("GET", "/v1/invoice", invoice, query=InvoiceQuery),
 )

@@ -6,7 +6,10 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
+from otel_meter.extensions.usage_api.validation import QueryInput, Text, TimeText
 from otel_meter.storage.usage_report import UsageRequestError
 from otel_meter.storage.verify import VerifyRequest, verify
 
@@ -23,12 +26,18 @@ def metrics(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, RawBody(content, content_type)
 
 
+class VerifyQuery(QueryInput):
+    from_: TimeText = Field(alias="from")
+    to: TimeText
+    customer: Text | None = None
+
+
 def verify_usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """The report, also when it finds mismatches (``ok`` false): the request itself succeeded."""
+    query: VerifyQuery = request.query_input
     try:
-        verify_request = VerifyRequest.parse(request.single("from"), request.single("to"),
-                                             request.single("customer"))
-    except UsageRequestError as error:
+        verify_request = VerifyRequest.parse(query.from_, query.to, query.customer)
+    except UsageRequestError as error:  # the times are valid: a reversed range
         raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
     return HTTPStatus.OK, verify(api.store, verify_request).to_json()
 
@@ -36,5 +45,5 @@ def verify_usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, 
 ROUTES = (
     route("GET", "/metrics", metrics, public=True),
     # Reads every customer's usage (and its totals) unless customer= is given: unrestricted tokens only.
-    route("GET", "/v1/verify", verify_usage, admin=True),
+    route("GET", "/v1/verify", verify_usage, admin=True, query=VerifyQuery),
 )

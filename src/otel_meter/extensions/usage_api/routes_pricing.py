@@ -12,16 +12,56 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.extensions.usage_api.validation import (BodyInput, FlagText, PeriodText, QueryInput, RequiredText,
+                                                        RoundingText, StoredTimeText, Text, TimeText)
 from otel_meter.rating.explain import explain, iso
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.rating.statement import Period, period_view, view_as_json
-from otel_meter.storage.usage_report import UsageRequestError, parse_time, to_ns
+from otel_meter.storage.usage_report import parse_time, to_ns
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
+
+
+class RatingQuery(QueryInput):
+    rating: Text | None = None
+    """The rating processor whose cards answer (``registry_of``)."""
+
+
+class CardQuery(RatingQuery):
+    at: TimeText | None = None
+
+
+class ApplyCardQuery(RatingQuery):
+    source: Text | None = None
+    id: Text | None = None
+    dry_run: FlagText | None = None
+
+
+class ExplainQuery(RatingQuery):
+    model: RequiredText = Field(description="a model name such as gpt-4o")
+    provider: Text | None = None
+    customer: Text | None = None
+    meter: Text | None = Field(None, description="meter names separated by commas")
+    at: TimeText | None = None
+
+
+class PeriodQuery(RatingQuery):
+    customer: Text | None = None
+    """Required, unless the token is bound to a customer (then that one)."""
+    period: PeriodText | None = None
+    rounding: RoundingText | None = None
+
+
+class RerateBody(BodyInput):
+    from_: StoredTimeText = Field(alias="from")
+    to: StoredTimeText
+    customer: Text | None = None
 
 
 def registry_of(api: UsageApiServer, request: ApiRequest) -> RateCardRegistry:
@@ -38,13 +78,9 @@ def registry_of(api: UsageApiServer, request: ApiRequest) -> RateCardRegistry:
 
 
 def time_param(request: ApiRequest, name: str) -> int:
+    """A time the route's query model has checked; now when absent."""
     text = request.single(name)
-    if text is None:
-        return time.time_ns()
-    try:
-        return to_ns(parse_time(name, text))
-    except UsageRequestError as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    return time.time_ns() if text is None else to_ns(parse_time(name, text))
 
 
 def list_cards(registry: RateCardRegistry, now_ns: int) -> list[dict[str, Any]]:
@@ -86,16 +122,17 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
         text = request.body.decode()
     except UnicodeDecodeError:
         raise ApiError(HTTPStatus.BAD_REQUEST, "the card must be UTF-8 text (YAML or JSON)") from None
-    card = parse_rate_card(text, source, default_id=request.single("id") or "rate-card")
+    try:
+        card = parse_rate_card(text, source, default_id=request.single("id") or "rate-card")
+    except RecursionError:  # YAML or JSON nested deeper than the parser goes
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the card is nested too deep to be a rate card") from None
     result = registry.apply(card, source, dry_run=dry_run)
     return HTTPStatus.OK, {"card": result.card_id, "added": list(result.added), "unchanged": list(result.unchanged),
                            "dry_run": dry_run, "message": result.describe()}
 
 
 def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
-    model = request.single("model")
-    if not model:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "model is required, e.g. /v1/rates/explain?model=gpt-4o")
+    model = request.query_input.model
     meters = [m for m in (request.single("meter") or "").split(",") if m]
     customer = request.customer(request.single("customer")) or ""
     return HTTPStatus.OK, explain(registry_of(api, request).book, model, request.single("provider") or "", customer,
@@ -118,11 +155,11 @@ def period(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 ROUTES = (
     # Cards hold every customer's terms: only unrestricted tokens read them.
-    route("GET", "/v1/rate-cards", cards, admin=True),
-    route("POST", "/v1/rate-cards", apply_card, admin=True),
-    route("GET", "/v1/rate-cards/{card}", show_card, admin=True),
-    route("GET", "/v1/rates/explain", explain_price),
-    route("GET", "/v1/period", period),
+    route("GET", "/v1/rate-cards", cards, admin=True, query=RatingQuery),
+    route("POST", "/v1/rate-cards", apply_card, admin=True, query=ApplyCardQuery),
+    route("GET", "/v1/rate-cards/{card}", show_card, admin=True, query=CardQuery),
+    route("GET", "/v1/rates/explain", explain_price, query=ExplainQuery),
+    route("GET", "/v1/period", period, query=PeriodQuery),
 )
 
 
@@ -130,17 +167,12 @@ def rerate(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     from otel_meter.cli_pricing import result_as_json
     from otel_meter.rating.rerate import rerate as run_rerate
 
-    body = request.json()
-    if not isinstance(body, dict) or not body.get("from") or not body.get("to"):
-        raise ApiError(HTTPStatus.BAD_REQUEST, 'send {"from": TIME, "to": TIME, "customer": optional}')
-    try:
-        start, end = to_ns(parse_time("from", body["from"])), to_ns(parse_time("to", body["to"]))
-    except UsageRequestError as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+    body: RerateBody = request.body_input
+    start, end = to_ns(parse_time("from", body.from_)), to_ns(parse_time("to", body.to))
     if end <= start:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"to ({body['to']}) must be after from ({body['from']})")
-    result = run_rerate(api.store, registry_of(api, request).book, start, end, body.get("customer") or None)
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"to ({body.to}) must be after from ({body.from_})")
+    result = run_rerate(api.store, registry_of(api, request).book, start, end, body.customer or None)
     return HTTPStatus.OK, result_as_json(result)
 
 
-ROUTES = (*ROUTES, route("POST", "/v1/rerate", rerate, admin=True))
+ROUTES = (*ROUTES, route("POST", "/v1/rerate", rerate, admin=True, query=RatingQuery, body=RerateBody))

@@ -5,20 +5,33 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.extensions.usage_api.validation import GroupByText, QueryInput, Text, TimeText, described
 from otel_meter.storage.usage_report import UsageRequest, UsageRequestError, run_usage_query
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
 
 
+class UsageQuery(QueryInput):
+    from_: TimeText = Field(alias="from")
+    to: TimeText
+    group_by: GroupByText | None = None
+    """Its keys are checked with the range (``UsageRequest.parse``)."""
+    customer: Text | None = None
+
+
 def usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
-    customer = request.customer(request.single("customer"))
+    query: UsageQuery = request.query_input
+    customer = request.customer(query.customer)
     try:
-        usage_request = UsageRequest.parse(request.single("from"), request.single("to"), request.single("group_by"),
-                                           customer)
-    except UsageRequestError as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+        usage_request = UsageRequest.parse(query.from_, query.to, query.group_by, customer)
+    except UsageRequestError as error:  # the times are valid: a reversed range or a group_by key
+        field = "group_by" if str(error).startswith("group_by") else None
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error), field=field,
+                       expected=described(UsageQuery.model_fields["group_by"]) if field else None) from None
     return HTTPStatus.OK, {"rows": run_usage_query(api.store, usage_request)}
 
 
@@ -41,7 +54,7 @@ def ready(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 
 ROUTES = (
-    route("GET", "/v1/usage", usage),
+    route("GET", "/v1/usage", usage, query=UsageQuery),
     route("GET", "/healthz", health, public=True),
     route("GET", "/readyz", ready, public=True),
 )

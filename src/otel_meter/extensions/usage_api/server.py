@@ -17,12 +17,13 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from otel_meter import __version__
-from otel_meter.errors import OtelMeterError
+from otel_meter.errors import OtelMeterError, StoreError
 from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.extensions.usage_api import (
     routes_billing, routes_credits, routes_invoice, routes_operations, routes_pricing, routes_usage)
 from otel_meter.extensions.usage_api.config import UsageApiConfig
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, Route
+from otel_meter.extensions.usage_api.validation import body_input, query_input
 from otel_meter.security import Authenticator, TlsServerMixin, server_ssl_context
 from otel_meter.storage.store import Store
 
@@ -113,8 +114,10 @@ class UsageApiServer:
             if candidate.admin and bound is not None:
                 raise ApiError(HTTPStatus.FORBIDDEN, "this token is bound to a customer and may only read; "
                                                      "changes need an unrestricted token")
-            request = ApiRequest(method, path, parse_qs(url.query, keep_blank_values=True), body, headers, bound,
-                                 found.groupdict())
+            query = parse_qs(url.query, keep_blank_values=True)
+            request = ApiRequest(method, path, query, body, headers, bound, found.groupdict(),
+                                 query_input(candidate.query, query) if candidate.query else None,
+                                 body_input(candidate.body, body) if candidate.body else None)
             return candidate.handler(self, request)
         if allowed:
             raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {path}; use "
@@ -131,11 +134,29 @@ class UsageApiServer:
                 self._answer("GET", b"")
 
             def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
+                self._read_and_answer("POST")
+
+            def do_PUT(self) -> None:  # noqa: N802 (no route takes it: 405 naming the methods, not 501)
+                self._read_and_answer("PUT")
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                self._read_and_answer("PATCH")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._read_and_answer("DELETE")
+
+            def _read_and_answer(self, method: str) -> None:
+                declared = (self.headers.get("Content-Length") or "0").strip()
+                if not declared.isdigit():  # a negative length would read until the client hangs up
+                    self.close_connection = True
+                    self._send(HTTPStatus.BAD_REQUEST, ApiError(
+                        HTTPStatus.BAD_REQUEST, f"Content-Length {declared!r} is not a byte count",
+                        field="Content-Length", expected="a whole number of bytes").document())
+                    return
+                if int(declared) > MAX_BODY:
                     self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body above {MAX_BODY} bytes"})
                     return
-                self._answer("POST", self.rfile.read(length))
+                self._answer(method, self.rfile.read(int(declared)))
 
             def _answer(self, method: str, body: bytes) -> None:
                 try:
@@ -143,7 +164,11 @@ class UsageApiServer:
                 except ApiError as error:
                     headers = {"WWW-Authenticate": api.authenticator.scheme} \
                         if error.status == HTTPStatus.UNAUTHORIZED and api.authenticator else None
-                    self._send(error.status, {"error": str(error)}, headers)
+                    self._send(error.status, error.document(), headers)
+                    return
+                except StoreError as error:  # an OtelMeterError, but the store's fault: clients retry
+                    logger.warning("usage API %s %s: %s", method, self.path, error)
+                    self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"request failed: {error}"})
                     return
                 except OtelMeterError as error:
                     self._send(HTTPStatus.BAD_REQUEST, {"error": str(error)})
