@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_meter.errors import OtelMeterError
-from otel_meter.rating.credits import CreditEntry, CreditError, CreditGrant, UsageBucket, burn_down
+from otel_meter.rating.credits import (
+    CreditEntry, CreditError, CreditGrant, PeriodSettlement, UsageBucket, burn_down)
 
 HOUR = 3_600_000_000_000
 AS_OF = 1_000 * HOUR
@@ -363,3 +364,97 @@ def test_balance_is_the_remaining_of_active_grants_and_the_last_balance_after(gr
     times_in_history = [e.time_ns for e in ledger.history]
     assert times_in_history == sorted(times_in_history)
     assert all(e.amount > 0 and e.time_ns <= as_of for e in ledger.history)
+
+
+# --- a period's statement below its real-time usage -------------------------------------------------------
+
+PERIOD_START, PERIOD_END = 10 * HOUR, 40 * HOUR
+
+
+def settlement(amount: str, *, currency: str = "credits", time_ns: int = PERIOD_END - 1,
+               statement_total: str = "0") -> PeriodSettlement:
+    return PeriodSettlement(period="2026-11", period_start_ns=PERIOD_START, time_ns=time_ns, currency=currency,
+                            amount=D(amount), statement_total=D(statement_total))
+
+
+def net_consumed_in_period(ledger) -> D:
+    signs = {"consumed": 1, "restored": -1, "returned": -1}
+    return total(signs[e.kind] * e.amount for e in ledger.history
+                 if e.kind in signs and PERIOD_START <= e.time_ns < PERIOD_END)
+
+
+def test_credits_burned_above_the_statement_return_to_the_grant_with_an_entry_that_says_why():
+    usage = [bucket(PERIOD_START + hour * HOUR, "2") for hour in range(10)]
+    ledger = burn_down([grant("g", "20")], usage, AS_OF, [settlement("-10", statement_total="10")])
+    assert consumed(ledger) == {"g": D(10)} and ledger.balance("credits") == D(10)
+    (returned,) = [e for e in ledger.history if e.kind == "returned"]
+    assert returned == CreditEntry(PERIOD_END - 1, "g", "returned", D(10), "credits", D(10), reason=(
+        "period 2026-11: the statement's total 10 credits is 10 below the 20 credits burned in real time "
+        "(allowances, tiers or packages); the difference returns to the grants that paid for the period"))
+    assert net_consumed_in_period(ledger) == D(10)
+
+
+def test_a_return_first_lowers_the_periods_own_overage_not_an_earlier_periods():
+    before = [bucket(PERIOD_START - HOUR, "100")]  # no grant in effect yet: overage of the month before
+    usage = before + [bucket(PERIOD_START + HOUR, "30")]
+    ledger = burn_down([grant("g", "20", effective=PERIOD_START)], usage, AS_OF,
+                       [settlement("-15", statement_total="15")])
+    # 30 burned: 20 from the grant, 10 overage; the statement is 15: 10 of overage, then 5 back to the grant.
+    assert entries(ledger, "overage_reduced", "returned") == [(PERIOD_END - 1, "", "overage_reduced", D(10)),
+                                                              (PERIOD_END - 1, "g", "returned", D(5))]
+    assert consumed(ledger) == {"g": D(15)} and ledger.overage == {"credits": D(100)}
+    assert net_consumed_in_period(ledger) == D(15)
+
+
+def test_credits_returned_to_a_grant_that_expired_in_the_period_expire_again():
+    usage = [bucket(PERIOD_START + HOUR, "5"), bucket(PERIOD_START + 20 * HOUR, "5")]
+    grants = [grant("short", "5", expires=PERIOD_START + 10 * HOUR), grant("long", "100", priority=1)]
+    ledger = burn_down(grants, usage, AS_OF, [settlement("-8", statement_total="2")])
+    # most recently burned first: 5 back to long, then 3 to short, which expired: they expire again.
+    assert entries(ledger, "returned", "expired")[-3:] == [(PERIOD_END - 1, "long", "returned", D(5)),
+                                                           (PERIOD_END - 1, "short", "returned", D(3)),
+                                                           (PERIOD_END - 1, "short", "expired", D(3))]
+    assert consumed(ledger) == {"short": D(2), "long": D(0)}
+    assert net_consumed_in_period(ledger) == D(2)
+
+
+def test_a_settlement_at_or_after_as_of_is_not_applied_yet():
+    ledger = burn_down([grant("g", "20")], [bucket(PERIOD_START, "10")], PERIOD_END - 1,
+                       [settlement("-10", statement_total="0")])
+    assert consumed(ledger) == {"g": D(10)}
+
+
+def test_a_settlement_must_lower_the_burn():
+    with pytest.raises(CreditError, match=r"settlement of period 2026-11 \(credits\): amount must be a negative"):
+        settlement("1")
+
+
+period_times = st.integers(0, 39).map(lambda hour: hour * HOUR)
+
+
+@settings(max_examples=300, deadline=None)
+@given(grants=st.lists(st.builds(
+           lambda index, amount, effective, expires, priority: grant(
+               f"g{index}", str(amount), effective=effective, expires=None if expires is None else effective + expires,
+               priority=priority),
+           st.integers(0, 10**6), money, period_times, st.none() | st.integers(1, 50).map(lambda h: h * HOUR),
+           st.integers(0, 2)), max_size=4, unique_by=lambda g: g.grant_id),
+       usage=st.lists(st.builds(UsageBucket, start_ns=period_times, currency=st.just("credits"),
+                                amount=money | st.just(D(0))), max_size=10),
+       share=st.fractions(0, 1))
+def test_credits_burned_for_a_period_equal_what_its_statement_applies(grants, usage, share):
+    """The invoice applies min(credits burned in the period, the statement's total): after the
+    period's settlement, what the ledger says was burned in the period is exactly that."""
+    realtime = total(b.amount for b in usage if PERIOD_START <= b.start_ns < PERIOD_END)
+    statement_total = (D(share.numerator) * realtime / D(share.denominator)).quantize(D("0.0001"), rounding="ROUND_DOWN")
+    before = burn_down(grants, usage, AS_OF)
+    settlements = [settlement(str(statement_total - realtime), statement_total=str(statement_total))] \
+        if statement_total < realtime else []
+    after = burn_down(grants, usage, AS_OF, settlements)
+    applied = min(net_consumed_in_period(before), statement_total)
+    assert net_consumed_in_period(after) == applied
+    returned = total(e.amount for e in after.history if e.kind == "returned")
+    assert returned == net_consumed_in_period(before) - applied
+    for state in after.grants:
+        assert D(0) <= state.consumed <= state.grant.amount
+        assert state.consumed + state.remaining + state.expired == state.grant.amount or state.status == "pending"

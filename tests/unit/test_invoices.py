@@ -402,3 +402,105 @@ def test_a_month_without_usage_has_an_empty_chart_that_says_so() -> None:
     chart = daily_chart([], date(2026, 2, 1), date(2026, 3, 1), "EUR", "2026-02")
     assert '<rect class="bar"' not in chart and "No usage in this period" in chart
     assert re.findall(r'font-size="9" text-anchor="middle">(\d+)</text>', chart) == [str(d) for d in range(1, 29)]
+
+
+# --- a price change in the period: allowances and credits ----------------------------------------------------
+
+NOV_1 = ns("2026-11-01T00:00:00")
+NOV_16 = ns("2026-11-16T00:00:00")
+DEC_2 = ns("2026-12-02T00:00:00")
+VERSIONS_DATABASE = "versions"
+TERMS = """\
+    customers:
+      free: {allowances: {input_tokens: 1000000}}
+      prepaid: {allowances: {input_tokens: 5000000}}
+"""
+# 2.00 per million tokens, then from November 16 4.00.
+PRICE_V1 = """\
+  - version: "v1"
+    effective_from: 2026-01-01T00:00:00Z
+    models:
+      - match: "gpt-4o*"
+        prices: {input_tokens: "2.00"}
+""" + TERMS
+PRICE_V2 = PRICE_V1.replace('"v1"', '"v2"').replace("2026-01-01T00:00:00Z", "2026-11-16T00:00:00Z").replace(
+    '"2.00"', '"4.00"')
+
+
+def seed_versions(store) -> None:
+    """paid and free: 10M tokens at 2.00/M (Nov 1-10), then 10M at 4.00/M (Nov 16-25); prepaid: 10M at
+    2.00/M with 5M free, and a grant of 20.00 USD."""
+    from otel_meter.rating.credit_store import add_grant
+    from otel_meter.rating.credits import CreditGrant
+
+    db = _database(store, VERSIONS_DATABASE)
+    rows = []
+    for day in range(10):
+        for customer in ("paid", "free"):
+            rows += [(f"{customer}-early-{day}", NOV_1 + day * DAY + 12 * HOUR, customer, "gpt-4o", "input_tokens",
+                      1_000_000, {}),
+                     (f"{customer}-late-{day}", NOV_16 + day * DAY + 12 * HOUR, customer, "gpt-4o", "input_tokens",
+                      1_000_000, {})]
+        rows.append((f"prepaid-{day}", NOV_1 + day * DAY + 12 * HOUR, "prepaid", "gpt-4o", "input_tokens",
+                     1_000_000, {}))
+    db.insert_usage(to_arrow(RatingProcessor(book(PRICE_V1, PRICE_V2)).process(usage(*rows)), NOV_1 // 1000),
+                    "versions-usage")
+    add_grant(db, CreditGrant("prepaid-nov", "prepaid", D("20.00"), "USD", NOV_1, None), now_ns=NOV_1)
+
+
+def november(store, customer: str) -> dict[str, Any]:
+    """The period view, the invoice and the credit ledger of ``customer`` for 2026-11."""
+    from otel_meter.rating import credit_store
+
+    db = _database(store, VERSIONS_DATABASE)
+    period, rates = Period.parse("2026-11"), book(PRICE_V1, PRICE_V2)
+    ledger = credit_store.credit_ledger(db, customer, DEC_2, rates)
+    return {"view": view_as_json(period_view(db, rates, customer, period)),
+            "invoice": invoice_document(build_invoice(db, rates, customer, period, issued=date(2026, 12, 2),
+                                                      now_ns=DEC_2)),
+            "ledger": credit_store.ledger_document(ledger, DEC_2)}
+
+
+@pytest.fixture(scope="module")
+def versions(worker: ChdbWorker) -> ChdbWorker:
+    worker.call(seed_versions)
+    return worker
+
+
+def test_a_free_allowance_is_taken_from_the_earliest_usage_and_never_raises_the_bill(versions) -> None:
+    paid = versions.call(november, "paid")
+    free = versions.call(november, "free")
+    (paid_view,), (free_view,) = paid["view"]["statements"], free["view"]["statements"]
+    assert (paid_view["realtime_total"], paid_view["total"]) == ("60", "60")
+    # The free million is the first one used, at the 2.00 it was rated at: 60.00 - 2.00, not 19M x 4.00.
+    assert (free_view["realtime_total"], free_view["adjustments"], free_view["total"], free_view["total_rounded"]) \
+        == ("60", "-2", "58", "58.00")
+    (line,) = free_view["lines"]
+    assert (line["quantity"], line["free_quantity"]) == ("20000000", "1000000")
+    assert [(price["versions"], price["quantity"], price["free_quantity"], price["realtime_amount"],
+             price["period_amount"]) for price in line["prices"]] == [
+        (["v1"], "10000000", "1000000", "20", "18"), (["v2"], "10000000", "0", "40", "40")]
+    (statement,) = free["invoice"]["statements"]
+    assert (statement["total"], statement["total_rounded"], statement["amount_due_rounded"]) == (
+        "58.00", "58.00", "58.00")
+
+
+def test_credits_burned_for_a_period_equal_the_credits_its_statement_applies(versions) -> None:
+    found = versions.call(november, "prepaid")
+    (statement,) = found["invoice"]["statements"]
+    # Real time burned 20.00 (10M x 2.00); the statement is 10.00 (5M of them free): 10.00 go back.
+    assert (statement["realtime_total"], statement["total"]) == ("20.00", "10.00")
+    assert statement["credits"] == {
+        "grants": [{"grant_id": "prepaid-nov", "consumed": "20.00", "restored": "10.00", "net": "10.00"}],
+        "consumed": "10.00", "applied": "10.00", "applied_rounded": "10.00", "unapplied": "0.00"}
+    assert (statement["amount_due"], statement["amount_due_rounded"]) == ("0.00", "0.00")
+    ledger = found["ledger"]
+    assert ledger["balances"] == {"USD": "10.00"}
+    (grant,) = ledger["grants"]
+    assert (grant["consumed"], grant["remaining"], grant["status"]) == ("10.00", "10.00", "active")
+    returned = [entry for entry in ledger["history"] if entry["kind"] == "returned"]
+    assert [(entry["time"], entry["grant_id"], entry["amount"], entry["balance_after"]) for entry in returned] == [
+        ("2026-11-30T23:59:59.999999Z", "prepaid-nov", "10.00", "10.00")]
+    assert returned[0]["reason"] == ("period 2026-11: the statement's total 10 USD is 10 below the 20 USD burned "
+                                     "in real time (allowances, tiers or packages); the difference returns to the "
+                                     "grants that paid for the period")

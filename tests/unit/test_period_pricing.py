@@ -16,9 +16,11 @@ from otel_meter.rating.period import (
     Tier,
     TierMode,
     base_amount,
+    UsageSegment,
     build_statement,
     minor_units,
     period_amount,
+    price_segments,
     round_invoice,
 )
 
@@ -80,6 +82,14 @@ def test_volume_prices_all_units_at_the_tier_the_quantity_falls_in(quantity: D, 
 
 def test_volume_can_charge_less_for_more_units_past_a_bound() -> None:
     assert period_amount(VOLUME, D(101)) < period_amount(VOLUME, D(100))
+
+
+def test_a_volume_allowance_keeps_the_tier_of_the_whole_quantity_so_it_never_raises_the_amount() -> None:
+    # 101 units fall in the 0.08 tier; one of them free leaves 100 billable units, still at 0.08
+    # (choosing the tier by the 100 billable units would charge 0.10 each: 10.00 for less usage).
+    assert period_amount(VOLUME, D(101)) == D("8.08")
+    assert period_amount(VOLUME, D(101), allowance=D(1)) == D("8.00")
+    assert period_amount(VOLUME, D(101), allowance=D(101)) == 0
 
 
 def test_volume_flat_fee_is_the_used_tiers_only_and_nothing_for_zero() -> None:
@@ -309,6 +319,115 @@ def test_a_key_on_two_lines_is_refused_so_tiers_apply_once() -> None:
 def test_a_sum_that_would_need_rounding_raises_instead_of_rounding() -> None:
     with pytest.raises(decimal.Inexact):
         build_statement("USD", [per_unit_line("a", "1E+40"), per_unit_line("b", "1E-40")])
+
+
+# Versions in one period: allowances from the earliest usage, each version at its own prices
+
+PER_MILLION = D("0.000001")
+NOV_1 = 1_793_491_200 * 10**9
+HOUR_NS = 3600 * 10**9
+
+
+def segment(hour: int, quantity: int, unit_price: D, version: str = "v1", rule: str = "glob:gpt-4o*",
+            meter: str = "input_tokens", pricing: PeriodPricing | None = None, discount: D = D(1),
+            currency: str = "USD") -> UsageSegment:
+    return UsageSegment(currency=currency, key=("list", rule, meter), version=version,
+                        first_event_ns=NOV_1 + hour * HOUR_NS, quantity=D(quantity),
+                        realtime_amount=D(quantity) * unit_price, unit_price=unit_price, pricing=pricing,
+                        discount_factor=discount)
+
+
+def total_of(segments: list[UsageSegment], allowances: dict[str, D], minimum: D | None = None) -> D:
+    lines = price_segments(segments, allowances)
+    return sum((build_statement(currency, found, minimum).total for currency, found in lines.items()), D(0))
+
+
+def test_an_allowance_is_taken_from_the_earliest_usage_at_the_price_in_force_for_it() -> None:
+    # 10M tokens at 2.00/M, then a new version: 10M at 4.00/M. 60.00 without an allowance; with
+    # 1M free tokens the free million is the first one, worth 2.00: 58.00 (not 19M x 4.00 = 76.00).
+    usage = [segment(hour, 1_000_000, 2 * PER_MILLION) for hour in range(10)] + \
+            [segment(400 + hour, 1_000_000, 4 * PER_MILLION, version="v2") for hour in range(10)]
+    assert total_of(usage, {}) == D("60.00")
+    assert total_of(usage, {"input_tokens": D(1_000_000)}) == D("58.00")
+    [line] = price_segments(usage, {"input_tokens": D(1_000_000)})["USD"]
+    priced = line.price()
+    assert (priced.quantity, priced.realtime_amount, priced.period_amount, priced.free_quantity) == (
+        D(20_000_000), D("60.00"), D("58.00"), D(1_000_000))
+
+
+def test_the_allowance_of_a_meter_is_taken_across_rules_in_the_order_the_usage_happened() -> None:
+    late_expensive = segment(5, 1_000, D("0.01"), rule="glob:gpt-4o*")
+    early_cheap = segment(1, 1_000, D("0.001"), rule="glob:o3*")
+    lines = price_segments([late_expensive, early_cheap], {"input_tokens": D(1_500)})["USD"]
+    assert {line.key[1]: line.price().period_amount for line in lines} == {"glob:gpt-4o*": D("5.00"),
+                                                                          "glob:o3*": D(0)}
+
+
+def test_each_price_of_a_line_has_its_own_tiers_and_a_price_kept_by_a_new_version_keeps_counting() -> None:
+    first = PeriodPricing(TierMode.GRADUATED, (Tier(D(100), D("1.00")), Tier(None, D("0.50"))))
+    cheaper = PeriodPricing(TierMode.GRADUATED, (Tier(D(100), D("0.80")), Tier(None, D("0.40"))))
+    # v2 keeps v1's tiers: one ladder of 150 units (100 x 1.00 + 50 x 0.50).
+    same = [segment(1, 80, D(1), pricing=first), segment(500, 70, D(1), version="v2", pricing=first)]
+    assert total_of(same, {}) == D("125.00")
+    # v2 changes the price: its 70 units start their own ladder (80 x 1.00 + 70 x 0.80), each at v2's prices.
+    changed = [segment(1, 80, D(1), pricing=first), segment(500, 70, D("0.80"), version="v2", pricing=cheaper)]
+    assert total_of(changed, {}) == D("136.00")
+    # 30 free units come off v1's ladder first: 50 x 1.00 + 70 x 0.80.
+    assert total_of(changed, {"input_tokens": D(30)}) == D("106.00")
+
+
+def test_a_discount_in_force_for_a_version_applies_to_that_versions_tiers_only() -> None:
+    tiers = PeriodPricing(TierMode.GRADUATED, (Tier(D(100), D("1.00")), Tier(None, D("0.50"))))
+    usage = [segment(1, 100, D("0.90"), pricing=tiers, discount=D("0.9")),
+             segment(500, 100, D(1), version="v2", pricing=tiers, discount=D(1))]
+    assert total_of(usage, {}) == D("190.00")  # two prices (discount differs): 90.00 + 100.00
+
+
+tier_prices = st.decimals(0, 5, places=2)
+
+
+@st.composite
+def period_pricings(draw: st.DrawFn) -> PeriodPricing | None:
+    mode = draw(st.sampled_from([None, TierMode.GRADUATED, TierMode.VOLUME, TierMode.PACKAGE]))
+    if mode is None:
+        return None
+    if mode is TierMode.PACKAGE:
+        return PeriodPricing(mode, package_size=D(draw(st.integers(1, 50))), package_price=draw(tier_prices))
+    bounds = sorted(draw(st.sets(st.integers(1, 200), max_size=3)))
+    return PeriodPricing(mode, tuple(Tier(D(bound) if bound is not None else None, draw(tier_prices),
+                                          draw(st.sampled_from([D(0), D(0), draw(tier_prices)])))
+                                     for bound in [*bounds, None]))
+
+
+@st.composite
+def period_usage(draw: st.DrawFn) -> list[UsageSegment]:
+    """A month of usage of two meters under up to three versions, each with its own prices and discount."""
+    versions = [(f"v{index}", draw(period_pricings()), draw(st.sampled_from([D(1), D("0.9"), D("0.75")])),
+                 draw(st.decimals(0, 5, places=3))) for index in range(draw(st.integers(1, 3)))]
+    found = []
+    for hour in sorted(draw(st.lists(st.integers(0, 719), min_size=1, max_size=12))):
+        version, pricing, discount, unit_price = versions[min(len(versions) - 1, hour // 240)]
+        for meter, rule in draw(st.lists(st.sampled_from([("input_tokens", "glob:a*"), ("input_tokens", "glob:b*"),
+                                                          ("tool_calls", "meters")]), min_size=1, max_size=3,
+                                         unique=True)):
+            found.append(segment(hour, draw(st.integers(-5, 300)) if draw(st.booleans()) else
+                                 draw(st.integers(1, 300)), unit_price * discount, version, rule, meter,
+                                 pricing, discount, draw(st.sampled_from(["USD", "USD", "EUR"]))))
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(period_usage(), st.dictionaries(st.sampled_from(["input_tokens", "tool_calls"]), st.integers(0, 2000).map(D)),
+       st.none() | st.decimals(0, 500, places=2))
+def test_a_period_total_with_an_allowance_is_never_above_the_same_usage_without_it(
+        usage: list[UsageSegment], allowances: dict[str, D], minimum: D | None) -> None:
+    with_allowance = price_segments(usage, allowances)
+    without = price_segments(usage, {})
+    for currency, lines in without.items():
+        assert build_statement(currency, with_allowance[currency], minimum).total \
+            <= build_statement(currency, lines, minimum).total
+        for line, free_line in zip(lines, with_allowance[currency]):
+            assert free_line.price().period_amount <= line.price().period_amount
 
 
 # Currencies and rounding

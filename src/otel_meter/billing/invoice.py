@@ -13,7 +13,8 @@ An invoice gathers, for one customer and one calendar month (UTC), per currency:
   true-up above the commitment (actual - committed, when positive) and the shortfall charged
   (committed - actual, when positive); the total is max(actual, committed);
 - **credits**: prepaid credits consumed in the month (the credit ledger's ``consumed`` less
-  ``restored`` entries of the month, per grant), applied to the total;
+  ``restored`` and ``returned`` entries of the month, per grant), applied to the total; the
+  ledger settles each month with this statement, so what it burned is what is applied;
 - **daily usage** (``usage_daily``) for the chart;
 - **what the exporters sent**: the billing ledger's ``sent`` records of the month, per
   target and platform meter, compared with the invoice.
@@ -128,7 +129,8 @@ class CreditUse:
     grant_id: str
     consumed: Decimal
     restored: Decimal
-    """Given back by re-ratings that lowered a bill in the month."""
+    """Given back by re-ratings that lowered a bill in the month, and by the month's settlement
+    (credits burned in real time above the statement's total)."""
 
     @property
     def net(self) -> Decimal:
@@ -193,7 +195,8 @@ class CurrencyStatement:
 
     @property
     def credits_unapplied(self) -> Decimal:
-        """Credits consumed beyond the total (real time burned credits at prices the period view lowered)."""
+        """Credits consumed beyond the total: 0 once the ledger settled the month with this statement
+        (the ledger was computed with the same rate cards); else what real time burned above it."""
         return max(ZERO, EXACT.subtract(self.credits_consumed, self.credits_applied))
 
     @property
@@ -296,7 +299,7 @@ def build_invoice(store: Store, book: RateBook, customer: str, period: Period, r
         usage = _usage_lines(store.query(queries.INVOICE_USAGE, window),
                              store.query(queries.INVOICE_RERATING, window))
         daily = _daily_usage(store.query(queries.INVOICE_DAILY, window))
-        credits = _credit_uses(store, customer, period, min(period.end_ns, now_ns))
+        credits = _credit_uses(store, book, customer, period, min(period.end_ns, now_ns))
         statements = {statement.currency: statement for statement in view.statements}
         currencies = sorted(set(statements) | set(usage) | set(credits))
         sections = []
@@ -356,14 +359,16 @@ def _daily_usage(rows: list[tuple]) -> dict[str, tuple[DailyUsage, ...]]:
             for currency, days in per_day.items()}
 
 
-def _credit_uses(store: Store, customer: str, period: Period, as_of_ns: int) -> dict[str, tuple[CreditUse, ...]]:
-    """Per currency and grant: the ledger's consumed and restored entries with a time in the period."""
+def _credit_uses(store: Store, book: RateBook, customer: str, period: Period,
+                 as_of_ns: int) -> dict[str, tuple[CreditUse, ...]]:
+    """Per currency and grant: the ledger's consumed, restored and returned entries with a time in the period."""
     if as_of_ns <= period.start_ns:
         return {}
-    ledger = credit_ledger(store, customer, as_of_ns)
+    ledger = credit_ledger(store, customer, as_of_ns, book)
     uses: dict[tuple[str, str], list[Decimal]] = {}
     for entry in ledger.history:
-        if entry.kind not in ("consumed", "restored") or not period.start_ns <= entry.time_ns < period.end_ns:
+        if entry.kind not in ("consumed", "restored", "returned") \
+                or not period.start_ns <= entry.time_ns < period.end_ns:
             continue
         totals = uses.setdefault((entry.currency, entry.grant_id), [ZERO, ZERO])
         totals[0 if entry.kind == "consumed" else 1] += entry.amount

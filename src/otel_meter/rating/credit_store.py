@@ -5,9 +5,11 @@ is never edited in place, voiding it writes a newer row of the same key with ``v
 and reads take the latest row (``FINAL``). A grant id is unique per customer: adding one that
 exists is refused rather than silently replacing it.
 
-The ledger is :func:`otel_meter.rating.credits.burn_down` over the customer's grants and its
-rated usage per hour and currency (``usage_hourly``), so it is recomputed, never stored, and
-always agrees with the usage the API reports.
+The ledger is :func:`otel_meter.rating.credits.burn_down` over the customer's grants, its
+rated usage per hour and currency (``usage_hourly``) and, given the rate cards, the settlement
+of each billing period whose statement (the period view) is below its real-time amount, so it
+is recomputed, never stored, always agrees with the usage the API reports, and burns for each
+period exactly the credits its statement applies.
 
 Every input problem raises :class:`~otel_meter.rating.credits.CreditError` (an
 ``OtelMeterError``) naming the grant and the field; :class:`UnknownGrantError` and
@@ -18,23 +20,32 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import functools
+import logging
 import re
 import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from otel_meter.rating.credits import CreditError, CreditGrant, CreditLedger, UsageBucket, burn_down
+from otel_meter.rating.credits import (
+    EXACT, CreditError, CreditGrant, CreditLedger, PeriodSettlement, UsageBucket, burn_down)
+from otel_meter.rating.statement import Period, period_view, prices_by_period
 from otel_meter.storage import credit_queries
 from otel_meter.storage.store import INSERT_SETTINGS, Store
 
+if TYPE_CHECKING:
+    from otel_meter.rating.rate_book import RateBook
+
+logger = logging.getLogger(__name__)
+
 __all__ = ["DuplicateGrantError", "UnknownGrantError", "add_grant", "check_grant", "credit_ledger",
-           "grants_of_customers", "ledger_document", "list_grants", "money_text", "parse_grant", "usage_buckets",
-           "usage_buckets_of_customers", "void_grant"]
+           "grants_of_customers", "ledger_document", "list_grants", "money_text", "parse_grant",
+           "period_settlements", "usage_buckets", "usage_buckets_of_customers", "void_grant"]
 
 AMOUNT_SCALE = 18
 """Decimal places of ``credit_grants.amount`` (Decimal(38, 18))."""
@@ -218,10 +229,53 @@ def applied_at(hour_start_s: int, until_ns: int) -> int:
     return min((hour_start_s + 3600) * 10**9 - 1, until_ns - 1)
 
 
-def credit_ledger(store: Store, customer: str, as_of_ns: int | None = None) -> CreditLedger:
-    """The customer's grants burned down by all its rated usage before ``as_of_ns`` (default now)."""
+def credit_ledger(store: Store, customer: str, as_of_ns: int | None = None,
+                  book: RateBook | None = None) -> CreditLedger:
+    """The customer's grants burned down by all its rated usage before ``as_of_ns`` (default now),
+    each billing period settled with its statement under ``book`` (:func:`period_settlements`).
+
+    Without a book no period can be settled: credits stay burned at real-time amounts, which a
+    statement with allowances, tiers or packages may not apply. That is logged (once per process)."""
     as_of_ns = time.time_ns() if as_of_ns is None else as_of_ns
-    return burn_down(list_grants(store, customer), usage_buckets(store, customer, as_of_ns), as_of_ns)
+    buckets = usage_buckets(store, customer, as_of_ns)
+    if book is None:
+        _warn_unsettled()
+    settlements = period_settlements(store, book, customer, buckets, as_of_ns) if book is not None else []
+    return burn_down(list_grants(store, customer), buckets, as_of_ns, settlements)
+
+
+def period_settlements(store: Store, book: RateBook, customer: str, buckets: list[UsageBucket],
+                       as_of_ns: int) -> list[PeriodSettlement]:
+    """For each billing period with usage in ``buckets`` and each currency of it, the settlement
+    that returns what real time burned above the period's statement total (allowances, tiers and
+    packages), so the credits burned for a period equal what its statement applies.
+
+    The statement is the period view of the usage of the hours that start before ``as_of_ns``
+    (for the period in progress: so far); it is applied at the period's last nanosecond, or just
+    before ``as_of_ns`` for the period in progress. A statement at or above real time (a minimum,
+    say) settles nothing: credits pay real-time usage, the rest is billed. Cards with no
+    allowance, tiers or packages cannot lower a period, so no period is priced for them."""
+    if not buckets or not prices_by_period(book):
+        return []
+    settlements = []
+    for start_ns in sorted({Period.containing(bucket.start_ns).start_ns for bucket in buckets}):
+        period = Period.containing(start_ns)
+        if period.start_ns >= as_of_ns:
+            continue
+        view = period_view(store, book, customer, period, until_ns=as_of_ns)
+        for statement in view.statements:
+            difference = EXACT.subtract(statement.total, statement.realtime_total)
+            if difference < 0:
+                settlements.append(PeriodSettlement(period.name, period.start_ns, min(period.end_ns, as_of_ns) - 1,
+                                                    statement.currency, difference, statement.total))
+    return settlements
+
+
+@functools.cache
+def _warn_unsettled() -> None:
+    logger.warning("credits: a credit ledger was computed without the rate cards, so no billing period was settled "
+                   "with its statement; balances count usage at real-time amounts (pass the rate book, as the "
+                   "usage API does)")
 
 
 def ledger_document(ledger: CreditLedger, as_of_ns: int) -> dict[str, Any]:
@@ -244,7 +298,7 @@ def ledger_document(ledger: CreditLedger, as_of_ns: int) -> dict[str, Any]:
         "history": [{
             "time": iso_time(entry.time_ns), "grant_id": entry.grant_id, "kind": entry.kind,
             "amount": money_text(entry.amount), "currency": entry.currency,
-            "balance_after": money_text(entry.balance_after),
+            "balance_after": money_text(entry.balance_after), "reason": entry.reason,
         } for entry in ledger.history],
     }
 

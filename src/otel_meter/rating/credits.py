@@ -23,10 +23,20 @@ Burn order (the public contract):
    ``adjustment_unapplied``).
 5. At ``as_of_ns``, a grant whose expiry ``<= as_of_ns`` has its unused remainder expired
    (history entry ``expired`` at its expiry time, in time order).
+6. A **period settlement** (:class:`PeriodSettlement`) returns what real time burned above a
+   billing period's statement (allowances, tiers and packages lower a period below its
+   real-time amount), so the credits burned for a period equal what its statement applies.
+   Applied at its ``time_ns`` (after the buckets of that instant), the amount returned first
+   lowers the overage of that period (overage entries since ``period_start_ns``, not below 0),
+   then goes back to the grants that paid for usage since ``period_start_ns``, most recently
+   consumed first (history kind ``returned``, with the reason). A grant that expired since
+   takes its credits back and expires them again at once (``returned`` then ``expired``), so
+   it never burned more than the statement applied. What is left (only if the statement's
+   total is below 0) is ``adjustment_unapplied``.
 
 History is in time order. At one instant, expiries come first, then grants becoming
-effective (``granted``, emitted when ``effective_from_ns <= as_of_ns``), then buckets,
-which matches rule 2's boundaries. Entries of amount zero are not recorded (a grant
+effective (``granted``, emitted when ``effective_from_ns <= as_of_ns``), then buckets, then
+settlements, which matches rule 2's boundaries. Entries of amount zero are not recorded (a grant
 used up before its expiry expires with no ``expired`` entry). ``balance_after`` is the
 sum of ``remaining`` over the grants of the entry's currency in effect at the entry's
 time: not voided, ``effective_from_ns <= time < expires_at_ns``, after the entry applies.
@@ -95,6 +105,30 @@ class UsageBucket:
 
 
 @dataclass(frozen=True)
+class PeriodSettlement:
+    """A billing period whose statement total is below its real-time amount (rule 6)."""
+
+    period: str                # "2026-11", for the reason
+    period_start_ns: int       # usage burned from here on paid for the period
+    time_ns: int               # when it applies: the period's last nanosecond, or just before as_of
+    currency: str
+    amount: Decimal            # statement total - real-time total: < 0
+    statement_total: Decimal   # for the reason
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.amount, Decimal) or not self.amount.is_finite() or self.amount >= 0:
+            raise CreditError(f"settlement of period {self.period} ({self.currency}): amount must be a negative, "
+                              f"finite Decimal (the statement's total less the real-time total), got {self.amount!r}")
+
+    @property
+    def reason(self) -> str:
+        realtime = EXACT.subtract(self.statement_total, self.amount)
+        return (f"period {self.period}: the statement's total {_plain(self.statement_total)} {self.currency} is "
+                f"{_plain(-self.amount)} below the {_plain(realtime)} {self.currency} burned in real time "
+                f"(allowances, tiers or packages); the difference returns to the grants that paid for the period")
+
+
+@dataclass(frozen=True)
 class GrantState:
     grant: CreditGrant
     consumed: Decimal          # net of restorations
@@ -107,10 +141,12 @@ class GrantState:
 class CreditEntry:
     time_ns: int
     grant_id: str              # "" for overage entries
-    kind: str                  # granted, consumed, restored, expired, overage, overage_reduced, adjustment_unapplied
+    kind: str                  # granted, consumed, restored, returned, expired, overage, overage_reduced,
+    #                            adjustment_unapplied
     amount: Decimal            # positive magnitude
     currency: str
     balance_after: Decimal     # see the module docstring
+    reason: str = ""           # why, for entries of a period settlement
 
 
 @dataclass(frozen=True)
@@ -139,8 +175,10 @@ class CreditLedger:
         return [s for s in self.grants if s.grant.currency == currency and s.status in statuses]
 
 
-def burn_down(grants: Iterable[CreditGrant], usage: Iterable[UsageBucket], as_of_ns: int) -> CreditLedger:
-    """Apply usage before ``as_of_ns`` to the grants in burn order (see the module docstring)."""
+def burn_down(grants: Iterable[CreditGrant], usage: Iterable[UsageBucket], as_of_ns: int,
+              settlements: Iterable[PeriodSettlement] = ()) -> CreditLedger:
+    """Apply usage and period settlements before ``as_of_ns`` to the grants in burn order (see the
+    module docstring)."""
     grants = sorted(grants, key=_burn_key)
     _check_one_customer(grants)
     # (time, 0 expiry | 1 effective | 2 bucket, tie-breaker, item): rule 1's order and rule 2's boundaries
@@ -155,6 +193,9 @@ def burn_down(grants: Iterable[CreditGrant], usage: Iterable[UsageBucket], as_of
     for index, bucket in enumerate(usage):
         if bucket.start_ns < as_of_ns:
             events.append((bucket.start_ns, 2, (bucket.currency, index), bucket))
+    for index, settlement in enumerate(settlements):
+        if settlement.time_ns < as_of_ns:
+            events.append((settlement.time_ns, 3, (settlement.currency, index), settlement))
     events.sort(key=lambda event: event[:3])
 
     burner = _Burner(grants)
@@ -164,6 +205,8 @@ def burn_down(grants: Iterable[CreditGrant], usage: Iterable[UsageBucket], as_of
                 burner.expire(time_ns, item)
             elif kind == 1:
                 burner.take_effect(time_ns, item)
+            elif kind == 3:
+                burner.settle(item)
             elif item.amount >= 0:
                 burner.consume(item)
             else:
@@ -180,7 +223,10 @@ class _Burner:
         self.remaining = {g.grant_id: g.amount for g in grants}
         self.expired = {g.grant_id: ZERO for g in grants}
         self.in_effect: list[CreditGrant] = []       # effective and not yet expired, in burn order
-        self.consumptions: dict[str, list[list]] = {}  # currency -> [[grant_id, amount], ...], oldest first
+        # currency -> [[grant_id, amount, time_ns, sequence], ...], oldest first: what grants in effect gave
+        self.consumptions: dict[str, list[list]] = {}
+        self.sequence = 0
+        self.expired_consumptions: dict[str, list[list]] = {}  # the same, of grants that expired since (rule 6)
         self.overage: dict[str, Decimal] = {}
         self.history: list[CreditEntry] = []
 
@@ -194,6 +240,7 @@ class _Burner:
         self.in_effect.remove(grant)
         stack = self.consumptions.get(grant.currency, [])
         self.consumptions[grant.currency] = [entry for entry in stack if entry[0] != gid]  # never restored (rule 4)
+        self.expired_consumptions.setdefault(grant.currency, []).extend(entry for entry in stack if entry[0] == gid)
         self._record(time_ns, gid, "expired", self.expired[gid], grant.currency)
 
     def consume(self, bucket: UsageBucket) -> None:
@@ -205,10 +252,11 @@ class _Burner:
                 continue
             self.remaining[g.grant_id] -= take
             need -= take
-            if stack and stack[-1][0] == g.grant_id:
+            if stack and stack[-1][0] == g.grant_id and stack[-1][2] == bucket.start_ns:
                 stack[-1][1] += take
             else:
-                stack.append([g.grant_id, take])
+                self.sequence += 1
+                stack.append([g.grant_id, take, bucket.start_ns, self.sequence])
             self._record(bucket.start_ns, g.grant_id, "consumed", take, currency)
         self.overage[currency] = self.overage.get(currency, ZERO) + need
         self._record(bucket.start_ns, "", "overage", need, currency)
@@ -220,6 +268,7 @@ class _Burner:
         credit -= reduced
         self._record(bucket.start_ns, "", "overage_reduced", reduced, currency)
         stack = self.consumptions.get(currency, [])
+        restored: list[list] = []  # [grant_id, amount]: one entry per run of the same grant
         for entry in reversed(stack):  # most recent first; only grants still in effect are on the stack
             back = min(credit, entry[1])
             if not back:
@@ -227,14 +276,65 @@ class _Burner:
             entry[1] -= back
             self.remaining[entry[0]] += back
             credit -= back
-            self._record(bucket.start_ns, entry[0], "restored", back, currency)
+            if restored and restored[-1][0] == entry[0]:
+                restored[-1][1] += back
+            else:
+                restored.append([entry[0], back])
+        for grant_id, back in restored:
+            self._record(bucket.start_ns, grant_id, "restored", back, currency)
         self.consumptions[currency] = [entry for entry in stack if entry[1]]
         self._record(bucket.start_ns, "", "adjustment_unapplied", credit, currency)
 
-    def _record(self, time_ns: int, grant_id: str, kind: str, amount: Decimal, currency: str) -> None:
+    def settle(self, settlement: PeriodSettlement) -> None:
+        """Rule 6: give back what real time burned above the period's statement."""
+        credit, currency, time_ns, reason = -settlement.amount, settlement.currency, settlement.time_ns, \
+            settlement.reason
+        period_overage = _total((e.amount if e.kind == "overage" else -e.amount) for e in self.history
+                                if e.currency == currency and e.time_ns >= settlement.period_start_ns
+                                and e.kind in ("overage", "overage_reduced"))
+        reduced = min(credit, max(ZERO, min(period_overage, self.overage.get(currency, ZERO))))
+        self.overage[currency] = self.overage.get(currency, ZERO) - reduced
+        credit -= reduced
+        self._record(time_ns, "", "overage_reduced", reduced, currency, reason)
+        live = self.consumptions.get(currency, [])
+        gone = self.expired_consumptions.get(currency, [])
+        expired_ids = {id(entry) for entry in gone}
+        paid = sorted((entry for entry in live + gone if entry[2] >= settlement.period_start_ns and entry[1]),
+                      key=lambda entry: entry[3], reverse=True)  # most recently consumed first
+        returned: list[list] = []  # [grant_id, amount, expired]: one entry per run of the same grant
+        for entry in paid:
+            back = min(credit, entry[1])
+            if not back:
+                break
+            entry[1] -= back
+            credit -= back
+            expired = id(entry) in expired_ids
+            if returned and returned[-1][0] == entry[0] and returned[-1][2] == expired:
+                returned[-1][1] += back
+            else:
+                returned.append([entry[0], back, expired])
+        for grant_id, back, expired in returned:
+            if expired:  # the grant has expired: what comes back expires again
+                self.expired[grant_id] += back
+                self._record(time_ns, grant_id, "returned", back, currency, reason)
+                self._record(time_ns, grant_id, "expired", back, currency, reason)
+            else:
+                self.remaining[grant_id] += back
+                self._record(time_ns, grant_id, "returned", back, currency, reason)
+        self.consumptions[currency] = [entry for entry in live if entry[1]]
+        self.expired_consumptions[currency] = [entry for entry in gone if entry[1]]
+        self._record(time_ns, "", "adjustment_unapplied", credit, currency, reason)
+
+    def _record(self, time_ns: int, grant_id: str, kind: str, amount: Decimal, currency: str,
+                reason: str = "") -> None:
         if amount:
             balance = _total(self.remaining[g.grant_id] for g in self.in_effect if g.currency == currency)
-            self.history.append(CreditEntry(time_ns, grant_id, kind, amount, currency, balance))
+            self.history.append(CreditEntry(time_ns, grant_id, kind, amount, currency, balance, reason))
+
+
+def _plain(value: Decimal) -> str:
+    text = format(value, "f")
+    return (text.rstrip("0").rstrip(".") if "." in text else text) or "0"
 
 
 def _burn_key(grant: CreditGrant) -> tuple:

@@ -5,6 +5,13 @@ period's quantity, unknown while usage streams in. Here each line is priced agai
 period quantity, and the difference is an explicit adjustment, so real-time total plus
 adjustments plus commitment true-up is the period total, exactly (Decimal, never rounded).
 Only the total is rounded, once, so per-line rounding never adds up to a cent nobody used.
+
+A line's usage may have been rated by several card versions. :func:`price_segments` keeps
+each at its own price: a line is priced as one :class:`LinePart` per distinct price (a
+version's tiers or package with the discount then in force, or a real-time unit price), and
+a meter's allowance is taken from the period's earliest usage first, at that usage's price.
+A free unit never costs more than it would without the allowance, so an allowance never
+raises a total.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import decimal
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from enum import Enum
@@ -111,9 +118,13 @@ def base_amount(unit_price: Decimal, quantity: Decimal) -> Decimal:
 def period_amount(pricing: PeriodPricing, quantity: Decimal, allowance: Decimal = ZERO) -> Decimal:
     """The exact amount of one period's quantity under tiered or package pricing.
 
-    The allowance comes off before the tiers: tier 0 starts at the first billable unit. Tier
-    ranges are continuous, (0, up_to0], (up_to0, up_to1], ..., so a fractional quantity such
-    as 1.5 GPU-seconds is priced in proportion, and a quantity of exactly up_to stays in its tier.
+    Graduated and package: the allowance comes off before the tiers (tier 0 starts at the first
+    billable unit) or the packages. Volume: the tier is the one the whole quantity falls in,
+    free units included, and the billable units are priced at it; choosing the tier by the
+    billable units alone could price them higher than all of them cost without the allowance.
+    Tier ranges are continuous, (0, up_to0], (up_to0, up_to1], ..., so a fractional quantity
+    such as 1.5 GPU-seconds is priced in proportion, and a quantity of exactly up_to stays in
+    its tier.
     """
     pricing.validate()
     _check("quantity", quantity)
@@ -127,7 +138,7 @@ def period_amount(pricing: PeriodPricing, quantity: Decimal, allowance: Decimal 
             packages, remainder = divmod(billable, pricing.package_size)
             return (packages + (1 if remainder else 0)) * pricing.package_price
         if pricing.mode is TierMode.VOLUME:
-            tier = next(t for t in pricing.tiers if t.up_to is None or billable <= t.up_to)
+            tier = next(t for t in pricing.tiers if t.up_to is None or quantity <= t.up_to)
             return billable * tier.unit_price + tier.flat_fee
         amount, lower = ZERO, ZERO
         for tier in pricing.tiers:  # a tier is entered when billable > its lower bound
@@ -140,6 +151,38 @@ def period_amount(pricing: PeriodPricing, quantity: Decimal, allowance: Decimal 
 
 
 @dataclass(frozen=True)
+class LinePart:
+    """The usage of one line at one price: a version's tiers or package with the discount in force
+    for that usage (``pricing``), or per unit at the price real time rated it (``unit_price``)."""
+
+    quantity: Decimal
+    realtime_amount: Decimal
+    pricing: PeriodPricing | None
+    unit_price: Decimal | None = None
+    """Per unit: the price one free unit is worth (before ``discount_factor``)."""
+    discount_factor: Decimal = Decimal(1)
+    free: Decimal = ZERO
+    """Allowance units taken from this part's usage."""
+    versions: tuple[str, ...] = ()
+    """The card versions whose usage this part holds (to show it)."""
+
+    def amount(self) -> Decimal:
+        """The part's period amount. Per unit: the real-time amount less the free units at their
+        price, never below 0; tiered or package: the part's own quantity through its tiers."""
+        with decimal.localcontext(EXACT):
+            if self.quantity <= 0:
+                return self.realtime_amount  # only re-rating nets land here: nothing to price again
+            if self.pricing is not None:
+                return period_amount(self.pricing, self.quantity, self.free) * self.discount_factor
+            if not self.free:
+                return self.realtime_amount
+            if self.free >= self.quantity:
+                return ZERO
+            assert self.unit_price is not None
+            return max(ZERO, self.realtime_amount - self.free * self.unit_price * self.discount_factor)
+
+
+@dataclass(frozen=True)
 class PricedLine:
     key: tuple[str, ...]
     quantity: Decimal
@@ -147,6 +190,10 @@ class PricedLine:
     period_amount: Decimal
     adjustment: Decimal
     """period_amount - realtime_amount: what the period view adds to (or takes off) real time."""
+    free_quantity: Decimal = ZERO
+    """Allowance units the line's usage got free."""
+    parts: tuple[tuple[LinePart, Decimal], ...] = ()
+    """Each price of the line with its period amount, in the order first used."""
 
 
 @dataclass(frozen=True)
@@ -164,25 +211,104 @@ class StatementLine:
     """Applied to the tiered or package amount, as real time applied it to the unit price."""
     unit_price: Decimal | None = None
     """Only to take an allowance off a per-unit line: realtime_amount / quantity is rarely exact."""
+    parts: tuple[LinePart, ...] = ()
+    """The line at several prices (:func:`price_segments`); empty: one part made of the fields above."""
+
+    @classmethod
+    def of_parts(cls, key: tuple[str, ...], parts: tuple[LinePart, ...]) -> "StatementLine":
+        with decimal.localcontext(EXACT):
+            return cls(key, sum((part.quantity for part in parts), ZERO),
+                       sum((part.realtime_amount for part in parts), ZERO), None, parts=parts)
 
     def __post_init__(self) -> None:
+        signed = {"realtime_amount", "quantity"} if self.parts else {"realtime_amount"}  # parts net re-ratings
         for name in ("quantity", "allowance", "discount_factor", "realtime_amount"):
-            _check(f"line {self.key}: {name}", getattr(self, name), signed=name == "realtime_amount")
+            _check(f"line {self.key}: {name}", getattr(self, name), signed=name in signed)
+        for part in self.parts:
+            if part.pricing is not None:
+                part.pricing.validate()
+            elif part.free > 0:
+                _check(f"line {self.key}: unit_price (an allowance on a per-unit part needs it)", part.unit_price)
         if self.pricing is not None:
             self.pricing.validate()
         elif self.allowance > 0:
             _check(f"line {self.key}: unit_price (an allowance on a per-unit line needs it)", self.unit_price)
 
     def price(self) -> PricedLine:
+        parts = self.parts or (LinePart(self.quantity, self.realtime_amount, self.pricing, self.unit_price,
+                                        self.discount_factor, min(self.allowance, self.quantity)),)
         with decimal.localcontext(EXACT):
-            if self.pricing is not None:
-                amount = period_amount(self.pricing, self.quantity, self.allowance) * self.discount_factor
-            elif self.allowance > 0:
-                assert self.unit_price is not None
-                amount = max(ZERO, self.quantity - self.allowance) * self.unit_price * self.discount_factor
-            else:
-                amount = self.realtime_amount
-            return PricedLine(self.key, self.quantity, self.realtime_amount, amount, amount - self.realtime_amount)
+            priced = tuple((part, part.amount()) for part in parts)
+            amount = sum((found for _, found in priced), ZERO)
+            free = sum((part.free for part in parts), ZERO)
+            return PricedLine(self.key, self.quantity, self.realtime_amount, amount, amount - self.realtime_amount,
+                              free, priced)
+
+
+@dataclass(frozen=True)
+class UsageSegment:
+    """Usage of one line (``key``: card, rule, meter) at one price, in one stretch of time (an hour),
+    as real time rated it."""
+
+    currency: str
+    key: tuple[str, ...]
+    version: str
+    """The card version that rated it."""
+    first_event_ns: int
+    """Its earliest event time: segments are taken in this order (then currency, key, version, unit price)."""
+    quantity: Decimal
+    realtime_amount: Decimal
+    unit_price: Decimal
+    """Per unit as real time rated it, discount included."""
+    pricing: PeriodPricing | None
+    """The version's tiers or package for this line; None: priced per unit."""
+    discount_factor: Decimal = Decimal(1)
+    """The customer's discount in force for this usage (1 - percent / 100), for tiers and packages."""
+
+    @property
+    def meter(self) -> str:
+        return self.key[-1]
+
+    @property
+    def price_key(self) -> tuple:
+        """Segments of one line with the same price key are priced together: one tier ladder."""
+        if self.pricing is not None:
+            return ("period", self.pricing, self.discount_factor)
+        return ("unit", self.unit_price)
+
+
+def price_segments(segments: Iterable[UsageSegment], allowances: Mapping[str, Decimal]
+                   ) -> dict[str, list[StatementLine]]:
+    """The period's lines per currency, each with one part per price, and the allowances taken.
+
+    Segments are taken earliest first; a meter's allowance (units per period, across its lines and
+    currencies) is taken from each segment of positive quantity until it runs out. Each part is then
+    priced on its own: its quantity (all its segments) less its free units, through its own tiers
+    or package, times its discount; or, per unit, its real-time amount less its free units at the
+    unit price real time used. Lines come out in key order; parts in the order first used."""
+    ordered = sorted(segments, key=lambda s: (s.first_event_ns, s.currency, s.key, s.version, s.unit_price))
+    left = {meter: units for meter, units in allowances.items() if units > 0}
+    found: dict[tuple[str, tuple[str, ...]], dict[tuple, list]] = {}
+    with decimal.localcontext(EXACT):
+        for segment in ordered:
+            free = ZERO
+            if segment.quantity > 0 and left.get(segment.meter, ZERO) > 0:
+                free = min(left[segment.meter], segment.quantity)
+                left[segment.meter] -= free
+            part = found.setdefault((segment.currency, segment.key), {}).setdefault(
+                segment.price_key, [segment, ZERO, ZERO, ZERO, []])
+            part[1] += segment.quantity
+            part[2] += segment.realtime_amount
+            part[3] += free
+            if segment.version not in part[4]:
+                part[4].append(segment.version)
+    lines: dict[str, list[StatementLine]] = {}
+    for (currency, key), parts in sorted(found.items()):
+        lines.setdefault(currency, []).append(StatementLine.of_parts(key, tuple(
+            LinePart(quantity, realtime, first.pricing, None if first.pricing else first.unit_price,
+                     first.discount_factor if first.pricing else Decimal(1), free, tuple(versions))
+            for first, quantity, realtime, free, versions in parts.values())))
+    return lines
 
 
 @dataclass(frozen=True)

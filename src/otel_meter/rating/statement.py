@@ -1,10 +1,14 @@
 """The period view: a customer's billing period (a calendar month, UTC) priced exactly.
 
 Real-time line items carry the unit price known when the usage arrived (a tiered price's
-first tier, a package's price per unit). Here the period's quantity per (card, rule, meter)
-is priced with the tiers, packages and allowances of the card version in force at the
-period's end, the customer's discount applied, and the commitment (``minimum``) topped
-up. Each line's difference from real time is an explicit adjustment, so::
+first tier, a package's price per unit). Here the period's usage per (card, rule, meter) is
+priced again, each stretch of it with the card version that rated it (its line items name
+it) and the customer's discount in force then: per-unit usage keeps its real-time unit
+price, tiered and package usage goes through that version's tiers, one ladder per distinct
+price (period.price_segments). The allowances and the commitment (``minimum``) are the
+period's terms: those in force at its end. Allowance units are taken from the period's
+earliest usage first, at the price of that usage. Each line's difference from real time is
+an explicit adjustment, so::
 
     real-time total (= the usage API's amount) + adjustments + commitment true-up = total
 
@@ -22,13 +26,14 @@ from typing import Any
 
 from otel_meter.errors import OtelMeterError
 from otel_meter.rating.period import (
-    PeriodPricing, PeriodStatement, StatementLine, Tier, TierMode, build_statement)
+    PeriodPricing, PeriodStatement, Tier, TierMode, UsageSegment, build_statement, price_segments)
 from otel_meter.rating.rate_book import FALLBACK_METER, HUNDRED, RateBook
 from otel_meter.rating.rate_card import EXACT, CardVersion, CustomerOverride, PriceSpec, Pricing
 from otel_meter.storage import queries
 from otel_meter.storage.store import Store
 
 NS = 10**9
+HOUR_NS = 3600 * NS
 
 
 class PeriodError(OtelMeterError):
@@ -70,10 +75,12 @@ class PeriodView:
 
 
 def price_spec_for(book: RateBook, card_id: str, rule: str, meter: str, customer: str,
-                   at_ns: int) -> tuple[PriceSpec | None, Pricing | None]:
-    """The price behind a line item's rule in the version in force at ``at_ns``, and the
+                   at_ns: int, version_name: str | None = None) -> tuple[PriceSpec | None, Pricing | None]:
+    """The price behind a line item's rule in the version named ``version_name`` (the one that
+    rated it) or, when the book has no such version, the one in force at ``at_ns``; and the
     pricing body it belongs to (for allowances and the minimum)."""
-    version = book.version_at(card_id, at_ns)
+    named = [v for v in book.cards.get(card_id, ()) if v.version == version_name]
+    version = named[-1] if named else book.version_at(card_id, at_ns)
     if version is None:
         return None, None
     body: Pricing = version.body
@@ -105,36 +112,30 @@ def period_pricing(spec: PriceSpec | None, meter: str) -> PeriodPricing | None:
 
 
 def period_view(store: Store, book: RateBook, customer: str, period: Period, rounding: str = "half_even",
-                credit_decimals: int = 2) -> PeriodView:
-    rows = store.query(queries.PERIOD_LINES, {"customer": customer, "from_s": period.start_ns // NS,
-                                              "to_s": period.end_ns // NS})
+                credit_decimals: int = 2, until_ns: int | None = None) -> PeriodView:
+    """The customer's period priced exactly; with ``until_ns``, of the usage of the hours that
+    start before it (the period so far, as the credit ledger sees it at that time)."""
+    to_ns = period.end_ns if until_ns is None else min(period.end_ns, -(-until_ns // HOUR_NS) * HOUR_NS)
+    rows = store.query(queries.PERIOD_SEGMENTS, {"customer": customer, "from_ns": period.start_ns, "to_ns": to_ns})
     at = period.end_ns - 1
     terms: CustomerOverride | None = book.terms(customer, at)
-    discount = (HUNDRED - terms.discount_percent) / HUNDRED if terms else Decimal(1)
     pricing_card = _pricing_card(book, terms, at)
     allowances = dict(pricing_card.body.allowances) if pricing_card else {}
     if terms is not None:
         allowances.update(terms.allowances)
-    by_currency: dict[str, list[StatementLine]] = {}
+    segments: list[UsageSegment] = []
     unpriced: dict[str, Decimal] = {}
-    for currency, card_id, rule, meter, priced, quantity, amount in rows:
+    for currency, card_id, version, rule, meter, priced, unit_price, first_ns, quantity, amount in rows:
         if not priced:
             unpriced[meter] = unpriced.get(meter, Decimal(0)) + quantity
             continue
-        spec, _ = price_spec_for(book, card_id, rule, meter, customer, at)
+        first_ns = int(first_ns)
+        spec, _ = price_spec_for(book, card_id, rule, meter, customer, first_ns, version)
         pricing = period_pricing(spec, meter)
-        allowance = min(allowances.get(meter, Decimal(0)), max(quantity, Decimal(0)))
-        unit_price = None
-        if allowance and pricing is None:
-            if spec is None:
-                allowance = Decimal(0)  # the rule is gone from the card: nothing to price the free units at
-            else:
-                unit_price = spec.unit_price(meter)
-        if allowance:
-            allowances[meter] -= allowance
-        by_currency.setdefault(currency, []).append(StatementLine(
-            key=(card_id, rule, meter), quantity=quantity, realtime_amount=amount, pricing=pricing,
-            allowance=allowance, discount_factor=discount, unit_price=unit_price))
+        segments.append(UsageSegment(currency, (card_id, rule, meter), version, first_ns, quantity, amount,
+                                     unit_price, pricing, _discount_factor(book, customer, first_ns)
+                                     if pricing is not None else Decimal(1)))
+    by_currency = price_segments(segments, allowances)
     minimum = terms.minimum if terms is not None and terms.minimum is not None else \
         (pricing_card.body.minimum if pricing_card else None)
     minimum_currency = pricing_card.currency if pricing_card else None
@@ -146,9 +147,30 @@ def period_view(store: Store, book: RateBook, customer: str, period: Period, rou
         for currency, lines in sorted(by_currency.items()))
     costs: dict[tuple[str, str, str, str], dict[str, Decimal]] = {}
     for currency, card_id, rule, meter, cost_currency, cost in store.query(
-            queries.PERIOD_COSTS, {"customer": customer, "from_s": period.start_ns // NS, "to_s": period.end_ns // NS}):
+            queries.PERIOD_COSTS, {"customer": customer, "from_s": period.start_ns // NS, "to_s": to_ns // NS}):
         costs.setdefault((currency, card_id, rule, meter), {})[cost_currency] = cost
     return PeriodView(customer, period, statements, unpriced, costs)
+
+
+def _discount_factor(book: RateBook, customer: str, at_ns: int) -> Decimal:
+    """What the customer's discount in force at ``at_ns`` leaves of a price (as real time applied it)."""
+    terms = book.terms(customer, at_ns)
+    return (HUNDRED - terms.discount_percent) / HUNDRED if terms else Decimal(1)
+
+
+def prices_by_period(book: RateBook) -> bool:
+    """Whether any card can price a period below its real-time amount: an allowance, or a
+    graduated, volume or package price (a minimum only raises it; a discount is in real time too)."""
+    for versions in book.cards.values():
+        for version in versions:
+            bodies: list[Pricing] = [version.body, *version.body.customers.values()]
+            for body in bodies:
+                if body.allowances:
+                    return True
+                specs = [*body.meters.values(), *(spec for rule in body.models for spec in rule.prices.values())]
+                if any(spec.mode != "unit" for spec in specs):
+                    return True
+    return False
 
 
 def _pricing_card(book: RateBook, terms: CustomerOverride | None, at_ns: int) -> CardVersion | None:
@@ -184,10 +206,23 @@ def view_as_json(view: PeriodView) -> dict[str, Any]:
 
 def _line_json(view: PeriodView, currency: str, line: Any) -> dict[str, Any]:
     return {"rate_card": line.key[0], "rule": line.key[1], "meter": line.key[2],
-            "quantity": str(line.quantity.normalize(EXACT)) if line.quantity else "0",
+            "quantity": _quantity(line.quantity), "free_quantity": _quantity(line.free_quantity),
             "realtime_amount": plain(line.realtime_amount), "period_amount": plain(line.period_amount),
             "adjustment": plain(line.adjustment),
+            "prices": [{"versions": list(part.versions),
+                        "mode": part.pricing.mode.value if part.pricing is not None else "unit",
+                        "unit_price": None if part.pricing is not None or part.unit_price is None
+                        else plain(part.unit_price),
+                        "discount_factor": plain(part.discount_factor),
+                        "quantity": _quantity(part.quantity), "free_quantity": _quantity(part.free),
+                        "realtime_amount": plain(part.realtime_amount), "period_amount": plain(amount)}
+                       for part, amount in line.parts],
             **_cost_json(view, currency, line.period_amount, [view.costs.get((currency, *line.key), {})])}
+
+
+def _quantity(value: Decimal) -> str:
+    """A quantity as a plain decimal: ``20000000``, ``1.5`` (never ``2E+7``)."""
+    return plain(value)
 
 
 def _cost_json(view: PeriodView, currency: str, amount: Decimal,

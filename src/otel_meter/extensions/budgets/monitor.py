@@ -351,7 +351,8 @@ class BudgetMonitor:
 
     def credit_ledger(self, customer: str, as_of_ns: int | None = None) -> CreditLedger:
         """The customer's credit ledger from the store (a query: for the API, not the hot path)."""
-        return credit_store.credit_ledger(self.store, customer, self._clock() if as_of_ns is None else as_of_ns)
+        return credit_store.credit_ledger(self.store, customer, self._clock() if as_of_ns is None else as_of_ns,
+                                          self._registry.book if self._registry is not None else None)
 
     def list_grants(self, customer: str) -> list[CreditGrant]:
         return credit_store.list_grants(self.store, customer)
@@ -386,13 +387,17 @@ class BudgetMonitor:
                       if any(not grant.voided for grant in found)}
             limits = customer_limits(self._registry.book, now, grants)
             spend = self._period_spend(limits, period)
-            since = {customer: min(g.effective_from_ns for g in found if not g.voided)
+            # from the start of the billing period of the first grant, so that period is settled whole
+            since = {customer: billing_period(min(g.effective_from_ns for g in found if not g.voided)).start_ns
                      for customer, found in grants.items()}
             buckets = credit_store.usage_buckets_of_customers(self.store, since, now)
             ledgers = {}
             for customer, found in grants.items():
                 try:
-                    ledgers[customer] = burn_down(found, buckets.get(customer, []), now)
+                    usage = buckets.get(customer, [])
+                    settlements = credit_store.period_settlements(self.store, self._registry.book, customer, usage,
+                                                                  now)
+                    ledgers[customer] = burn_down(found, usage, now, settlements)
                 except (OtelMeterError, ArithmeticError) as error:
                     self._report_once(f"budgets: credits of customer {customer!r} cannot be computed: {error}")
             evaluation = evaluate(now, period, limits, spend, ledgers)
