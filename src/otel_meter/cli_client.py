@@ -165,7 +165,8 @@ def local_registry(config_path: str | None, store):
     config = load_config(config_path)
     for component in config.components[Kind.PROCESSOR].values():
         if isinstance(component, RatingConfig):
-            default_card = component.default_card or (load_rate_card(component.rate_card).id
-                                                      if component.rate_card else None)
-            return RateCardRegistry(store, default_card, component.cost_card)
+            files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)
+            configured = tuple(load_rate_card(file).id for file in files)
+            default_card = component.default_card or (configured[0] if component.rate_card else None)
+            return RateCardRegistry(store, default_card, component.cost_card, configured_cards=configured)
     return RateCardRegistry(store)

@@ -24,7 +24,10 @@ def add_commands(commands: Any, token: str | None) -> None:
     validate = sub.add_parser("validate", help="check card files without applying them")
     validate.add_argument("files", nargs="+", metavar="FILE")
 
-    diff = sub.add_parser("diff", help="what applying a card file would change")
+    diff = sub.add_parser("diff", help="what applying a card file would change (exit 1 when something would)",
+                          description="Each version in the file is compared with the applied version of the same "
+                          "name; a new version with the version in force before it. Exit 0 when the file is "
+                          "already applied, 1 when applying it would change something.")
     diff.add_argument("file", metavar="FILE")
     diff.add_argument("--against", metavar="FILE", help="compare with another card file instead of the applied card")
     add_server_options(diff, token)
@@ -32,6 +35,9 @@ def add_commands(commands: Any, token: str | None) -> None:
     apply = sub.add_parser("apply", help="apply a card file (atomic: a bad card changes nothing)")
     apply.add_argument("file", metavar="FILE")
     apply.add_argument("--dry-run", action="store_true", help="check against the applied cards, change nothing")
+    apply.add_argument("--force", action="store_true",
+                       help="apply a card no rating processor, plan or customer uses (refused without it, naming "
+                            "the cards in use)")
     add_server_options(apply, token)
 
     listing = sub.add_parser("list", help="applied cards and their versions")
@@ -162,34 +168,75 @@ def _registry_answer(args: argparse.Namespace, method: str, path: str, query: di
 
 
 def diff(args: argparse.Namespace) -> int:
-    from otel_meter.rating.card_diff import diff_versions
-    from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
+    """Each version of the file against the version of the same name already applied (or in
+    ``--against``); a new version against the one before it. Exit 1 when anything would change."""
+    from otel_meter.rating.rate_card import load_rate_card
 
     card = load_rate_card(args.file)
     if args.against:
-        base = load_rate_card(args.against)
-        old = {v.version: v for v in base.versions}
-        previous = base.latest
+        known, where = list(load_rate_card(args.against).versions), args.against
     else:
-        answer, registry = _registry_answer(args, "GET", f"/v1/rate-cards/{card.id}", {})
-        previous = None
-        if registry is not None:
-            previous = registry.book.version_at(card.id, time.time_ns())
-        elif answer is not None:
-            previous = parse_rate_card(json.dumps(answer["content"]), "applied", default_id=card.id).latest
-        old = {}
+        known, where = applied_versions(args, card.id), "the applied version"
+    if not known:
+        print(f"card {card.id}: new card ({'not in ' + args.against if args.against else 'not applied'})")
+    lines_by_version = compare_versions(card, known)
     changed = False
     for version in card.versions:
-        against = old.get(version.version, previous)
-        lines = diff_versions(against, version)
+        against, lines = lines_by_version[version.version]
         label = f"card {card.id} version {version.version}"
-        if against is None:
-            print(f"{label}: new card")
-        print(f"{label}: " + ("no change" if not lines else f"{len(lines)} change(s)"))
+        if against is not None and against.version == version.version:
+            print(f"{label}: " + (f"differs from {where} (versions are immutable, so applying this file is "
+                                  f"refused: give the change a new version name), {len(lines)} change(s)"
+                                  if lines else "no change"))
+        elif against is not None:
+            print(f"{label}: {len(lines)} change(s) from {against.version} (new version)")
+        else:
+            print(f"{label}: new version, {len(lines)} line(s)")
         for line in lines:
             print(f"  {line}")
         changed = changed or bool(lines)
     return 1 if changed else 0
+
+
+def compare_versions(card: Any, known: list[Any]) -> dict[str, tuple[Any, list[str]]]:
+    """version name -> (what it is compared with, the diff lines). A known version of the same
+    name is compared with it; a new one with the version in force just before it, among the
+    known versions and the file's (later applied wins a tie, as in the rating)."""
+    from otel_meter.rating.card_diff import diff_versions
+
+    by_name = {version.version: version for version in known}
+    new = [version for version in card.versions if version.version not in by_name]
+    timeline = sorted(known + new, key=lambda version: version.effective_from_ns)
+    found = {}
+    for version in card.versions:
+        against = by_name.get(version.version)
+        if against is None:
+            position = next(i for i, entry in enumerate(timeline) if entry is version)
+            against = timeline[position - 1] if position else None
+        found[version.version] = (against, diff_versions(against, version))
+    return found
+
+
+def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:
+    """The applied versions of a card, from the running server or the store."""
+    from urllib.parse import quote
+
+    from otel_meter.rating.rate_card import parse_rate_card
+
+    answer, registry = _registry_answer(args, "GET", "/v1/rate-cards")
+    if registry is not None:
+        return [version for version in registry.versions() if version.card_id == card_id]
+    listed = next((entry for entry in answer["cards"] if entry["id"] == card_id), None)
+    versions = []
+    for entry in listed["versions"] if listed else []:
+        server = ServerApi(args)
+        shown = server.call("GET", f"/v1/rate-cards/{quote(card_id, safe='')}", {"version": entry["version"]})
+        if shown is None or shown["version"] != entry["version"]:
+            raise OtelMeterError(f"usage API at {server.base} did not return version {entry['version']} of card "
+                                 f"{card_id}; is it an older otel-meter? Compare with --against FILE instead")
+        parsed = parse_rate_card(json.dumps(shown["content"]), f"applied card {card_id}", default_id=card_id)
+        versions.extend(parsed.versions)
+    return versions
 
 
 def apply(args: argparse.Namespace) -> int:
@@ -197,11 +244,11 @@ def apply(args: argparse.Namespace) -> int:
 
     card = load_rate_card(args.file)  # a bad card fails here, before anything is sent
     query = {"source": str(Path(args.file).name), "id": Path(args.file).stem,
-             "dry_run": "true" if args.dry_run else None}
+             "dry_run": "true" if args.dry_run else None, "force": "true" if args.force else None}
     answer, registry = _registry_answer(args, "POST", "/v1/rate-cards", query, card.text.encode(),
-                                        "application/yaml")
+                                        "application/yaml", write=not args.dry_run)
     if registry is not None:
-        message = registry.apply(card, str(args.file), dry_run=args.dry_run).describe()
+        message = registry.apply(card, str(args.file), dry_run=args.dry_run, require_in_use=not args.force).describe()
     else:
         message = answer["message"]
     print(("dry run: " if args.dry_run else "") + message)

@@ -325,3 +325,105 @@ def test_rerate_after_a_backdated_price_change_writes_adjustments_once(server, t
     assert "examined 2 item(s), changed 0" in again.stdout
     assert totals(server.usage(group_by="customer"), "customer") == {("acme",): (1_000_000, "2.00"),
                                                                      ("globex",): (1_000_000, "2.00")}
+
+
+PLAN_USER = """\
+id: list
+currency: USD
+version: v1
+models:
+  - {match: "gpt-4o*", prices: {input_tokens: "2.50", output_tokens: "10.00"}}
+customers:
+  planco: {plan: enterprise}
+"""
+
+ENTERPRISE = """\
+id: enterprise
+currency: USD
+version: e1
+models:
+  - {match: "gpt-4o*", prices: {input_tokens: "1.00", output_tokens: "4.00"}}
+"""
+
+
+def test_serve_applies_the_configured_cards_as_one_set_so_the_default_card_may_name_a_plan_from_rate_cards(
+        tmp_path):
+    server = MeterServer(workdir=tmp_path)
+    server.write_config(rate_card=PLAN_USER)
+    (tmp_path / "enterprise.yaml").write_text(ENTERPRISE)
+    server.config_path.write_text(server.config_path.read_text().replace(
+        "rate_card: rate-card.yaml", "rate_card: rate-card.yaml\n    rate_cards: [enterprise.yaml]"))
+    server.start()  # a fresh store
+    try:
+        factory = SpanFactory()
+        assert export(server, [chat(factory, "planco", "gpt-4o", 1_000_000, 0),
+                               chat(factory, "acme", "gpt-4o", 1_000_000, 0)]) == SpanExportResult.SUCCESS
+        assert totals(server.usage(group_by="customer"), "customer") == {
+            ("planco",): (1_000_000, "1.00"), ("acme",): (1_000_000, "2.50")}
+        for card_file in ("rate-card.yaml", "enterprise.yaml"):
+            diff = cli("rates", "diff", card_file, "--url", server.api_url, cwd=tmp_path)
+            assert diff.returncode == 0, (diff.stdout, diff.stderr)
+            assert "change(s)" not in diff.stdout and "no change" in diff.stdout
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_rates_apply_on_a_store_never_started_migrates_it_and_diff_compares_each_version_with_the_stored_one(
+        tmp_path):
+    server = MeterServer(workdir=tmp_path)
+    server.write_config(rate_card=CARD)  # never started
+    config = str(server.config_path)
+    (tmp_path / "history.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"),
+                                                          ("v2", "2030-01-01T00:00:00Z", "2.00", "8.00")))
+    applied = cli("rates", "apply", "history.yaml", "--config", config, cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "card list: applied version(s) v1, v2"
+    assert "was never started: applied" in applied.stderr
+
+    # Already applied: each version equals the stored version of its name (v2 is not in force yet).
+    diff = cli("rates", "diff", "history.yaml", "--config", config, cwd=tmp_path)
+    assert diff.returncode == 0, (diff.stdout, diff.stderr)
+    assert diff.stdout.splitlines() == ["card list version v1: no change", "card list version v2: no change"]
+
+    (tmp_path / "more.yaml").write_text(versioned_card(("v1", None, "2.50", "10.00"),
+                                                       ("v2", "2030-01-01T00:00:00Z", "2.00", "8.00"),
+                                                       ("v3", "2031-01-01T00:00:00Z", "1.50", "8.00")))
+    server.start()
+    try:
+        diff = cli("rates", "diff", "more.yaml", "--url", server.api_url, cwd=tmp_path)
+        assert diff.returncode == 1, (diff.stdout, diff.stderr)
+        assert diff.stdout.splitlines()[:2] == ["card list version v1: no change", "card list version v2: no change"]
+        assert "card list version v3: 2 change(s) from v2 (new version)" in diff.stdout
+        assert "  ~ models[glob:gpt-4o*].prices.input_tokens.price: 2.00 -> 1.50" in diff.stdout
+        changed = (tmp_path / "more.yaml").read_text().replace('"8.00"}}]\n  - version: v3', '"7.00"}}]\n  - version: v3')
+        (tmp_path / "changed.yaml").write_text(changed)
+        diff = cli("rates", "diff", "changed.yaml", "--url", server.api_url, cwd=tmp_path)
+        assert diff.returncode == 1
+        assert "card list version v2: differs from the applied version" in diff.stdout, diff.stdout
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+def test_applying_a_card_nothing_uses_is_refused_naming_the_cards_in_use_and_diff_shows_it_as_new(server, tmp_path):
+    (tmp_path / "prices.yaml").write_text("currency: USD\nmodels: [{match: 'gpt-4o*', prices: {input_tokens: '9'}}]\n")
+    refused = cli("rates", "apply", "prices.yaml", "--url", server.api_url, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stdout
+    assert "card prices is used by nothing" in refused.stderr, refused.stderr
+    assert "cards in use: list" in refused.stderr
+    assert [card["id"] for card in api(server, "/v1/rate-cards")["cards"]] == ["list"]
+
+    diff = cli("rates", "diff", "prices.yaml", "--url", server.api_url, cwd=tmp_path)
+    assert diff.returncode == 1, diff.stderr
+    assert diff.stdout.splitlines()[0] == "card prices: new card (not applied)"
+    assert "  + models[glob:gpt-4o*].prices.input_tokens.price: 9" in diff.stdout
+
+    forced = cli("rates", "apply", "prices.yaml", "--force", "--url", server.api_url, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert [card["id"] for card in api(server, "/v1/rate-cards")["cards"]] == ["list", "prices"]
+
+    assert server.stop() == 0  # the same refusal straight to the store
+    (tmp_path / "other.yaml").write_text("currency: USD\nmodels: [{match: 'o3', prices: {input_tokens: '9'}}]\n")
+    refused = cli("rates", "apply", "other.yaml", "--config", str(server.config_path), cwd=tmp_path)
+    assert refused.returncode == 2 and "card other is used by nothing" in refused.stderr, refused.stderr

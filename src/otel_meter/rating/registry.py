@@ -46,7 +46,10 @@ class ApplyResult:
 
 class RateCardRegistry:
     def __init__(self, store: Store | None, default_card: str | None = None, cost_card: str | None = None,
-                 files: tuple[Path, ...] = (), watch_seconds: float | None = None) -> None:
+                 files: tuple[Path, ...] = (), watch_seconds: float | None = None,
+                 configured_cards: tuple[str, ...] = ()) -> None:
+        """``configured_cards``: ids of the card files the config names, when ``files`` are not
+        given (a registry over the store for the command line): they count as in use."""
         self.store = store
         self.files = files
         self.watch_seconds = watch_seconds
@@ -60,10 +63,11 @@ class RateCardRegistry:
         self._default_card, self._cost_card = default_card, cost_card
         if store is not None:
             self._versions = store.rate_card_versions()
-        for file in files:
-            card = load_rate_card(file)
-            self._file_texts[file] = card.text
-            self._apply(card, str(file))
+        cards = [load_rate_card(file) for file in files]
+        self._file_texts = {file: card.text for file, card in zip(files, cards)}
+        self._configured_cards = tuple(dict.fromkeys([*configured_cards, *(card.id for card in cards)]))
+        # One set, checked together: a default card may name a plan card listed after it.
+        self._apply(cards, [str(file) for file in files])
         self.book = RateBook(self._versions, default_card, cost_card)
         for card in self.book.missing:
             logger.warning("rate card %r is configured but has not been applied: usage it would price is stored "
@@ -85,33 +89,70 @@ class RateCardRegistry:
         with self._lock:
             return list(self._versions)
 
-    def apply(self, card: RateCard, source: str, dry_run: bool = False) -> ApplyResult:
-        with self._lock:
-            return self._apply(card, source, dry_run)
+    def cards_in_use(self, also: RateCard | None = None) -> list[str]:
+        """Card ids something prices with: the default and cost card, the config's card files,
+        and every plan a customer of the default card names (in any applied version, or in
+        ``also``, a card about to be applied)."""
+        in_use = [card for card in (self._default_card, self._cost_card) if card] + list(self._configured_cards)
+        default_versions = [v for v in self._versions if v.card_id == self._default_card]
+        if also is not None and also.id == self._default_card:
+            default_versions += list(also.versions)
+        in_use += [terms.plan for version in default_versions for terms in version.body.customers.values()
+                   if terms.plan]
+        return sorted(set(in_use))
 
-    def _apply(self, card: RateCard, source: str, dry_run: bool = False) -> ApplyResult:
+    def apply(self, card: RateCard, source: str, dry_run: bool = False, require_in_use: bool = False) -> ApplyResult:
+        """``require_in_use``: refuse a card that nothing prices with (``cards_in_use``), as a
+        file applied without its ``id:`` would be."""
+        with self._lock:
+            if require_in_use:
+                in_use = self.cards_in_use()
+                if card.id not in in_use:
+                    raise RateCardError(
+                        f"{source}: card {card.id} is used by nothing: no rating processor names it (default_card, "
+                        f"cost_card, rate_card or rate_cards) and no customer's plan does; cards in use: "
+                        f"{', '.join(in_use) or 'none'}. Give the file the id of the card it changes (id: ...), "
+                        f"or apply it anyway with --force (API: force=true), e.g. a plan card before a customer "
+                        f"names it")
+            return self._apply([card], [source], dry_run)[0]
+
+    def apply_set(self, cards: list[RateCard], sources: list[str]) -> list[ApplyResult]:
+        """Apply several cards at once, checked together (a plan and the card that names it)."""
+        with self._lock:
+            return self._apply(cards, sources)
+
+    def _apply(self, cards: list[RateCard], sources: list[str], dry_run: bool = False) -> list[ApplyResult]:
         stored = {(v.card_id, v.version): v for v in self._versions}
-        added, unchanged = [], []
-        for version in card.versions:
-            existing = stored.get((version.card_id, version.version))
-            if existing is None:
-                added.append(version)
-            elif existing.content == version.content and existing.effective_from_ns == version.effective_from_ns:
-                unchanged.append(version.version)
-            else:
-                raise RateCardError(f"{source}: card {card.id} version {version.version} was already applied with "
-                                    f"other prices; versions are immutable, so give the change a new version")
-        if added:
-            candidate = self._versions + added
+        results, added_by_card = [], []
+        for card, source in zip(cards, sources):
+            added, unchanged = [], []
+            for version in card.versions:
+                existing = stored.get((version.card_id, version.version))
+                if existing is None:
+                    added.append(version)
+                elif existing.content == version.content and existing.effective_from_ns == version.effective_from_ns:
+                    unchanged.append(version.version)
+                else:
+                    raise RateCardError(f"{source}: card {card.id} version {version.version} was already applied "
+                                        f"with other prices; versions are immutable, so give the change a new version")
+            stored.update(((v.card_id, v.version), v) for v in added)
+            added_by_card.append(added)
+            results.append(ApplyResult(card.id, tuple(v.version for v in added), tuple(unchanged)))
+        new_versions = [version for added in added_by_card for version in added]
+        if new_versions:
+            candidate = self._versions + new_versions
             book = RateBook(candidate, self._default_card, self._cost_card)  # raises before anything changes
             if not dry_run:
-                if self.store is not None:
-                    self.store.insert_rate_card_versions(added, card.text, source)
+                for card, source, added in zip(cards, sources, added_by_card):
+                    if added and self.store is not None:
+                        self.store.insert_rate_card_versions(added, card.text, source)
                 self._versions = candidate
                 self.book = book
-                logger.info("rate card %s: applied version(s) %s from %s", card.id,
-                            ", ".join(v.version for v in added), source)
-        return ApplyResult(card.id, tuple(v.version for v in added), tuple(unchanged))
+                for card, source, added in zip(cards, sources, added_by_card):
+                    if added:
+                        logger.info("rate card %s: applied version(s) %s from %s", card.id,
+                                    ", ".join(v.version for v in added), source)
+        return results
 
     def start(self) -> None:
         if self.watch_seconds and self.files and self._thread is None:
@@ -134,10 +175,11 @@ class RateCardRegistry:
                                  "files are checked again in %gs", self.watch_seconds)
 
     def reload_changed_files(self) -> list[ApplyResult]:
-        """Apply every watched file whose text changed. A bad edit is logged once and changes
-        nothing; any other failure (an unreadable file, the store refusing the insert, a full
-        disk) is logged and the file is tried again at the next check."""
-        results = []
+        """Apply the watched files whose text changed, together (a plan and the card that names
+        it may change at once). A bad edit is logged once and changes nothing, the other
+        changed files are still applied; any other failure (an unreadable file, the store
+        refusing the insert, a full disk) is logged and the file is tried again at the next check."""
+        changed: dict[Path, tuple[str, RateCard]] = {}
         for file in self.files:
             try:
                 text = file.read_text()
@@ -147,14 +189,35 @@ class RateCardRegistry:
             if text == self._file_texts.get(file):
                 continue
             try:
-                results.append(self.apply(load_rate_card(file), str(file)))
-                self._file_texts[file] = text
+                changed[file] = (text, load_rate_card(file))
             except RateCardError as error:
                 logger.error("rate card %s not applied, the cards in force are unchanged: %s", file, error)
                 self._file_texts[file] = text  # report a bad edit once, not at every check
+        loaded = {file: card for file, (_, card) in changed.items()}
+        if len(loaded) > 1:
+            try:
+                results = self.apply_set(list(loaded.values()), [str(file) for file in loaded])
+            except RateCardError:
+                pass  # one of them is wrong: apply each alone, so the others still go in
+            except Exception as error:  # noqa: BLE001 - e.g. the store's disk is full: try again
+                for file in loaded:
+                    self._report_failure(file, f"not applied ({type(error).__name__}: {error})")
+                return []
+            else:
+                for file in loaded:
+                    self._file_texts[file] = changed[file][0]
+                    self._failures.pop(file, None)
+                return results
+        results = []
+        for file, card in loaded.items():
+            try:
+                results.append(self.apply(card, str(file)))
+            except RateCardError as error:
+                logger.error("rate card %s not applied, the cards in force are unchanged: %s", file, error)
             except Exception as error:  # noqa: BLE001 - e.g. the store's disk is full: try again
                 self._report_failure(file, f"not applied ({type(error).__name__}: {error})")
                 continue
+            self._file_texts[file] = changed[file][0]  # a bad edit is reported once, not at every check
             self._failures.pop(file, None)
         return results
 

@@ -1,8 +1,8 @@
 """Rate cards, price explanations and the period view over HTTP.
 
-``GET /v1/rate-cards``, ``GET /v1/rate-cards/{card}?at=``, ``POST /v1/rate-cards`` (a card
-file as the body; ``?dry_run=true`` checks without applying), ``GET /v1/rates/explain``,
-``GET /v1/period``.
+``GET /v1/rate-cards``, ``GET /v1/rate-cards/{card}?at=`` (or ``?version=``), ``POST
+/v1/rate-cards`` (a card file as the body; ``?dry_run=true`` checks without applying; a card
+nothing uses is refused unless ``?force=true``), ``GET /v1/rates/explain``, ``GET /v1/period``.
 """
 
 from __future__ import annotations
@@ -35,12 +35,16 @@ class RatingQuery(QueryInput):
 
 class CardQuery(RatingQuery):
     at: TimeText | None = None
+    version: Text | None = None
+    """That version by name, in force or not (instead of ``at``)."""
 
 
 class ApplyCardQuery(RatingQuery):
     source: Text | None = None
     id: Text | None = None
     dry_run: FlagText | None = None
+    force: FlagText | None = None
+    """Apply a card that no rating processor, plan or customer uses."""
 
 
 class ExplainQuery(RatingQuery):
@@ -105,10 +109,16 @@ def cards(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 def show_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     registry = registry_of(api, request)
-    at = time_param(request, "at")
-    version = registry.book.version_at(request.params["card"], at)
-    if version is None:
-        raise ApiError(HTTPStatus.NOT_FOUND, f"card {request.params['card']!r} has no version in force at {iso(at)}")
+    card_id, name = request.params["card"], request.single("version")
+    if name is not None:
+        version = next((v for v in registry.versions() if (v.card_id, v.version) == (card_id, name)), None)
+        if version is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"card {card_id!r} has no applied version {name!r}")
+    else:
+        at = time_param(request, "at")
+        version = registry.book.version_at(card_id, at)
+        if version is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"card {card_id!r} has no version in force at {iso(at)}")
     return HTTPStatus.OK, {"id": version.card_id, "version": version.version,
                            "effective_from": iso(version.effective_from_ns), "currency": version.currency,
                            "kind": version.kind, "content": json.loads(version.content)}
@@ -118,6 +128,7 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
     registry = registry_of(api, request)
     source = request.single("source") or "api"
     dry_run = (request.single("dry_run") or "").lower() in ("1", "true", "yes")
+    force = (request.single("force") or "").lower() in ("1", "true", "yes")
     try:
         text = request.body.decode()
     except UnicodeDecodeError:
@@ -126,7 +137,7 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
         card = parse_rate_card(text, source, default_id=request.single("id") or "rate-card")
     except RecursionError:  # YAML or JSON nested deeper than the parser goes
         raise ApiError(HTTPStatus.BAD_REQUEST, "the card is nested too deep to be a rate card") from None
-    result = registry.apply(card, source, dry_run=dry_run)
+    result = registry.apply(card, source, dry_run=dry_run, require_in_use=not force)
     return HTTPStatus.OK, {"card": result.card_id, "added": list(result.added), "unchanged": list(result.unchanged),
                            "dry_run": dry_run, "message": result.describe()}
 
