@@ -11,7 +11,7 @@ import sys
 from typing import Any, Sequence
 
 from otel_meter import __version__, cli_billing, cli_operations, cli_pricing
-from otel_meter.cli_client import ServerApi, add_server_options, store_location
+from otel_meter.cli_client import ServerApi, add_server_options, add_time_range, resolve_time_range, store_location
 from otel_meter.component import Kind
 from otel_meter.errors import OtelMeterError
 
@@ -32,10 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override service.telemetry.logs.level")
 
     usage = commands.add_parser("usage", help="show usage and cost per customer, model and meter",
-                                description="Ask the running server's usage API; when no server runs, read the "
-                                "store directly.")
-    usage.add_argument("--from", dest="start", required=True, metavar="TIME", help="ISO 8601 start (inclusive)")
-    usage.add_argument("--to", dest="end", required=True, metavar="TIME", help="ISO 8601 end (exclusive)")
+                                description="Usage of this month (UTC) unless --from/--to say otherwise. Asks "
+                                "the running server's usage API; when no server runs, reads the store directly.")
+    add_time_range(usage)
     usage.add_argument("--group-by", default="customer,model,meter",
                        help="comma-separated: customer, model, provider, meter, feature, service, environment "
                             "(default: customer,model,meter)")
@@ -49,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rollups (for ranges of whole hours and days), and look for ids stored twice. Exit status 0 when "
         "everything reconciles, 1 with a report naming each mismatch, 2 on an error. Asks the running "
         "server's usage API (an unrestricted token); when no server runs, reads the store directly.")
-    verify.add_argument("--from", dest="start", required=True, metavar="TIME", help="ISO 8601 start (inclusive)")
-    verify.add_argument("--to", dest="end", required=True, metavar="TIME", help="ISO 8601 end (exclusive)")
+    add_time_range(verify)
     verify.add_argument("--customer", help="only this customer")
     verify.add_argument("--format", choices=["text", "json"], default="text")
     add_server_options(verify, os.environ.get("OTEL_METER_TOKEN") or None)
@@ -148,6 +146,7 @@ def migrate(args: argparse.Namespace) -> int:
 def usage(args: argparse.Namespace) -> int:
     from otel_meter.storage.usage_report import UsageRequest, run_usage_query
 
+    resolve_time_range(args)
     request = UsageRequest.parse(args.start, args.end, args.group_by, args.customer)
     server = ServerApi(args)
     answer = server.call("GET", "/v1/usage", {"from": args.start, "to": args.end, "group_by": args.group_by,
@@ -162,6 +161,7 @@ def verify(args: argparse.Namespace) -> int:
     from otel_meter.storage.verify import VerifyRequest, format_report
     from otel_meter.storage.verify import verify as verify_store
 
+    resolve_time_range(args)
     request = VerifyRequest.parse(args.start, args.end, args.customer)
     server = ServerApi(args)
     try:

@@ -155,6 +155,27 @@ def usage_api_url(config_path: str | None) -> str | None:
     return None
 
 
+def add_time_range(parser: argparse.ArgumentParser) -> None:
+    """``--from``/``--to``, this calendar month (UTC) unless given: commands that work whatever
+    today's date is."""
+    parser.add_argument("--from", dest="start", metavar="TIME",
+                        help="ISO 8601 start, inclusive (default: the start of this month, UTC)")
+    parser.add_argument("--to", dest="end", metavar="TIME",
+                        help="ISO 8601 end, exclusive (default: the start of next month, UTC)")
+
+
+def resolve_time_range(args: argparse.Namespace) -> None:
+    """Fill in the defaults of ``add_time_range`` as ISO 8601 text."""
+    import time
+
+    from otel_meter.rating.explain import iso
+    from otel_meter.rating.statement import Period
+
+    this_month = Period.containing(time.time_ns())
+    args.start = args.start or iso(this_month.start_ns)
+    args.end = args.end or iso(this_month.end_ns)
+
+
 def local_registry(config_path: str | None, store):
     """The rate cards in the store, with the default and cost card the config names."""
     from otel_meter.config import load_config

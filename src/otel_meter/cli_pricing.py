@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from otel_meter.cli_client import ServerApi, add_server_options, local_registry
+from otel_meter.cli_client import ServerApi, add_server_options, add_time_range, local_registry, resolve_time_range
 from otel_meter.errors import OtelMeterError, RateCardError
 
 COMMANDS = ("rates", "rerate", "period", "invoice", "credits")
@@ -69,11 +69,10 @@ def add_commands(commands: Any, token: str | None) -> None:
     importer.add_argument("--models", metavar="GLOB", help="only models matching this glob")
 
     rerate = commands.add_parser("rerate", help="re-price usage after a backdated price change",
-                                 description="Re-price usage in [from, to) with the cards in force now. Writes "
-                                 "adjustment line items (a reversal and a new rating); never edits rated history; "
-                                 "running it twice changes nothing.")
-    rerate.add_argument("--from", dest="start", required=True, metavar="TIME", help="ISO 8601 start (inclusive)")
-    rerate.add_argument("--to", dest="end", required=True, metavar="TIME", help="ISO 8601 end (exclusive)")
+                                 description="Re-price usage in [from, to) (default: this month, UTC) with the "
+                                 "cards in force now. Writes adjustment line items (a reversal and a new rating); "
+                                 "never edits rated history; running it twice changes nothing.")
+    add_time_range(rerate)
     rerate.add_argument("--customer", help="only this customer")
     add_server_options(rerate, token)
 
@@ -333,6 +332,7 @@ def rerate(args: argparse.Namespace) -> int:
     from otel_meter.rating.rerate import rerate as run_rerate
     from otel_meter.storage.usage_report import parse_time, to_ns
 
+    resolve_time_range(args)
     start, end = to_ns(parse_time("from", args.start)), to_ns(parse_time("to", args.end))
     if end <= start:
         raise OtelMeterError(f"--to ({args.end}) must be after --from ({args.start})")

@@ -93,3 +93,37 @@ def test_a_read_command_where_there_is_no_store_says_so_and_creates_nothing(tmp_
     assert result.returncode == 2, result.stdout
     assert f"no store at {elsewhere / 'data'} and no usage API at http://localhost:8080" in result.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_usage_verify_and_rerate_default_to_this_month(tmp_path: Path) -> None:
+    import time
+
+    from otel_meter.rating.statement import Period
+
+    this_month = Period.containing(time.time_ns())
+    server = MeterServer(workdir=tmp_path)
+    server.write_config(rate_card="id: list\ncurrency: USD\nmodels: [{match: 'gpt-4o*', prices: "
+                                  "{input_tokens: '2.50', output_tokens: '10.00'}}]\n")
+    server.start()
+    try:
+        factory = SpanFactory()
+        assert export(server, [chat(factory, "acme", "gpt-4o", 1_000_000, 0, at=this_month.start_ns),
+                               chat(factory, "acme", "gpt-4o", 3_000_000, 0, at=this_month.start_ns - 10**9),
+                               chat(factory, "acme", "gpt-4o", 5_000_000, 0, at=this_month.end_ns)]) == \
+            SpanExportResult.SUCCESS
+        server.wait_until_stored()
+        for where in (("--url", server.api_url), ("--config", str(server.config_path))):
+            if where[0] == "--config":
+                assert server.stop() == 0
+            usage = cli("usage", "--format", "csv", *where, cwd=tmp_path)
+            assert usage.returncode == 0, usage.stderr
+            assert usage.stdout.splitlines()[1:] == ["acme,gpt-4o,input_tokens,1000000,0,2.50,USD"], where
+            verified = cli("verify", "--format", "json", *where, cwd=tmp_path)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            rerated = cli("rerate", *where, cwd=tmp_path)
+            assert rerated.returncode == 0, rerated.stderr
+            assert rerated.stdout.startswith("examined 1 item(s), changed 0"), rerated.stdout
+    finally:
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
