@@ -255,16 +255,19 @@ def test_the_invoice_reconciles_with_the_usage_api_the_period_view_and_the_credi
 
 def test_what_the_exporters_sent_is_compared_per_target_and_platform_meter(acme) -> None:
     (stripe,) = acme["document"]["sent"]
-    # The failed correction of mini_input is not counted: the platform holds the amount before re-rating.
+    # Quantity mappings: the re-rating of mini-x changed amounts only, which a quantity meter never
+    # re-sends, so the platform holds all it should (the failed amount correction changes nothing).
     assert stripe["meters"] == [
         {"meter": "gpt4o_input", "records": 2, "quantity": "3000435", "amount": "6.00087",
-         "expected_quantity": "3000435", "expected_amount": "6.00087", "matches": True},
+         "expected_quantity": "3000435", "expected_amount": "6.00087", "value": "3000435", "compared": "quantity",
+         "expected_value": "3000435", "matches": True},
         {"meter": "mini_input", "records": 1, "quantity": "30000000", "amount": "15.00",
-         "expected_quantity": "30000000", "expected_amount": "13.90", "matches": False},
+         "expected_quantity": "30000000", "expected_amount": "13.90", "value": "30000000", "compared": "quantity",
+         "expected_value": "30000000", "matches": True},
     ]
-    # The target maps input tokens only: its total legitimately differs from the invoice's.
-    assert (stripe["target"], stripe["amount"], stripe["invoice_amount"], stripe["difference"], stripe["matches"]) \
-        == ("stripe", "21.00087", "28.90087", "-7.90", False)
+    # The target maps input tokens only: it covers that part of the invoice, all of it sent.
+    assert (stripe["target"], stripe["amount"], stripe["invoice_amount"], stripe["difference"], stripe["matches"],
+            stripe["compared"]) == ("stripe", "19.90087", "28.90087", "-9.00", True, "mappings")
 
 
 def test_without_mappings_a_target_is_compared_on_its_total_only(worker) -> None:
@@ -272,6 +275,52 @@ def test_without_mappings_a_target_is_compared_on_its_total_only(worker) -> None
     assert [(line["meter"], line["matches"], line["expected_amount"]) for line in stripe["meters"]] == [
         ("gpt4o_input", None, None), ("mini_input", None, None)]
     assert worker.call(invoice_of, DATABASE, "globex")["document"]["sent"] == []
+
+
+EXPORTS_DATABASE = "invoice_exports"
+ONE_METER_TWO_PLATFORM_METERS = (MeterMapping(meter="input_tokens", to="ktokens", unit=D(1000)),
+                                 MeterMapping(meter="input_tokens", to="input_cents", value="amount",
+                                              unit=D("0.01")))
+
+
+def export_rerate_and_invoice(store) -> dict[str, Any]:
+    """initech's input tokens (mini-x on Sep 10 and 25, gpt-4o on Sep 12) exported to a whole-number
+    target that maps input_tokens twice, re-rated with v2 (Sep 25 cheaper), exported again; its invoice."""
+    from otel_meter.billing.export import run_export
+    from otel_meter.billing.target import TargetConfig
+    from otel_meter.rating.rerate import rerate
+    from tests.unit.test_billing_export import RecordingTarget
+
+    db = _database(store, EXPORTS_DATABASE)
+    rows = [("i-mini-10", SEP_1 + 9 * DAY, "initech", "mini-x", "input_tokens", 1_000_000, {}),
+            ("i-4o-12", SEP_1 + 11 * DAY, "initech", "gpt-4o", "input_tokens", 500_500, {}),
+            ("i-mini-25", SEP_1 + 24 * DAY, "initech", "mini-x", "input_tokens", 1_000_000, {})]
+    db.insert_usage(to_arrow(RatingProcessor(book(VERSION_1)).process(usage(*rows)), SEP_1 // 1000), "exports")
+    target = RecordingTarget(name="stripe", integer_values=True, config=TargetConfig(
+        meters=ONE_METER_TWO_PLATFORM_METERS, customers={"initech": "cus_initech"}))
+    first = run_export(db, target, Period.parse(PERIOD), now_ns=OCT_1 + DAY)
+    rerate(db, book(VERSION_1, VERSION_2), SEP_1, OCT_1, "initech")
+    second = run_export(db, target, Period.parse(PERIOD), now_ns=OCT_1 + DAY)
+    document = invoice_document(build_invoice(db, book(VERSION_1, VERSION_2), "initech", Period.parse(PERIOD),
+                                              issued=ISSUED, target_meters={"stripe": ONE_METER_TWO_PLATFORM_METERS}))
+    return {"sent": [(r.meter, r.revision, r.value) for r in first.records + second.records],
+            "document": document, "html": render(document, "html")}
+
+
+def test_after_a_rerating_a_quantity_meter_matches_and_one_meter_sent_to_two_platform_meters_counts_once(
+        worker) -> None:
+    found = worker.call(export_rerate_and_invoice)
+    # cents: cumulative 50, 150.1, 200.1 -> 50, 100, 50; re-rated 190.1 -> Sep 25 corrected by -10
+    assert sorted(found["sent"]) == [("input_cents", 1, D(50)), ("input_cents", 1, D(50)), ("input_cents", 1, D(100)),
+                                     ("input_cents", 2, D(-10)), ("ktokens", 1, D(500)), ("ktokens", 1, D(1000)),
+                                     ("ktokens", 1, D(1000))]
+    (stripe,) = found["document"]["sent"]
+    assert [(line["meter"], line["compared"], line["value"], line["expected_value"], line["matches"])
+            for line in stripe["meters"]] == [("input_cents", "amount", "190", "190", True),
+                                              ("ktokens", "quantity", "2500", "2500", True)]
+    assert (stripe["amount"], stripe["invoice_amount"], stripe["difference"], stripe["matches"], stripe["compared"]) \
+        == ("1.901", "1.901", "0.00", True, "mappings")
+    assert "sent 1.901 of 1.901" not in found["html"] and "differs" not in found["html"].split("Sent to billing")[1]
 
 
 # --- renderings -------------------------------------------------------------------------------------------

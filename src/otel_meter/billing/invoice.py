@@ -226,12 +226,23 @@ class SentMeter:
     """The invoice's quantity of the usage the target maps to this meter; None when the
     target's meter mappings were not given."""
     expected_amount: Decimal | None = None
+    value: Decimal = ZERO
+    """What the records sent add up to on the platform: quantity / unit for a quantity mapping,
+    amount / unit for an amount mapping (whole units on a whole-number platform)."""
+    expected_value: Decimal | None = None
+    """What the mappings send for the invoice's usage: the same sum over the usage lines they
+    map, floored on a whole-number platform (its windows carry the fraction); None without mappings."""
+    compared: str | None = None
+    """``quantity`` or ``amount``: what the meter's mappings send (``amount and quantity`` when
+    both go to one platform meter); None without mappings, or for a meter they do not name."""
 
     @property
     def matches(self) -> bool | None:
-        if self.expected_quantity is None or self.expected_amount is None:
+        """The platform holds what the mappings send for the invoice's usage. A quantity meter is
+        not re-sent when a re-rating changes only the amount, so only what is sent is compared."""
+        if self.expected_value is None:
             return None
-        return self.quantity == self.expected_quantity and self.amount == self.expected_amount
+        return self.value == self.expected_value
 
 
 @dataclass(frozen=True)
@@ -239,15 +250,22 @@ class SentTarget:
     target: str
     currency: str
     amount: Decimal
-    """Sum of the rated amounts behind the records sent."""
+    """With the target's mappings: the invoice's real-time amount of the usage they map, each
+    usage line once however many platform meters it goes to. Without them: the sum of the rated
+    amounts behind the records sent."""
     invoice_amount: Decimal
-    """The invoice's real-time total in that currency: what a target mapping every meter sends."""
+    """The invoice's real-time total in that currency: what a target mapping every meter covers."""
     meters: tuple[SentMeter, ...]
+    mapped: bool = False
+    """The target's meter mappings were given: each platform meter is compared with them."""
 
     @property
     def matches(self) -> bool:
-        """The target sent exactly the invoice's real-time total (a target that maps only some
-        meters or models, or whose last windows are not sent yet, differs legitimately)."""
+        """With mappings: every platform meter holds what its mappings send for the invoice's
+        usage (a target that maps only some meters or models matches when all of that was sent).
+        Without: the amounts behind the records sent equal the invoice's real-time total."""
+        if self.mapped:
+            return all(line.matches for line in self.meters)
         return self.amount == self.invoice_amount
 
     @property
@@ -397,46 +415,83 @@ def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequ
         if entry.status != "sent":
             continue
         meters = sums.setdefault((entry.target, entry.currency), {})
-        totals = meters.setdefault(entry.meter, [ZERO, ZERO, 0])
+        totals = meters.setdefault(entry.meter, [ZERO, ZERO, 0, ZERO])
         totals[0] = EXACT.add(totals[0], Decimal(entry.quantity))
         totals[1] = EXACT.add(totals[1], Decimal(entry.amount))
         totals[2] += 1
+        totals[3] = EXACT.add(totals[3], Decimal(entry.value))
     by_currency = {section.currency: section for section in sections}
     targets = []
     for (target, currency), meters in sorted(sums.items()):
         section = by_currency.get(currency)
-        expected = _expected_per_platform_meter(section, (target_meters or {}).get(target))
+        mappings = (target_meters or {}).get(target)
+        if mappings is None:
+            lines = [SentMeter(meter, exact(quantity), exact(amount), records, value=exact(value))
+                     for meter, (quantity, amount, records, value) in sorted(meters.items())]
+            targets.append(SentTarget(target, currency, exact(_sum(line.amount for line in lines)),
+                                      section.realtime_total if section else ZERO, tuple(lines)))
+            continue
+        expected = _expected_per_platform_meter(section, mappings, _whole_numbers(target))
         lines = []
-        for meter, (quantity, amount, records) in sorted(meters.items()):
-            quantity_expected, amount_expected = expected.get(meter, (None, None)) if expected is not None \
-                else (None, None)
-            if expected is not None and meter not in expected:
-                quantity_expected, amount_expected = ZERO, ZERO  # sent to a meter the mappings do not name
-            lines.append(SentMeter(meter, exact(quantity), exact(amount), records, quantity_expected,
-                                   amount_expected))
-        if expected is not None:  # mapped meters with usage that nothing was sent for yet
-            lines += [SentMeter(meter, ZERO, ZERO, 0, quantity, amount)
-                      for meter, (quantity, amount) in sorted(expected.items())
-                      if meter not in meters and (quantity or amount)]
-            lines.sort(key=lambda line: line.meter)
-        targets.append(SentTarget(target, currency, exact(_sum(line.amount for line in lines)),
-                                  section.realtime_total if section else ZERO, tuple(lines)))
+        for meter in sorted(set(meters) | {meter for meter, found in expected.items() if found.value}):
+            quantity, amount, records, value = meters.get(meter, (ZERO, ZERO, 0, ZERO))
+            # sent to a meter the mappings do not name: expected nothing
+            found = expected.get(meter, _Expected(ZERO, ZERO, ZERO, None))
+            lines.append(SentMeter(meter, exact(quantity), exact(amount), records, found.quantity, found.amount,
+                                   exact(value), found.value, found.compared))
+        targets.append(SentTarget(target, currency, _mapped_amount(section, mappings),
+                                  section.realtime_total if section else ZERO, tuple(lines), mapped=True))
     return tuple(targets)
 
 
-def _expected_per_platform_meter(section: CurrencyStatement | None, mappings: Sequence[Any] | None
-                                 ) -> dict[str, tuple[Decimal, Decimal]] | None:
-    """Per platform meter, the invoice's quantity and real-time amount of the usage mapped to it."""
-    if mappings is None:
-        return None
-    expected: dict[str, tuple[Decimal, Decimal]] = {}
+@dataclass(frozen=True)
+class _Expected:
+    quantity: Decimal
+    amount: Decimal
+    value: Decimal
+    compared: str | None
+
+
+def _maps(mapping: Any, line: UsageLine) -> bool:
+    return line.meter == mapping.meter and (mapping.models is None or fnmatchcase(line.model, mapping.models))
+
+
+def _expected_per_platform_meter(section: CurrencyStatement | None, mappings: Sequence[Any], whole_numbers: bool
+                                 ) -> dict[str, _Expected]:
+    """Per platform meter: the invoice's quantity and real-time amount of the usage mapped to
+    it, and the value its mappings send for that usage (as the export computes it: quantity or
+    amount / unit, summed; floored for a whole-number platform)."""
+    found: dict[str, list] = {}
     for mapping in mappings:
-        quantity, amount = expected.get(mapping.to, (ZERO, ZERO))
+        totals = found.setdefault(mapping.to, [ZERO, ZERO, ZERO, set()])
+        totals[3].add(mapping.value)
         for line in section.usage if section else ():
-            if line.meter == mapping.meter and (mapping.models is None or fnmatchcase(line.model, mapping.models)):
-                quantity, amount = EXACT.add(quantity, line.quantity), EXACT.add(amount, line.amount)
-        expected[mapping.to] = (quantity, amount)
+            if _maps(mapping, line):
+                totals[0] = EXACT.add(totals[0], line.quantity)
+                totals[1] = EXACT.add(totals[1], line.amount)
+                sent = line.quantity if mapping.value == "quantity" else line.amount
+                totals[2] = EXACT.add(totals[2], EXACT.divide(sent, mapping.unit))
+    expected = {}
+    for meter, (quantity, amount, value, kinds) in found.items():
+        if whole_numbers:
+            value = value.to_integral_value(rounding=decimal.ROUND_FLOOR)
+        expected[meter] = _Expected(exact(quantity), exact(amount), exact(value), " and ".join(sorted(kinds)))
     return expected
+
+
+def _mapped_amount(section: CurrencyStatement | None, mappings: Sequence[Any]) -> Decimal:
+    """The real-time amount of the invoice's usage lines that any mapping covers, each line once."""
+    return exact(_sum(line.amount for line in (section.usage if section else ())
+                      if any(_maps(mapping, line) for mapping in mappings)))
+
+
+def _whole_numbers(target: str) -> bool:
+    """The target's platform takes whole numbers only (its type's factory says so)."""
+    from otel_meter.billing.config import target_type
+    from otel_meter.billing.target import target_factories
+
+    factory = target_factories().get(target_type(target))
+    return factory is not None and factory.integer_values
 
 
 def _sum(values: Iterable[Decimal]) -> Decimal:
@@ -523,13 +578,15 @@ def _statement_document(section: CurrencyStatement) -> dict[str, Any]:
 def _sent_document(target: SentTarget) -> dict[str, Any]:
     return {"target": target.target, "currency": target.currency, "amount": money_text(target.amount),
             "invoice_amount": money_text(target.invoice_amount), "difference": money_text(target.difference),
-            "matches": target.matches,
+            "matches": target.matches, "compared": "mappings" if target.mapped else "total",
             "meters": [{"meter": line.meter, "records": line.records, "quantity": decimal_text(line.quantity),
                         "amount": money_text(line.amount),
                         "expected_quantity": None if line.expected_quantity is None
                         else decimal_text(line.expected_quantity),
                         "expected_amount": None if line.expected_amount is None
                         else money_text(line.expected_amount),
+                        "value": decimal_text(line.value), "compared": line.compared,
+                        "expected_value": None if line.expected_value is None else decimal_text(line.expected_value),
                         "matches": line.matches} for line in target.meters]}
 
 

@@ -186,23 +186,33 @@ def _sent(sent: Sequence[Mapping[str, Any]] | None) -> str:
     elif not sent:
         parts.append('<p class="note">Nothing was sent to a billing platform for this period.</p>')
     else:
-        parts.append('<p class="note">The records each target sent for windows in this period, compared with the '
-                     "real-time total. A target that maps only some meters or models, or whose last windows are "
-                     "not sent yet, differs legitimately; per meter, the sent figures are compared with the usage "
-                     "the target maps to it when its mappings are known.</p>")
+        parts.append('<p class="note">The records each target sent for windows in this period. With the target\'s '
+                     "meter mappings, each platform meter is compared on what its mappings send (the quantity of a "
+                     "quantity mapping, the amount of an amount mapping, in its units) with what they send for this "
+                     "invoice's usage, and the target matches when all of it was sent; a target that maps only some "
+                     "meters or models covers part of the invoice. Without them, the amounts behind the records "
+                     "sent are compared with the real-time total.</p>")
     for target in sent or ():
-        verdict = ('<span class="ok">matches the invoice</span>' if target["matches"] else
-                   f'<span class="differs">differs by {_e(_grouped(target["difference"]))}</span>')
-        parts.append(f"<h3>{_e(target['target'])} ({_e(target['currency'])}): sent {_e(_grouped(target['amount']))} "
-                     f"of {_e(_grouped(target['invoice_amount']))}, {verdict}</h3>")
+        if target.get("compared") == "mappings":
+            verdict = ('<span class="ok">everything it maps was sent: matches</span>' if target["matches"] else
+                       '<span class="differs">not everything it maps was sent: differs</span>')
+            parts.append(f"<h3>{_e(target['target'])} ({_e(target['currency'])}): maps usage of "
+                         f"{_e(_grouped(target['amount']))} of {_e(_grouped(target['invoice_amount']))}, "
+                         f"{verdict}</h3>")
+        else:
+            verdict = ('<span class="ok">matches the invoice</span>' if target["matches"] else
+                       f'<span class="differs">differs by {_e(_grouped(target["difference"]))}</span>')
+            parts.append(f"<h3>{_e(target['target'])} ({_e(target['currency'])}): sent "
+                         f"{_e(_grouped(target['amount']))} of {_e(_grouped(target['invoice_amount']))}, "
+                         f"{verdict}</h3>")
         rows = []
         for line in target["meters"]:
-            expected = "" if line["matches"] is None else (
-                f"{_grouped(line['expected_quantity'])} / {_grouped(line['expected_amount'])}")
+            compared = "" if line["matches"] is None else (
+                f"{_grouped(line['value'])} of {_grouped(line['expected_value'])} ({line['compared'] or 'not mapped'})")
             status = "not compared" if line["matches"] is None else "matches" if line["matches"] else "differs"
             rows.append((line["meter"], _num(str(line["records"])), _num(line["quantity"]), _num(line["amount"]),
-                         _num(expected), status))
-        parts.append(_table(("Platform meter", "Records", "Quantity", "Amount", "Invoice quantity / amount",
+                         _num(compared), status))
+        parts.append(_table(("Platform meter", "Records", "Quantity", "Amount", "Sent of expected (what is sent)",
                              "Comparison"), rows))
     parts.append("</section>")
     return "\n".join(parts)

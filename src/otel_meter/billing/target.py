@@ -184,6 +184,9 @@ class TargetFactory:
     config_model: type[TargetConfig]
     create: Callable[[str, Any], BillingTarget]
     """(target name, validated config) -> target."""
+    integer_values: bool = False
+    """The targets it creates take whole numbers only (``BillingTarget.integer_values``), known
+    without creating one (the invoice compares what they sent with that in mind)."""
 
 
 _TARGETS: dict[str, TargetFactory] = {}

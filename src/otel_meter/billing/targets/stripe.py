@@ -286,4 +286,5 @@ def create_stripe_target(name: str, config: StripeTargetConfig) -> StripeTarget:
     return StripeTarget(name, config)
 
 
-FACTORY = register_target(TargetFactory(type=TYPE, config_model=StripeTargetConfig, create=create_stripe_target))
+FACTORY = register_target(TargetFactory(type=TYPE, config_model=StripeTargetConfig, create=create_stripe_target,
+                                        integer_values=StripeTarget.integer_values))
