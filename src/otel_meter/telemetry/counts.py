@@ -22,7 +22,11 @@ INVALID_QUANTITY = "invalid_quantity"
 INVALID_ID = "invalid_id"
 """A trace id or span id missing or of the wrong length: the usage could not be deduplicated."""
 INVALID_TIME = "invalid_time"
-"""A time beyond what the store can hold (after 2262-04-11)."""
+"""No time (a span without start and end time, a log record without time and observed time, a
+metric point with a zero time), or a time beyond what the store can hold (after 2262-04-11)."""
+OUT_OF_RANGE = "out_of_range"
+"""A quantity (1e20 or more) or an amount after rating (1e15 currency units or more) beyond what
+the store's columns hold with room for sums (docs/meters.md)."""
 LIMIT_EXCEEDED = "limit_exceeded"
 """Above a configured limit: max_tokens_per_span, max_attributes_per_span, max_attribute_value_length."""
 INVALID = "invalid"
@@ -35,7 +39,7 @@ another request was not stored."""
 INTERNAL = "internal"
 """A bug in otel-meter (logged with its traceback)."""
 
-REJECTION_REASONS = (INVALID_QUANTITY, INVALID_ID, INVALID_TIME, LIMIT_EXCEEDED, INVALID)
+REJECTION_REASONS = (INVALID_QUANTITY, INVALID_ID, INVALID_TIME, OUT_OF_RANGE, LIMIT_EXCEEDED, INVALID)
 REQUEST_REASONS = (QUEUE_FULL, UNAVAILABLE, INTERNAL)
 REFUSAL_REASONS = REJECTION_REASONS + REQUEST_REASONS
 
@@ -50,8 +54,10 @@ def rejection_reason(message: str) -> str:
         return LIMIT_EXCEEDED
     if "trace_id must be" in message:
         return INVALID_ID
-    if "2262-04-11" in message:
+    if "2262-04-11" in message or "needs an event time" in message:
         return INVALID_TIME
+    if "is out of range" in message:
+        return OUT_OF_RANGE
     if "number" in message or "negative" in message or "has no value" in message:
         return INVALID_QUANTITY
     return INVALID

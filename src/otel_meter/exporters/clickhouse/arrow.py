@@ -22,15 +22,27 @@ COLUMNS = (*STRING_COLUMNS, "event_time", "received_at", "quantity", "dimensions
 """Column order of every block (``to_arrow``'s), so queued blocks of any version concatenate."""
 
 
+MONEY_LIMIT = 10**38
+"""Decimal(38, 18) holds integer representations below this; Arrow does not check raw buffers."""
+
+
 def money_array(units: list[int]) -> pa.Array:
-    """Decimal(38, 18) values straight from their integer representation (16-byte little endian)."""
+    """Decimal(38, 18) values straight from their integer representation (16-byte little endian).
+    Raises ArrowInvalid for a value beyond the type (rating refuses such amounts first)."""
+    if units and (max(units) >= MONEY_LIMIT or min(units) <= -MONEY_LIMIT):
+        raise pa.ArrowInvalid(f"an amount is beyond Decimal(38, 18): {max(units, key=abs)} x 1e-18")
     buffer = b"".join([value.to_bytes(16, "little", signed=True) for value in units])
     return pa.Array.from_buffers(MONEY, len(units), [None, pa.py_buffer(buffer)])
 
 
+INT64_LIMIT = 2**63
+"""Whole quantities from 2**63 up to usage.MAX_QUANTITY (10**20) do not fit the integer path."""
+
+
 def quantity_array(quantities: list[int | Decimal]) -> pa.Array:
-    """Whole quantities take the fast integer path; fractional ones go through Decimal."""
-    if set(map(type, quantities)) <= {int}:
+    """Whole quantities take the fast integer path; fractional and very large ones go through Decimal.
+    Raises ArrowInvalid for a value beyond Decimal(38, 9) (the converters keep quantities below 10**20)."""
+    if set(map(type, quantities)) <= {int} and (not quantities or max(quantities) < INT64_LIMIT):
         return pa.array(quantities, pa.int64()).cast(QUANTITY)
     return pa.array([Decimal(value) for value in quantities], QUANTITY)
 

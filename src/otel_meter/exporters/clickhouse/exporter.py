@@ -184,18 +184,49 @@ class ClickHouseExporter:
                     return
                 taken = list(self._queue)
                 self._queue.clear()
-            error = self._append([pending.batch for pending in taken])
-            for pending in taken:
+            errors = self._append([pending.batch for pending in taken])
+            for pending, error in zip(taken, errors):
                 pending.error = error
                 pending.done.set()
 
-    def _append(self, batches: list[UsageBatch]) -> ExportError | None:
-        """Make the batches durable as one record; the error to answer their requests with, if any."""
+    def _append(self, batches: list[UsageBatch]) -> list[ExportError | None]:
+        """Make the batches durable as one record; the error to answer each batch's request with, if any."""
+        tables, errors = self._tables(batches, time.time_ns() // 1000)
+        if not tables:
+            return errors
+        failed = self._append_tables(tables)
+        return [failed if error is None else error for error in errors]
+
+    @staticmethod
+    def _tables(batches: list[UsageBatch], received_at_us: int) -> tuple[list[pa.Table], list[ExportError | None]]:
+        """The batches as Arrow tables: all merged into one, or, when that fails, each on its own,
+        so a batch that cannot be written (a bug: the converters and rating refuse values beyond
+        the columns' range) fails its own request and no other."""
         merged = UsageBatch()
         for batch in batches:
             merged.extend(batch)
         try:
-            payload = to_ipc(to_arrow(merged, time.time_ns() // 1000))
+            return [to_arrow(merged, received_at_us)], [None] * len(batches)
+        except Exception:
+            pass
+        tables: list[pa.Table] = []
+        errors: list[ExportError | None] = []
+        for batch in batches:
+            try:
+                tables.append(to_arrow(batch, received_at_us))
+                errors.append(None)
+            except Exception:
+                logger.exception("cannot queue the usage of one request (%d rows, first event %s); the other "
+                                 "requests queued with it are stored", len(batch), batch.event_id[0])
+                errors.append(ExportError("otel-meter could not queue this usage (internal error, logged); "
+                                          "retry later"))
+        return tables, errors
+
+    def _append_tables(self, tables: list[pa.Table]) -> ExportError | None:
+        """Append the tables as one record and fsync; the error for every request in it, if any."""
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        try:
+            payload = to_ipc(table)
             crash_point("before_queue_append")
             record_id = self.journal.append(payload)
         except JournalFullError as error:
@@ -215,7 +246,7 @@ class ClickHouseExporter:
             return ExportError(f"otel-meter cannot write its local queue ({error.strerror}); retry later")
         crash_point("after_queue_fsync")
         with self._condition:
-            self._record_rows[record_id] = len(merged)
+            self._record_rows[record_id] = table.num_rows
             self._durable_id = record_id
             self._condition.notify_all()
         return None

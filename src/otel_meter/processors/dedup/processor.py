@@ -31,7 +31,9 @@ class DedupProcessor:
             result = batch
         else:
             result = batch.select([row for row, seq in enumerate(batch.event_seq) if seq in admitted])
-            result.dropped_event_ids.update(event_id for event_id, new in zip(ids, decisions) if not new)
+            kept = {event_id for event_id, new in zip(ids, decisions) if new}
+            result.dropped_event_ids.update(event_id for event_id, new in zip(ids, decisions)
+                                            if not new and event_id not in kept)
         result.duplicate_events += len(seqs) - len(admitted)
         result.depends_on.extend(reservation.waits_on)
         # Events a later processor refuses (rating) are in the shared set by the time the batch

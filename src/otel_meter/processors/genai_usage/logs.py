@@ -8,14 +8,15 @@ repeat the usage already on the span; they are not metered unless a meter asks f
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from typing import Callable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otel_meter.meters.compiled import ItemFacts, MeterIndex
 from otel_meter.meters.definitions import MeterDefinition
-from otel_meter.processors.genai_usage.metrics import append_row
-from otel_meter.processors.genai_usage.values import InvalidCount, number_value, text_value
+from otel_meter.processors.genai_usage.metrics import MAX_TIME_NS, append_row
+from otel_meter.processors.genai_usage.values import NO_EVENT_TIME, InvalidCount, number_value, text_value
 from otel_meter.usage import Rejection, UsageBatch
 
 EVENT_NAME_ATTRIBUTE = "event.name"
@@ -49,9 +50,15 @@ class LogsConverter:
                                                      + repr(sorted(resource.items())).encode()).hexdigest()
                     time_ns = record.time_unix_nano or record.observed_time_unix_nano
                     operation = attributes.get("gen_ai.operation.name", "")
+                    item_attributes = {key: attributes[key] for key in extra if key in attributes}
+                    measured: list[tuple[str, int | Decimal, dict[str, str]]] = []
+                    problem = None
                     for meter in self.index.candidates(operation):
                         if not meter.matches(operation, facts):
                             continue
+                        problem = time_problem(time_ns)
+                        if problem:
+                            break
                         rule = meter.quantity
                         if rule.constant is not None:
                             quantity = rule.constant
@@ -62,13 +69,25 @@ class LogsConverter:
                             try:
                                 quantity = number_value(values[key])
                             except InvalidCount as error:
-                                batch.rejections.append(Rejection(
-                                    event_id, f"log record {event_id}: attribute {key} {error}; meter "
-                                              f"{meter.name} needs a non-negative number"))
+                                problem = f"attribute {key} {error}; meter {meter.name} needs a non-negative number"
                                 break
-                        if not quantity:
-                            continue
-                        dimensions = {key: attributes[key] for key in meter.definition.dimensions if key in attributes}
-                        append_row(batch, event_id, seq, time_ns, meter.name, quantity, attributes, dimensions,
-                                   wanted_resource, {key: attributes[key] for key in extra if key in attributes})
+                        if quantity:
+                            measured.append((meter.name, quantity, {key: attributes[key] for key in
+                                                                    meter.definition.dimensions if key in attributes}))
+                    if problem:  # the whole record is refused: none of its meters is stored
+                        batch.rejections.append(Rejection(event_id, f"log record {event_id}: {problem}",
+                                                          resource=wanted_resource, attributes=item_attributes))
+                        continue
+                    for meter_name, quantity, dimensions in measured:
+                        append_row(batch, event_id, seq, time_ns, meter_name, quantity, attributes, dimensions,
+                                   wanted_resource, item_attributes)
         return batch
+
+
+def time_problem(time_ns: int) -> str | None:
+    """Why a metered record's time cannot be its usage's event time, or None."""
+    if not time_ns:
+        return f"has neither a time nor an observed time (both are 0); {NO_EVENT_TIME}"
+    if time_ns > MAX_TIME_NS:
+        return f"time {time_ns} ns is after 2262-04-11, beyond what can be stored (DateTime64(9))"
+    return None

@@ -36,7 +36,7 @@ from otel_meter.errors import ExportError
 from otel_meter.meters.compiled import CompiledMeter, ItemFacts, MeterIndex, exact_quantity
 from otel_meter.meters.definitions import MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
-from otel_meter.processors.genai_usage.values import text_value
+from otel_meter.processors.genai_usage.values import NO_EVENT_TIME, text_value
 from otel_meter.usage import MAX_QUANTITY, Rejection, UsageBatch
 
 TOKEN_METRIC = "gen_ai.client.token.usage"
@@ -260,8 +260,7 @@ def point_problem(value: Decimal, time_ns: int) -> str | None:
     if not value.is_finite() or value < 0 or value >= MAX_QUANTITY:
         return f"value {value} is not a finite, non-negative number below 1e20"
     if time_ns == 0:
-        return ("has no time (time_unix_nano is 0): usage needs its event time to be priced, placed in its "
-                "period and deduplicated; the sender must set it")
+        return f"has no time (time_unix_nano is 0); {NO_EVENT_TIME}"
     if time_ns > MAX_TIME_NS:
         return "its time is after 2262-04-11, beyond what can be stored"
     return None

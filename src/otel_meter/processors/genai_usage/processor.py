@@ -7,7 +7,6 @@ operation, and appends straight into the batch's columns.
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
@@ -21,7 +20,9 @@ from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.logs import LogsConverter
 from otel_meter.processors.genai_usage.metrics import MetricsConverter
-from otel_meter.processors.genai_usage.values import InvalidCount, count_value, first_text, number_value, text_value
+from otel_meter.processors.genai_usage.values import (
+    NO_EVENT_TIME, InvalidCount, count_value, first_text, number_value, text_value,
+)
 from otel_meter.usage import Rejection, UsageBatch
 
 MAX_TIME_NS = 2**63 - 1
@@ -81,7 +82,6 @@ class GenAIUsageProcessor:
         plan_for = self.spans.plan
         max_length = self.config.max_attribute_value_length
         max_attributes = self.config.max_attributes_per_span
-        now_ns = time.time_ns()
         seq = 0
         for resource_spans in request.resource_spans:
             resource_attributes = {
@@ -121,26 +121,34 @@ class GenAIUsageProcessor:
                             measured += self._measure(other_meters, operation, found, span, scope, service,
                                                       (sdk_name, provider), resource_attributes)
                     except InvalidCount as error:
-                        batch.rejections.append(Rejection(event_id, f"span {named}: {error}"))
+                        batch.rejections.append(Rejection(event_id, f"span {named}: {error}",
+                                                          resource=resource_attributes,
+                                                          attributes=self._texts(found)))
                         continue
                     if not measured:
                         continue
                     if len(span.attributes) > max_attributes:
                         batch.rejections.append(Rejection(event_id, (
                             f"span {named}: {len(span.attributes)} attributes, above the limit of "
-                            f"{max_attributes} (max_attributes_per_span)")))
+                            f"{max_attributes} (max_attributes_per_span)"), resource=resource_attributes))
                         continue
                     if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
                         batch.rejections.append(Rejection(
                             event_id, f"span {named}: trace_id must be 16 bytes and span_id "
-                                      f"8 bytes, not all zero; usage cannot be deduplicated without them"))
+                                      f"8 bytes, not all zero; usage cannot be deduplicated without them",
+                            resource=resource_attributes, attributes=self._texts(found)))
                         continue
                     model = first_text(found, cv.MODEL)
-                    event_time = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
+                    event_time = span.end_time_unix_nano or span.start_time_unix_nano
+                    if not event_time:
+                        batch.rejections.append(Rejection(event_id, (
+                            f"span {named}: has no start or end time (both are 0); {NO_EVENT_TIME}"),
+                            resource=resource_attributes, attributes=self._texts(found)))
+                        continue
                     if event_time > MAX_TIME_NS:
                         batch.rejections.append(Rejection(event_id, (
                             f"span {named}: end time {event_time} ns is after 2262-04-11, beyond what can be "
-                            f"stored (DateTime64(9))")))
+                            f"stored (DateTime64(9))"), resource=resource_attributes, attributes=self._texts(found)))
                         continue
                     span_attributes = ({key: text_value(found[key]) for key in extra_span_keys if key in found}
                                        if not extra_span_keys.isdisjoint(found) else NO_ATTRIBUTES)
@@ -163,6 +171,10 @@ class GenAIUsageProcessor:
                         batch.resource_attributes.append(resource_attributes)
                         batch.event_attributes.append(span_attributes)
         return batch
+
+    def _texts(self, found: dict[str, AnyValue]) -> dict[str, str]:
+        """The wanted attributes of a refused span as text (refusals are rare: no need to be fast)."""
+        return {key: text_value(found[key]) for key in self._extra_span_keys if key in found}
 
     def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
                  emitter: tuple[str, str], resource_attributes: dict[str, str]

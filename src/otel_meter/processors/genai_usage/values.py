@@ -9,7 +9,12 @@ from decimal import Decimal
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from otel_meter.meters.compiled import exact_quantity
+from otel_meter.usage import MAX_QUANTITY
 
+NO_EVENT_TIME = ("usage needs an event time to be priced, placed in its billing period and deduplicated (a "
+                 "receipt time would count a retry received later twice); the sender must set it")
+"""Why an item without a time (span, log record, metric point) is refused rather than stamped
+with its receipt time."""
 NUMERIC_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
 
 
@@ -46,6 +51,8 @@ def count_value(value: AnyValue, maximum: int) -> int:
         raise InvalidCount(f"is a {kind.removesuffix('_value')}, not a number")
     if number < 0:
         raise InvalidCount(f"{number} is negative")
+    if number >= MAX_QUANTITY:
+        raise InvalidCount(out_of_range(text_value(value)))
     if number > maximum:
         raise InvalidCount(f"{number} is above the limit of {maximum} (max_tokens_per_span)")
     return number
@@ -67,7 +74,14 @@ def number_value(value: AnyValue) -> int | Decimal:
         raise InvalidCount(f"{number!r} is not a finite number")
     if number < 0:
         raise InvalidCount(f"{number} is negative")
+    if number >= MAX_QUANTITY:
+        raise InvalidCount(out_of_range(text_value(value)))
     return exact_quantity(number)
+
+
+def out_of_range(text: str) -> str:
+    """The storable range (usage.MAX_QUANTITY): checked here, so one item never reaches the store's columns."""
+    return f"{text} is out of range: quantities must be below 1e20"
 
 
 def text_value(value: AnyValue) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple, Protocol
 
+from otel_meter.processors.rating.amount_range import refuse_unstorable_amounts
 from otel_meter.rating.rate_book import UNPRICED, RateBook
 from otel_meter.usage import MONEY_CONTEXT, UsageBatch
 
@@ -112,4 +113,4 @@ class RatingProcessor:
         batch.rate_card, batch.rate_card_version, batch.rate_rule = cards, versions, rules
         batch.cost, batch.cost_currency, batch.cost_card, batch.cost_card_version = (
             costs, cost_currencies, cost_cards, cost_versions)
-        return batch
+        return refuse_unstorable_amounts(batch)
