@@ -106,3 +106,46 @@ def test_credits_burn_in_order_and_the_entitlement_turns_off_when_they_run_out(s
     assert cli("credits", "void", "acme", "top-up", *url, cwd=tmp_path).returncode == 0
     wait_for(lambda: not get(server, "/v1/entitlements/acme")[1]["allowed"], "void not seen")
     assert get(server, "/v1/entitlements/someone-else")[1]["allowed"] is True
+
+
+ALLOWANCE_CARD = CREDITS_CARD + """\
+customers:
+  acme: {allowances: {input_tokens: 1000000}}
+"""
+
+
+def test_credits_burned_above_the_period_statement_return_to_the_grant_over_the_api(tmp_path):
+    running = MeterServer(workdir=tmp_path)
+    running.write_config(rate_card=ALLOWANCE_CARD)
+    config = running.config_path.read_text()
+    config = config.replace("extensions:\n  usage_api:", "extensions:\n  budgets: {check_interval: 50ms}\n  usage_api:")
+    running.config_path.write_text(config.replace("extensions: [usage_api]", "extensions: [usage_api, budgets]"))
+    running.start()
+    try:
+        url = ("--url", running.api_url)
+        done = cli("credits", "grant", "acme", "--amount", "500", "--id", "prepaid", *url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        # 3M input tokens at 100 credits per million: real time burns 300; the month's statement,
+        # with 1M tokens free, is 200: the 100 burned above it go back to the grant.
+        assert export(running, [chat(SpanFactory(), "acme", "gpt-4o", 3_000_000, 0)]) == SpanExportResult.SUCCESS
+        running.wait_until_stored()
+        status, ledger = get(running, "/v1/credits/acme")
+        assert status == 200, ledger
+        (grant,) = ledger["grants"]
+        assert (grant["consumed"], grant["remaining"], ledger["balances"]) == ("200.00", "300.00",
+                                                                              {"credits": "300.00"})
+        consumed, returned = ledger["history"][-2:]
+        assert (consumed["kind"], consumed["amount"], returned["kind"], returned["amount"], returned["grant_id"]) == (
+            "consumed", "300.00", "returned", "100.00", "prepaid")
+        assert "is 100 below the 300 credits burned in real time" in returned["reason"]
+        status, invoice = get(running, "/v1/invoice?customer=acme")
+        assert status == 200, invoice
+        (statement,) = invoice["statements"]
+        assert (statement["total"], statement["credits"]["consumed"], statement["credits"]["applied"],
+                statement["credits"]["unapplied"], statement["amount_due"]) == (
+            "200.00", "200.00", "200.00", "0.00", "0.00")
+        wait_for(lambda: get(running, "/v1/entitlements/acme")[1].get("credits_remaining") == {"credits": "300.00"},
+                 f"the budgets check did not settle the month: {get(running, '/v1/entitlements/acme')}")
+    finally:
+        running.process.kill()
+        running.process.wait()
