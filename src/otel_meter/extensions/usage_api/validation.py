@@ -27,7 +27,8 @@ from otel_meter.storage.usage_report import UsageRequestError, parse_time, to_ns
 
 MAX_STORED_NS = 2**63 - 1
 """Times are stored as DateTime64(9), nanoseconds in an int64: 1970-01-01 to 2262-04-11."""
-FLAGS = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+FLAG_WORDS = ("", "0", "false", "no", "1", "true", "yes")
+"""What a flag parameter may say (any case); empty is false."""
 
 
 class QueryInput(BaseModel):
@@ -103,7 +104,7 @@ def _one_of(choices: tuple[str, ...], name: str) -> AfterValidator:
 
 
 def _flag_text(text: str, info: ValidationInfo) -> str:
-    if text.lower() not in FLAGS:
+    if text.lower() not in FLAG_WORDS:
         raise ValueError(f"{_client_name(info)} {text!r} is not a flag; use true or false")
     return text
 
