@@ -606,7 +606,20 @@ def doctor_checks(config_path: str | None) -> list[Check]:
     health = probe_otel_meter(api_url) if api_url else None
     checks += check_ports(config, running=health is not None)
     checks += check_store(config, health, api_url)
+    if health is not None and isinstance(health.get("refused_items"), dict):
+        checks.append(check_refusals(health["refused_items"]))
     return checks
+
+
+def check_refusals(refused: dict[str, int]) -> Check:
+    """The running server's refused items by reason (its ``/healthz``): senders drop refused items silently."""
+    total = sum(refused.values())
+    if not total:
+        return Check("refused", "OK", "no item refused since the server started")
+    by_reason = ", ".join(f"{reason} {count}" for reason, count in sorted(refused.items()))
+    return Check("refused", "WARN", f"{total} item(s) refused since the server started: {by_reason}",
+                 "the server's log has a WARN line per reason (\"refused N ...\") with the customer and an example "
+                 "item; fix the sender, or see docs/operations.md (Refused items)")
 
 
 # -- commands ------------------------------------------------------------------------------------

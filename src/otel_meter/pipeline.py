@@ -15,7 +15,9 @@ from typing import Any, Callable, Protocol
 from otel_meter.component import EVENTS
 from otel_meter.errors import ExportError
 from otel_meter.exporters.clickhouse.exporter import PendingWrite
-from otel_meter.telemetry.counts import PipelineCounts, count_items
+from otel_meter.processors.attribution.processor import AttributionProcessor, first_value
+from otel_meter.telemetry.counts import PipelineCounts, count_items, refusal_reason, rejection_reason
+from otel_meter.telemetry.refusals import RefusalLog
 from otel_meter.usage import Rejection, UsageBatch
 
 
@@ -60,6 +62,8 @@ class UsagePipeline:
         self.prerequisite_timeout = prerequisite_timeout
         self.counts = PipelineCounts()
         """Items received, accepted, refused; rows queued and unpriced (read by ``GET /metrics``)."""
+        self.refusals = RefusalLog(f"pipeline {name}", signal)
+        self._attribution = next((p for p in processors if isinstance(p, AttributionProcessor)), None)
         self._convert: Callable[[Any], UsageBatch] | None = None
         if signal != EVENTS:
             if converter is None:
@@ -84,9 +88,13 @@ class UsagePipeline:
             self._await_prerequisites(batch)
         except Exception as error:
             self.counts.record_refused(received, error)
+            self.refusals.refused(refusal_reason(error), received, [customer] if customer else [],
+                                  f"the whole request ({error}); the client retries it")
             raise
         self.counts.record_accepted(received, (rejection.reason for rejection in batch.rejections),
                                     batch.duplicate_events)
+        if batch.rejections:
+            self._log_rejections(batch.rejections, customer)
         return ConsumeResult(rejections=batch.rejections, stored_rows=rows, duplicate_events=batch.duplicate_events)
 
     def _store(self, payload: Any, customer: str | None) -> UsageBatch:
@@ -106,6 +114,25 @@ class UsagePipeline:
             for callback in batch.on_stored:
                 callback(stored)
         return batch
+
+    def _log_rejections(self, rejections: list[Rejection], bound_customer: str | None) -> None:
+        """One refusal line per reason (rate limited by the RefusalLog), naming the customers."""
+        by_reason: dict[str, tuple[int, list[str], str]] = {}
+        for rejection in rejections:
+            reason = rejection_reason(rejection.reason)
+            count, customers, example = by_reason.get(reason, (0, [], rejection.reason))
+            customer = bound_customer or rejection.customer or self._customer_of(rejection)
+            if customer and customer not in customers:
+                customers.append(customer)
+            by_reason[reason] = (count + 1, customers, example)
+        for reason, (count, customers, example) in by_reason.items():
+            self.refusals.refused(reason, count, customers, example)
+
+    def _customer_of(self, rejection: Rejection) -> str:
+        """The customer the attribution processor would give the refused item's usage, if it says."""
+        if self._attribution is None:
+            return ""
+        return first_value(self._attribution.config.customer, rejection.resource, rejection.attributes)
 
     def _await_prerequisites(self, batch: UsageBatch) -> None:
         """Copies of events this batch dropped as duplicates, held by other requests, must be stored too."""

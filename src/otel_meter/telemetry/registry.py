@@ -137,12 +137,23 @@ class ServiceMetrics:
 
     def __init__(self, pipelines: Iterable[CountedPipeline], exporters: Mapping[str, Any],
                  receivers: Mapping[str, Any] | None = None) -> None:
+        self.pipelines = pipelines
         self.registry = CollectorRegistry(auto_describe=False)
         Info(f"{PREFIX}_build", "The running otel-meter.", registry=self.registry).info({"version": __version__})
         self.registry.register(PipelineCollector(pipelines))
         self.registry.register(ReceiverCollector(receivers if receivers is not None else {}))
         self.registry.register(ExporterCollector(exporters))
         ProcessCollector(registry=self.registry)
+
+    def refused_items(self) -> dict[str, int]:
+        """Items refused since start, by reason, over every pipeline; reasons with none left out
+        (``GET /healthz``, ``otel-meter doctor``)."""
+        total: dict[str, int] = {}
+        for pipeline in list(self.pipelines):
+            for reason, count in pipeline.counts.snapshot().refused_items.items():
+                if count:
+                    total[reason] = total.get(reason, 0) + count
+        return total
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The metrics in the format the ``Accept`` header asks for (Prometheus text by default,

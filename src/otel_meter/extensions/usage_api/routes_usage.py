@@ -36,9 +36,13 @@ def usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 
 def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """The store's state, the queue, and the items refused since start by reason (``refused_items``)."""
     healthy = api.store.ping()
-    return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
-            {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()})
+    body = {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()}
+    service_metrics = api.shared.get("metrics")
+    if service_metrics is not None:
+        body["refused_items"] = service_metrics.refused_items()
+    return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
 
 
 def ready(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:

@@ -31,6 +31,8 @@ from otel_meter.component import EVENTS
 from otel_meter.meters.compiled import exact_quantity
 from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import EVENTS_PATH
+from otel_meter.telemetry.counts import INVALID
+from otel_meter.telemetry.refusals import RefusalLog
 from otel_meter.usage import UsageBatch
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ QUANTITY_LIMIT = Decimal(10) ** MAX_INTEGER_DIGITS
 RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
                      r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))", re.ASCII)
 MAX_TIME_NS = 2**63 - 1
+INVALID_EVENTS = RefusalLog("the events receiver", EVENTS)
+"""WARN lines about events refused before any pipeline sees them (the pipelines log their own)."""
 """Event times are stored as DateTime64(9): from 1970 (0) to 2262-04-11."""
 EMPTY: dict[str, str] = {}
 """Shared by rows without dimensions or attributes (processors cache per dict identity)."""
@@ -409,6 +413,8 @@ def proto_request(body: bytes) -> IngestRequest:
 def ingest(consumers: "SignalConsumers", conversion: Conversion) -> IngestResult:
     """Hand the valid events to the events pipelines. Raises ExportError (retryable) when
     they could not be stored; then nothing of the request is acknowledged."""
+    if conversion.rejections:
+        INVALID_EVENTS.refused(INVALID, len(conversion.rejections), [], conversion.rejections[0].reason)
     result = consumers.consume(EVENTS, conversion.batch) if len(conversion.batch) else ConsumeResult()
     duplicates = min(result.duplicate_events, conversion.valid)
     rejections = list(conversion.rejections)
