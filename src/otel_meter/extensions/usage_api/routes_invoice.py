@@ -51,7 +51,11 @@ def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     document = invoice_document(built)
     if output_format == "json":
         return HTTPStatus.OK, document
-    return HTTPStatus.OK, RawBody(render(document, output_format).encode(), CONTENT_TYPES[output_format])
+    try:
+        rendered = render(document, output_format)
+    except OtelMeterError as error:  # the router checks the format first; a direct call is checked here
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error), field="format") from None
+    return HTTPStatus.OK, RawBody(rendered.encode(), CONTENT_TYPES[output_format])
 
 
 ROUTES = (
