@@ -111,8 +111,8 @@ def open_store(config_path: str | None, *, create: bool, api_url: str | None = N
 
     location = store_location(config_path)
     where = location.embedded_path or location.describe()
-    no_store = (f"no store at {where} and no usage API "
-                f"{f'at {api_url}' if api_url else 'configured'}; run from the server's folder or pass --config / --url")
+    api = f"at {api_url}" if api_url else "configured"
+    no_store = f"no store at {where} and no usage API {api}; run from the server's folder or pass --config / --url"
     if location.embedded_path is not None and not location.embedded_path.exists() and not create:
         raise OtelMeterError(no_store)
     store = Store(location)
