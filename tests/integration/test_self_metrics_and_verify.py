@@ -53,7 +53,7 @@ def test_metrics_count_received_accepted_rejected_duplicate_and_queued_items(met
     assert found[("otel_meter_receiver_accepted_items_total", TRACES)] == 7
     assert {dict(labels)["reason"]: value for (name, labels), value in found.items()
             if name == "otel_meter_receiver_refused_items_total"} == {
-        "invalid_quantity": 2, "invalid_id": 0, "invalid_time": 0, "limit_exceeded": 0, "invalid": 0,
+        "invalid_quantity": 2, "invalid_id": 0, "invalid_time": 0, "out_of_range": 0, "limit_exceeded": 0, "invalid": 0,
         "queue_full": 0, "unavailable": 0, "internal": 0}
     assert found[("otel_meter_dedup_duplicate_items_total", TRACES)] == 2
     assert found[("otel_meter_pipeline_usage_rows_total", TRACES)] == 8  # 4 spans x input and output
