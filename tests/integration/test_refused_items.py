@@ -162,7 +162,8 @@ def test_retried_and_reordered_cumulative_points_store_the_newest_value(server: 
 
 def test_refusals_are_logged_at_warn_and_counted_by_reason_in_healthz_and_doctor(server: MeterServer) -> None:
     request = make_request(({"customer.id": "acme"}, [
-        make_span(1, {**CHAT, "gen_ai.usage.input_tokens": -5}), make_span(2, {**CHAT, "gen_ai.usage.input_tokens": -6}),
+        make_span(1, {**CHAT, "gen_ai.usage.input_tokens": -5}),
+        make_span(2, {**CHAT, "gen_ai.usage.input_tokens": -6}),
         make_span(3, CHAT, start=0, end=0), make_span(4, CHAT)]))
     assert export_spans(server, request).partial_success.rejected_spans == 3
     server.wait_until_stored()

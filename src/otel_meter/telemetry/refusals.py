@@ -43,7 +43,8 @@ class Refusals:
 
 
 class RefusalLog:
-    """The refusal lines of one component (a pipeline, the events receiver). Thread-safe; refusals are rare, so a lock is cheap."""
+    """The refusal lines of one component (a pipeline, the events receiver). Thread-safe;
+    refusals are rare, so a lock is cheap."""
 
     def __init__(self, where: str, signal: str, interval: float = LOG_INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
