@@ -50,10 +50,20 @@ class Features:
 
     @classmethod
     def area(cls, name: str) -> "Features":
-        """One area on top of plain spans; ``all`` switches everything on, ``base`` nothing."""
+        """One area, with the areas it interacts with, on top of plain spans; ``all`` switches everything
+        on, ``base`` nothing."""
         if name == "all":
             return cls()
-        return cls.only(*(() if name == "base" else (name,)))
+        return cls.only(*(() if name == "base" else (name, *COMPANIONS.get(name, ()))))
+
+
+COMPANIONS = {
+    "metrics_delta": ("duplicates",), "metrics_cumulative": ("duplicates",), "allowances": ("versions",),
+    "tiers": ("versions", "allowances"), "discounts": ("tiers",), "minimum": ("plans",), "rerate": ("versions",),
+    "credits": ("allowances", "tiers"), "exports": ("duplicates", "plans", "rerate", "versions"),
+}
+"""What an area needs to show its faults: retries for metric points, a price change within a month for
+allowances and tiers, period pricing for credits, two currencies and corrections for exports."""
 
 
 # --- cards ---------------------------------------------------------------------------------------

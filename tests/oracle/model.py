@@ -283,6 +283,13 @@ class Oracle:
 
     # --- steps ---
 
+    def replayed(self) -> "Oracle":
+        """The oracle after the whole history (for examples that state their expected figures)."""
+        self.apply_initial()
+        for step in self.history.steps:
+            self.step(step)
+        return self
+
     def apply_initial(self) -> None:
         later = self.history.applied_later()
         for card in sorted(self.history.cards, key=lambda card: card.id != "plan"):  # plans before the default

@@ -7,6 +7,7 @@ Run one feature area with ``-k``: ``pytest tests/oracle -k allowances``; the lon
 
 from __future__ import annotations
 
+import calendar
 import os
 import time
 from decimal import Decimal
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.oracle.histories import Features, History, histories
+from tests.oracle.histories import (
+    HOUR, RULE_SHAPES, Card, CardVersion, Customer, Export, Features, Grant, History, Point, Price, Rule, Send, Span,
+    Terms, histories)
 from tests.oracle.model import TARGETS, Oracle, Statement
 from tests.oracle.player import Player
 
@@ -26,10 +29,51 @@ AREAS = ("base", "duplicates", "metrics_delta", "metrics_cumulative", "versions"
 """Areas that export last: the others take older months, then these the recent time ranges (Stripe's 35
 days), so one server serves the fast profile (see OracleServer.allocate)."""
 LONG = os.environ.get("ORACLE_PROFILE") == "long"
+EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", 40 if LONG else 3))
+"""Histories per feature area (three times as many for ``all``)."""
 PROFILE = settings(
-    max_examples=40 if LONG else 2, deadline=None, derandomize=not LONG, print_blob=True,
+    max_examples=EXAMPLES, deadline=None, derandomize=not LONG, print_blob=True,
     phases=tuple(Phase) if LONG else (Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --- the issue's reproductions, as histories (non-exporting ones first: see AREAS) --------------------
+
+def test_an_allowance_takes_the_earliest_usage_at_its_own_price(oracle_servers) -> None:
+    """10M tokens at 2.00 per million, a new version, 10M at 4.00: 60.00; with 1M free, 58.00 (not 76.00)."""
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.00"}},
+                                         customers=((0, Terms(allowances=(("input_tokens", 1_000_000),))),)),
+                  version("list-1", 5, {"4o": {"input_tokens": "4.00"}},
+                          customers=((0, Terms(allowances=(("input_tokens", 1_000_000),))),))),)
+    history = plain_history(cards, Send((chat(0, 0, 2, input_tokens=10_000_000), chat(1, 0, 10, input_tokens=10_000_000))))
+    oracle = Oracle(history, EXAMPLE_BASE).replayed()
+    assert oracle.period_view(0, oracle.periods[-1])[0]["USD"].total == Decimal("58.00")
+    check(*oracle_servers.get(recent=False), history)
+
+
+def test_cumulative_points_retried_or_reordered_count_the_newest_value_once(oracle_servers) -> None:
+    """Points 100, 150, a retry of 100, then 200 store 200; points arriving 150, 100, 200 store 200."""
+    def point(series: int, hour: int, value: int) -> Point:
+        return Point(series, 0, "gpt-4o-2024-08-06", "openai", "input", -HOUR * 3, hour * HOUR + series, value, True)
+
+    retried = (point(0, 1, 100), point(0, 2, 150), point(0, 1, 100), point(0, 3, 200))
+    reordered = (point(1, 2, 150), point(1, 1, 100), point(1, 3, 200))
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.50"}})),)
+    history = plain_history(cards, Send(retried[:2]), Send(retried[2:]), Send(reordered[:1]), Send(reordered[1:]))
+    assert Oracle(history, EXAMPLE_BASE).replayed().usage(0) == {
+        ("gpt-4o-2024-08-06", "input_tokens", "USD"): (Decimal(400), Decimal(0), Decimal("0.001"))}
+    check(*oracle_servers.get(recent=False), history)
+
+
+def test_credits_burned_for_a_period_equal_what_its_statement_applies(oracle_servers) -> None:
+    """A grant of 20.00 USD, 10M tokens at 2.00 per million with 5M free: the grant keeps 10.00."""
+    terms = Terms(allowances=(("input_tokens", 5_000_000),))
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.00"}}, customers=((0, terms),))),)
+    history = plain_history(cards, Grant(0, 0, "20", 0, -31, None), Send((chat(0, 0, 3, input_tokens=10_000_000),)),
+                            features=Features.only("credits", "allowances"))
+    states, _ = Oracle(history, EXAMPLE_BASE).replayed().credit_ledger(0, EXAMPLE_BASE + 100 * 24 * HOUR)
+    assert states[0].remaining == Decimal(10)
+    check(*oracle_servers.get(recent=False), history)
 
 
 @pytest.mark.parametrize("area", AREAS)
@@ -170,3 +214,51 @@ def credits_expected(oracle: Oracle, customer: int, as_of: int) -> dict[str, Any
 
 
 assert [target.name for target in TARGETS][2] == "stripe"
+
+
+def test_usage_of_one_window_in_two_currencies_is_two_records_and_reruns_send_nothing(oracle_servers) -> None:
+    """A customer on a EUR plan with a model the plan does not price (unpriced, in the default card's USD)."""
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.50"}},
+                                         customers=((0, Terms(plan="plan")),))),
+             card("plan", "EUR", version("plan-0", -31, {"claude": {"input_tokens": "3", "output_tokens": "9.50"}})))
+    both = Send((chat(0, 0, 1, input_tokens=600, model="claude-sonnet-4-5", provider="anthropic"),
+                 chat(1, 0, 1, input_tokens=600)))
+    history = plain_history(cards, both, Export(), Send((chat(2, 0, 1, input_tokens=7),)),
+                            features=Features.only("plans", "exports"))
+    check(*oracle_servers.get(recent=True), history)
+
+
+def test_whole_number_platforms_carry_the_fraction_to_the_next_window(oracle_servers) -> None:
+    """1,500 tokens an hour for 10 hours, sent in thousands: 15 units, not 10."""
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.50"}})),)
+    sends = [Send((chat(number, 0, number, input_tokens=1500),)) for number in range(10)]
+    history = plain_history(cards, sends[0], Export(), *sends[1:], features=Features.only("exports"))
+    sums = Oracle(history, EXAMPLE_BASE).replayed().whole_number_sums(TARGETS[2])
+    assert {key[1]: value for key, value in sums.items()}["input_ktokens"] == 15
+    check(*oracle_servers.get(recent=True), history)
+
+
+# --- building histories by hand -------------------------------------------------------------------------
+
+EXAMPLE_BASE = calendar.timegm((2026, 11, 1, 0, 0, 0)) * 10**9
+"""Where the examples' own expectations are computed; the player gives each history its own base."""
+
+
+def card(card_id: str, currency: str, *versions: CardVersion) -> Card:
+    return Card(card_id, currency, versions)
+
+
+def version(name: str, hour: int, rules: dict[str, dict[str, str]], **more: Any) -> CardVersion:
+    shapes = {shape[0]: shape for shape in RULE_SHAPES}
+    return CardVersion(name, hour, tuple(Rule(*shapes[rule], tuple((meter, Price(price=price))
+                                                                   for meter, price in sorted(prices.items())))
+                                         for rule, prices in rules.items()), **more)
+
+
+def chat(number: int, customer: int, hour: int, input_tokens: int = 0, output_tokens: int = 0,
+         model: str = "gpt-4o-2024-08-06", provider: str = "openai") -> Span:
+    return Span(number, customer, model, provider, hour * HOUR + number + 1, input_tokens, 0, output_tokens)
+
+
+def plain_history(cards: tuple[Card, ...], *steps: Any, features: Features = Features.only()) -> History:
+    return History(features, (Customer(0, True),), cards, steps)
