@@ -431,10 +431,11 @@ def credit_balance(args: argparse.Namespace) -> int:
     from otel_meter.storage.usage_report import parse_time, to_ns
 
     as_of = to_ns(parse_time("as_of", args.as_of)) if args.as_of else time.time_ns()
-    answer, store = _server_or_store(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",
-                                     {"as_of": credit_store.iso_time(as_of)})
-    if store is not None:
-        answer = credit_store.ledger_document(credit_store.credit_ledger(store, args.customer, as_of), as_of)
+    answer, registry = _registry_answer(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",
+                                        {"as_of": credit_store.iso_time(as_of)})
+    if registry is not None:  # the config's cards settle each period with its statement, as the server does
+        ledger = credit_store.credit_ledger(registry.store, args.customer, as_of, registry.book)
+        answer = credit_store.ledger_document(ledger, as_of)
     if args.format == "json":
         print(json.dumps(answer, indent=2))
         return 0

@@ -146,6 +146,13 @@ def test_credits_burned_above_the_period_statement_return_to_the_grant_over_the_
             "200.00", "200.00", "200.00", "0.00", "0.00")
         wait_for(lambda: get(running, "/v1/entitlements/acme")[1].get("credits_remaining") == {"credits": "300.00"},
                  f"the budgets check did not settle the month: {get(running, '/v1/entitlements/acme')}")
+        running.stop()
+        # With no server, the CLI opens the store and settles the month with the config's cards too.
+        local = cli("credits", "balance", "acme", "--format", "json", "--config", str(running.config_path),
+                    cwd=tmp_path)
+        assert local.returncode == 0, local.stderr
+        assert json.loads(local.stdout)["balances"] == {"credits": "300.00"}
     finally:
-        running.process.kill()
-        running.process.wait()
+        if running.process is not None:
+            running.process.kill()
+            running.process.wait()
