@@ -319,7 +319,10 @@ def test_bound_read_token_sees_only_its_customer(secured, factory, model):
 def test_healthz_stays_open_and_shows_no_usage(secured):
     with urllib.request.urlopen(f"{secured.api_url}/healthz", timeout=10) as response:
         assert response.status == 200
-        assert set(json.load(response)) == {"status", "queued_records"}
+        body = json.load(response)
+    # Refusal counts by reason are ingest health (as on /metrics), never a customer or a quantity.
+    assert set(body) == {"status", "queued_records", "refused_items"}
+    assert all(isinstance(count, int) for count in body["refused_items"].values())
 
 
 def test_cli_usage_sends_the_read_token(secured, factory, model, capsys, monkeypatch):
