@@ -555,13 +555,29 @@ class Oracle:
         for target in TARGETS:
             if target.whole_numbers:
                 continue
-            for key, (total, quantity, amount) in sorted(self.window_totals(target).items()):
+            totals = self.window_totals(target)
+            for key in sorted(set(totals) | {key[1:] for key in self.sent if key[0] == target.name}):
+                total, quantity, amount = totals.get(key, (ZERO, ZERO, ZERO))  # a window that lost all its usage
                 sent_value, sent_quantity, sent_amount = self.sent.get((target.name, *key), (ZERO, ZERO, ZERO))
                 if total != sent_value:
                     records.append((target.name, *key, total - sent_value, total, quantity - sent_quantity,
                                     amount - sent_amount))
                     self.sent[(target.name, *key)] = (total, quantity, amount)
         return records
+
+    @exact
+    def sent_values(self, customer: int, period: Period) -> dict[tuple[str, str, str], Decimal]:
+        """(target, currency, platform meter) -> what the platform holds for the month once every window was
+        sent: the sum of the window totals, floored per currency on a whole-number platform (invoices.md,
+        Sent to billing platforms; issue item 15)."""
+        found: dict[tuple[str, str, str], Decimal] = {}
+        for target in TARGETS:
+            for (who, to, start, currency), (total, _, _) in self.window_totals(target).items():
+                if who == customer and period.start <= start < period.end:
+                    key = (target.name, currency, to)
+                    found[key] = found.get(key, ZERO) + total
+        return {key: value.to_integral_value(rounding=ROUND_FLOOR, context=decimal.Context(prec=90))
+                if key[0] == "stripe" else value for key, value in found.items()}
 
     @exact
     def whole_number_sums(self, target: Target) -> dict[tuple, Decimal]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import calendar
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -236,10 +238,13 @@ class Player:
             self.send(step)
         elif isinstance(step, Apply):
             self.apply(step.card, step.versions)
-        elif isinstance(step, Rerate):
+        elif isinstance(step, Rerate):  # through the command line, as the docs show it
             self.server.wait_until_stored()
-            self.server.call("POST", "/v1/rerate", {"from": iso(self.base + step.first_hour * HOUR),
-                                                    "to": iso(self.base + step.end_hour * HOUR)})
+            done = subprocess.run(
+                [sys.executable, "-m", "otel_meter", "rerate", "--from", iso(self.base + step.first_hour * HOUR),
+                 "--to", iso(self.base + step.end_hour * HOUR), "--url", self.server.meter.api_url],
+                cwd=self.server.workdir, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"otel-meter rerate: {done.returncode} {done.stderr}"
         elif isinstance(step, Grant):
             self.server.call("POST", f"/v1/credits/{self.names[step.customer]}/grants", {
                 "grant_id": f"g{step.number}", "amount": step.amount, "priority": step.priority,

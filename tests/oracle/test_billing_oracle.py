@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.oracle.histories import (
-    HOUR, RULE_SHAPES, Card, CardVersion, Customer, Export, Features, Grant, History, Point, Price, Rule, Send, Span,
-    Terms, histories)
+    HOUR, RULE_SHAPES, Apply, Card, CardVersion, Customer, Export, Features, Grant, History, Point, Price, Rule, Send,
+    Span, Terms, histories)
 from tests.oracle.model import TARGETS, Oracle, Statement
 from tests.oracle.player import Player
 
@@ -116,6 +116,12 @@ def check(server, base: int, history: History) -> None:
         if history.features.credits:
             same(credits_answer(player.credits(customer.index)), credits_expected(oracle, customer.index, time.time_ns()),
                  f"credit ledger of customer {customer.index}")
+    for customer in history.customers:
+        for period in oracle.periods:
+            if history.features.exports and customer.mapped:
+                same(sent_answer(player.invoice(customer.index, period)),
+                     nonzero(oracle.sent_values(customer.index, period)),
+                     f"invoice of customer {customer.index}, {period.name}: sent to billing platforms")
 
 
 def same(answer: Any, expected: Any, what: str) -> None:
@@ -199,6 +205,18 @@ def nonzero_figures(statements: dict[str, dict[str, Decimal]]) -> dict[str, dict
     return {currency: figures for currency, figures in statements.items() if any(figures.values())}
 
 
+def sent_answer(invoice: dict[str, Any]) -> dict[tuple[str, str, str], Any]:
+    """What each platform meter holds, and each target's verdict once everything was sent: ``matches``."""
+    found: dict[tuple[str, str, str], Any] = {}
+    for target in invoice["sent"] or []:
+        if not target["matches"]:
+            found[(target["target"], target["currency"], "matches")] = False
+        for meter in target["meters"]:
+            if Decimal(meter["value"]):
+                found[(target["target"], target["currency"], meter["meter"])] = Decimal(meter["value"])
+    return found
+
+
 def credits_answer(ledger: dict[str, Any]) -> dict[str, Any]:
     return {"remaining": {grant["grant_id"]: Decimal(grant["remaining"]) for grant in ledger["grants"]},
             "balances": nonzero({currency: Decimal(amount) for currency, amount in ledger["balances"].items()})}
@@ -262,3 +280,21 @@ def chat(number: int, customer: int, hour: int, input_tokens: int = 0, output_to
 
 def plain_history(cards: tuple[Card, ...], *steps: Any, features: Features = Features.only()) -> History:
     return History(features, (Customer(0, True),), cards, steps)
+
+
+def test_a_window_whose_usage_moved_to_another_currency_is_corrected_to_zero(oracle_servers) -> None:
+    """Found by the oracle (long profile, shrunk): 298,214 tokens priced by a EUR plan are exported, then a
+    backdated plan version drops the model and the re-rating moves them to USD (unpriced, the default card's
+    currency). The USD window is sent, but the EUR one, whose total is now 0, must be corrected to 0 too:
+    otherwise the files keep 298,214 EUR tokens and Stripe holds 596 thousand tokens instead of 298."""
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.50"}},
+                                         customers=((0, Terms(plan="plan")),))),
+             card("plan", "EUR", version("plan-0", -31, {"4o": {"input_tokens": "2.30"}}),
+                  version("plan-1", -20, {"claude": {"input_tokens": "3"}})))
+    history = History(Features.only("plans", "exports", "versions", "rerate"), (Customer(0, True),), cards, (
+        Send((chat(0, 0, 0, input_tokens=298_214),)), Apply("plan", ("plan-1",)), Export()))
+    oracle = Oracle(history, EXAMPLE_BASE).replayed()
+    oracle.rerate(EXAMPLE_BASE - 30 * HOUR, EXAMPLE_BASE + 28 * HOUR)
+    assert {key[1:3]: value for key, value in oracle.whole_number_sums(TARGETS[2]).items()} == {
+        ("input_ktokens", "USD"): 298, ("token_cents", "USD"): 0}  # and nothing left in EUR
+    check(*oracle_servers.get(recent=True), history)
