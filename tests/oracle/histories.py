@@ -12,7 +12,7 @@ one area: ``histories(Features.only("allowances"))``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 
 from hypothesis import strategies as st

@@ -21,7 +21,8 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from fnmatch import fnmatchcase
 
 from tests.oracle.histories import (
-    FIRST_HOUR, HOUR, LAST_HOUR, Apply, Card, CardVersion, Export, Grant, History, Point, Price, Rerate, Rule, Send, Span, Terms)
+    FIRST_HOUR, HOUR, LAST_HOUR, Apply, Card, CardVersion, Export, Grant, History, Point, Price, Rerate, Rule, Send,
+    Span, Terms)
 
 EXACT = decimal.Context(prec=90, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
 ZERO, ONE, HUNDRED = Decimal(0), Decimal(1), Decimal(100)
@@ -455,7 +456,8 @@ class Oracle:
             if item.customer == customer and item.rating.priced:
                 key = (item.at // HOUR * HOUR, item.rating.currency)
                 buckets[key] = buckets.get(key, ZERO) + item.amount
-        events = [(hour + HOUR - 1, 2, ("hour", hour, currency, amount)) for (hour, currency), amount in buckets.items()]
+        events = [(hour + HOUR - 1, 2, ("hour", hour, currency, amount))
+                  for (hour, currency), amount in buckets.items()]
         events += [(min(period.end, as_of) - 1, 3, ("settle", period)) for period in self.periods
                    if any(Period.containing(hour).name == period.name for hour, _ in buckets)]
         events += [(self.base + s.grant.expires_hour * HOUR, 0, ("expire", s)) for s in states.values()

@@ -371,7 +371,8 @@ def terms_yaml(terms: Any, plan_id: str) -> dict[str, Any]:
 # --- OTLP ------------------------------------------------------------------------------------------
 
 def attribute(key: str, value: str | int) -> KeyValue:
-    return KeyValue(key=key, value=AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value))
+    typed = AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
+    return KeyValue(key=key, value=typed)
 
 
 def trace_request(spans: list[Span], names: dict[int, str], k: int, base: int) -> Any:
@@ -421,6 +422,7 @@ def metrics_request(points: list[Point], names: dict[int, str], base: int) -> An
         metrics[key].histogram.data_points.add(
             start_time_unix_nano=base + point.start, time_unix_nano=base + point.at, count=1, sum=float(point.value),
             attributes=[attribute("gen_ai.operation.name", "chat"), attribute("gen_ai.provider.name", point.provider),
-                        attribute("gen_ai.request.model", point.model), attribute("gen_ai.token.type", point.token_type),
+                        attribute("gen_ai.request.model", point.model),
+                        attribute("gen_ai.token.type", point.token_type),
                         attribute("oracle.series", str(point.series))])
     return request

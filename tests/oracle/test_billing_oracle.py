@@ -45,7 +45,8 @@ def test_an_allowance_takes_the_earliest_usage_at_its_own_price(oracle_servers) 
                                          customers=((0, Terms(allowances=(("input_tokens", 1_000_000),))),)),
                   version("list-1", 5, {"4o": {"input_tokens": "4.00"}},
                           customers=((0, Terms(allowances=(("input_tokens", 1_000_000),))),))),)
-    history = plain_history(cards, Send((chat(0, 0, 2, input_tokens=10_000_000), chat(1, 0, 10, input_tokens=10_000_000))))
+    history = plain_history(cards, Send((chat(0, 0, 2, input_tokens=10_000_000),
+                                         chat(1, 0, 10, input_tokens=10_000_000))))
     oracle = Oracle(history, EXAMPLE_BASE).replayed()
     assert oracle.period_view(0, oracle.periods[-1])[0]["USD"].total == Decimal("58.00")
     check(*oracle_servers.get(recent=False), history)
@@ -114,7 +115,8 @@ def check(server, base: int, history: History) -> None:
                  nonzero_figures(oracle.invoice(customer.index, period, time.time_ns())),
                  f"invoice of customer {customer.index}, {period.name}")
         if history.features.credits:
-            same(credits_answer(player.credits(customer.index)), credits_expected(oracle, customer.index, time.time_ns()),
+            same(credits_answer(player.credits(customer.index)),
+                 credits_expected(oracle, customer.index, time.time_ns()),
                  f"credit ledger of customer {customer.index}")
     for customer in history.customers:
         for period in oracle.periods:
