@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from tests.oracle.histories import (
     HOUR, RULE_SHAPES, Apply, Card, CardVersion, Customer, Export, Features, Grant, History, Point, Price, Rule, Send,
     Span, Terms, histories)
-from tests.oracle.model import TARGETS, Oracle, Statement
+from tests.oracle.model import TARGETS, Oracle, Period, Statement
 from tests.oracle.player import Player
 
 pytestmark = pytest.mark.integration
@@ -299,4 +299,15 @@ def test_a_window_whose_usage_moved_to_another_currency_is_corrected_to_zero(ora
     oracle.rerate(EXAMPLE_BASE - 30 * HOUR, EXAMPLE_BASE + 28 * HOUR)
     assert {key[1:3]: value for key, value in oracle.whole_number_sums(TARGETS[2]).items()} == {
         ("input_ktokens", "USD"): 298, ("token_cents", "USD"): 0}  # and nothing left in EUR
+    check(*oracle_servers.get(recent=True), history)
+
+
+def test_the_invoice_counts_unpriced_quantities_sent_to_billing_platforms(oracle_servers) -> None:
+    """Found by the oracle: a quantity mapping sends unpriced usage too (600 tokens of a model no card prices),
+    so the invoice must expect them and say the target matches, not that it differs."""
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.50"}})),)
+    history = plain_history(cards, Send((chat(0, 0, 1, input_tokens=600, model="mistral-large",
+                                              provider="mistral_ai"),)), features=Features.only("exports"))
+    assert nonzero(Oracle(history, EXAMPLE_BASE).replayed().sent_values(0, Period.containing(EXAMPLE_BASE))) == {
+        ("jsonl/hourly", "USD", "input_tokens"): Decimal(600), ("jsonl/daily", "USD", "input_ktokens"): Decimal("0.6")}
     check(*oracle_servers.get(recent=True), history)
