@@ -114,6 +114,10 @@ class UsageBatch:
 
     rejections: list[Rejection] = field(default_factory=list)
     duplicate_events: int = 0
+    untimed_seqs: set[int] = field(default_factory=set)
+    """``event_seq`` of the events sent without a time (custom events), stamped with their
+    receipt time: deduplicated by id anywhere in the dedup window, not near that time, so a
+    copy received hours later is still recognised. Per request: not merged by ``extend``."""
     dropped_event_ids: set[str] = field(default_factory=set)
     """Events a processor took out of the batch (duplicates, refused at rating): not stored by
     this request. Shared by every ``select`` of one batch, like the callbacks."""
@@ -131,6 +135,7 @@ class UsageBatch:
         out = UsageBatch(
             rejections=self.rejections,
             duplicate_events=self.duplicate_events,
+            untimed_seqs=self.untimed_seqs,
             dropped_event_ids=self.dropped_event_ids,
             on_stored=self.on_stored,
             depends_on=self.depends_on,
@@ -144,7 +149,8 @@ class UsageBatch:
     def copy(self) -> "UsageBatch":
         """The same rows and rejections in new lists, without callbacks or prerequisites: what
         each of several pipelines fed one batch works on, so that none sees another's."""
-        out = UsageBatch(rejections=list(self.rejections), duplicate_events=self.duplicate_events)
+        out = UsageBatch(rejections=list(self.rejections), duplicate_events=self.duplicate_events,
+                         untimed_seqs=set(self.untimed_seqs))
         for name in ROW_COLUMNS:
             setattr(out, name, list(getattr(self, name)))
         return out

@@ -116,6 +116,24 @@ def test_same_id_in_another_hour_is_a_different_event_time():
     assert idx.admit(["a"], [RECENT - 2 * HOUR_NS], NOW)[0] == [True]
 
 
+def test_an_untimed_event_is_recognised_in_any_hour_of_the_window():
+    idx = index()
+    _, first = idx.admit(["a"], [RECENT - 5 * HOUR_NS], NOW - 5 * HOUR_NS, anywhere={0})
+    idx.resolve(first, stored=True)
+    # The copy was received five hours later, so it was stamped with another hour.
+    assert idx.admit(["a"], [RECENT], NOW, anywhere={0})[0] == [False]
+    assert idx.admit(["a"], [RECENT], NOW)[0] == [True]  # a timed event is looked for near its time only
+
+
+def test_an_untimed_event_older_than_memory_is_looked_up_over_the_whole_window():
+    horizon = NOW - HOUR_NS
+    store = FakeStore({"stored-earlier": NOW - 3 * DAY_NS})
+    idx = index(lookup=store.lookup, horizon_ns=horizon)
+    decisions, _ = idx.admit(["stored-earlier", "new"], [RECENT, RECENT], NOW, anywhere={0, 1})
+    assert decisions == [False, True]
+    assert store.calls == [(["stored-earlier", "new"], NOW - WINDOW_NS, RECENT)]
+
+
 def test_ids_older_than_horizon_within_window_are_looked_up_in_the_store():
     horizon = NOW - HOUR_NS
     old = NOW - 3 * HOUR_NS
@@ -361,3 +379,20 @@ def test_processor_commits_on_stored_and_waits_on_pending_duplicates():
     assert second.depends_on[0].done.is_set() and second.depends_on[0].stored
     third = processor.process(usage_batch(("a", 1, ["input_tokens"])))
     assert (len(third), third.duplicate_events, third.depends_on) == (0, 1, [])
+
+
+def test_an_untimed_custom_event_sent_again_hours_later_is_dropped_as_a_duplicate():
+    from otel_meter.processors.dedup.processor import DedupProcessor
+    from otel_meter.receivers.otlp.events import convert
+
+    processor = DedupProcessor(index())
+    event = {"specversion": "1.0", "id": "e-1", "source": "billing-app", "type": "api_call",
+             "subject": "acme", "data": {"quantities": {"api_calls": 1}}}
+    first = convert([event], received_ns=RECENT - 6 * HOUR_NS).batch
+    assert first.untimed_seqs == {0}
+    stored = processor.process(first)
+    assert (len(stored), stored.duplicate_events) == (1, 0)
+    for callback in stored.on_stored:
+        callback(True)
+    again = processor.process(convert([event], received_ns=RECENT).batch)
+    assert (len(again), again.duplicate_events) == (0, 1)

@@ -55,10 +55,13 @@ class DedupIndex:
             self._add(event_id, event_time)
         self._evict()
 
-    def admit(self, event_ids: list[str], event_times: list[int], now_ns: int) -> tuple[list[bool], Reservation]:
+    def admit(self, event_ids: list[str], event_times: list[int], now_ns: int,
+              anywhere: Collection[int] = ()) -> tuple[list[bool], Reservation]:
         """Decide for each event (in order) whether it is new; claims the new ones.
 
-        The same id twice in one call is new only the first time.
+        The same id twice in one call is new only the first time. ``anywhere``: positions of
+        events whose time is only their receipt time (sent without one): each is looked for in
+        the whole window, since a copy received later was stamped with another time.
         """
         reservation = Reservation()
         decisions = [False] * len(event_ids)
@@ -70,9 +73,11 @@ class DedupIndex:
                 if event_id in claimed:
                     continue
                 claimed.add(event_id)
-                if self._held_elsewhere(event_id, event_time, reservation):
+                untimed = position in anywhere
+                if self._held_elsewhere(event_id, event_time, reservation, untimed):
                     continue
-                if ((event_time < self.horizon_ns or self.shared_store) and event_time >= oldest_checked
+                earliest = oldest_checked if untimed else event_time
+                if ((earliest < self.horizon_ns or self.shared_store) and event_time >= oldest_checked
                         and self._lookup is not None):
                     to_look_up.append(position)
                     continue
@@ -81,18 +86,21 @@ class DedupIndex:
                 reservation.keys.append((event_id, event_time))
         if to_look_up:
             try:
-                self._admit_from_store(to_look_up, event_ids, event_times, decisions, reservation)
+                self._admit_from_store(to_look_up, event_ids, event_times, decisions, reservation, anywhere,
+                                       oldest_checked)
             except BaseException:
                 self.resolve(reservation, stored=False)  # else the ids claimed above stay pending for good
                 raise
         return decisions, reservation
 
     def _admit_from_store(self, positions: list[int], event_ids: list[str], event_times: list[int],
-                          decisions: list[bool], reservation: Reservation) -> None:
+                          decisions: list[bool], reservation: Reservation, anywhere: Collection[int],
+                          oldest_checked: int) -> None:
         ids = [event_ids[p] for p in positions]
         times = [event_times[p] for p in positions]
+        earliest = min(oldest_checked if p in anywhere else event_times[p] for p in positions)
         try:
-            stored = self._lookup(ids, min(times), max(times)) if self._lookup else set()
+            stored = self._lookup(ids, earliest, max(times)) if self._lookup else set()
         except Exception:
             if not self.shared_store or min(times) < self.horizon_ns:
                 raise  # only the store can tell: the client retries once it answers
@@ -105,7 +113,8 @@ class DedupIndex:
         with self._lock:
             for position in positions:
                 event_id = event_ids[position]
-                if event_id in stored or self._held_elsewhere(event_id, event_times[position], reservation):
+                if event_id in stored or self._held_elsewhere(event_id, event_times[position], reservation,
+                                                              position in anywhere):
                     continue
                 decisions[position] = True
                 self._pending[event_id] = reservation
@@ -128,16 +137,16 @@ class DedupIndex:
     def __len__(self) -> int:
         return self._size
 
-    def _held_elsewhere(self, event_id: str, event_time: int, reservation: Reservation) -> bool:
-        """True when the id is committed, or pending in another batch (which this one then waits on)."""
+    def _held_elsewhere(self, event_id: str, event_time: int, reservation: Reservation, anywhere: bool) -> bool:
+        """True when the id is committed, or pending in another batch (which this one then waits on).
+        ``anywhere``: look in every hour held, not only the one of ``event_time``."""
         pending = self._pending.get(event_id)
         if pending is not None:
             if pending is not reservation and pending not in reservation.waits_on:
                 reservation.waits_on.append(pending)
             return True
-        return self._contains(event_id, event_time)
-
-    def _contains(self, event_id: str, event_time: int) -> bool:
+        if anywhere:
+            return any(event_id in bucket for bucket in self._buckets.values())
         bucket = self._buckets.get(event_time // HOUR_NS)
         return bucket is not None and event_id in bucket
 

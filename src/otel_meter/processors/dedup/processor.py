@@ -25,7 +25,9 @@ class DedupProcessor:
                 times.append(batch.event_time_ns[row])
                 seqs.append(seq)
                 previous = seq
-        decisions, reservation = self.index.admit(ids, times, time.time_ns())
+        untimed = batch.untimed_seqs
+        anywhere = {position for position, seq in enumerate(seqs) if seq in untimed} if untimed else set()
+        decisions, reservation = self.index.admit(ids, times, time.time_ns(), anywhere)
         admitted = {seq for seq, new in zip(seqs, decisions) if new}
         if len(admitted) == len(seqs):
             result = batch

@@ -334,7 +334,8 @@ def raw_id(item: Any) -> str:
 
 def convert(items: Iterable[Any], received_ns: int | None = None, customer: str | None = None) -> Conversion:
     """Events (``UsageEvent`` messages or CloudEvents JSON objects) to usage rows and rejections.
-    An event without a time is taken as happening at ``received_ns`` (now by default).
+    An event without a time is taken as happening at ``received_ns`` (now by default), and
+    marked in ``untimed_seqs`` so that deduplication does not depend on that time.
     ``customer``: the customer the sender's token is bound to; it replaces every event's subject."""
     now = time.time_ns() if received_ns is None else received_ns
     batch = UsageBatch()
@@ -351,6 +352,8 @@ def convert(items: Iterable[Any], received_ns: int | None = None, customer: str 
             continue
         if customer is not None:
             event.subject = customer
+        if event.time_ns is None:
+            batch.untimed_seqs.add(index)
         append_rows(batch, event, index, now if event.time_ns is None else event.time_ns)
     return Conversion(batch=batch, events=count, rejections=rejections)
 
