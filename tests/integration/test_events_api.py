@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -138,6 +139,25 @@ def test_http_partial_rejection_takes_the_good_events(server, customer):
     assert reasons[2].startswith("event 3 (no id): id is missing")
     assert reasons[3].startswith("event 4 (id 'bad-meter'): meter name 'Report-Pages' is not lower-case")
     assert usage(server, customer) == {(customer, "report_pages"): Decimal("2.5")}
+
+
+def refused_counts(server: MeterServer) -> dict[str, int]:
+    with urllib.request.urlopen(f"{server.api_url}/healthz", timeout=10) as response:
+        return json.load(response)["refused_items"]
+
+
+def test_malformed_events_are_counted_by_reason_in_healthz_even_when_none_of_the_request_is_good(server, customer):
+    before = refused_counts(server)
+    no_id = cloud("x", customer, {"report_pages": 1})
+    del no_id["id"]
+    status, answer = post(server, [cloud("fine", customer, {"report_pages": 1}),
+                                   cloud("negative", customer, {"report_pages": -1}), no_id])
+    assert status == 200 and counts(answer) == (1, 0, 2)
+    status, answer = post(server, [cloud("words", customer, {"report_pages": "many"})])
+    assert status == 200 and counts(answer) == (0, 0, 1)
+    after = refused_counts(server)
+    delta = {reason: after.get(reason, 0) - before.get(reason, 0) for reason in after}
+    assert {reason: count for reason, count in delta.items() if count} == {"invalid_quantity": 2, "invalid": 1}
 
 
 @pytest.mark.parametrize("body, content_type, message", [

@@ -267,14 +267,18 @@ def test_every_pipeline_gets_its_own_copy_of_the_batch():
     assert conversion.batch.on_stored == [] and conversion.batch.depends_on == []
 
 
-def test_an_empty_or_all_rejected_request_does_not_reach_the_pipeline():
+def test_an_empty_or_all_rejected_request_stores_nothing_and_the_pipeline_counts_the_rejection():
     exporter = Stored()
-    consumers = Consumers(pipeline(exporter))
+    events_pipeline = pipeline(exporter)
+    consumers = Consumers(events_pipeline)
     result = ingest(consumers, convert([cloud(id="")], RECEIVED))
     assert (result.accepted, result.duplicates, result.rejected) == (0, 0, 1)
+    assert len(result.rejections) == 1
     assert ingest(consumers, convert([], RECEIVED)).to_json() == \
         {"accepted": 0, "duplicates": 0, "rejected": 0, "rejections": []}
-    assert exporter.batches == []
+    assert sum(len(batch) for batch in exporter.batches) == 0
+    counts = events_pipeline.counts.snapshot()
+    assert (counts.received_items, counts.accepted_items, counts.refused_items["invalid"]) == (1, 0, 1)
 
 
 def test_protobuf_over_http_is_answered_in_protobuf():

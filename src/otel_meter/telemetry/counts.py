@@ -76,7 +76,8 @@ def count_items(signal: str, payload: Any) -> int:
     """Items in one export request: spans, metric data points, log records, or events.
 
     Reads only the lengths of repeated fields, per scope or per metric, never per item, except
-    for events, whose usage batch is counted by distinct event position (one C-level set)."""
+    for events, whose usage batch is counted by distinct event position (one C-level set), plus
+    the events refused before any pipeline (carried in the batch's rejections)."""
     if signal == TRACES:
         return sum(len(scope.spans) for resource in payload.resource_spans for scope in resource.scope_spans)
     if signal == LOGS:
@@ -90,8 +91,8 @@ def count_items(signal: str, payload: Any) -> int:
                     if data is not None:
                         total += len(getattr(metric, data).data_points)
         return total
-    if signal == EVENTS:
-        return len(set(payload.event_seq))
+    if signal == EVENTS:  # the events the receiver refused as malformed ride along as rejections
+        return len(set(payload.event_seq)) + len(payload.rejections)
     return 0
 
 

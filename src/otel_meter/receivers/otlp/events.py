@@ -31,9 +31,7 @@ from otel_meter.component import EVENTS
 from otel_meter.meters.compiled import exact_quantity
 from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import EVENTS_PATH
-from otel_meter.telemetry.counts import INVALID
-from otel_meter.telemetry.refusals import RefusalLog
-from otel_meter.usage import UsageBatch
+from otel_meter.usage import Rejection, UsageBatch
 
 if TYPE_CHECKING:
     from otel_meter.receivers.otlp.receiver import SignalConsumers
@@ -62,8 +60,6 @@ QUANTITY_LIMIT = Decimal(10) ** MAX_INTEGER_DIGITS
 RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
                      r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))", re.ASCII)
 MAX_TIME_NS = 2**63 - 1
-INVALID_EVENTS = RefusalLog("the events receiver", EVENTS)
-"""WARN lines about events refused before any pipeline sees them (the pipelines log their own)."""
 """Event times are stored as DateTime64(9): from 1970 (0) to 2262-04-11."""
 EMPTY: dict[str, str] = {}
 """Shared by rows without dimensions or attributes (processors cache per dict identity)."""
@@ -415,14 +411,20 @@ def proto_request(body: bytes) -> IngestRequest:
 
 def ingest(consumers: "SignalConsumers", conversion: Conversion) -> IngestResult:
     """Hand the valid events to the events pipelines. Raises ExportError (retryable) when
-    they could not be stored; then nothing of the request is acknowledged."""
-    if conversion.rejections:
-        INVALID_EVENTS.refused(INVALID, len(conversion.rejections), [], conversion.rejections[0].reason)
-    result = consumers.consume(EVENTS, conversion.batch) if len(conversion.batch) else ConsumeResult()
+    they could not be stored; then nothing of the request is acknowledged.
+
+    The malformed events go along as the batch's rejections, so each pipeline counts and
+    logs them with its own refusals (``/metrics``, ``/healthz``, ``doctor``)."""
+    batch = conversion.batch
+    refused_here = [Rejection(rejection.id, rejection.reason) for rejection in conversion.rejections]
+    batch.rejections.extend(refused_here)
+    result = consumers.consume(EVENTS, batch) if len(batch) or refused_here else ConsumeResult()
     duplicates = min(result.duplicate_events, conversion.valid)
+    known = {id(rejection) for rejection in refused_here}
+    refused_later = [rejection for rejection in result.rejections if id(rejection) not in known]
     rejections = list(conversion.rejections)
-    rejections.extend(EventRejection(-1, r.event_id, r.reason) for r in result.rejections)
-    accepted = max(0, conversion.valid - duplicates - len(result.rejections))
+    rejections.extend(EventRejection(-1, r.event_id, r.reason) for r in refused_later)
+    accepted = max(0, conversion.valid - duplicates - len(refused_later))
     return IngestResult(accepted=accepted, duplicates=duplicates, rejected=len(rejections), rejections=rejections)
 
 
