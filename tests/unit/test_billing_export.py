@@ -16,7 +16,7 @@ import pytest
 
 from otel_meter.billing.export import ExportSummary, run_export
 from otel_meter.billing.ledger import ledger_entries
-from otel_meter.billing.target import MeterMapping, SendResult, TargetConfig, UsageRecord
+from otel_meter.billing.target import MeterMapping, SendResult, TargetConfig, UsageRecord, record_key
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.rate_card import parse_rate_card
@@ -267,6 +267,58 @@ def test_an_existing_ledger_upgrades_to_the_currency_in_its_sort_key_and_keeps_e
     assert upgraded["sorting_key"] == "target, customer, meter, currency, window_start, revision"
     assert upgraded["tables"] == ["billing_ledger"]
     assert upgraded["rows"] == [("EUR", 1, "old-EUR", D("0.0006"), "sent"), ("USD", 1, "old-USD", D("0.0025"), "sent")]
+
+
+def rerate_with(store, card, start_ns: int, end_ns: int) -> None:
+    from otel_meter.rating.rerate import rerate
+
+    rerate(store, card.book(), start_ns, end_ns)
+
+
+def test_a_window_whose_usage_moved_to_another_currency_is_corrected_to_zero_once(store):
+    # acme's 1,000 tokens and initech's 400 (no platform reference: held) are rated in EUR and exported;
+    # a backdated change re-rates all of them into USD, so the EUR windows hold nothing any more.
+    store.call(ingest, [("m1", "acme", day(12) + 5, 1000), ("m2", "initech", day(12) + 6, 400)], EURO_CARD)
+    meters = (MeterMapping(meter="input_tokens", to="tokens"),
+              MeterMapping(meter="input_tokens", to="token_cost", value="amount"))
+    mapped = {"acme": "cus_acme"}
+    exact = RecordingTarget(config=TargetConfig(meters=meters, customers=mapped))
+    whole = RecordingTarget(name="whole", integer_values=True, config=TargetConfig(
+        meters=(MeterMapping(meter="input_tokens", to="ktokens", unit=D(1000)),), customers=mapped))
+
+    def records(sent: list[UsageRecord]) -> list[tuple]:
+        return sorted((r.currency, r.meter, r.revision, r.value, r.total, r.quantity, r.amount) for r in sent)
+
+    first, sent = store.call(export, exact)
+    assert records(sent) == [("EUR", "token_cost", 1, D("0.002"), D("0.002"), D(1000), D("0.002")),
+                             ("EUR", "tokens", 1, D(1000), D(1000), D(1000), D("0.002"))]
+    assert first.held == {"initech": 2}
+    assert records(store.call(export, whole)[1]) == [("EUR", "ktokens", 1, D(1), D(1), D(1000), D("0.002"))]
+
+    store.call(rerate_with, CARD, day(12), day(13))
+    moved, sent = store.call(export, exact)
+    assert records(sent) == [("EUR", "token_cost", 2, D("-0.002"), D(0), D(-1000), D("-0.002")),
+                             ("EUR", "tokens", 2, D(-1000), D(0), D(-1000), D("-0.002")),
+                             ("USD", "token_cost", 1, D("0.0025"), D("0.0025"), D(1000), D("0.0025")),
+                             ("USD", "tokens", 1, D(1000), D(1000), D(1000), D("0.0025"))]
+    assert (moved.sent, moved.corrections, moved.held) == (4, 2, {"initech": 2})
+    assert {r.key for r in sent if r.currency == "EUR"} == {
+        record_key("recorder", "acme", meter, day(12), day(13), 2, currency="EUR") for meter in ("tokens", "token_cost")}
+    moved_whole, sent = store.call(export, whole)
+    assert records(sent) == [("EUR", "ktokens", 2, D(-1), D(0), D(-1000), D("-0.002")),
+                             ("USD", "ktokens", 1, D(1), D(1), D(1000), D("0.0025"))]
+
+    for target in (exact, whole):  # converged: a re-run sends nothing and the held customer stays held
+        again, resent = store.call(export, target)
+        assert (again.sent, again.corrections, resent, again.held) == (0, 0, [], {"initech": 1 if target is whole
+                                                                                  else 2})
+    totals: dict[tuple, D] = {}
+    for entry in store.call(ledger_entries, start_ns=NOV.start_ns, end_ns=NOV.end_ns):
+        totals[(entry.target, entry.meter, entry.currency)] = totals.get(
+            (entry.target, entry.meter, entry.currency), D(0)) + entry.value
+    assert totals == {("recorder", "tokens", "EUR"): D(0), ("recorder", "token_cost", "EUR"): D(0),
+                      ("recorder", "tokens", "USD"): D(1000), ("recorder", "token_cost", "USD"): D("0.0025"),
+                      ("whole", "ktokens", "EUR"): D(0), ("whole", "ktokens", "USD"): D(1)}
 
 
 def test_customers_without_a_platform_reference_are_held_and_windows_still_open_wait(store):

@@ -5,6 +5,8 @@ month, UTC, ended at least ``lateness`` ago) the job computes the window's total
 rollups (re-rating adjustments included) and compares it with what the ledger says was
 sent. The difference goes out as revision n+1 of that window: the first send of a window,
 or a **correction** when usage arrived late or was re-rated. Nothing changed, nothing sent.
+A window the ledger holds a value for but no usage is in any more (re-rated into another
+currency) has the total 0 and is corrected to 0, once.
 
 Order of work, so that a crash or a failure never double-bills or loses usage:
 
@@ -149,6 +151,26 @@ def whole_unit_totals(totals: dict[WindowKey, tuple[Decimal, Decimal, Decimal]]
     return whole
 
 
+def emptied_windows(ledger: dict[tuple[str, str, str, int], list[LedgerEntry]],
+                    totals: dict[WindowKey, tuple[Decimal, Decimal, Decimal]], platform_meters: set[str],
+                    ) -> dict[WindowKey, tuple[Decimal, Decimal, Decimal]]:
+    """Windows the platform holds a value for (sent, not netting to zero) that no usage is in any more.
+
+    The rollups leave out a window whose usage nets to zero: a re-rating that moved it to another
+    currency (a plan price removed, so the default card's currency), or took every unit away. Its
+    total is now 0, so it is corrected to 0 like any changed window; once that is sent its ledger
+    nets to zero and a re-run finds nothing to send. Platform meters no mapping names any more are
+    left alone."""
+    present = {(who, meter, currency, start) for who, meter, start, _, currency in totals}
+    emptied: dict[WindowKey, tuple[Decimal, Decimal, Decimal]] = {}
+    for (who, meter, currency, start), history in ledger.items():
+        if meter not in platform_meters or (who, meter, currency, start) in present:
+            continue
+        if sum((entry.value for entry in history if entry.status == SENT), Decimal(0)) != 0:
+            emptied[(who, meter, start, history[-1].window_end_ns, currency)] = (Decimal(0), Decimal(0), Decimal(0))
+    return emptied
+
+
 def plan_records(store: Store, target: BillingTarget, period: Period, customer: str | None, now_ns: int,
                  retry_parked: bool, summary: ExportSummary) -> tuple[list[UsageRecord], list[UsageRecord]]:
     """(records sent before that need sending again unchanged, new records)."""
@@ -168,6 +190,7 @@ def plan_records(store: Store, target: BillingTarget, period: Period, customer: 
     totals = window_totals(store, target, period, customer)
     if target.integer_values:
         totals = whole_unit_totals(totals)
+    totals.update(emptied_windows(ledger, totals, {mapping.to for mapping in config.meters}))
     for (who, meter, start, end, currency), (total, quantity, amount) in sorted(totals.items()):
         if end > closed_before:
             summary.open_windows += 1
