@@ -323,6 +323,36 @@ def test_after_a_rerating_a_quantity_meter_matches_and_one_meter_sent_to_two_pla
     assert "sent 1.901 of 1.901" not in found["html"] and "differs" not in found["html"].split("Sent to billing")[1]
 
 
+def export_unpriced_and_invoice(store) -> dict[str, Any]:
+    """umbrella's input tokens of gpt-4o (priced) and of claude-x (no card prices it) exported to a
+    target that sends them as a quantity and as an amount; its invoice."""
+    from otel_meter.billing.export import run_export
+    from otel_meter.billing.target import TargetConfig
+    from tests.unit.test_billing_export import RecordingTarget
+
+    db = _database(store, EXPORTS_DATABASE)
+    rows = [("u-4o", SEP_1 + 4 * DAY, "umbrella", "gpt-4o", "input_tokens", 1_000, {}),
+            ("u-claude", SEP_1 + 5 * DAY, "umbrella", "claude-x", "input_tokens", 600, {})]
+    db.insert_usage(to_arrow(RatingProcessor(book(VERSION_1)).process(usage(*rows)), SEP_1 // 1000), "unpriced")
+    mappings = (MeterMapping(meter="input_tokens", to="tokens"),
+                MeterMapping(meter="input_tokens", to="input_amount", value="amount"))
+    target = RecordingTarget(name="files", config=TargetConfig(meters=mappings, customers={"umbrella": "umbrella"}))
+    sent = run_export(db, target, Period.parse(PERIOD), "umbrella", now_ns=OCT_1 + DAY)
+    document = invoice_document(build_invoice(db, book(VERSION_1, VERSION_2), "umbrella", Period.parse(PERIOD),
+                                              issued=ISSUED, target_meters={"files": mappings}))
+    return {"sent": sorted((r.meter, r.value) for r in sent.records), "document": document}
+
+
+def test_a_quantity_mapping_is_expected_to_send_unpriced_usage_too_and_matches_once_it_did(worker) -> None:
+    found = worker.call(export_unpriced_and_invoice)
+    assert found["sent"] == [("input_amount", D("0.002")), ("tokens", D(600)), ("tokens", D(1000))]
+    (files,) = found["document"]["sent"]
+    assert [(line["meter"], line["compared"], line["value"], line["expected_quantity"], line["expected_value"],
+             line["matches"]) for line in files["meters"]] == [
+        ("input_amount", "amount", "0.002", "1600", "0.002", True), ("tokens", "quantity", "1600", "1600", "1600", True)]
+    assert (files["amount"], files["invoice_amount"], files["matches"]) == ("0.002", "0.002", True)
+
+
 # --- renderings -------------------------------------------------------------------------------------------
 
 def test_csv_rows_add_up_to_the_totals(acme) -> None:

@@ -223,15 +223,16 @@ class SentMeter:
     amount: Decimal
     records: int
     expected_quantity: Decimal | None = None
-    """The invoice's quantity of the usage the target maps to this meter; None when the
-    target's meter mappings were not given."""
+    """The month's quantity of the usage the target maps to this meter, unpriced usage included
+    (the export sends it); None when the target's meter mappings were not given."""
     expected_amount: Decimal | None = None
     value: Decimal = ZERO
     """What the records sent add up to on the platform: quantity / unit for a quantity mapping,
     amount / unit for an amount mapping (whole units on a whole-number platform)."""
     expected_value: Decimal | None = None
-    """What the mappings send for the invoice's usage: the same sum over the usage lines they
-    map, floored on a whole-number platform (its windows carry the fraction); None without mappings."""
+    """What the mappings send for the month's usage: the same sum over the usage they map, priced
+    and unpriced, floored on a whole-number platform (its windows carry the fraction); None
+    without mappings."""
     compared: str | None = None
     """``quantity`` or ``amount``: what the meter's mappings send (``amount and quantity`` when
     both go to one platform meter); None without mappings, or for a meter they do not name."""
@@ -421,6 +422,7 @@ def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequ
         totals[2] += 1
         totals[3] = EXACT.add(totals[3], Decimal(entry.value))
     by_currency = {section.currency: section for section in sections}
+    exported = _exported_usage(store, customer, period) if target_meters else {}
     targets = []
     for (target, currency), meters in sorted(sums.items()):
         section = by_currency.get(currency)
@@ -431,7 +433,7 @@ def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequ
             targets.append(SentTarget(target, currency, exact(_sum(line.amount for line in lines)),
                                       section.realtime_total if section else ZERO, tuple(lines)))
             continue
-        expected = _expected_per_platform_meter(section, mappings, _whole_numbers(target))
+        expected = _expected_per_platform_meter(exported.get(currency, ()), mappings, _whole_numbers(target))
         lines = []
         for meter in sorted(set(meters) | {meter for meter, found in expected.items() if found.value}):
             quantity, amount, records, value = meters.get(meter, (ZERO, ZERO, 0, ZERO))
@@ -456,16 +458,26 @@ def _maps(mapping: Any, line: UsageLine) -> bool:
     return line.meter == mapping.meter and (mapping.models is None or fnmatchcase(line.model, mapping.models))
 
 
-def _expected_per_platform_meter(section: CurrencyStatement | None, mappings: Sequence[Any], whole_numbers: bool
+def _exported_usage(store: Store, customer: str, period: Period) -> dict[str, tuple[UsageLine, ...]]:
+    """Per currency: the month's usage lines as the billing exports read them, unpriced usage
+    included (a quantity mapping sends it; it has no amount)."""
+    found: dict[str, list[UsageLine]] = {}
+    for currency, meter, model, quantity, amount in store.query(queries.INVOICE_EXPORTED_USAGE, {
+            "customer": customer, "from_s": period.start_ns // NS, "to_s": period.end_ns // NS}):
+        found.setdefault(currency, []).append(UsageLine(meter, model, exact(quantity), exact(amount)))
+    return {currency: tuple(lines) for currency, lines in found.items()}
+
+
+def _expected_per_platform_meter(usage: Sequence[UsageLine], mappings: Sequence[Any], whole_numbers: bool
                                  ) -> dict[str, _Expected]:
-    """Per platform meter: the invoice's quantity and real-time amount of the usage mapped to
-    it, and the value its mappings send for that usage (as the export computes it: quantity or
-    amount / unit, summed; floored for a whole-number platform)."""
+    """Per platform meter: the quantity and real-time amount of the usage mapped to it (unpriced
+    usage included), and the value its mappings send for that usage (as the export computes it:
+    quantity or amount / unit, summed; floored for a whole-number platform)."""
     found: dict[str, list] = {}
     for mapping in mappings:
         totals = found.setdefault(mapping.to, [ZERO, ZERO, ZERO, set()])
         totals[3].add(mapping.value)
-        for line in section.usage if section else ():
+        for line in usage:
             if _maps(mapping, line):
                 totals[0] = EXACT.add(totals[0], line.quantity)
                 totals[1] = EXACT.add(totals[1], line.amount)

@@ -228,6 +228,18 @@ ORDER BY currency, meter, model
 """
 """Quantity and real-time amount (re-rating included) per currency, meter and model."""
 
+INVOICE_EXPORTED_USAGE = """
+SELECT currency, meter, model, sum(quantity), sum(amount)
+FROM usage_hourly
+WHERE customer = {customer:String}
+  AND hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')
+GROUP BY currency, meter, model
+HAVING sum(quantity) != 0 OR sum(amount) != 0
+ORDER BY currency, meter, model
+"""
+"""What the billing exports send of the month, per currency, meter and model: priced and unpriced
+usage (a quantity mapping sends unpriced quantities too; they carry no amount), as BILLABLE_USAGE."""
+
 INVOICE_RERATING = """
 SELECT currency, meter, model, sumIf(amount, kind = 'reversal'), sumIf(amount, kind = 'rerate'),
        countIf(kind = 'rerate')
