@@ -362,7 +362,7 @@ def metric_points(draw, customers: int, features: Features, first_series: int) -
         runs: list[list[Point]] = [[]]
         for position, hour in enumerate(hours):
             at = hour * HOUR + (position + 1) * 10**6 + draw(st.integers(1, 10**6))
-            if cumulative and position and draw(st.integers(0, 4)) == 0:  # a reset: a new start time
+            if cumulative and position and draw(st.integers(0, 2)) == 0:  # a reset: a new start time
                 start, value = at - 1, 0
                 runs.append([])
             increase = draw(st.integers(0, 50_000))
@@ -374,6 +374,13 @@ def metric_points(draw, customers: int, features: Features, first_series: int) -
                 first = draw(st.integers(0, len(run) - 2))
                 run[first], run[first + 1] = run[first + 1], run[first]  # reordered
             points.extend(run)
+        if features.duplicates and len(runs) > 1 and draw(st.booleans()):
+            # a late point of an earlier run: its newest arrives after the next run (the restarted sender) began
+            earlier = draw(st.integers(0, len(runs) - 2))
+            late = max(runs[earlier], key=lambda point: point.at)
+            points.remove(late)
+            began = min(points.index(point) for point in runs[earlier + 1])
+            points.insert(draw(st.integers(began + 1, len(points))), late)
         if features.duplicates and draw(st.booleans()):
             copy = draw(st.sampled_from(points))
             points.insert(draw(st.integers(points.index(copy) + 1, len(points))), copy)  # a retry, later
@@ -391,7 +398,9 @@ def histories(draw, features: Features = Features()) -> History:
     plan = None
     if features.plans:
         currency = draw(st.sampled_from(("EUR", "JPY", "credits", "USD")))
-        first = draw(st.sampled_from((FIRST_HOUR - 1, FIRST_HOUR - 1, -10)))
+        # from hour 5: in the first month the plan has no version in force (its customers' usage is unpriced, and
+        # they have no commitment, their own minimum included)
+        first = draw(st.sampled_from((FIRST_HOUR - 1, FIRST_HOUR - 1, -10, 5)))
         plan = draw(card_with_versions("plan", currency, features, first, (), features.versions))
         cards.append(plan)
     terms = tuple((index, draw(customer_terms(index, features, plan))) for index in range(customer_count))

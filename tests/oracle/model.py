@@ -227,8 +227,9 @@ def span_meters(span: Span) -> dict[str, int]:
 
 
 @dataclass
-class SeriesState:
-    start: int
+class RunState:
+    """The newest point of one run (series and start time) of a cumulative metric."""
+
     at: int
     value: int
 
@@ -274,7 +275,8 @@ class Oracle:
         self.book = Book({card.id: card for card in history.cards})
         self.items: list[Item] = []
         self.seen_events: set[tuple] = set()
-        self.series: dict[int, SeriesState] = {}
+        self.runs: dict[tuple[int, int], RunState] = {}
+        """(series, start time) -> its newest point."""
         self.grants: list[Grant] = []
         self.sent: dict[tuple, tuple[Decimal, Decimal, Decimal]] = {}
         """(target, customer, platform meter, window start, currency) -> (value, quantity, amount) sent."""
@@ -326,13 +328,14 @@ class Oracle:
             return
         self.seen_events.add(event)
         delta = item.value
-        if item.cumulative:
-            state = self.series.get(item.series)
-            if state is not None and item.at <= state.at:
-                return  # ASSUMED (issue item 2): older than the newest point of its series changes nothing
-            if state is not None and item.start == state.start and item.value >= state.value:
-                delta = item.value - state.value
-            self.series[item.series] = SeriesState(item.start, item.at, item.value)
+        if item.cumulative:  # meters.md: the state is kept per series and run (start time)
+            run = (item.series, item.start)
+            newest = self.runs.get(run)
+            if newest is not None and item.at <= newest.at:
+                return  # no newer than its run's newest point: changes nothing
+            if newest is not None and item.value >= newest.value:
+                delta = item.value - newest.value  # else a value drop: a reset, its whole value
+            self.runs[run] = RunState(item.at, item.value)
         if delta:
             meter = "input_tokens" if item.token_type == "input" else "output_tokens"
             self.add(event, item.customer, item.model, item.provider, meter, self.base + item.at, Decimal(delta))
@@ -415,8 +418,9 @@ class Oracle:
             minimum = Decimal(terms.minimum)
         elif pricing is not None and pricing.minimum is not None:
             minimum = Decimal(pricing.minimum)
-        # ASSUMED: a customer's own minimum is in its plan card's currency, as a plan's is (rate-cards.md says
-        # "in the currency of the card that holds it", and the customer's terms are held by the default card).
+        # rate-cards.md, rule 6: the minimum (the customer's own, else the plan's, else the default card's) is in
+        # the currency of the customer's plan card, else the default card's; none when the plan has no version
+        # in force at the period's end.
         minimum_currency = self.history.card(pricing_id).currency if pricing is not None else None
         currencies = {currency for currency, _, _ in parts}
         if minimum is not None and minimum_currency is not None:

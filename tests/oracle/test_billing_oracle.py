@@ -66,6 +66,23 @@ def test_cumulative_points_retried_or_reordered_count_the_newest_value_once(orac
     check(*oracle_servers.get(recent=False), history)
 
 
+def test_a_late_point_of_an_earlier_run_counts_its_increase_after_a_reset(oracle_servers) -> None:
+    """A run (start time) 100 then, after the sender restarted (a new run: 40), the first run's 150 arrives
+    late, then the new run's 90: each run counts its newest value, 150 + 90 = 240 (docs/meters.md)."""
+    def point(start: int, hour: int, value: int) -> Point:
+        return Point(0, 0, "gpt-4o-2024-08-06", "openai", "input", start, hour * HOUR + 1, value, True)
+
+    first_run, second_run = -3 * HOUR, 3 * HOUR
+    arrivals = (point(first_run, 1, 100), point(second_run, 3, 40), point(first_run, 2, 150),
+                point(second_run, 4, 90))
+    cards = (card("list", "USD", version("list-0", -31, {"4o": {"input_tokens": "2.50"}})),)
+    history = plain_history(cards, *(Send((arrival,)) for arrival in arrivals),
+                            features=Features.only("metrics_cumulative", "duplicates"))
+    assert Oracle(history, EXAMPLE_BASE).replayed().usage(0) == {
+        ("gpt-4o-2024-08-06", "input_tokens", "USD"): (Decimal(240), Decimal(0), Decimal("0.0006"))}
+    check(*oracle_servers.get(recent=False), history)
+
+
 def test_credits_burned_for_a_period_equal_what_its_statement_applies(oracle_servers) -> None:
     """A grant of 20.00 USD, 10M tokens at 2.00 per million with 5M free: the grant keeps 10.00."""
     terms = Terms(allowances=(("input_tokens", 5_000_000),))
