@@ -349,7 +349,8 @@ def test_a_quantity_mapping_is_expected_to_send_unpriced_usage_too_and_matches_o
     (files,) = found["document"]["sent"]
     assert [(line["meter"], line["compared"], line["value"], line["expected_quantity"], line["expected_value"],
              line["matches"]) for line in files["meters"]] == [
-        ("input_amount", "amount", "0.002", "1600", "0.002", True), ("tokens", "quantity", "1600", "1600", "1600", True)]
+        ("input_amount", "amount", "0.002", "1600", "0.002", True),
+        ("tokens", "quantity", "1600", "1600", "1600", True)]
     assert (files["amount"], files["invoice_amount"], files["matches"]) == ("0.002", "0.002", True)
 
 
