@@ -17,8 +17,12 @@ TextOf = Callable[[str], str | None]
 """An item's attribute as text, or None when absent."""
 
 
-def glob(pattern: str | None) -> re.Pattern[str] | None:
-    return re.compile(translate(pattern)) if pattern is not None else None
+def glob(pattern: str | list[str] | None) -> re.Pattern[str] | None:
+    """One regex for a glob, or for a list of globs of which any may match."""
+    if pattern is None:
+        return None
+    patterns = [pattern] if isinstance(pattern, str) else pattern
+    return re.compile("|".join(translate(each) for each in patterns))
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class CompiledBlock:
     scope: re.Pattern[str] | None
     service: re.Pattern[str] | None
     attributes: tuple[tuple[str, frozenset[str]], ...]
+    attribute_globs: tuple[tuple[str, re.Pattern[str]], ...]
     exists: tuple[str, ...]
 
     @classmethod
@@ -53,6 +58,7 @@ class CompiledBlock:
             service=glob(block.service),
             attributes=tuple((key, frozenset([value] if isinstance(value, str) else value))
                              for key, value in block.attributes.items()),
+            attribute_globs=tuple((key, glob(patterns)) for key, patterns in block.attribute_globs.items()),
             exists=tuple(block.exists),
         )
 
@@ -69,6 +75,10 @@ class CompiledBlock:
         for key, allowed in self.attributes:
             if facts.text_of(key) not in allowed:
                 return False
+        for key, pattern in self.attribute_globs:
+            text = facts.text_of(key)
+            if text is None or not pattern.fullmatch(text):
+                return False
         return all(facts.text_of(key) is not None for key in self.exists)
 
 
@@ -80,11 +90,13 @@ class CompiledMeter:
 
     @property
     def required_keys(self) -> tuple[tuple[str, ...], ...]:
-        """Per block, the attributes it cannot match without (its ``attributes`` and ``exists`` keys)."""
+        """Per block, the attributes it cannot match without (its ``attributes``, ``attribute_globs``
+        and ``exists`` keys)."""
         return self._required
 
     def __post_init__(self) -> None:
-        required = tuple(tuple(key for key, _ in block.attributes) + block.exists for block in self.blocks)
+        required = tuple(tuple(key for key, _ in block.attributes) + tuple(key for key, _ in block.attribute_globs)
+                         + block.exists for block in self.blocks)
         object.__setattr__(self, "_required", required)
         object.__setattr__(self, "needs_attributes", all(required))
         """True when every block needs some attribute, so a missing one rules the meter out cheaply."""
@@ -99,7 +111,8 @@ class CompiledMeter:
     def by_operation_only(self) -> bool:
         """Every block names operations and nothing else: the operation index decides alone."""
         return all(block.operations is not None and block.name is None and block.kinds is None
-                   and block.scope is None and block.service is None and not block.attributes and not block.exists
+                   and block.scope is None and block.service is None and not block.attributes
+                   and not block.attribute_globs and not block.exists
                    for block in self.blocks)
 
     def may_match(self, item: dict, resource: dict) -> bool:
@@ -173,7 +186,7 @@ class MeterIndex:
         for meter in self.meters:
             keys |= set(meter.definition.dimensions) | set(meter.quantity.attribute or ())
             for block in meter.definition.match:
-                keys |= set(block.attributes) | set(block.exists)
+                keys |= set(block.attributes) | set(block.attribute_globs) | set(block.exists)
         return keys
 
 

@@ -26,8 +26,6 @@ from otel_meter.usage import TOKEN_METERS
 
 TOKEN_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 INFERENCE = ["chat", "text_completion", "generate_content", "embeddings"]
-VECTOR_DATABASES = ["pinecone", "qdrant", "chroma", "weaviate", "milvus", "pgvector", "lancedb", "marqo",
-                    "vespa", "opensearch", "elasticsearch", "redis", "mongodb_atlas", "turbopuffer", "zilliz"]
 
 
 class Strict(BaseModel):
@@ -39,18 +37,22 @@ class MatchBlock(Strict):
 
     operation: list[str] | None = None
     """``gen_ai.operation.name`` (or what other conventions imply, see docs/conventions.md)."""
-    span_name: str | None = None
+    span_name: str | list[str] | None = None
+    """Span name (glob, or a list of globs: any may match)."""
     span_kind: list[Literal["internal", "server", "client", "producer", "consumer"]] | None = None
     scope: str | None = None
     """Instrumentation scope name (glob)."""
     service: str | None = None
     """Resource ``service.name`` (glob)."""
-    metric: str | None = None
-    """Metric name (glob), for ``source: metrics``."""
-    event_name: str | None = None
-    """Log record event name (glob), for ``source: logs``."""
+    metric: str | list[str] | None = None
+    """Metric name (glob, or a list of globs), for ``source: metrics``."""
+    event_name: str | list[str] | None = None
+    """Log record event name (glob, or a list of globs), for ``source: logs``."""
     attributes: dict[str, str | list[str]] = Field(default_factory=dict)
     """Attribute equals the value (or one of the values), compared as text."""
+    attribute_globs: dict[str, str | list[str]] = Field(default_factory=dict)
+    """Attribute text matches the glob (or one of the globs), case-sensitive; e.g. a query text
+    that holds a vector search clause."""
     exists: list[str] = Field(default_factory=list)
 
     @field_validator("operation", "span_kind", mode="before")
@@ -130,6 +132,60 @@ def _meter(**fields: Any) -> MeterDefinition:
     return MeterDefinition.model_validate(fields)
 
 
+def _database_blocks(systems: str | list[str], operation: str | list[str] | None = None,
+                     query_text: list[str] | None = None) -> list[dict[str, Any]]:
+    """Match blocks for a database span in the older names (``db.system``, ``db.operation``,
+    ``db.statement``) and in the current ones (``db.system.name``, ``db.operation.name``,
+    ``db.query.text``): instrumentations write one set or the other, or both."""
+    blocks = []
+    for system, operation_key, text_key in (("db.system", "db.operation", "db.statement"),
+                                            ("db.system.name", "db.operation.name", "db.query.text")):
+        block: dict[str, Any] = {"attributes": {system: systems}}
+        if operation is not None:
+            block["attributes"][operation_key] = operation
+        if query_text is not None:
+            block["attribute_globs"] = {text_key: query_text}
+        blocks.append(block)
+    return blocks
+
+
+RETRIEVAL = ["retrieval", "vector_db_retrieve"]
+"""A retrieval step of a RAG pipeline: the GenAI ``retrieval`` operation, OpenInference
+``RETRIEVER`` spans (mapped to ``retrieval``) and OpenLLMetry's LangChain retriever spans."""
+
+QDRANT_SEARCHES = ["qdrant.search", "qdrant.search_groups", "qdrant.search_batch", "qdrant.query_points",
+                   "qdrant.query_batch_points", "qdrant.recommend", "qdrant.recommend_groups",
+                   "qdrant.recommend_batch", "qdrant.discover", "qdrant.discover_batch"]
+"""OpenLLMetry's Qdrant spans of a similarity search. ``qdrant.query`` and ``qdrant.query_batch``
+(the client's text helpers) are left out: they call one of these, which has its own span."""
+
+VECTOR_SEARCHES: list[dict[str, Any]] = [
+    # OpenLLMetry's vector database instrumentations: db.system spelled as each writes it, the
+    # span or db.operation of a similarity search (not of writes, gets by id or filter scans).
+    {"attributes": {"db.system": "chroma", "db.operation": "query"}},
+    {"span_name": "pinecone.query", "attributes": {"db.system": "Pinecone"}},
+    {"span_name": QDRANT_SEARCHES, "attributes": {"db.system": "Qdrant"}},
+    {"attributes": {"db.system": "milvus", "db.operation": ["search", "hybrid_search"]}},
+    {"attributes": {"db.system": "lancedb", "db.operation": "search"}},
+    {"attributes": {"db.system": "marqo", "db.operation": "search"}},
+    # OpenLIT's vector database spans (gen_ai.operation.name "vectordb"): a search sets the top k.
+    {"operation": "vectordb", "exists": ["db.vector.query.top_k"]},
+    {"operation": "vectordb", "attributes": {"db.system.name": ["pinecone", "qdrant"], "db.operation.name": "QUERY"}},
+    # General-purpose stores, only where the span shows a vector search: a RediSearch KNN or
+    # vector range query (opentelemetry-instrumentation-redis), Elasticsearch's kNN search
+    # endpoint, a "knn" (or OpenSearch "neural") clause in a captured search body, MongoDB
+    # Atlas's $vectorSearch stage, pgvector's cosine distance operator.
+    {"span_name": "redis.search", "attribute_globs": {"redis.search.query": ["*[KNN *", "*[knn *", "*VECTOR_RANGE*"]}},
+    *_database_blocks("elasticsearch", operation="knn_search"),
+    *_database_blocks(["elasticsearch", "opensearch"], query_text=['*"knn"*', '*"neural"*']),
+    *_database_blocks("mongodb", query_text=["*$vectorSearch*"]),
+    *_database_blocks("postgresql", query_text=["*<=>*"]),
+]
+"""What the ``vector_queries`` meter counts: one per vector search call, whatever instrumented
+it (docs/meters.md says what each instrumentation sends). An application's ordinary cache,
+search and database traffic never matches."""
+
+
 BUILTIN_METERS: dict[str, MeterDefinition] = {
     **{meter: _meter(match={"operation": INFERENCE}, quantity={"tokens": kind}, unit="{token}")
        for meter, kind in zip(TOKEN_METERS, TOKEN_KINDS)},
@@ -142,11 +198,9 @@ BUILTIN_METERS: dict[str, MeterDefinition] = {
     "workflow_invocations": _meter(match={"operation": "invoke_workflow"}, quantity={"constant": 1},
                                    unit="{call}", dimensions=["gen_ai.workflow.name"]),
     "embedding_calls": _meter(match={"operation": "embeddings"}, quantity={"constant": 1}, unit="{call}"),
-    "retrieval_queries": _meter(match={"operation": "retrieval"}, quantity={"constant": 1}, unit="{query}",
+    "retrieval_queries": _meter(match={"operation": RETRIEVAL}, quantity={"constant": 1}, unit="{query}",
                                 dimensions=["gen_ai.data_source.id"]),
-    "vector_queries": _meter(match=[{"span_kind": ["client"], "attributes": {"db.system.name": VECTOR_DATABASES}},
-                                    {"span_kind": ["client"], "attributes": {"db.system": VECTOR_DATABASES}}],
-                             quantity={"constant": 1}, unit="{query}",
+    "vector_queries": _meter(match=VECTOR_SEARCHES, quantity={"constant": 1}, unit="{query}",
                              dimensions=["db.system.name", "db.system", "db.collection.name"]),
 }
 """The meters every pipeline has unless the config switches them off. Further meters
