@@ -195,13 +195,21 @@ def test_vector_database_writes_and_plain_reads_are_not_vector_queries() -> None
     assert rows(extract(BUILTIN_METERS, *spans)) == []
 
 
-@pytest.mark.parametrize("attrs", [
-    {"openinference.span.kind": "RETRIEVER", "input.value": "what is a tensor?"},
-    {"gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": "docs-index"},
-    {"gen_ai.operation.name": "vector_db_retrieve", "gen_ai.provider.name": "langchain", "traceloop.span.kind": "task"},
-], ids=["openinference-retriever", "genai-retrieval", "openllmetry-langchain-retriever"])
-def test_a_retrieval_step_is_one_retrieval_query(attrs: dict[str, Any]) -> None:
-    batch = extract(BUILTIN_METERS, make_span(1, attrs, name="retrieve", kind=INTERNAL))
+RETRIEVAL_STEPS = {
+    "openinference-retriever": ("VectorStoreRetriever", INTERNAL, {"openinference.span.kind": "RETRIEVER",
+                                                                   "input.value": "what is a tensor?"}),
+    "genai-retrieval": ("retrieval docs-index", CLIENT, {"gen_ai.operation.name": "retrieval",
+                                                         "gen_ai.data_source.id": "docs-index"}),
+    "openllmetry-langchain-retriever": ("vector_db_retrieve VectorStoreRetriever", CLIENT, {
+        "gen_ai.operation.name": "vector_db_retrieve", "gen_ai.provider.name": "langchain",
+        "traceloop.span.kind": "task", "traceloop.entity.name": "VectorStoreRetriever"}),
+}
+
+
+@pytest.mark.parametrize("step", RETRIEVAL_STEPS.values(), ids=RETRIEVAL_STEPS.keys())
+def test_a_retrieval_step_is_one_retrieval_query(step) -> None:
+    name, kind, attrs = step
+    batch = extract(BUILTIN_METERS, make_span(1, attrs, name=name, kind=kind))
     assert [(meter, quantity) for meter, quantity, _ in rows(batch)] == [("retrieval_queries", 1)]
 
 
