@@ -15,6 +15,7 @@ from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.usage import UsageBatch
 from tests.unit.otlp_builders import make_span, request_of
+from tests.unit.test_docs_examples import yaml_blocks
 
 PIPELINE = """\
 receivers: {otlp: {}}
@@ -240,6 +241,12 @@ meters:
                            ("input_tokens", 3, {}),
                            ("inference_seconds", Decimal("1.500000000"), {}),
                            ("payments_api_calls", 1, {})]
+
+
+def test_the_vector_and_retrieval_meters_shown_in_meters_md_are_the_real_ones() -> None:
+    shown = meters_from(yaml_blocks("meters.md")[0])
+    assert shown["vector_queries"] == BUILTIN_METERS["vector_queries"]
+    assert shown["retrieval_queries"] == BUILTIN_METERS["retrieval_queries"]
 
 
 def test_user_meter_matches_a_list_of_span_names_and_attribute_globs() -> None:
