@@ -98,10 +98,29 @@ class CompiledMeter:
         required = tuple(tuple(key for key, _ in block.attributes) + tuple(key for key, _ in block.attribute_globs)
                          + block.exists for block in self.blocks)
         object.__setattr__(self, "_required", required)
+        distinct = {frozenset(keys) for keys in required}
+        object.__setattr__(self, "_least_required", tuple(
+            keys for keys in distinct if not any(other < keys for other in distinct)))
+        """The required key sets no other block's set is part of: the only ones ``may_match`` checks."""
         object.__setattr__(self, "needs_attributes", all(required))
         """True when every block needs some attribute, so a missing one rules the meter out cheaply."""
         object.__setattr__(self, "trigger_keys", frozenset(key for keys in required for key in keys))
         """Attributes of which at least one must be present for such a meter to match at all."""
+        gates: dict[str, dict[str, tuple[CompiledBlock, ...]]] = {}
+        ungated: list[CompiledBlock] = []
+        for block in self.blocks:
+            if not block.attributes:
+                ungated.append(block)
+                continue
+            key, allowed = block.attributes[0]
+            for value in allowed:
+                by_value = gates.setdefault(key, {})
+                by_value[value] = by_value.get(value, ()) + (block,)
+        object.__setattr__(self, "_gates", gates)
+        """Blocks by their first ``attributes`` condition (key, then value), so an item is checked
+        only against the blocks its value of that key lets through: a meter of many blocks (one
+        per database) costs an item about one block, not all of them."""
+        object.__setattr__(self, "_ungated", tuple(ungated))
 
     @property
     def quantity(self):
@@ -121,14 +140,20 @@ class CompiledMeter:
             return True
         if self.trigger_keys.isdisjoint(item) and self.trigger_keys.isdisjoint(resource):
             return False
-        for required in self.required_keys:
-            if all(key in item or key in resource for key in required):
+        keys = item.keys()
+        for required in self._least_required:
+            if keys >= required or all(key in item or key in resource for key in required):
                 return True
         return False
 
     def matches(self, operation: str, facts: ItemFacts) -> bool:
         unnamed_usage = operation == "" and self.quantity.tokens is not None
-        for block in self.blocks:
+        blocks = self._ungated
+        for key, by_value in self._gates.items():
+            text = facts.text_of(key)
+            if text is not None and text in by_value:
+                blocks += by_value[text]
+        for block in blocks:
             if block.operations is not None and operation not in block.operations and not unnamed_usage:
                 continue
             if block.matches(facts):
