@@ -88,16 +88,11 @@ class CompiledMeter:
     definition: MeterDefinition
     blocks: tuple[CompiledBlock, ...]
 
-    @property
-    def required_keys(self) -> tuple[tuple[str, ...], ...]:
-        """Per block, the attributes it cannot match without (its ``attributes``, ``attribute_globs``
-        and ``exists`` keys)."""
-        return self._required
-
     def __post_init__(self) -> None:
         required = tuple(tuple(key for key, _ in block.attributes) + tuple(key for key, _ in block.attribute_globs)
                          + block.exists for block in self.blocks)
-        object.__setattr__(self, "_required", required)
+        """Per block, the attributes it cannot match without (its ``attributes``, ``attribute_globs``
+        and ``exists`` keys)."""
         distinct = {frozenset(keys) for keys in required}
         object.__setattr__(self, "_least_required", tuple(
             keys for keys in distinct if not any(other < keys for other in distinct)))
