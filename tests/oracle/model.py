@@ -419,9 +419,14 @@ class Oracle:
         elif pricing is not None and pricing.minimum is not None:
             minimum = Decimal(pricing.minimum)
         # rate-cards.md, rule 6: the minimum (the customer's own, else the plan's, else the default card's) is in
-        # the currency of the customer's plan card, else the default card's; none when the plan has no version
-        # in force at the period's end.
-        minimum_currency = self.history.card(pricing_id).currency if pricing is not None else None
+        # the currency of the customer's plan card, else the default card's; while the plan has no version in
+        # force at the period's end, only the customer's own minimum applies, in the default card's currency.
+        if pricing is not None:
+            minimum_currency = self.history.card(pricing_id).currency
+        elif minimum is not None and self.book.version_at(DEFAULT_CARD, at_end, self.base) is not None:
+            minimum_currency = self.history.card(DEFAULT_CARD).currency
+        else:
+            minimum_currency = None
         currencies = {currency for currency, _, _ in parts}
         if minimum is not None and minimum_currency is not None:
             currencies.add(minimum_currency)

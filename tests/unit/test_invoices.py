@@ -584,3 +584,50 @@ def test_credits_burned_for_a_period_equal_the_credits_its_statement_applies(ver
     assert returned[0]["reason"] == ("period 2026-11: the statement's total 10 USD is 10 below the 20 USD burned "
                                      "in real time (allowances, tiers or packages); the difference returns to the "
                                      "grants that paid for the period")
+
+
+# --- a plan card not yet in force -------------------------------------------------------------------------
+
+DEFAULT_NAMING_A_LATER_PLAN = """\
+id: prices
+currency: USD
+versions:
+  - version: "v1"
+    effective_from: 2026-01-01T00:00:00Z
+    models:
+      - match: "gpt-4o*"
+        prices: {input_tokens: "2.00"}
+    customers:
+      planco: {plan: enterprise, minimum: "30.00"}
+"""
+PLAN_FROM_NOVEMBER = """\
+id: enterprise
+currency: EUR
+versions:
+  - version: "p1"
+    effective_from: 2026-11-01T00:00:00Z
+    models:
+      - match: "*"
+        prices: {input_tokens: "1.00"}
+    minimum: "100.00"
+"""
+
+
+def plan_not_in_force_view(store) -> dict[str, Any]:
+    db = _database(store, "plan_later")
+    cards = [parse_rate_card(text, f"{name}.yaml") for name, text in (
+        ("prices", DEFAULT_NAMING_A_LATER_PLAN), ("enterprise", PLAN_FROM_NOVEMBER))]
+    later_plan = RateBook([version for card in cards for version in card.versions], default_card="prices")
+    rows = [("planco-1", SEP_1 + 5 * DAY, "planco", "gpt-4o", "input_tokens", 2_000_000, {})]
+    db.insert_usage(to_arrow(RatingProcessor(later_plan).process(usage(*rows)), SEP_1 // 1000), "plan_later")
+    return view_as_json(period_view(db, later_plan, "planco", Period.parse(PERIOD)))
+
+
+def test_a_customers_own_minimum_applies_while_its_plan_card_is_not_yet_in_force(worker) -> None:
+    view = worker.call(plan_not_in_force_view)
+    # The usage is unpriced (its plan prices it only from November), and the customer's own
+    # commitment still holds, in the currency of the card that holds it (the default card's).
+    assert view["unpriced_quantity"] == {"input_tokens": "2000000"}
+    (statement,) = view["statements"]
+    assert (statement["currency"], statement["minimum"], statement["commitment_true_up"],
+            statement["total_rounded"]) == ("USD", "30", "30", "30.00")

@@ -138,7 +138,12 @@ def period_view(store: Store, book: RateBook, customer: str, period: Period, rou
     by_currency = price_segments(segments, allowances)
     minimum = terms.minimum if terms is not None and terms.minimum is not None else \
         (pricing_card.body.minimum if pricing_card else None)
-    minimum_currency = pricing_card.currency if pricing_card else None
+    minimum_card = pricing_card
+    if minimum_card is None and terms is not None and terms.minimum is not None:
+        # The plan has no version in force yet: the customer's own commitment still holds, in
+        # the currency of the default card that holds it (and that holds the terms read above).
+        minimum_card = book.version_at(book.default_card, at)
+    minimum_currency = minimum_card.currency if minimum_card else None
     if minimum is not None and minimum_currency and minimum_currency not in by_currency:
         by_currency[minimum_currency] = []
     statements = tuple(
