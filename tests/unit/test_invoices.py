@@ -631,3 +631,35 @@ def test_a_customers_own_minimum_applies_while_its_plan_card_is_not_yet_in_force
     (statement,) = view["statements"]
     assert (statement["currency"], statement["minimum"], statement["commitment_true_up"],
             statement["total_rounded"]) == ("USD", "30", "30", "30.00")
+
+
+# --- what was sent, in two currencies -----------------------------------------------------------------------
+
+def usd_sent_eur_not_invoice(store) -> list[dict[str, Any]]:
+    from otel_meter.billing.ledger import LedgerEntry, record_states
+
+    db = _database(store, "two_currencies")
+    for currency, event in (("USD", "usd-1"), ("EUR", "eur-1")):
+        card = parse_rate_card(f"id: prices\ncurrency: {currency}\nmodels:\n  - match: '*'\n"
+                               f"    prices: {{input_tokens: '2.00'}}\n", "prices.yaml")
+        rows = usage((event, SEP_1 + 3 * DAY, "acme", "gpt-4o", "input_tokens", 1_000_000, {}))
+        db.insert_usage(to_arrow(RatingProcessor(RateBook(card.versions, default_card="prices")).process(rows),
+                                 SEP_1 // 1000), f"two-currencies-{currency}")
+    record_states(db, [LedgerEntry("stripe", "acme", "cus_123", "tokens", SEP_1, OCT_1, 1, "tokens-usd-1",
+                                   D(1_000_000), D(1_000_000), D(1_000_000), D("2.00"), "USD", "sent", "", "",
+                                   OCT_1)])
+    mappings = {"stripe": (MeterMapping(meter="input_tokens", to="tokens"),)}
+    card = parse_rate_card("id: prices\ncurrency: USD\nmodels:\n  - match: '*'\n    prices: {input_tokens: '2.00'}\n",
+                           "prices.yaml")
+    invoice = build_invoice(db, RateBook(card.versions, default_card="prices"), "acme", Period.parse(PERIOD),
+                            issued=ISSUED, target_meters=mappings)
+    return invoice_document(invoice)["sent"]
+
+
+def test_usage_of_a_currency_a_target_has_not_sent_is_shown_as_differing_not_left_out(worker) -> None:
+    sent = {target["currency"]: target for target in worker.call(usd_sent_eur_not_invoice)}
+    assert sorted(sent) == ["EUR", "USD"]
+    assert sent["USD"]["matches"] is True
+    (eur,) = sent["EUR"]["meters"]
+    assert (sent["EUR"]["matches"], eur["records"], eur["value"], eur["expected_value"]) == (
+        False, 0, "0", "1000000")

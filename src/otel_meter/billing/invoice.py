@@ -423,6 +423,12 @@ def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequ
         totals[3] = EXACT.add(totals[3], Decimal(entry.value))
     by_currency = {section.currency: section for section in sections}
     exported = _exported_usage(store, customer, period) if target_meters else {}
+    # A mapped target that sent the customer's usage of one currency is shown for each currency of
+    # usage its mappings cover, so usage it has not sent (yet) shows as differing, never left out.
+    for target in {target for target, _ in sums if target in (target_meters or {})}:
+        for currency, usage in exported.items():
+            if any(_maps(mapping, line) and line.quantity for mapping in target_meters[target] for line in usage):
+                sums.setdefault((target, currency), {})
     targets = []
     for (target, currency), meters in sorted(sums.items()):
         section = by_currency.get(currency)
