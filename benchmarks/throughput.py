@@ -1219,8 +1219,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--flush-interval", metavar="DURATION",
                         help="exporter flush_interval, e.g. 200ms (unset: the server's default)")
     parser.add_argument("--meter-off", action="append", default=[], metavar="METER",
-                        help="switch a built-in meter off in the server's config (repeatable), e.g. vector_queries, "
-                             "which today counts every Redis client span")
+                        help="switch a built-in meter off in the server's config (repeatable), to see what one "
+                             "meter costs or to measure past one that wrongly matches the non-GenAI spans")
     parser.add_argument("--probe-interval", type=float, default=0.25, help="seconds between latency probes")
     parser.add_argument("--seed", type=int, default=1, help="workload generator seed (the run is reproducible)")
     parser.add_argument("--py-spy", metavar="FILE", help="also record the server with py-spy during the load "
