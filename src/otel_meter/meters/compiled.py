@@ -133,12 +133,17 @@ class CompiledMeter:
         """A cheap pre-check: some block's required attributes are all present (on the item or its resource)."""
         if not self.needs_attributes:
             return True
-        if self.trigger_keys.isdisjoint(item) and self.trigger_keys.isdisjoint(resource):
+        in_resource = not self.trigger_keys.isdisjoint(resource)
+        if not in_resource and self.trigger_keys.isdisjoint(item):
             return False
         keys = item.keys()
         for required in self._least_required:
-            if keys >= required or all(key in item or key in resource for key in required):
+            if keys >= required:
                 return True
+        if in_resource:  # rare: a required attribute on the resource, the others on the item
+            for required in self._least_required:
+                if all(key in item or key in resource for key in required):
+                    return True
         return False
 
     def matches(self, operation: str, facts: ItemFacts) -> bool:

@@ -116,9 +116,10 @@ class GenAIUsageProcessor:
                             for meter_name, kind in token_meters:
                                 if tokens[kind]:
                                     measured.append((meter_name, tokens[kind], NO_ATTRIBUTES))
-                        if other_meters and any(not meter.needs_attributes or meter.may_match(found, resource_attributes)
-                                                for meter in other_meters):
-                            measured += self._measure(other_meters, operation, found, span, scope, service,
+                        candidates = [meter for meter in other_meters
+                                      if not meter.needs_attributes or meter.may_match(found, resource_attributes)]
+                        if candidates:
+                            measured += self._measure(candidates, operation, found, span, scope, service,
                                                       (sdk_name, provider), resource_attributes)
                     except InvalidCount as error:
                         batch.rejections.append(Rejection(event_id, f"span {named}: {error}",
@@ -179,7 +180,8 @@ class GenAIUsageProcessor:
     def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
                  emitter: tuple[str, str], resource_attributes: dict[str, str]
                  ) -> list[tuple[str, int | Decimal, dict[str, str]]]:
-        """(meter, quantity, dimensions) for every candidate meter the span matches, zero quantities left out."""
+        """(meter, quantity, dimensions) for every candidate meter the span matches, zero quantities left out.
+        ``candidates``: the meters whose ``may_match`` pre-check the span passed."""
 
         def text_of(key: str) -> str | None:
             value = found.get(key)
@@ -189,9 +191,7 @@ class GenAIUsageProcessor:
         index_decides = self.spans.index_decides
         tokens: dict[str, int] | None = None
         measured: list[tuple[str, int | Decimal, dict[str, str]]] = []
-        for meter in candidates:
-            if meter.needs_attributes and not meter.may_match(found, resource_attributes):
-                continue
+        for meter in candidates:  # each may match (its required attributes are present)
             if meter.name not in index_decides:
                 if facts is None:
                     facts = ItemFacts(name=span.name, kind=span.kind, scope=scope, service=service, text_of=text_of)
