@@ -95,3 +95,56 @@ def test_provider_spellings_become_the_official_names() -> None:
         batch = extract_one({"gen_ai.operation.name": "chat", "gen_ai.system": spelling,
                              "gen_ai.usage.input_tokens": 1})
         assert batch.provider == [official], spelling
+
+
+def extract_scoped(attributes: dict[str, Any], scope: str, resource: dict[str, Any]) -> UsageBatch:
+    request = request_of(make_span(1, attributes), resource=resource)
+    request.resource_spans[0].scope_spans[0].scope.name = scope
+    return GenAIUsageProcessor(GenAIUsageConfig(), TOKEN_METERS_ONLY).extract(request)
+
+
+APP_RESOURCE = {"telemetry.sdk.name": "opentelemetry", "service.name": "app"}
+ANTHROPIC_CACHED = {"input_tokens": 120, "cache_read_tokens": 2000, "cache_write_tokens": 500, "output_tokens": 250}
+"""Anthropic's usage of a cached call: input_tokens 120 (without cache), cache read 2000, cache write 500."""
+ANTHROPIC_SPANS = {
+    # anthropic 2.17.0's own tracing
+    "com.anthropic.sdk.python": {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+        "gen_ai.response.model": "claude-sonnet-4-5-20250929", "gen_ai.usage.input_tokens": 2620,
+        "gen_ai.usage.cache_read.input_tokens": 2000, "gen_ai.usage.cache_write.input_tokens": 500,
+        "gen_ai.usage.output_tokens": 250, "anthropic.usage.cache_creation.ephemeral_5m_input_tokens": 500},
+    # OpenLLMetry 0.62.4
+    "opentelemetry.instrumentation.anthropic": {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic",
+        "gen_ai.response.model": "claude-sonnet-4-5-20250929", "gen_ai.usage.input_tokens": 2620,
+        "gen_ai.usage.cache_read.input_tokens": 2000, "gen_ai.usage.cache_creation.input_tokens": 500,
+        "gen_ai.usage.output_tokens": 250, "gen_ai.usage.total_tokens": 2870},
+    # OpenInference 3.1.0
+    "openinference.instrumentation.anthropic": {
+        "openinference.span.kind": "LLM", "llm.system": "anthropic", "llm.provider": "anthropic",
+        "llm.model_name": "claude-sonnet-4-5-20250929", "llm.token_count.prompt": 2620,
+        "llm.token_count.prompt_details.cache_read": 2000, "llm.token_count.prompt_details.cache_write": 500,
+        "llm.token_count.completion": 250, "llm.token_count.total": 2870},
+}
+
+
+def test_anthropic_emitters_that_add_cache_to_input_meter_anthropic_figures() -> None:
+    for scope, attributes in ANTHROPIC_SPANS.items():
+        batch = extract_scoped(attributes, scope, APP_RESOURCE)
+        assert usage_of(batch) == ANTHROPIC_CACHED, scope
+        assert set(batch.provider) == {"anthropic"} and set(batch.model) == {"claude-sonnet-4-5-20250929"}, scope
+
+
+def test_openlit_anthropic_span_is_cache_exclusive_under_the_applications_tracer_provider() -> None:
+    """OpenLIT 1.45's Anthropic instrumentation writes Anthropic's raw input_tokens (without cache)
+    under gen_ai.usage.input_tokens. Beside an application's own TracerProvider it adds its span
+    processor to that provider, so its spans carry telemetry.sdk.name=opentelemetry: only the
+    scope tells them apart."""
+    openlit = {"gen_ai.operation.name": "chat", "gen_ai.system": "anthropic",
+               "gen_ai.response.model": "claude-sonnet-4-5-20250929", "gen_ai.usage.input_tokens": 5000,
+               "gen_ai.usage.cache_read.input_tokens": 3000, "gen_ai.usage.cache_creation.input_tokens": 1000,
+               "gen_ai.usage.output_tokens": 250, "gen_ai.client.token.usage": 5250}
+    expected = {"input_tokens": 5000, "cache_read_tokens": 3000, "cache_write_tokens": 1000, "output_tokens": 250}
+    assert usage_of(extract_scoped(openlit, "openlit.instrumentation.anthropic", APP_RESOURCE)) == expected
+    assert usage_of(extract_scoped(openlit, "openlit.instrumentation.anthropic",
+                                   {"telemetry.sdk.name": "openlit"})) == expected

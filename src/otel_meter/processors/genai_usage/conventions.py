@@ -78,7 +78,11 @@ INFERENCE_OPERATIONS = frozenset({"chat", "text_completion", "generate_content",
 framework spans (``chain``, ``task``) repeat their children's usage and are not billed
 for tokens. A span with usage and no operation by any convention is billed."""
 
-CACHE_EXCLUSIVE_EMITTERS = frozenset({("openlit", "anthropic")})
-"""(telemetry.sdk.name, provider) pairs known to report input tokens without cached
-tokens, against the convention. OpenLIT's Anthropic instrumentation passes Anthropic's
-raw ``input_tokens``, which excludes cache reads and writes."""
+CACHE_EXCLUSIVE_EMITTERS = frozenset({("openlit", "anthropic"), ("openlit.instrumentation.anthropic", "anthropic")})
+"""(emitter, provider) pairs known to report input tokens without cached tokens, against the
+convention; the emitter is the resource's ``telemetry.sdk.name`` or the instrumentation scope's
+name. OpenLIT's Anthropic instrumentation passes Anthropic's raw ``input_tokens``, which
+excludes cache reads and writes: its own TracerProvider names the SDK ``openlit``, and beside an
+application's TracerProvider (which it then uses) only its scope tells it apart. Anthropic's own
+SDK tracing (``com.anthropic.sdk.python``), OpenLLMetry's and OpenInference's Anthropic
+instrumentations add the cache counts into the input total, as the convention asks."""

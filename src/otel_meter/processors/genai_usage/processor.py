@@ -109,10 +109,11 @@ class GenAIUsageProcessor:
                     named = event_id or "(empty id)"
                     provider = first_text(found, cv.PROVIDER).lower()
                     provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
+                    emitter = (sdk_name, scope, provider)
                     try:
                         measured = []
                         if token_meters and not cv.USAGE_KEYS.isdisjoint(found):
-                            tokens = token_quantities(found, self.config.max_tokens_per_span, (sdk_name, provider))
+                            tokens = token_quantities(found, self.config.max_tokens_per_span, emitter)
                             for meter_name, kind in token_meters:
                                 if tokens[kind]:
                                     measured.append((meter_name, tokens[kind], NO_ATTRIBUTES))
@@ -120,7 +121,7 @@ class GenAIUsageProcessor:
                                       if not meter.needs_attributes or meter.may_match(found, resource_attributes)]
                         if candidates:
                             measured += self._measure(candidates, operation, found, span, scope, service,
-                                                      (sdk_name, provider), resource_attributes)
+                                                      emitter, resource_attributes)
                     except InvalidCount as error:
                         batch.rejections.append(Rejection(event_id, f"span {named}: {error}",
                                                           resource=resource_attributes,
@@ -178,7 +179,7 @@ class GenAIUsageProcessor:
         return {key: text_value(found[key]) for key in self._extra_span_keys if key in found}
 
     def _measure(self, candidates, operation: str, found: dict[str, AnyValue], span, scope: str, service: str,
-                 emitter: tuple[str, str], resource_attributes: dict[str, str]
+                 emitter: tuple[str, str, str], resource_attributes: dict[str, str]
                  ) -> list[tuple[str, int | Decimal, dict[str, str]]]:
         """(meter, quantity, dimensions) for every candidate meter the span matches, zero quantities left out.
         ``candidates``: the meters whose ``may_match`` pre-check the span passed."""
@@ -240,12 +241,13 @@ def too_long(found: dict[str, AnyValue], resource: dict[str, str], limit: int) -
     return f"an attribute is longer than {limit} characters (max_attribute_value_length)"
 
 
-def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str]) -> dict[str, int]:
+def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str, str]) -> dict[str, int]:
     """The disjoint token quantities by kind (input, cache_read, cache_write, output, reasoning).
 
     The conventions count cached input inside the input total and reasoning inside the
     output total. An emitter that reports them outside either is known to
-    (CACHE_EXCLUSIVE_EMITTERS) or gives itself away with parts larger than the total.
+    (CACHE_EXCLUSIVE_EMITTERS, by SDK name or scope) or gives itself away with parts larger
+    than the total. ``emitter``: (telemetry.sdk.name, scope name, provider).
     """
     totals = [0, 0, 0, 0, 0]
     for position, keys in enumerate(TOKEN_SOURCES):
@@ -258,7 +260,10 @@ def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[st
                                        f"from 0 to {maximum}") from None
                 break
     input_total, output_total, cache_read, cache_write, reasoning = totals
-    cache_exclusive = emitter in cv.CACHE_EXCLUSIVE_EMITTERS or cache_read + cache_write > input_total
+    sdk_name, scope, provider = emitter
+    cache_exclusive = ((sdk_name, provider) in cv.CACHE_EXCLUSIVE_EMITTERS
+                       or (scope, provider) in cv.CACHE_EXCLUSIVE_EMITTERS
+                       or cache_read + cache_write > input_total)
     return {
         "input": input_total if cache_exclusive else input_total - cache_read - cache_write,
         "cache_read": cache_read,
