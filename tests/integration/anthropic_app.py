@@ -1,9 +1,10 @@
 """An application instrumented by one real Anthropic instrumentation family, calling a (fake)
 Anthropic Messages API with the real ``anthropic`` client and exporting its spans over OTLP/gRPC.
 
-Run as a subprocess, one per family, because instrumentations patch ``anthropic`` globally:
+Run as a subprocess from the repository's root, one per family, because instrumentations
+patch ``anthropic`` globally:
 
-    python anthropic_app.py --family openllmetry --endpoint 127.0.0.1:4317 \
+    python -m tests.integration.anthropic_app --family openllmetry --endpoint 127.0.0.1:4317 \
         --base-url http://127.0.0.1:8000 --customer acme
 
 It makes one call per scenario named by ``CALLS`` (the scenario is the user message, which
@@ -53,7 +54,7 @@ def instrument(family: str, provider: TracerProvider) -> None:
     AnthropicInstrumentor().instrument(tracer_provider=provider)
 
 
-def call(client, scenario: str, how: str) -> int:
+def call(client: Any, scenario: str, how: str) -> int:
     """Makes one call; returns the output tokens the client saw at its end."""
     request = {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": scenario}]}
     if how == "create":
