@@ -21,6 +21,17 @@ CACHE_WRITE_TOKENS = "cache_write_tokens"
 OUTPUT_TOKENS = "output_tokens"
 REASONING_TOKENS = "reasoning_tokens"
 TOKEN_METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS)
+INPUT_AUDIO_TOKENS = "input_audio_tokens"
+INPUT_IMAGE_TOKENS = "input_image_tokens"
+INPUT_VIDEO_TOKENS = "input_video_tokens"
+OUTPUT_AUDIO_TOKENS = "output_audio_tokens"
+OUTPUT_IMAGE_TOKENS = "output_image_tokens"
+OUTPUT_VIDEO_TOKENS = "output_video_tokens"
+MODALITY_TOKEN_METERS = (INPUT_AUDIO_TOKENS, INPUT_IMAGE_TOKENS, INPUT_VIDEO_TOKENS,
+                         OUTPUT_AUDIO_TOKENS, OUTPUT_IMAGE_TOKENS, OUTPUT_VIDEO_TOKENS)
+"""Input and output tokens by modality, taken out of ``input_tokens`` and ``output_tokens`` (which
+then hold text, or tokens of no stated modality), so they too are billed exactly once."""
+FAILED_CALLS = "failed_calls"
 
 UNATTRIBUTED = "unattributed"
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from fnmatch import translate
 from typing import Callable
 
-from otel_meter.meters.definitions import MatchBlock, MeterDefinition
+from otel_meter.meters.definitions import MODALITY_KINDS, MatchBlock, MeterDefinition
 
 SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 
@@ -185,24 +185,29 @@ class MeterIndex:
                 self.by_operation[operation] += (meter,)
         self.any_operation = tuple(any_operation)
         self._candidates = {operation: meters + self.any_operation for operation, meters in self.by_operation.items()}
-        self._plans: dict[str, tuple[tuple[tuple[str, str], ...], tuple[CompiledMeter, ...]]] = {}
+        self._plans: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
+                                     tuple[CompiledMeter, ...]]] = {}
 
     def candidates(self, operation: str) -> tuple[CompiledMeter, ...]:
         """The meters that may match an item with this operation (precomputed per operation)."""
         return self._candidates.get(operation, self.any_operation)
 
-    def plan(self, operation: str) -> tuple[tuple[tuple[str, str], ...], tuple[CompiledMeter, ...]]:
-        """For an operation: the token meters the index alone decides, as (meter, token kind), and
-        every other candidate. The first need no matching and no dimensions: the fast path."""
+    def plan(self, operation: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
+                                            tuple[CompiledMeter, ...]]:
+        """For an operation: the token meters the index alone decides, as (meter, token kind), those
+        of the text, cache and reasoning kinds apart from those of the modality kinds (looked at only
+        for a span with modality counts), and every other candidate. The token meters need no
+        matching and no dimensions: the fast path."""
         plan = self._plans.get(operation)
         if plan is None:
-            tokens, others = [], []
+            tokens, modality_tokens, others = [], [], []
             for meter in self.candidates(operation):
                 if meter.quantity.tokens and meter.by_operation_only and not meter.definition.dimensions:
-                    tokens.append((meter.name, meter.quantity.tokens))
+                    found = modality_tokens if meter.quantity.tokens in MODALITY_KINDS else tokens
+                    found.append((meter.name, meter.quantity.tokens))
                 else:
                     others.append(meter)
-            plan = self._plans[operation] = (tuple(tokens), tuple(others))
+            plan = self._plans[operation] = (tuple(tokens), tuple(modality_tokens), tuple(others))
         return plan
 
     def attribute_keys(self) -> set[str]:

@@ -22,9 +22,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from otel_meter.usage import TOKEN_METERS
+from otel_meter.usage import FAILED_CALLS, MODALITY_TOKEN_METERS, TOKEN_METERS
 
 TOKEN_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
+MODALITY_KINDS = ("input_audio", "input_image", "input_video", "output_audio", "output_image", "output_video")
 INFERENCE = ["chat", "text_completion", "generate_content", "embeddings"]
 
 
@@ -71,7 +72,8 @@ class Quantity(Strict):
     """The span's duration in this unit."""
     value: bool | None = None
     """The metric point's value (a sum's value, a histogram's sum), for ``source: metrics``."""
-    tokens: Literal["input", "cache_read", "cache_write", "output", "reasoning"] | None = None
+    tokens: Literal["input", "cache_read", "cache_write", "output", "reasoning", "input_audio", "input_image",
+                    "input_video", "output_audio", "output_image", "output_video"] | None = None
     """The GenAI token counting rule: disjoint token meters from the span's usage attributes."""
 
     @field_validator("attribute", mode="before")
@@ -188,7 +190,7 @@ search and database traffic never matches."""
 
 BUILTIN_METERS: dict[str, MeterDefinition] = {
     **{meter: _meter(match={"operation": INFERENCE}, quantity={"tokens": kind}, unit="{token}")
-       for meter, kind in zip(TOKEN_METERS, TOKEN_KINDS)},
+       for meter, kind in zip(TOKEN_METERS + MODALITY_TOKEN_METERS, TOKEN_KINDS + MODALITY_KINDS)},
     "tool_calls": _meter(match={"operation": "execute_tool"}, quantity={"constant": 1}, unit="{call}",
                          dimensions=["gen_ai.tool.name"]),
     "agent_invocations": _meter(match={"operation": "invoke_agent"}, quantity={"constant": 1}, unit="{call}",

@@ -26,15 +26,25 @@ from otel_meter.errors import RateCardError
 from otel_meter.rating.matching import matching_rules, specificity
 from otel_meter.rating.rate_card import (
     EXACT, PRICE_SCALE, CardVersion, CustomerOverride, PriceSpec, Pricing, VersionBody)
-from otel_meter.usage import CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS
+from otel_meter.usage import (
+    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_AUDIO_TOKENS, INPUT_IMAGE_TOKENS, INPUT_TOKENS, INPUT_VIDEO_TOKENS,
+    OUTPUT_AUDIO_TOKENS, OUTPUT_IMAGE_TOKENS, OUTPUT_TOKENS, OUTPUT_VIDEO_TOKENS, REASONING_TOKENS)
 
 FALLBACK_METER = {
     REASONING_TOKENS: OUTPUT_TOKENS,
     CACHE_READ_TOKENS: INPUT_TOKENS,
     CACHE_WRITE_TOKENS: INPUT_TOKENS,
+    INPUT_AUDIO_TOKENS: INPUT_TOKENS,
+    INPUT_IMAGE_TOKENS: INPUT_TOKENS,
+    INPUT_VIDEO_TOKENS: INPUT_TOKENS,
+    OUTPUT_AUDIO_TOKENS: OUTPUT_TOKENS,
+    OUTPUT_IMAGE_TOKENS: OUTPUT_TOKENS,
+    OUTPUT_VIDEO_TOKENS: OUTPUT_TOKENS,
 }
 """A meter without its own price on a rule is priced as this meter (reasoning is output,
-cached input is input), so a short card still prices everything it names a model for."""
+cached input is input, audio/image/video input and output are input and output), so a short
+card still prices everything it names a model for, and a card written before the modality
+meters existed bills those tokens as it did when they were counted in input and output."""
 
 HUNDRED = Decimal(100)
 

@@ -27,7 +27,7 @@ from pydantic import (
 from otel_meter.errors import RateCardError
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.rating.matching import ModelPattern, pattern_of
-from otel_meter.usage import MONEY_SCALE, TOKEN_METERS
+from otel_meter.usage import MODALITY_TOKEN_METERS, MONEY_SCALE, TOKEN_METERS
 
 if TYPE_CHECKING:
     from otel_meter.rating.rate_book import Quote, RateBook
@@ -46,7 +46,7 @@ EXACT = decimal.Context(prec=76, traps=[decimal.Inexact, decimal.Overflow, decim
 
 
 def default_block(meter: str) -> int:
-    return TOKEN_BLOCK if meter in TOKEN_METERS else 1
+    return TOKEN_BLOCK if meter in TOKEN_METERS or meter in MODALITY_TOKEN_METERS else 1
 
 
 def exact_decimal(value: Any, what: str, *, allow_negative: bool = False) -> Decimal:

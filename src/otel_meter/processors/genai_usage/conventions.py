@@ -39,7 +39,40 @@ REASONING = (
     "gen_ai.usage.completion_tokens_details.reasoning_tokens",  # older OpenLIT
 )
 
-USAGE_KEYS = frozenset(INPUT_TOTAL + OUTPUT_TOTAL + CACHE_READ + CACHE_WRITE + REASONING)
+INPUT_AUDIO = (
+    "gen_ai.usage.audio.input_tokens",                # genai conventions repo
+    "llm.token_count.prompt_details.audio",           # OpenInference (OpenAI prompt_tokens_details.audio_tokens)
+)
+INPUT_IMAGE = (
+    "gen_ai.usage.image.input_tokens",                # genai conventions repo
+    "llm.token_count.prompt_details.image",           # OpenInference
+)
+INPUT_VIDEO = (
+    "gen_ai.usage.video.input_tokens",                # genai conventions repo draft (modality enum lists video)
+)
+OUTPUT_AUDIO = (
+    "gen_ai.usage.audio.output_tokens",               # genai conventions repo
+    "llm.token_count.completion_details.audio",       # OpenInference (completion_tokens_details.audio_tokens)
+    "gen_ai.usage.completion_tokens_details.audio_tokens",  # OpenLIT's name
+)
+OUTPUT_IMAGE = (
+    "gen_ai.usage.image.output_tokens",               # genai conventions repo
+)
+OUTPUT_VIDEO = (
+    "gen_ai.usage.video.output_tokens",               # genai conventions repo draft
+)
+CACHED_AUDIO = ("gen_ai.usage.audio.cache_read.input_tokens",)   # genai conventions repo
+CACHED_IMAGE = ("gen_ai.usage.image.cache_read.input_tokens",)
+CACHED_VIDEO = ("gen_ai.usage.video.cache_read.input_tokens",)
+"""The part of a modality's input read from the provider's cache: inside both ``cache_read`` and
+the modality's input count, so it is billed once, as cache read."""
+
+MODALITY_KEYS = frozenset(INPUT_AUDIO + INPUT_IMAGE + INPUT_VIDEO + OUTPUT_AUDIO + OUTPUT_IMAGE + OUTPUT_VIDEO
+                          + CACHED_AUDIO + CACHED_IMAGE + CACHED_VIDEO)
+"""Per-modality parts of the input and output totals (text is what is left). Looked at only when
+a span has one of them, so spans without modality counts pay nothing for them."""
+
+USAGE_KEYS = frozenset(INPUT_TOTAL + OUTPUT_TOTAL + CACHE_READ + CACHE_WRITE + REASONING) | MODALITY_KEYS
 
 OPERATION = "gen_ai.operation.name"
 OPERATION_FALLBACKS: tuple[tuple[str, dict[str, str]], ...] = (

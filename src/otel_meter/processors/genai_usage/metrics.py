@@ -2,7 +2,10 @@
 
 ``gen_ai.client.token.usage`` (a histogram per ``gen_ai.token.type``) feeds the token
 meters: the sum of ``input`` points is input tokens, of ``output`` points output tokens
-(the metric has no cache or reasoning split). Other meters with ``source: metrics`` and
+(the metric has no cache or reasoning split); a point whose ``gen_ai.token.modality`` is
+``audio``, ``image`` or ``video`` counts for that modality's meter instead (``input_audio_tokens``
+...), one with ``text``, ``unknown`` or no modality for the plain meter. Each point carries one
+modality, so the meters stay disjoint. Other meters with ``source: metrics`` and
 ``quantity: {value: true}`` take a sum's value or a histogram's sum.
 
 Delta points count as they are. Cumulative points are turned into deltas per series
@@ -34,7 +37,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otel_meter.errors import ExportError
 from otel_meter.meters.compiled import CompiledMeter, ItemFacts, MeterIndex, exact_quantity
-from otel_meter.meters.definitions import MeterDefinition
+from otel_meter.meters.definitions import MODALITY_KINDS, MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.values import NO_EVENT_TIME, text_value
 from otel_meter.usage import MAX_QUANTITY, Rejection, UsageBatch
@@ -42,6 +45,9 @@ from otel_meter.usage import MAX_QUANTITY, Rejection, UsageBatch
 TOKEN_METRIC = "gen_ai.client.token.usage"
 TOKEN_TYPE = "gen_ai.token.type"
 TOKEN_KIND_OF_TYPE = {"input": "input", "output": "output", "completion": "output"}
+TOKEN_MODALITY = "gen_ai.token.modality"
+METERED_MODALITIES = frozenset({"audio", "image", "video"})
+"""Modalities with meters of their own; ``text``, ``unknown`` and others count as plain tokens."""
 SERIES_KEY = "otel_meter.series"
 CUMULATIVE_KEY = "otel_meter.cumulative"
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -238,8 +244,8 @@ class MetricsConverter:
         found = []
         if name == TOKEN_METRIC:
             for kind, meter_name in self.token_meters.items():
-                if kind in ("input", "output"):
-                    found.append((meter_name, token_quantity(kind)))
+                if kind in ("input", "output") or kind in MODALITY_KINDS:
+                    found.append((meter_name, token_quantity(kind, self.token_meters)))
         for meter in self.value_meters:
             if meter_matches(meter, name, scope, resource):
                 found.append((meter.name, lambda attributes, delta, meter=meter: delta
@@ -307,10 +313,22 @@ class MetricPoint:
                        attributes, dimensions, self.resource, self.item_attributes)
 
 
-def token_quantity(kind: str):
+def token_quantity(kind: str, metered_kinds: dict[str, str]):
+    """The point's value for the meter of ``kind`` if the point is of that kind; a modality whose
+    meter is switched off counts as plain input or output."""
     def quantity(attributes: dict[str, str], delta: Decimal) -> Decimal | None:
-        return delta if TOKEN_KIND_OF_TYPE.get(attributes.get(TOKEN_TYPE, "")) == kind else None
+        return delta if token_kind(attributes, metered_kinds) == kind else None
     return quantity
+
+
+def token_kind(attributes: dict[str, str], metered_kinds: dict[str, str]) -> str | None:
+    direction = TOKEN_KIND_OF_TYPE.get(attributes.get(TOKEN_TYPE, ""))
+    if direction is None:
+        return None
+    modality = attributes.get(TOKEN_MODALITY, "").lower()
+    if modality in METERED_MODALITIES and f"{direction}_{modality}" in metered_kinds:
+        return f"{direction}_{modality}"
+    return direction
 
 
 def meter_matches(meter: CompiledMeter, name: str, scope: str, resource: dict[str, str]) -> bool:

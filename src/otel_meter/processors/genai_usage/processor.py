@@ -15,11 +15,12 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from otel_meter.component import LOGS, METRICS, TRACES
 from otel_meter.meters.compiled import ItemFacts, MeterIndex, exact_quantity
-from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition
+from otel_meter.meters.definitions import BUILTIN_METERS, MODALITY_KINDS, MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.logs import LogsConverter
 from otel_meter.processors.genai_usage.metrics import MetricsConverter
+from otel_meter.processors.genai_usage.modalities import split_modalities
 from otel_meter.processors.genai_usage.values import (
     NO_EVENT_TIME, InvalidCount, count_value, first_text, number_value, text_value,
 )
@@ -35,6 +36,9 @@ NO_ATTRIBUTES: dict[str, str] = {}
 
 TOKEN_SOURCES = (cv.INPUT_TOTAL, cv.OUTPUT_TOTAL, cv.CACHE_READ, cv.CACHE_WRITE, cv.REASONING)
 DURATION_SCALE = {"s": -9, "ms": -6, "us": -3, "ns": 0}
+TEXT_TOKEN_KINDS = 5
+"""token_quantities gives these five kinds (input, cache_read, cache_write, output, reasoning),
+and the six modality kinds too when the span has modality counts."""
 
 
 def operation_of(found: dict[str, AnyValue]) -> str:
@@ -61,6 +65,8 @@ class GenAIUsageProcessor:
         meters = BUILTIN_METERS if meters is None else meters
         self.spans = MeterIndex(meters, "spans")
         self._meter_keys = frozenset(self.spans.attribute_keys())
+        self._modality_kinds = frozenset(meter.quantity.tokens for meter in self.spans.meters
+                                         if meter.quantity.tokens in MODALITY_KINDS)
         self.want_attributes((), ())
         self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
         self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
@@ -101,8 +107,8 @@ class GenAIUsageProcessor:
                         if key in wanted:
                             found[key] = kv.value
                     operation = operation_of(found)
-                    token_meters, other_meters = plan_for(operation)
-                    if not token_meters and not other_meters:
+                    token_meters, modality_meters, other_meters = plan_for(operation)
+                    if not token_meters and not modality_meters and not other_meters:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
                     event_id = trace_id.hex() + span_id.hex()
@@ -112,11 +118,16 @@ class GenAIUsageProcessor:
                     emitter = (sdk_name, scope, provider)
                     try:
                         measured = []
-                        if token_meters and not cv.USAGE_KEYS.isdisjoint(found):
-                            tokens = token_quantities(found, self.config.max_tokens_per_span, emitter)
+                        if (token_meters or modality_meters) and not cv.USAGE_KEYS.isdisjoint(found):
+                            tokens = token_quantities(found, self.config.max_tokens_per_span, emitter, span,
+                                                      self._modality_kinds)
                             for meter_name, kind in token_meters:
                                 if tokens[kind]:
                                     measured.append((meter_name, tokens[kind], NO_ATTRIBUTES))
+                            if len(tokens) > TEXT_TOKEN_KINDS:  # the span has modality counts
+                                for meter_name, kind in modality_meters:
+                                    if tokens[kind]:
+                                        measured.append((meter_name, tokens[kind], NO_ATTRIBUTES))
                         candidates = [meter for meter in other_meters
                                       if not meter.needs_attributes or meter.may_match(found, resource_attributes)]
                         if candidates:
@@ -203,8 +214,9 @@ class GenAIUsageProcessor:
                 if cv.USAGE_KEYS.isdisjoint(found):
                     continue
                 if tokens is None:
-                    tokens = token_quantities(found, self.config.max_tokens_per_span, emitter)
-                quantity: int | Decimal = tokens[quantity_rule.tokens]
+                    tokens = token_quantities(found, self.config.max_tokens_per_span, emitter, span,
+                                              self._modality_kinds)
+                quantity: int | Decimal = tokens.get(quantity_rule.tokens, 0)
             else:
                 quantity = self._quantity(meter.name, quantity_rule, found, span)
             if quantity:
@@ -241,8 +253,10 @@ def too_long(found: dict[str, AnyValue], resource: dict[str, str], limit: int) -
     return f"an attribute is longer than {limit} characters (max_attribute_value_length)"
 
 
-def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str, str]) -> dict[str, int]:
-    """The disjoint token quantities by kind (input, cache_read, cache_write, output, reasoning).
+def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[str, str, str], span,
+                     modality_kinds: frozenset[str]) -> dict[str, int]:
+    """The disjoint token quantities by kind (input, cache_read, cache_write, output, reasoning, and
+    for a span with modality counts input_audio ... output_video: see modalities.py).
 
     The conventions count cached input inside the input total and reasoning inside the
     output total. An emitter that reports them outside either is known to
@@ -264,10 +278,13 @@ def token_quantities(found: dict[str, AnyValue], maximum: int, emitter: tuple[st
     cache_exclusive = ((sdk_name, provider) in cv.CACHE_EXCLUSIVE_EMITTERS
                        or (scope, provider) in cv.CACHE_EXCLUSIVE_EMITTERS
                        or cache_read + cache_write > input_total)
-    return {
+    tokens = {
         "input": input_total if cache_exclusive else input_total - cache_read - cache_write,
         "cache_read": cache_read,
         "cache_write": cache_write,
         "output": output_total if reasoning > output_total else output_total - reasoning,
         "reasoning": reasoning,
     }
+    if modality_kinds and not cv.MODALITY_KEYS.isdisjoint(found):
+        split_modalities(found, tokens, maximum, span, modality_kinds)
+    return tokens
