@@ -161,6 +161,12 @@ class CompiledMeter:
         return False
 
 
+OperationPlan = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[CompiledMeter, ...],
+                      frozenset[str] | None]
+"""(token meters, modality token meters, other meters, the attributes of which an item needs one
+for any other meter to match, or None when one of them needs none): see MeterIndex.plan."""
+
+
 class MeterIndex:
     """The meters of one source, indexed by the operations their blocks name."""
 
@@ -185,15 +191,13 @@ class MeterIndex:
                 self.by_operation[operation] += (meter,)
         self.any_operation = tuple(any_operation)
         self._candidates = {operation: meters + self.any_operation for operation, meters in self.by_operation.items()}
-        self._plans: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
-                                     tuple[CompiledMeter, ...]]] = {}
+        self._plans: dict[str, OperationPlan] = {}
 
     def candidates(self, operation: str) -> tuple[CompiledMeter, ...]:
         """The meters that may match an item with this operation (precomputed per operation)."""
         return self._candidates.get(operation, self.any_operation)
 
-    def plan(self, operation: str) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...],
-                                            tuple[CompiledMeter, ...]]:
+    def plan(self, operation: str) -> "OperationPlan":
         """For an operation: the token meters the index alone decides, as (meter, token kind), those
         of the text, cache and reasoning kinds apart from those of the modality kinds (looked at only
         for a span with modality counts), and every other candidate. The token meters need no
@@ -207,7 +211,9 @@ class MeterIndex:
                     found.append((meter.name, meter.quantity.tokens))
                 else:
                     others.append(meter)
-            plan = self._plans[operation] = (tuple(tokens), tuple(modality_tokens), tuple(others))
+            trigger_keys = (frozenset(key for meter in others for key in meter.trigger_keys)
+                            if all(meter.needs_attributes for meter in others) else None)
+            plan = self._plans[operation] = (tuple(tokens), tuple(modality_tokens), tuple(others), trigger_keys)
         return plan
 
     def attribute_keys(self) -> set[str]:

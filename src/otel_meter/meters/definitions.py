@@ -199,6 +199,8 @@ BUILTIN_METERS: dict[str, MeterDefinition] = {
                               dimensions=["gen_ai.agent.name"]),
     "workflow_invocations": _meter(match={"operation": "invoke_workflow"}, quantity={"constant": 1},
                                    unit="{call}", dimensions=["gen_ai.workflow.name"]),
+    FAILED_CALLS: _meter(match={"operation": INFERENCE, "attribute_globs": {"error.type": "?*"}},
+                         quantity={"constant": 1}, unit="{call}", dimensions=["error.type"]),
     "embedding_calls": _meter(match={"operation": "embeddings"}, quantity={"constant": 1}, unit="{call}"),
     "retrieval_queries": _meter(match={"operation": RETRIEVAL}, quantity={"constant": 1}, unit="{query}",
                                 dimensions=["gen_ai.data_source.id"]),

@@ -65,6 +65,8 @@ class GenAIUsageProcessor:
         meters = BUILTIN_METERS if meters is None else meters
         self.spans = MeterIndex(meters, "spans")
         self._meter_keys = frozenset(self.spans.attribute_keys())
+        self._trigger_keys = frozenset(key for meter in self.spans.meters for key in meter.trigger_keys)
+        """An attribute some meter needs: on a resource, its spans take the one-by-one meter checks."""
         self._modality_kinds = frozenset(meter.quantity.tokens for meter in self.spans.meters
                                          if meter.quantity.tokens in MODALITY_KINDS)
         self.want_attributes((), ())
@@ -97,6 +99,7 @@ class GenAIUsageProcessor:
             sdk_name = resource_attributes.get(SDK_NAME, "")
             service = resource_attributes.get(SERVICE_NAME, "")
             resource_too_long = any(len(text) > max_length for text in resource_attributes.values())
+            resource_triggers = not self._trigger_keys.isdisjoint(resource_attributes)
             for scope_spans in resource_spans.scope_spans:
                 scope = scope_spans.scope.name
                 for span in scope_spans.spans:
@@ -107,7 +110,7 @@ class GenAIUsageProcessor:
                         if key in wanted:
                             found[key] = kv.value
                     operation = operation_of(found)
-                    token_meters, modality_meters, other_meters = plan_for(operation)
+                    token_meters, modality_meters, other_meters, others_need = plan_for(operation)
                     if not token_meters and not modality_meters and not other_meters:
                         continue
                     trace_id, span_id = span.trace_id, span.span_id
@@ -128,8 +131,12 @@ class GenAIUsageProcessor:
                                 for meter_name, kind in modality_meters:
                                     if tokens[kind]:
                                         measured.append((meter_name, tokens[kind], NO_ATTRIBUTES))
-                        candidates = [meter for meter in other_meters
-                                      if not meter.needs_attributes or meter.may_match(found, resource_attributes)]
+                        if other_meters and (others_need is None or resource_triggers
+                                             or not found.keys().isdisjoint(others_need)):
+                            candidates = [meter for meter in other_meters if not meter.needs_attributes
+                                          or meter.may_match(found, resource_attributes)]
+                        else:
+                            candidates = []  # no other meter can match: skip their one-by-one checks
                         if candidates:
                             measured += self._measure(candidates, operation, found, span, scope, service,
                                                       emitter, resource_attributes)
