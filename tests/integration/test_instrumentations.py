@@ -56,7 +56,9 @@ class Family:
 
 GEN_AI_IO = {"gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"}
 OI_CHAT = {"llm.token_count.prompt", "llm.token_count.completion", "llm.token_count.prompt_details.cache_read",
-           "llm.token_count.completion_details.reasoning"}
+           "llm.token_count.completion_details.reasoning",
+           # audio counts, 0 on these text calls: read, and they change nothing
+           "llm.token_count.prompt_details.audio", "llm.token_count.completion_details.audio"}
 
 FAMILIES = [
     # Official openai-v2 2.4b0: totals only, no cache or reasoning split anywhere.
