@@ -27,6 +27,7 @@ INPUT_MODALITIES = (("input_audio", cv.INPUT_AUDIO, cv.CACHED_AUDIO),
 """(token kind, keys of the modality's input count, keys of its cached part)."""
 OUTPUT_MODALITIES = (("output_audio", cv.OUTPUT_AUDIO), ("output_image", cv.OUTPUT_IMAGE),
                      ("output_video", cv.OUTPUT_VIDEO))
+INT_ZERO = AnyValue(int_value=0)
 LOG_INTERVAL = 10.0
 """Seconds between two WARN lines about parts over their total."""
 
@@ -65,6 +66,8 @@ def split_modalities(found: dict[str, AnyValue], tokens: dict[str, int], maximum
     ``span``: named in the WARN line when parts exceed their total. ``kinds``: the modality kinds
     some meter counts; the tokens of a kind no meter counts (its meter is switched off) stay in
     ``input``/``output``, billed as before that meter existed."""
+    if all_zero(found):
+        return
     problems = []
     parts = 0
     for kind, keys, cached_keys in INPUT_MODALITIES:
@@ -93,6 +96,15 @@ def split_modalities(found: dict[str, AnyValue], tokens: dict[str, int], maximum
     tokens["output"] = max(0, tokens["output"] - parts)
     if problems:
         PARTS_OVER_TOTAL.seen(f"span {span.trace_id.hex()}{span.span_id.hex()}: " + "; ".join(problems))
+
+
+def all_zero(found: dict[str, AnyValue]) -> bool:
+    """Every modality count on the span is the integer 0, as on each text call OpenInference
+    records for OpenAI (``llm.token_count.*_details.audio = 0``): nothing to split, cheaply."""
+    for key in cv.MODALITY_KEYS.intersection(found):
+        if found[key] != INT_ZERO:
+            return False
+    return True
 
 
 def first_count(found: dict[str, AnyValue], keys: tuple[str, ...], maximum: int) -> int:
