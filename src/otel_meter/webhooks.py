@@ -16,33 +16,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import json
 import logging
-import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import Field, field_validator, model_validator
 
-from otel_meter import __version__
 from otel_meter.component import ComponentConfig, Duration
 from otel_meter.errors import OtelMeterError, QueueFullError
+from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, Outcome, RetryPolicy, RetryStatuses, new_client, send
 
-__all__ = ["SIGNATURE_HEADER", "WebhookConfig", "WebhookError", "WebhookEvent", "WebhookSender", "sign", "verify"]
+__all__ = ["SIGNATURE_HEADER", "WebhookConfig", "WebhookError", "WebhookEvent", "WebhookSender", "deliver", "sign",
+           "verify"]
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Otel-Meter-Signature"
-RETRY_STATUSES = frozenset({408, 425, 429})
-"""Besides every 5xx and failures without a response (status 0): worth another attempt."""
+RETRIED = RetryStatuses(frozenset({408, 425, 429}))
+"""Worth another attempt: these, every 5xx and failures without a response (status 0)."""
+RESPONSE_BYTES_READ = 4096
+"""Of a receiver's answer; its first 200 characters go into the delivery detail."""
 _SET_BY_SENDER = frozenset({"content-type", "content-length", "host", "webhook-id", "webhook-timestamp",
                             SIGNATURE_HEADER.lower()})
 
@@ -152,17 +153,40 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300, now: i
     return any(hmac.compare_digest(expected, value) for key, _, value in fields if key == "v1")
 
 
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds asked for by ``Retry-After`` (a number of seconds or an HTTP date); None if absent or unreadable."""
-    try:
-        return max(0.0, float(value or ""))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value or "")
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.replace(tzinfo=moment.tzinfo or timezone.utc).timestamp() - now)
+def retry_policy(config: WebhookConfig) -> RetryPolicy:
+    """Full jitter between ``initial_backoff`` and ``max_backoff``; ``Retry-After`` on 429 and 503,
+    capped at ``max_backoff``; up to ``max_attempts``."""
+    initial, ceiling = config.initial_backoff.total_seconds(), config.max_backoff.total_seconds()
+    return RetryPolicy(max_attempts=config.max_attempts, backoff=FullJitter(initial, ceiling), max_wait=ceiling,
+                       retry_on=RETRIED, retry_after_on=frozenset({429, 503}))
+
+
+def deliver(client: httpx.Client, config: WebhookConfig, identifier: str, body: bytes, *,
+            sleep: Callable[[float], Any], clock: Callable[[], float],
+            interrupted: Callable[[], bool] | None = None) -> Outcome[HttpAnswer]:
+    """POST ``body`` with its id (``Webhook-Id``, the same on every attempt) and, with a secret, a
+    signature made for each attempt with that attempt's timestamp; retried by :func:`retry_policy`."""
+
+    def signed() -> dict[str, str]:
+        timestamp = int(clock())
+        headers = {"Webhook-Timestamp": str(timestamp)}
+        if config.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(config.secret, timestamp, body)
+        return headers
+
+    request = HttpRequest("POST", config.url, content=body,  # HTTPS checks the certificate and host name
+                          headers={"Content-Type": "application/json", **config.headers},
+                          idempotency_key=("Webhook-Id", identifier), attempt_headers=signed,
+                          read_limit=RESPONSE_BYTES_READ)
+    return send(client, request, retry_policy(config), sleep=sleep, clock=clock, interrupted=interrupted)
+
+
+def delivery_detail(answer: HttpAnswer) -> str:
+    """``HTTP <status>: <first 200 characters of the body>``, or why no answer came."""
+    if answer.status == 0:
+        return answer.error
+    text = answer.text(RESPONSE_BYTES_READ)[:200]
+    return f"HTTP {answer.status}" + (f": {text}" if text else "")
 
 
 class WebhookSender:
@@ -230,18 +254,19 @@ class WebhookSender:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._queue or self._stopping.is_set())
-                if self._stopping.is_set():
-                    return
-                event, body = self._queue.popleft()
-            try:
-                delivered, detail = self._deliver(event, body)
-            except Exception as error:  # a bug must not stop the worker and leave flush() waiting forever
-                logger.exception("webhook delivery of event %s failed", event.event_id)
-                delivered, detail = False, f"internal error: {error!r}"
-            self._finish(event, delivered, detail)
+        with new_client(self.config.timeout.total_seconds()) as client:
+            while True:
+                with self._changed:
+                    self._changed.wait_for(lambda: self._queue or self._stopping.is_set())
+                    if self._stopping.is_set():
+                        return
+                    event, body = self._queue.popleft()
+                try:
+                    delivered, detail = self._deliver(client, event, body)
+                except Exception as error:  # a bug must not stop the worker and leave flush() waiting forever
+                    logger.exception("webhook delivery of event %s failed", event.event_id)
+                    delivered, detail = False, f"internal error: {error!r}"
+                self._finish(event, delivered, detail)
 
     def _finish(self, event: WebhookEvent, delivered: bool, detail: str) -> None:
         try:
@@ -254,43 +279,17 @@ class WebhookSender:
                 self._unfinished -= 1
                 self._changed.notify_all()
 
-    def _deliver(self, event: WebhookEvent, body: bytes) -> tuple[bool, str]:
-        initial, ceiling = self.config.initial_backoff.total_seconds(), self.config.max_backoff.total_seconds()
-        for attempt in range(1, self.config.max_attempts + 1):
-            status, detail, retry_after = self._attempt(event, body)
-            if 200 <= status < 300:
-                return True, detail
-            if status and status not in RETRY_STATUSES and not 500 <= status < 600:
-                logger.warning("webhook %s refused event %s: %s", self.config.url, event.event_id, detail)
-                return False, detail
-            if self._stopping.is_set():
-                return False, "shutdown"
-            if attempt < self.config.max_attempts:
-                backoff = random.uniform(initial, min(ceiling, initial * 2**attempt))
-                self._sleep(min(ceiling, backoff if retry_after is None else retry_after))
-                if self._stopping.is_set():
-                    return False, "shutdown"
+    def _deliver(self, client: httpx.Client, event: WebhookEvent, body: bytes) -> tuple[bool, str]:
+        outcome = deliver(client, self.config, event.event_id, body, sleep=self._sleep, clock=self._clock,
+                          interrupted=self._stopping.is_set)
+        answer, detail = outcome.result, delivery_detail(outcome.result)
+        if answer.ok:
+            return True, detail
+        if not RETRIED(answer):
+            logger.warning("webhook %s refused event %s: %s", self.config.url, event.event_id, detail)
+            return False, detail
+        if self._stopping.is_set():
+            return False, "shutdown"
         logger.warning("webhook %s: gave up on event %s after %d attempts: %s", self.config.url, event.event_id,
-                       self.config.max_attempts, detail)
-        return False, f"gave up after {self.config.max_attempts} attempts: {detail}"
-
-    def _attempt(self, event: WebhookEvent, body: bytes) -> tuple[int, str, float | None]:
-        """One POST: (status, detail, Retry-After seconds); status 0 when no response came."""
-        timestamp = int(self._clock())
-        headers = {"Content-Type": "application/json", "User-Agent": f"otel-meter/{__version__}", **self.config.headers,
-                   "Webhook-Id": event.event_id, "Webhook-Timestamp": str(timestamp)}
-        if self.config.secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self.config.secret, timestamp, body)
-        url = urlsplit(self.config.url)  # HTTPS verifies the server's certificate and host name by default
-        connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        connection = connection_type(url.hostname, url.port, timeout=self.config.timeout.total_seconds())
-        try:
-            connection.request("POST", (url.path or "/") + (f"?{url.query}" if url.query else ""), body, headers)
-            response = connection.getresponse()
-            text = response.read(4096).decode(errors="replace")[:200]
-        except (OSError, http.client.HTTPException) as error:
-            return 0, f"{type(error).__name__}: {error}", None
-        finally:
-            connection.close()
-        wait = _retry_after(response.getheader("Retry-After"), self._clock()) if response.status in (429, 503) else None
-        return response.status, f"HTTP {response.status}" + (f": {text}" if text else ""), wait
+                       outcome.attempts, detail)
+        return False, f"gave up after {outcome.attempts} attempts: {detail}"

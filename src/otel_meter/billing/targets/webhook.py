@@ -18,30 +18,19 @@ fails them at once, not retryably: the receiver refuses the document and a resen
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
+import httpx
 from pydantic import Field
 
-from otel_meter import __version__
 from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, UsageRecord, register_target
 from otel_meter.billing.targets.files import record_fields
-from otel_meter.webhooks import (
-    RETRY_STATUSES,
-    SIGNATURE_HEADER,
-    WebhookConfig,
-    WebhookError,
-    WebhookEvent,
-    _retry_after,
-    encode_body,
-    sign,
-)
+from otel_meter.http import new_client
+from otel_meter.webhooks import RETRIED, WebhookConfig, WebhookError, WebhookEvent, deliver, delivery_detail, encode_body
 
 __all__ = ["EVENT_TYPE", "WebhookTarget", "WebhookTargetConfig", "batch_id"]
 
@@ -86,6 +75,11 @@ class WebhookTarget:
         self._clock = clock
 
     def send(self, records: list[UsageRecord], progress: Callable[[int], None]) -> list[SendResult]:
+        with new_client(self.config.timeout.total_seconds()) as client:
+            return self._send(client, records, progress)
+
+    def _send(self, client: httpx.Client, records: list[UsageRecord],
+              progress: Callable[[int], None]) -> list[SendResult]:
         results: list[SendResult] = []
         size = self.config.batch_size
         for start in range(0, len(records), size):
@@ -98,7 +92,7 @@ class WebhookTarget:
             except (ValueError, WebhookError) as error:  # a non-finite decimal: the data must be fixed first
                 outcome = _Outcome(False, str(error), False)
             else:
-                outcome = self._deliver(identifier, body)
+                outcome = self._deliver(client, identifier, body)
             if not outcome.delivered:
                 logger.warning("billing target %s: batch %s (%d records) not delivered to %s: %s", self.name,
                                identifier, len(batch), self.config.url, outcome.detail)
@@ -108,39 +102,14 @@ class WebhookTarget:
             progress(len(batch))
         return results
 
-    def _deliver(self, identifier: str, body: bytes) -> _Outcome:
-        initial, ceiling = self.config.initial_backoff.total_seconds(), self.config.max_backoff.total_seconds()
-        detail = ""
-        for attempt in range(1, self.config.max_attempts + 1):
-            status, detail, retry_after = self._attempt(identifier, body)
-            if 200 <= status < 300:
-                return _Outcome(True, detail, False)
-            if status and status not in RETRY_STATUSES and not 500 <= status < 600:
-                return _Outcome(False, detail, False)
-            if attempt < self.config.max_attempts:
-                backoff = random.uniform(initial, min(ceiling, initial * 2**attempt))
-                self._sleep(min(ceiling, backoff if retry_after is None else retry_after))
-        return _Outcome(False, f"gave up after {self.config.max_attempts} attempts: {detail}", True)
-
-    def _attempt(self, identifier: str, body: bytes) -> tuple[int, str, float | None]:
-        """One signed POST: (status, detail, Retry-After seconds); status 0 when no response came."""
-        timestamp = int(self._clock())
-        headers = {"Content-Type": "application/json", "User-Agent": f"otel-meter/{__version__}",
-                   **self.config.headers, "Webhook-Id": identifier, "Webhook-Timestamp": str(timestamp),
-                   SIGNATURE_HEADER: sign(self.config.secret, timestamp, body)}
-        url = urlsplit(self.config.url)
-        connection_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        connection = connection_type(url.hostname, url.port, timeout=self.config.timeout.total_seconds())
-        try:
-            connection.request("POST", (url.path or "/") + (f"?{url.query}" if url.query else ""), body, headers)
-            response = connection.getresponse()
-            text = response.read(4096).decode(errors="replace")[:200]
-        except (OSError, http.client.HTTPException) as error:
-            return 0, f"{type(error).__name__}: {error}", None
-        finally:
-            connection.close()
-        wait = _retry_after(response.getheader("Retry-After"), self._clock()) if response.status in (429, 503) else None
-        return response.status, f"HTTP {response.status}" + (f": {text}" if text else ""), wait
+    def _deliver(self, client: httpx.Client, identifier: str, body: bytes) -> _Outcome:
+        outcome = deliver(client, self.config, identifier, body, sleep=self._sleep, clock=self._clock)
+        detail = delivery_detail(outcome.result)
+        if outcome.result.ok:
+            return _Outcome(True, detail, False)
+        if not RETRIED(outcome.result):
+            return _Outcome(False, detail, False)
+        return _Outcome(False, f"gave up after {outcome.attempts} attempts: {detail}", True)
 
     def close(self) -> None:
         pass

@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import http.client
 import io
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -54,14 +52,15 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 from urllib.parse import urlencode, urlsplit
 
+import httpx
 from pydantic import Field, field_validator, model_validator
 
-from otel_meter import __version__
 from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, UsageRecord, register_target
 from otel_meter.billing.targets.files import decimal_text, write_atomically
 from otel_meter.component import Duration
 from otel_meter.errors import OtelMeterError
-from otel_meter.webhooks import _retry_after
+from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, exchange, new_client, send
+from otel_meter.http import call_with_retries
 
 __all__ = ["COLUMNS", "MAX_FILE_BYTES", "ZuoraError", "ZuoraTarget", "ZuoraTargetConfig", "window_id"]
 
@@ -73,8 +72,8 @@ MAX_FILE_BYTES = 4_000_000
 MAX_QUANTITY_CHARS = 16
 """Zuora's character limit of a usage quantity."""
 MAX_DESCRIPTION_CHARS = 200
-RETRY_STATUSES = frozenset({0, 408, 409, 425, 429})
-"""Besides every 5xx. 409: a concurrent request with the same Idempotency-Key is still running."""
+RETRIED = RetryStatuses(frozenset({408, 409, 425, 429}))
+"""Besides every 5xx and no answer. 409: a concurrent request with the same Idempotency-Key is still running."""
 _DATE_TOKENS = {"YYYY": "%Y", "MM": "%m", "DD": "%d"}
 _DATE_FORMAT = re.compile(r"(YYYY|MM|DD)([/.-])(YYYY|MM|DD)\2(YYYY|MM|DD)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f,\"]")
@@ -193,20 +192,6 @@ def _day(nanoseconds: int) -> date:
 
 
 @dataclass(frozen=True)
-class _Response:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    detail: str
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError:
-            return None
-
-
-@dataclass(frozen=True)
 class _Outcome:
     delivered: bool
     external_id: str = ""
@@ -228,6 +213,8 @@ class ZuoraTarget:
         self._strftime = "".join(_DATE_TOKENS.get(part, part) for part in re.split(r"(YYYY|MM|DD)", config.date_format))
         self._token: tuple[str, float] | None = None
         self._token_lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
 
     # -- rows --------------------------------------------------------------------------------------------
 
@@ -368,10 +355,11 @@ class ZuoraTarget:
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n"
                 f"Content-Type: text/csv\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
         response = self._call("POST", "/v1/usage", body, f"multipart/form-data; boundary={boundary}",
-                              {"Idempotency-Key": digest}, f"upload of {file_name}")
+                              f"upload of {file_name}", idempotency_key=digest)
         answer = response.json()
         if not isinstance(answer, dict) or not answer.get("success") or not answer.get("checkImportStatus"):
-            raise ZuoraError(f"Zuora did not take the file: {_reasons(answer, response)}", False)
+            raise ZuoraError(f"Zuora did not take the file: {_reasons(answer, _detail('POST', '/v1/usage', response))}",
+                             False)
         status_path = urlsplit(str(answer["checkImportStatus"]))
         path = status_path.path + (f"?{status_path.query}" if status_path.query else "")
         prefix = urlsplit(self.config.api_base or "").path.rstrip("/")
@@ -384,7 +372,7 @@ class ZuoraTarget:
         state = ""
         while True:
             try:
-                status = self._call("GET", path, None, None, {}, f"status of import {import_id}").json()
+                status = self._call("GET", path, None, None, f"status of import {import_id}").json()
             except ZuoraError as error:  # the file is in Zuora: sending it again could import it twice
                 raise ZuoraError(f"import {import_id}: {error}; its outcome is unknown: check the import in Zuora "
                                  "(Billing > Usage > imported files) before sending again", False) from None
@@ -436,19 +424,19 @@ class ZuoraTarget:
                             f"({', '.join(str(row.get('Id')) for row in rows)}); leave one and send again")
         usage_id = str(rows[0].get("Id"))
         body = f'{{"Description":{json.dumps(values[7])},"Quantity":{values[2]}}}'.encode()
-        response = self._call("PUT", f"/v1/object/usage/{usage_id}", body, "application/json", {},
+        response = self._call("PUT", f"/v1/object/usage/{usage_id}", body, "application/json",
                               f"update of usage {usage_id}")
         answer = response.json()
         if not isinstance(answer, dict) or not (answer.get("Success") or answer.get("success")):
             return _Outcome(False, error=f"{self.name}: {label}: Zuora did not update usage {usage_id}: "
-                            f"{_reasons(answer, response)}")
+                            f"{_reasons(answer, _detail('PUT', f'/v1/object/usage/{usage_id}', response))}")
         logger.info("billing target %s: usage %s of %s set from %s to %s", self.name, usage_id, window,
                     rows[0].get("Quantity"), values[2])
         return _Outcome(True, external_id=usage_id)
 
     def _query(self, query: str) -> list[dict[str, Any]]:
         answer = self._call("POST", "/v1/action/query", json.dumps({"queryString": query}).encode(),
-                            "application/json", {}, "usage query").json()
+                            "application/json", "usage query").json()
         rows: list[dict[str, Any]] = []
         while True:
             if not isinstance(answer, dict):
@@ -457,88 +445,97 @@ class ZuoraTarget:
             if answer.get("done", True) or not answer.get("queryLocator"):
                 return rows
             answer = self._call("POST", "/v1/action/queryMore",
-                                json.dumps({"queryLocator": answer["queryLocator"]}).encode(), "application/json", {},
+                                json.dumps({"queryLocator": answer["queryLocator"]}).encode(), "application/json",
                                 "usage query (more)").json()
 
     # -- HTTP --------------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: bytes | None, content_type: str | None, headers: dict[str, str],
-              what: str) -> _Response:
-        """An authorized request with retries; a 2xx response, or :class:`ZuoraError`."""
+    def _policy(self) -> RetryPolicy:
+        """Full jitter between ``initial_backoff`` and ``max_backoff``; ``Retry-After`` (else
+        ``RateLimit-Reset``) on 429 and 503, capped at ``max_backoff``."""
         initial, ceiling = self.config.initial_backoff.total_seconds(), self.config.max_backoff.total_seconds()
+        return RetryPolicy(max_attempts=self.config.max_attempts, backoff=FullJitter(initial, ceiling),
+                           max_wait=ceiling, retry_on=RETRIED, retry_after_on=frozenset({429, 503}),
+                           retry_after_headers=("retry-after", "ratelimit-reset"))
+
+    def _http(self) -> httpx.Client:
+        with self._client_lock:
+            if self._client is None:
+                self._client = new_client(self.config.timeout.total_seconds())
+            return self._client
+
+    def _request(self, method: str, path: str, body: bytes | None, content_type: str | None,
+                 idempotency_key: str | None = None, authorized: bool = True) -> HttpRequest:
+        """A request to ``api_base`` + ``path``; ``authorized``: with a bearer token fetched for each attempt."""
+        assert self.config.api_base is not None
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return HttpRequest(method, self.config.api_base + path, content=body, headers=headers,
+                           idempotency_key=("Idempotency-Key", idempotency_key) if idempotency_key else None,
+                           attempt_headers=(lambda: {"Authorization": f"Bearer {self._access_token()}"})
+                           if authorized else None)
+
+    def _call(self, method: str, path: str, body: bytes | None, content_type: str | None, what: str,
+              idempotency_key: str | None = None) -> HttpAnswer:
+        """An authorized request with retries; a 2xx answer, or :class:`ZuoraError`. A 401 gets a new
+        token and one more try (the token expired early or was revoked), not counted as an attempt."""
+        request = self._request(method, path, body, content_type, idempotency_key)
+        client = self._http()
         refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            request_headers = {**headers, "Authorization": f"Bearer {self._access_token()}"}
-            if content_type:
-                request_headers["Content-Type"] = content_type
-            response = self._request(method, path, body, request_headers)
-            if 200 <= response.status < 300:
-                return response
-            if response.status == 401 and not refreshed:  # the token expired early or was revoked: once more
+
+        def attempt() -> HttpAnswer:
+            nonlocal refreshed
+            answer = exchange(client, request)
+            if answer.status == 401 and not refreshed:
                 refreshed = True
                 with self._token_lock:
                     self._token = None
-                attempt -= 1
-                continue
-            if response.status not in RETRY_STATUSES and not 500 <= response.status < 600:
-                raise ZuoraError(f"{what}: {response.detail}", False)
-            if attempt >= self.config.max_attempts:
-                raise ZuoraError(f"{what}: gave up after {attempt} attempts: {response.detail}", True)
-            self._backoff(attempt, response, initial, ceiling)
+                answer = exchange(client, request)
+            return answer
 
-    def _backoff(self, attempt: int, response: _Response, initial: float, ceiling: float) -> None:
-        wait = None
-        if response.status in (429, 503):
-            wait = _retry_after(response.headers.get("retry-after"), self._clock())
-            if wait is None:
-                wait = _retry_after(response.headers.get("ratelimit-reset"), self._clock())
-        self._sleep(min(ceiling, random.uniform(initial, min(ceiling, initial * 2**attempt)) if wait is None else wait))
+        outcome = call_with_retries(attempt, self._policy(), sleep=self._sleep, clock=self._clock)
+        answer = outcome.result
+        if answer.ok:
+            return answer
+        if not RETRIED(answer):
+            raise ZuoraError(f"{what}: {_detail(method, path, answer)}", False)
+        raise ZuoraError(f"{what}: gave up after {outcome.attempts} attempts: {_detail(method, path, answer)}", True)
 
     def _access_token(self) -> str:
         with self._token_lock:
             if self._token is not None and self._token[1] > time.monotonic():
                 return self._token[0]
-            initial, ceiling = self.config.initial_backoff.total_seconds(), self.config.max_backoff.total_seconds()
             form = urlencode({"client_id": self.config.client_id, "client_secret": self.config.client_secret,
                               "grant_type": "client_credentials"}).encode()
-            for attempt in range(1, self.config.max_attempts + 1):
-                response = self._request("POST", "/oauth/token", form,
-                                         {"Content-Type": "application/x-www-form-urlencoded"})
-                answer = response.json()
-                if 200 <= response.status < 300 and isinstance(answer, dict) and answer.get("access_token"):
-                    lifetime = float(answer.get("expires_in") or 3600)
-                    self._token = (str(answer["access_token"]), time.monotonic() + max(0.0, lifetime - 60))
-                    return self._token[0]
-                if response.status not in RETRY_STATUSES and not 500 <= response.status < 600:
-                    raise ZuoraError(f"Zuora refused the OAuth client {self.config.client_id!r} ({response.detail}); "
-                                     "check client_id and client_secret", False)
-                if attempt < self.config.max_attempts:
-                    self._backoff(attempt, response, initial, ceiling)
-            raise ZuoraError(f"OAuth token: gave up after {self.config.max_attempts} attempts: {response.detail}", True)
-
-    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> _Response:
-        """One request to ``api_base`` + ``path``; status 0 when no response came."""
-        assert self.config.api_base is not None
-        base = urlsplit(self.config.api_base)
-        connection_type = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
-        connection = connection_type(base.hostname, base.port, timeout=self.config.timeout.total_seconds())
-        headers = {"Accept": "application/json", "User-Agent": f"otel-meter/{__version__}", **headers}
-        try:
-            connection.request(method, base.path.rstrip("/") + path, body, headers)
-            response = connection.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            return _Response(0, b"", {}, f"{method} {path}: {type(error).__name__}: {error}")
-        finally:
-            connection.close()
-        text = data[:300].decode(errors="replace")
-        return _Response(response.status, data, {name.lower(): value for name, value in response.getheaders()},
-                         f"{method} {path}: HTTP {response.status}" + (f": {text}" if text else ""))
+            outcome = send(self._http(), self._request("POST", "/oauth/token", form,
+                                                       "application/x-www-form-urlencoded", authorized=False),
+                           self._policy(), sleep=self._sleep, clock=self._clock)
+            response = outcome.result
+            answer = response.json()
+            if response.ok and isinstance(answer, dict) and answer.get("access_token"):
+                lifetime = float(answer.get("expires_in") or 3600)
+                self._token = (str(answer["access_token"]), time.monotonic() + max(0.0, lifetime - 60))
+                return self._token[0]
+            detail = _detail("POST", "/oauth/token", response)
+            if not RETRIED(response):
+                raise ZuoraError(f"Zuora refused the OAuth client {self.config.client_id!r} ({detail}); "
+                                 "check client_id and client_secret", False)
+            raise ZuoraError(f"OAuth token: gave up after {outcome.attempts} attempts: {detail}", True)
 
     def close(self) -> None:
-        pass
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _detail(method: str, path: str, answer: HttpAnswer) -> str:
+    """``METHOD path: HTTP status: <first 300 bytes of the body>``, or why no answer came."""
+    if answer.status == 0:
+        return f"{method} {path}: {answer.error}"
+    text = answer.text(300)
+    return f"{method} {path}: HTTP {answer.status}" + (f": {text}" if text else "")
 
 
 def _zoql(value: str) -> str:
@@ -546,7 +543,7 @@ def _zoql(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _reasons(answer: Any, response: _Response) -> str:
+def _reasons(answer: Any, detail: str) -> str:
     """Zuora's error messages from a REST (``reasons``) or CRUD (``Errors``) answer."""
     if isinstance(answer, dict):
         items = answer.get("reasons") or answer.get("Errors") or []
@@ -556,7 +553,7 @@ def _reasons(answer: Any, response: _Response) -> str:
             return "; ".join(messages)
         if answer.get("message"):
             return str(answer["message"])
-    return response.detail
+    return detail
 
 
 FACTORY = register_target(TargetFactory("zuora", ZuoraTargetConfig, lambda name, config: ZuoraTarget(name, config)))
