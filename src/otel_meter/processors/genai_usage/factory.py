@@ -3,12 +3,16 @@ from otel_meter.errors import StoreUnavailableError
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
+from otel_meter.processors.genai_usage.token_sources import TokenSources
 
 TYPE = "genai_usage"
 
 
 def create(config: GenAIUsageConfig, context: BuildContext) -> GenAIUsageProcessor:
-    processor = GenAIUsageProcessor(config, context.shared.get("meters", BUILTIN_METERS))
+    # One per service: each pipeline builds its own processor, and the traces and metrics pipelines'
+    # processors decide together which of them bills a call's tokens.
+    sources = context.shared.setdefault("genai_token_sources", TokenSources())
+    processor = GenAIUsageProcessor(config, context.shared.get("meters", BUILTIN_METERS), sources)
     store = context.shared.get("store")
     if store is not None:
         try:

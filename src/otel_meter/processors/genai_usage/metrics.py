@@ -1,12 +1,16 @@
-"""Metric points to usage: the GenAI token usage histogram and metric meters.
+"""Metric points to usage: the GenAI token metrics and metric meters.
 
-``gen_ai.client.token.usage`` (a histogram per ``gen_ai.token.type``) feeds the token
-meters: the sum of ``input`` points is input tokens, of ``output`` points output tokens
-(the metric has no cache or reasoning split); a point whose ``gen_ai.token.modality`` is
-``audio``, ``image`` or ``video`` counts for that modality's meter instead (``input_audio_tokens``
-...), one with ``text``, ``unknown`` or no modality for the plain meter. Each point carries one
-modality, so the meters stay disjoint. Other meters with ``source: metrics`` and
-``quantity: {value: true}`` take a sum's value or a histogram's sum.
+The GenAI token metrics (token_metrics.py: ``gen_ai.client.inference.usage.*``, their older names and
+``gen_ai.client.token.usage``) feed the token meters as spans do, disjoint: the parts a scope's points
+report (cache read and write inside input, reasoning inside output) are billed on their own meters
+and taken off the total of the same call attributes and modality in the same request, unless they
+are larger than it or the emitter is cache-exclusive (conventions.CACHE_EXCLUSIVE_EMITTERS). A
+total point whose ``gen_ai.token.modality`` is ``audio``, ``image`` or ``video`` counts for that
+modality's meter (``input_audio_tokens`` ...), one with ``text``, ``unknown`` or no modality for
+the plain meter; a modality's cached part is billed as cache read. A scope sending two families is
+billed from one (token_metrics.family_order); a service instance whose spans carry token usage is
+billed from its spans (token_sources.py, the ``token_metrics`` setting). Other meters with
+``source: metrics`` and ``quantity: {value: true}`` take a sum's value or a histogram's sum.
 
 Delta points count as they are. Cumulative points are turned into deltas per series
 (resource, scope, metric, point attributes) and run (the point's start time: each start of the
@@ -14,7 +18,8 @@ sender is a run of its own). A run remembers its newest point (by ``time_unix_na
 no newer changes nothing (a retry, a duplicate, a late arrival, whose increase the newer point
 already holds); a newer one counts its increase over that point, or its whole value when the
 value fell (a reset without a new start time); the first point of a run counts its whole value.
-So the total of a run is its newest value whatever the order of arrival.
+So the total of a run is its newest value whatever the order of arrival. Token points that are
+not billed (another family, covered by spans) still move their runs on, with rows of quantity 0.
 
 The state of a series changes only once the point's usage is stored: a request with points of
 a series another request is still storing waits for it, and a point that was not stored (the
@@ -37,21 +42,20 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otel_meter.errors import ExportError
 from otel_meter.meters.compiled import CompiledMeter, ItemFacts, MeterIndex, exact_quantity
-from otel_meter.meters.definitions import MODALITY_KINDS, MeterDefinition
+from otel_meter.meters.definitions import MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv
+from otel_meter.processors.genai_usage import token_metrics as tm
+from otel_meter.processors.genai_usage.token_sources import TokenSources, instance_of
 from otel_meter.processors.genai_usage.values import NO_EVENT_TIME, text_value
 from otel_meter.usage import MAX_QUANTITY, Rejection, UsageBatch
 
-TOKEN_METRIC = "gen_ai.client.token.usage"
-TOKEN_TYPE = "gen_ai.token.type"
-TOKEN_KIND_OF_TYPE = {"input": "input", "output": "output", "completion": "output"}
-TOKEN_MODALITY = "gen_ai.token.modality"
 METERED_MODALITIES = frozenset({"audio", "image", "video"})
 """Modalities with meters of their own; ``text``, ``unknown`` and others count as plain tokens."""
 SERIES_KEY = "otel_meter.series"
 CUMULATIVE_KEY = "otel_meter.cumulative"
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 SERVICE_NAME = "service.name"
+SDK_NAME = "telemetry.sdk.name"
 MAX_RUNS_PER_SERIES = 16
 """Runs (start times) remembered per series; a point of an older, forgotten run is refused."""
 SERIES_WAIT_SECONDS = 30.0
@@ -80,12 +84,32 @@ class SeriesChanges:
     released: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(frozen=True)
+class TokenRole:
+    """What a GenAI token metric point holds, and whether its scope is billed from its family."""
+
+    part: str
+    """``total`` or ``cache_read``, ``cache_write``, ``reasoning``."""
+    bucket: str
+    """The token kind of its total: ``input``, ``output``, or a modality's (``input_audio`` ...)."""
+    group: tuple
+    """The call attributes a part shares with its total: (resource, scope, attributes, bucket)."""
+    family_billed: bool
+    cache_exclusive: bool
+    instance: str
+    """The service instance (token_sources.instance_of) that sent it."""
+
+
 class MetricsConverter:
-    def __init__(self, meters: dict[str, MeterDefinition], extra_keys: Callable[[], frozenset[str]]) -> None:
+    def __init__(self, meters: dict[str, MeterDefinition], extra_keys: Callable[[], frozenset[str]],
+                 token_metrics: str = "unless_spans", token_sources: TokenSources | None = None) -> None:
         index = MeterIndex(meters, "metrics")
         self.value_meters = [meter for meter in index.meters if meter.quantity.value]
         self.token_meters = {meter.quantity.tokens: meter.name
                              for meter in MeterIndex(meters, "spans").meters if meter.quantity.tokens}
+        self.token_metrics = token_metrics
+        """The genai_usage ``token_metrics`` setting: ``unless_spans``, ``always`` or ``never``."""
+        self.token_sources = token_sources if token_sources is not None else TokenSources()
         self._extra_keys = extra_keys
         self._runs: dict[str, dict[int, RunState]] = {}
         """Stored state: series -> start time ns -> newest stored point."""
@@ -130,19 +154,68 @@ class MetricsConverter:
         changes = self._claim({point.series for point in points if point.cumulative})
         try:
             with self._lock:
+                counted: list[tuple[MetricPoint, Decimal]] = []
                 for point in points:
                     delta: Decimal | None = point.value
                     if point.cumulative:
                         delta = self._delta(point, changes, batch)
                         if delta is None:
                             continue
-                    point.append_rows(batch, delta)
+                    counted.append((point, delta))
+            token_rows = self._token_rows(counted, batch)
+            for point, delta in counted:
+                point.append_rows(batch, delta, token_rows.get(point.seq, ()))
         except BaseException:
             self._release(changes)
             raise
         if changes is not None:
             batch.on_stored.append(lambda stored: self._settle(changes, stored, batch))
         return batch
+
+    def _token_rows(self, counted: list[tuple["MetricPoint", Decimal]],
+                    batch: UsageBatch) -> dict[int, list[tuple[str, Decimal]]]:
+        """(meter, quantity) of each token point (by seq), disjoint as on spans: the parts of a
+        group (same call attributes and modality, this request) are taken off its totals unless
+        they are larger (then reported outside them, as on spans) or the emitter is cache-exclusive.
+        A point that is not billed keeps a row of 0 (a cumulative point's run rides on it)."""
+        rows: dict[int, list[tuple[str, Decimal]]] = {}
+        totals: dict[tuple, list[tuple[MetricPoint, Decimal]]] = {}
+        inside: dict[tuple, Decimal] = {}
+        billed_to: dict[str, int] = {}
+        for point, delta in counted:
+            role = point.token
+            if role is None:
+                continue
+            meter = self.token_meters.get(role.bucket if role.part == tm.TOTAL else role.part)
+            if meter is None:
+                continue
+            if not self._billed(role):
+                rows[point.seq] = [(meter, Decimal(0))]
+                continue
+            billed_to[role.instance] = max(billed_to.get(role.instance, 0), point.time_ns)
+            if role.part == tm.TOTAL:
+                totals.setdefault(role.group, []).append((point, delta))
+                continue
+            rows[point.seq] = [(meter, delta)]
+            if not (role.cache_exclusive and role.part in ("cache_read", "cache_write")):
+                inside[role.group] = inside.get(role.group, Decimal(0)) + delta
+        for group, points in totals.items():
+            parts = inside.get(group, Decimal(0))
+            if parts > sum(delta for _, delta in points):
+                parts = Decimal(0)  # parts outside their total, as a span whose parts exceed it
+            for point, delta in points:
+                taken = min(parts, delta)
+                parts -= taken
+                rows[point.seq] = [(self.token_meters[point.token.bucket], delta - taken)]
+        for instance, time_ns in billed_to.items():
+            if self.token_metrics == "unless_spans":
+                batch.on_stored.append(self.token_sources.metrics_billed(instance, time_ns))
+        return rows
+
+    def _billed(self, role: TokenRole) -> bool:
+        if not role.family_billed or self.token_metrics == "never":
+            return False
+        return self.token_metrics == "always" or not self.token_sources.sends_spans(role.instance)
 
     def _points(self, request: ExportMetricsServiceRequest, batch: UsageBatch) -> Iterable["MetricPoint"]:
         """The metered points of the request; refuses (into ``batch``) those that cannot be usage."""
@@ -152,11 +225,18 @@ class MetricsConverter:
             resource = {kv.key: text_value(kv.value) for kv in resource_metrics.resource.attributes}
             resource_key = repr(sorted(resource.items()))
             wanted_resource = {key: value for key, value in resource.items() if key in extra}
+            instance = instance_of(resource)
             for scope_metrics in resource_metrics.scope_metrics:
                 scope = scope_metrics.scope.name
+                token_kinds = {metric.name: tm.token_metric(metric.name, metric.WhichOneof("data"))
+                               for metric in scope_metrics.metrics if metric.name in tm.TOKEN_METRIC_NAMES}
+                families = {kind.family for kind in token_kinds.values() if kind is not None}
+                family = tm.billed_family(families, tm.family_order(scope_metrics.schema_url,
+                                                                    resource_metrics.schema_url)) if families else ""
                 for metric in scope_metrics.metrics:
                     meters = self._meters_for(metric.name, scope, resource)
-                    if not meters:
+                    token = token_kinds.get(metric.name) if self.token_meters else None
+                    if not meters and token is None:
                         continue
                     for point, value, temporality in points_of(metric):
                         seq += 1
@@ -172,10 +252,31 @@ class MetricsConverter:
                                 resource=wanted_resource,
                                 attributes={key: attributes[key] for key in extra if key in attributes}))
                             continue
+                        role = self._token_role(token, attributes, (resource_key, scope), token.family == family,
+                                                resource.get(SDK_NAME, ""), instance) if token else None
+                        if role is None and not meters:
+                            continue
                         yield MetricPoint(
                             metric.name, series, event_id, seq, point.start_time_unix_nano, point.time_unix_nano,
                             value, temporality == CUMULATIVE, attributes, meters, wanted_resource,
-                            {key: attributes[key] for key in extra if key in attributes}, self._dimensions)
+                            {key: attributes[key] for key in extra if key in attributes}, self._dimensions, role)
+
+    def _token_role(self, token: tm.TokenMetric, attributes: dict[str, str], scope_key: tuple[str, str],
+                    family_billed: bool, sdk_name: str, instance: str) -> TokenRole | None:
+        role = tm.point_role(token, attributes)
+        if role is None:
+            return None
+        part, direction = role
+        modality = attributes.get(tm.TOKEN_MODALITY, "").lower()
+        bucket = direction
+        if modality in METERED_MODALITIES and f"{direction}_{modality}" in self.token_meters:
+            bucket = f"{direction}_{modality}"
+        call = tuple(sorted((key, value) for key, value in attributes.items() if key not in tm.ROLE_ATTRIBUTES))
+        provider = next((attributes[key] for key in cv.PROVIDER if attributes.get(key)), "").lower()
+        provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
+        cache_exclusive = ((sdk_name, provider) in cv.CACHE_EXCLUSIVE_EMITTERS
+                           or (scope_key[1], provider) in cv.CACHE_EXCLUSIVE_EMITTERS)
+        return TokenRole(part, bucket, (scope_key, call, bucket), family_billed, cache_exclusive, instance)
 
     def _claim(self, series: set[str]) -> SeriesChanges | None:
         """Mark the series as being stored by this request, once no other request is storing any
@@ -240,12 +341,8 @@ class MetricsConverter:
         return delta
 
     def _meters_for(self, name: str, scope: str, resource: dict[str, str]):
-        """(meter, quantity function) pairs for one metric."""
+        """(meter, quantity function) pairs of the value meters of one metric."""
         found = []
-        if name == TOKEN_METRIC:
-            for kind, meter_name in self.token_meters.items():
-                if kind in ("input", "output") or kind in MODALITY_KINDS:
-                    found.append((meter_name, token_quantity(kind, self.token_meters)))
         for meter in self.value_meters:
             if meter_matches(meter, name, scope, resource):
                 found.append((meter.name, lambda attributes, delta, meter=meter: delta
@@ -297,13 +394,15 @@ class MetricPoint:
     resource: dict[str, str]
     item_attributes: dict[str, str]
     dimensions_of: Callable[[str], list[str]]
+    token: TokenRole | None = None
 
-    def append_rows(self, batch: UsageBatch, delta: Decimal) -> None:
-        """One row per meter; a cumulative point keeps its zero rows, which carry the run's newest
-        value to the store for a restart."""
+    def append_rows(self, batch: UsageBatch, delta: Decimal, token_rows: Iterable[tuple[str, Decimal]] = ()) -> None:
+        """One row per meter (``token_rows``: the token meters' quantities, worked out for the whole
+        request); a cumulative point keeps its zero rows, which carry the run's newest value to the
+        store for a restart."""
         attributes = self.attributes
-        for meter_name, quantity_of in self.meters:
-            quantity = quantity_of(attributes, delta)
+        measured = [(meter_name, quantity_of(attributes, delta)) for meter_name, quantity_of in self.meters]
+        for meter_name, quantity in [*token_rows, *measured]:
             if quantity is None or (not quantity and not self.cumulative):
                 continue
             dimensions = {key: attributes[key] for key in self.dimensions_of(meter_name) if key in attributes}
@@ -311,24 +410,6 @@ class MetricPoint:
                 dimensions = {**dimensions, SERIES_KEY: self.series, CUMULATIVE_KEY: str(self.value)}
             append_row(batch, self.event_id, self.seq, self.time_ns, meter_name, exact_quantity(quantity),
                        attributes, dimensions, self.resource, self.item_attributes)
-
-
-def token_quantity(kind: str, metered_kinds: dict[str, str]):
-    """The point's value for the meter of ``kind`` if the point is of that kind; a modality whose
-    meter is switched off counts as plain input or output."""
-    def quantity(attributes: dict[str, str], delta: Decimal) -> Decimal | None:
-        return delta if token_kind(attributes, metered_kinds) == kind else None
-    return quantity
-
-
-def token_kind(attributes: dict[str, str], metered_kinds: dict[str, str]) -> str | None:
-    direction = TOKEN_KIND_OF_TYPE.get(attributes.get(TOKEN_TYPE, ""))
-    if direction is None:
-        return None
-    modality = attributes.get(TOKEN_MODALITY, "").lower()
-    if modality in METERED_MODALITIES and f"{direction}_{modality}" in metered_kinds:
-        return f"{direction}_{modality}"
-    return direction
 
 
 def meter_matches(meter: CompiledMeter, name: str, scope: str, resource: dict[str, str]) -> bool:

@@ -21,6 +21,7 @@ from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.logs import LogsConverter
 from otel_meter.processors.genai_usage.metrics import MetricsConverter
 from otel_meter.processors.genai_usage.modalities import split_modalities
+from otel_meter.processors.genai_usage.token_sources import TokenSources
 from otel_meter.processors.genai_usage.values import (
     NO_EVENT_TIME, InvalidCount, count_value, first_text, number_value, text_value,
 )
@@ -60,7 +61,8 @@ class GenAIUsageProcessor:
     values ride along with each row as text.
     """
 
-    def __init__(self, config: GenAIUsageConfig, meters: dict[str, MeterDefinition] | None = None) -> None:
+    def __init__(self, config: GenAIUsageConfig, meters: dict[str, MeterDefinition] | None = None,
+                 token_sources: TokenSources | None = None) -> None:
         self.config = config
         meters = BUILTIN_METERS if meters is None else meters
         self.spans = MeterIndex(meters, "spans")
@@ -70,7 +72,11 @@ class GenAIUsageProcessor:
         self._modality_kinds = frozenset(meter.quantity.tokens for meter in self.spans.meters
                                          if meter.quantity.tokens in MODALITY_KINDS)
         self.want_attributes((), ())
-        self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
+        self.token_sources = token_sources if token_sources is not None else TokenSources()
+        """Shared by the genai_usage processors of one service: a call's tokens on a span and in a metric are billed once."""
+        self._token_meter_names = frozenset(meter.name for meter in self.spans.meters if meter.quantity.tokens)
+        self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys,
+                                        config.token_metrics, self.token_sources)
         self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
 
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
@@ -79,8 +85,13 @@ class GenAIUsageProcessor:
         self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys | self._meter_keys
 
     def converter_for(self, signal: str) -> Callable[[Any], UsageBatch]:
-        converters = {TRACES: self.extract, METRICS: self.metrics.convert, LOGS: self.logs.convert}
+        traces = self.extract if self.config.token_metrics != "unless_spans" else self._extract_billed_once
+        converters = {TRACES: traces, METRICS: self.metrics.convert, LOGS: self.logs.convert}
         return converters[signal]
+
+    def _extract_billed_once(self, request: ExportTraceServiceRequest) -> UsageBatch:
+        """``extract``, less the tokens of spans a metric point of their service instance billed (token_sources.py)."""
+        return self.token_sources.spans_extracted(request, self.extract(request), self._token_meter_names)
 
     def extract(self, request: ExportTraceServiceRequest) -> UsageBatch:
         batch = UsageBatch()
