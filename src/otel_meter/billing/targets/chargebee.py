@@ -25,13 +25,12 @@ Chargebee's ``message``, ``api_error_code`` and ``param``, never the API key. A 
 rest of the batch without further calls. A ``usage_date`` outside a span where the
 subscription is active or non-renewing is refused by Chargebee with a 400; the error says so.
 
-Plain REST with the standard library, not the official ``chargebee`` SDK (3.29): the SDK
+Plain REST through :mod:`otel_meter.http`, not the official ``chargebee`` SDK (3.29): the SDK
 builds its URL as ``{protocol}://{site}.{domain}/api/v2``, so it cannot point at a local
 test server without bending ``site`` and ``domain`` around a host name; its retry loop
 retries 429 without a bound (``max_retries`` only bounds 5xx); it opens a new HTTP client
 per request and logs request payloads at debug level. We need two form-encoded POSTs and one
-GET, which ``http.client`` does in a few lines with one kept-alive connection, the bounded
-retries the target contract asks for, and no new dependency.
+GET, over one pooled client, with the bounded retries the target contract asks for.
 
 Chargebee caps a subscription's lifetime at 5,000 usages (support can raise it): daily
 windows give one usage per item price per day, hourly windows exhaust the cap in seven months.
@@ -40,27 +39,21 @@ windows give one usage per item price per day, hourly windows exhaust the cap in
 from __future__ import annotations
 
 import base64
-import http.client
-import json
 import logging
-import random
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
+import httpx
 from pydantic import Field, field_validator, model_validator
 
-from otel_meter import __version__
 from otel_meter.billing.target import (
     SendResult,
     TargetConfig,
     TargetFactory,
-    HttpAnswer,
     UsageRecord,
     check_retry_durations,
     http_url,
@@ -68,6 +61,7 @@ from otel_meter.billing.target import (
     register_target,
 )
 from otel_meter.component import Duration
+from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, RetryPolicy, new_client, send
 
 __all__ = ["ChargebeeTarget", "ChargebeeTargetConfig", "format_quantity"]
 
@@ -135,16 +129,15 @@ def format_quantity(value: Decimal) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class _Answer(HttpAnswer):
-    def describe(self) -> str:
-        """Chargebee's own words: ``message`` [``api_error_code``, param ``param``] (HTTP status)."""
-        if self.status == 0:
-            return self.detail
-        message = str(self.body.get("message") or self.detail or "no message")
-        tags = [str(self.body["api_error_code"])] if self.body.get("api_error_code") else []
-        tags += [f"param {self.body['param']}"] if self.body.get("param") else []
-        return message + (f" [{', '.join(tags)}]" if tags else "") + f" (HTTP {self.status})"
+def describe(answer: HttpAnswer) -> str:
+    """Chargebee's own words: ``message`` [``api_error_code``, param ``param``] (HTTP status)."""
+    if answer.status == 0:
+        return f"no answer from Chargebee ({answer.error})"
+    body = answer.document
+    message = str(body.get("message") or ("" if body else answer.text(200)) or "no message")
+    tags = [str(body["api_error_code"])] if body.get("api_error_code") else []
+    tags += [f"param {body['param']}"] if body.get("param") else []
+    return message + (f" [{', '.join(tags)}]" if tags else "") + f" (HTTP {answer.status})"
 
 
 class _Failure(Exception):
@@ -166,12 +159,12 @@ class ChargebeeTarget:
         self.config = config
         self._sleep = sleep
         self._clock = clock
-        url = urlsplit(config.base_url)
-        self._https = url.scheme == "https"
-        self._host, self._port = url.hostname or "", url.port
-        self._path = url.path.rstrip("/")
         self._auth = "Basic " + base64.b64encode(f"{config.api_key}:".encode()).decode()
-        self._connection: http.client.HTTPConnection | None = None
+        initial, ceiling = config.initial_backoff.total_seconds(), config.max_backoff.total_seconds()
+        # 429, 5xx and no answer are retried; Retry-After is honoured on 429 only.
+        self._policy = RetryPolicy(max_attempts=config.max_attempts, backoff=FullJitter(initial, ceiling),
+                                   max_wait=ceiling, retry_after_on=frozenset({429}))
+        self._client: httpx.Client | None = None
 
     # -- the BillingTarget interface ------------------------------------------------------------
 
@@ -200,9 +193,9 @@ class ChargebeeTarget:
         return results
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     # -- one record -----------------------------------------------------------------------------
 
@@ -237,14 +230,14 @@ class ChargebeeTarget:
                 raise self._failure(record, "create", answer)
         raise _Failure(self._refusal_message(record, answer), retryable=False)
 
-    def _create(self, subscription: str, form: dict[str, str]) -> _Answer:
+    def _create(self, subscription: str, form: dict[str, str]) -> HttpAnswer:
         return self._request("POST", f"/subscriptions/{quote(subscription, safe='')}/usages", form,
                              idempotency_key=form["id"])
 
-    def _created(self, record: UsageRecord, answer: _Answer) -> SendResult:
+    def _created(self, record: UsageRecord, answer: HttpAnswer) -> SendResult:
         if answer.headers.get(REPLAYED_HEADER) == "true":
             logger.debug("billing target %s: usage %s was created earlier (idempotent replay)", self.name, record.key)
-        usage = answer.body.get("usage") or {}
+        usage = answer.document.get("usage") or {}
         return SendResult(record.key, True, external_id=str(usage.get("id") or record.key))
 
     def _quantity(self, record: UsageRecord) -> str:
@@ -281,7 +274,7 @@ class ChargebeeTarget:
             return None
         if not answer.ok:
             raise self._failure(record, f"read-back of usage {record.key}", answer)
-        usage = answer.body.get("usage") or {}
+        usage = answer.document.get("usage") or {}
         if (usage.get("item_price_id") == form["item_price_id"] and str(usage.get("usage_date")) == form["usage_date"]
                 and _decimal(usage.get("quantity")) == Decimal(form["quantity"])):
             return SendResult(record.key, True, external_id=str(usage.get("id") or record.key))
@@ -292,105 +285,62 @@ class ChargebeeTarget:
                        "disagree; delete the usage in Chargebee and send again", retryable=False)
 
     @staticmethod
-    def _refusal_message(record: UsageRecord, answer: _Answer) -> str:
+    def _refusal_message(record: UsageRecord, answer: HttpAnswer) -> str:
         text = (f"Chargebee refused usage {record.key} ({record.meter} on subscription {record.reference}, "
-                f"usage_date {_iso(record.window_start_ns)}): {answer.describe()}")
-        message = str(answer.body.get("message", "")).lower()
-        if "already" in message or "exist" in message or answer.body.get("api_error_code") == "duplicate_entry":
+                f"usage_date {_iso(record.window_start_ns)}): {describe(answer)}")
+        message = str(answer.document.get("message", "")).lower()
+        if "already" in message or "exist" in message or answer.document.get("api_error_code") == "duplicate_entry":
             text += ("; Chargebee keeps one usage per subscription, item price and usage_date and another "
                      "usage (not sent by this target) holds that date: delete it in Chargebee and send again")
         return text
 
     @staticmethod
-    def _term_refusal(answer: _Answer) -> bool:
-        message = str(answer.body.get("message", "")).lower()
-        return answer.body.get("param") == "usage_date" and "already" not in message and "exist" not in message
+    def _term_refusal(answer: HttpAnswer) -> bool:
+        message = str(answer.document.get("message", "")).lower()
+        return answer.document.get("param") == "usage_date" and "already" not in message and "exist" not in message
 
     @staticmethod
-    def _term_message(record: UsageRecord, answer: _Answer) -> str:
+    def _term_message(record: UsageRecord, answer: HttpAnswer) -> str:
         return (f"usage_date {_iso(record.window_start_ns)} of {record.meter} is outside an active term of "
                 f"subscription {record.reference}: Chargebee takes usage only for dates where the subscription "
                 f"is active or non_renewing (and not in an invoice already closed); Chargebee said: "
-                f"{answer.describe()}")
+                f"{describe(answer)}")
 
-    def _failure(self, record: UsageRecord, what: str, answer: _Answer) -> _Failure:
+    def _failure(self, record: UsageRecord, what: str, answer: HttpAnswer) -> _Failure:
         where = f"{what} for {record.meter} on subscription {record.reference}"
-        if answer.transient:
+        if self._policy.retry_on(answer):
             return _Failure(f"Chargebee {where} failed after {self.config.max_attempts} attempts: "
-                            f"{answer.describe()}", retryable=True)
+                            f"{describe(answer)}", retryable=True)
         if answer.status == 401:
-            return _Failure(f"Chargebee site {self.config.site} refused the API key (api_key): {answer.describe()}; "
+            return _Failure(f"Chargebee site {self.config.site} refused the API key (api_key): {describe(answer)}; "
                             "set a valid key", retryable=False, auth=True)
         if answer.status == 404:
-            return _Failure(f"Chargebee {where}: not found: {answer.describe()}; check the subscription id in "
+            return _Failure(f"Chargebee {where}: not found: {describe(answer)}; check the subscription id in "
                             "customers and the item price in meters", retryable=False)
-        return _Failure(f"Chargebee refused the {where}: {answer.describe()}", retryable=False)
+        return _Failure(f"Chargebee refused the {where}: {describe(answer)}", retryable=False)
 
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, form: dict[str, str] | None = None,
-                 idempotency_key: str | None = None) -> _Answer:
+                 idempotency_key: str | None = None) -> HttpAnswer:
         """One request with retries of 429, 5xx and transport failures; the last answer."""
-        initial, ceiling = self.config.initial_backoff.total_seconds(), self.config.max_backoff.total_seconds()
-        answer = _Answer(0, {}, {}, "not sent")
-        for attempt in range(1, self.config.max_attempts + 1):
-            answer = self._attempt(method, path, form, idempotency_key)
-            if not answer.transient:
-                return answer
-            if attempt == self.config.max_attempts:
-                break
-            wait = random.uniform(initial, min(ceiling, initial * 2**attempt))
-            if answer.status == 429:
-                asked = _retry_after(answer.headers.get("retry-after"), self._clock())
-                wait = min(ceiling, asked) if asked is not None else wait
-            logger.info("billing target %s: Chargebee %s %s answered %s; attempt %d of %d in %.2fs", self.name,
-                        method, path.split("?")[0], answer.status or answer.detail, attempt + 1,
-                        self.config.max_attempts, wait)
-            self._sleep(wait)
-        return answer
-
-    def _attempt(self, method: str, path: str, form: dict[str, str] | None, idempotency_key: str | None) -> _Answer:
-        headers = {"Authorization": self._auth, "Accept": "application/json",
-                   "User-Agent": f"otel-meter/{__version__}"}
-        body = None
+        headers = {"Authorization": self._auth, "Accept": "application/json"}
         if form is not None:
-            body = urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        if idempotency_key is not None:
-            headers[IDEMPOTENCY_HEADER] = idempotency_key
-        try:
-            connection = self._connect()
-            connection.request(method, self._path + path, body, headers)
-            response = connection.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self.close()
-            return _Answer(0, {}, {}, self._scrub(f"no answer from Chargebee ({type(error).__name__}: {error})"))
-        response_headers = {name.lower(): value for name, value in response.getheaders()}
-        if response.will_close:
-            self.close()
-        try:
-            document = json.loads(raw) if raw else {}
-        except ValueError:
-            document = {}
-        if not isinstance(document, dict):
-            document = {}
-        detail = "" if document else self._scrub(raw[:200].decode(errors="replace"))
-        document = {key: self._scrub(value) if isinstance(value, str) else value for key, value in document.items()}
-        return _Answer(response.status, document, response_headers, detail)
+        body = urlencode(form).encode() if form is not None else None
+        request = HttpRequest(method, self.config.base_url + path, content=body, headers=headers,
+                              redact=(self.config.api_key,),  # never in an error or a log line
+                              idempotency_key=(IDEMPOTENCY_HEADER, idempotency_key) if idempotency_key else None)
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._connection is None:
-            timeout = self.config.timeout.total_seconds()
-            if self._https:  # verifies the certificate and host name by default
-                self._connection = http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
-            else:
-                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        return self._connection
+        def announce(answer: HttpAnswer, attempt: int, wait: float) -> None:
+            logger.info("billing target %s: Chargebee %s %s answered %s; attempt %d of %d in %.2fs", self.name,
+                        method, path.split("?")[0], answer.status or describe(answer), attempt,
+                        self.config.max_attempts, wait)
 
-    def _scrub(self, text: str) -> str:
-        """Never let the API key reach an error message or a log line, even if echoed back."""
-        return text.replace(self.config.api_key, "***") if self.config.api_key in text else text
+        if self._client is None:  # verifies the certificate and host name by default
+            self._client = new_client(self.config.timeout.total_seconds())
+        return send(self._client, request, self._policy, sleep=self._sleep, clock=self._clock,
+                    before_retry=announce).result
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -402,21 +352,6 @@ def _decimal(value: Any) -> Decimal | None:
 
 def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds asked for by ``Retry-After`` (seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.replace(tzinfo=moment.tzinfo or timezone.utc).timestamp() - now)
 
 
 FACTORY = register_target(TargetFactory(type="chargebee", config_model=ChargebeeTargetConfig,
