@@ -85,25 +85,6 @@ def check_retry_durations(timeout: timedelta, initial_backoff: timedelta, max_ba
 
 
 @dataclass(frozen=True)
-class HttpAnswer:
-    """One HTTP exchange of a platform target: status 0 when no response came (``detail`` says why)."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying: no answer, rate limited, or the platform failed."""
-        return self.status in (0, 429) or self.status >= 500
-
-
-@dataclass(frozen=True)
 class UsageRecord:
     """One send: the change of one (customer, platform meter, currency, window) since the ledger's last
     revision."""

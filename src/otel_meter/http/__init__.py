@@ -7,6 +7,7 @@ where an attempt needs more than one request) and read an :class:`HttpAnswer`.
 
 from otel_meter.http.client import HttpAnswer, HttpRequest, USER_AGENT, exchange, new_client
 from otel_meter.http.retry import (
+    RATE_LIMITED_OR_FAILED,
     Doubling,
     FullJitter,
     Outcome,
@@ -18,6 +19,6 @@ from otel_meter.http.retry import (
     send,
 )
 
-__all__ = ["Doubling", "FullJitter", "HttpAnswer", "HttpRequest", "Outcome", "RetryPolicy", "RetryStatuses",
+__all__ = ["RATE_LIMITED_OR_FAILED", "Doubling", "FullJitter", "HttpAnswer", "HttpRequest", "Outcome", "RetryPolicy", "RetryStatuses",
            "TransientError", "USER_AGENT", "call_with_retries", "exchange", "new_client", "retry_after_seconds",
            "send"]

@@ -43,30 +43,26 @@ import base64
 import csv
 import hashlib
 import hmac
-import http.client
 import io
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, unquote_plus, urlsplit
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from otel_meter import __version__
 from otel_meter.billing.target import (
-    HttpAnswer, SendResult, TargetConfig, TargetFactory, UsageRecord, check_retry_durations, http_url,
-    register_target)
+    SendResult, TargetConfig, TargetFactory, UsageRecord, check_retry_durations, http_url, register_target)
 from otel_meter.component import Duration
+from otel_meter.http import RATE_LIMITED_OR_FAILED, FullJitter, HttpAnswer, HttpRequest, RetryPolicy, new_client, send
 
 __all__ = ["COLUMNS", "NetSuiteRestConfig", "NetSuiteTarget", "NetSuiteTargetConfig", "format_date",
            "format_quantity", "oauth1_signature"]
@@ -270,7 +266,7 @@ class NetSuiteTarget:
         self.config = config
         self._clock = clock
         self._sleep = sleep
-        self._connection: http.client.HTTPConnection | None = None
+        self._client: httpx.Client | None = None
 
     def send(self, records: list[UsageRecord], progress: Callable[[int], None]) -> list[SendResult]:
         if self.config.rest is not None:
@@ -278,9 +274,9 @@ class NetSuiteTarget:
         return self._send_file(records, progress)
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     # -- what a record says ---------------------------------------------------------------------
 
@@ -418,16 +414,16 @@ class NetSuiteTarget:
         if answer.ok:
             location = answer.headers.get("location", "")
             return SendResult(record.key, True, external_id=location.rstrip("/").rsplit("/", 1)[-1] or record.key)
-        if answer.status == 400 and not answer.transient:
+        if answer.status == 400 and not transient(answer):
             stored = self._request(rest, "GET", f"/record/v1/usage/eid:{quote(record.key, safe='')}")
             if stored.ok:
                 # NetSuite keeps usageQuantity as a double: compare as doubles.
-                same = (_float(stored.body.get("usageQuantity")) == float(fields["quantity"])
-                        and str(stored.body.get("usageDate", ""))[:10] == fields["date"])
+                same = (_float(stored.document.get("usageQuantity")) == float(fields["quantity"])
+                        and str(stored.document.get("usageDate", ""))[:10] == fields["date"])
                 if same:
-                    return SendResult(record.key, True, external_id=str(stored.body.get("id") or record.key))
+                    return SendResult(record.key, True, external_id=str(stored.document.get("id") or record.key))
                 raise _Failure(f"NetSuite usage {record.key} already exists with quantity "
-                               f"{stored.body.get('usageQuantity')} on {stored.body.get('usageDate')}, but this "
+                               f"{stored.document.get('usageQuantity')} on {stored.document.get('usageDate')}, but this "
                                f"record sends {fields['quantity']} on {fields['date']}: NetSuite and the export "
                                "ledger disagree; void or delete that usage in NetSuite and send again",
                                retryable=False)
@@ -435,102 +431,62 @@ class NetSuiteTarget:
                 raise self._failure(rest, record, f"read-back of usage {record.key}", stored)
         raise self._failure(rest, record, "create", answer)
 
-    def _failure(self, rest: NetSuiteRestConfig, record: UsageRecord, what: str, answer: _Answer) -> _Failure:
+    def _failure(self, rest: NetSuiteRestConfig, record: UsageRecord, what: str, answer: HttpAnswer) -> _Failure:
         where = f"NetSuite usage {what} ({record.meter} on subscription {record.reference}, {record.key})"
-        if answer.transient:
-            return _Failure(f"{where} failed after {rest.max_attempts} attempts: {answer.describe()}", retryable=True)
+        if transient(answer):
+            return _Failure(f"{where} failed after {rest.max_attempts} attempts: {describe(answer)}", retryable=True)
         if answer.status == 401:
             return _Failure(f"NetSuite account {rest.account} refused the token-based authentication "
-                            f"(rest.consumer_key, rest.token_id and their secrets): {answer.describe()}",
+                            f"(rest.consumer_key, rest.token_id and their secrets): {describe(answer)}",
                             retryable=False, auth=True)
-        return _Failure(f"{where} refused: {answer.describe()}", retryable=False)
+        return _Failure(f"{where} refused: {describe(answer)}", retryable=False)
 
-    def _request(self, rest: NetSuiteRestConfig, method: str, path: str, body: bytes | None = None) -> _Answer:
-        """One request with retries of 429, 5xx, concurrency refusals and transport failures."""
-        initial, ceiling = rest.initial_backoff.total_seconds(), rest.max_backoff.total_seconds()
-        answer = _Answer(0, {}, {}, "not sent")
-        for attempt in range(1, rest.max_attempts + 1):
-            answer = self._attempt(rest, method, path, body)
-            if not answer.transient:
-                return answer
-            if attempt == rest.max_attempts:
-                break
-            wait = random.uniform(initial, min(ceiling, initial * 2**attempt))
-            asked = _retry_after(answer.headers.get("retry-after"), self._clock())
-            if asked is not None:
-                wait = min(ceiling, asked)
-            logger.info("billing target %s: NetSuite %s %s answered %s; attempt %d of %d in %.2fs", self.name,
-                        method, path, answer.status or answer.detail, attempt + 1, rest.max_attempts, wait)
-            self._sleep(wait)
-        return answer
-
-    def _attempt(self, rest: NetSuiteRestConfig, method: str, path: str, body: bytes | None) -> _Answer:
+    def _request(self, rest: NetSuiteRestConfig, method: str, path: str, body: bytes | None = None) -> HttpAnswer:
+        """One request with retries of 429, 5xx, concurrency refusals and transport failures, each
+        attempt signed anew (timestamp and nonce); ``Retry-After`` is honoured on any of them."""
         url = rest.base_url + path
-        parts = urlsplit(url)
+        initial, ceiling = rest.initial_backoff.total_seconds(), rest.max_backoff.total_seconds()
+        policy = RetryPolicy(max_attempts=rest.max_attempts, backoff=FullJitter(initial, ceiling), max_wait=ceiling,
+                             retry_on=transient, retry_after_on=None)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = HttpRequest(method, url, content=body, headers=headers,
+                              attempt_headers=lambda: {"Authorization": self._authorization(rest, method, url)},
+                              redact=(rest.consumer_secret, rest.token_secret, rest.consumer_key, rest.token_id))
+
+        def announce(answer: HttpAnswer, attempt: int, wait: float) -> None:
+            logger.info("billing target %s: NetSuite %s %s answered %s; attempt %d of %d in %.2fs", self.name,
+                        method, path, answer.status or describe(answer), attempt, rest.max_attempts, wait)
+
+        if self._client is None:  # verifies the certificate and host name by default
+            self._client = new_client(rest.timeout.total_seconds())
+        return send(self._client, request, policy, sleep=self._sleep, clock=self._clock, before_retry=announce).result
+
+    def _authorization(self, rest: NetSuiteRestConfig, method: str, url: str) -> str:
+        """Token-based authentication: OAuth 1.0a, HMAC-SHA256, a fresh timestamp and nonce."""
         oauth = [("oauth_consumer_key", rest.consumer_key), ("oauth_token", rest.token_id),
                  ("oauth_signature_method", "HMAC-SHA256"), ("oauth_timestamp", str(int(self._clock()))),
                  ("oauth_nonce", secrets.token_hex(16)), ("oauth_version", "1.0")]
         signature = oauth1_signature(method, url, oauth, rest.consumer_secret, rest.token_secret)
-        authorization = "OAuth " + ", ".join(
-            [f'realm="{rest.account}"'] + [f'{name}="{_encode(value)}"' for name, value in
-                                           [*oauth, ("oauth_signature", signature)]])
-        headers = {"Authorization": authorization, "Accept": "application/json",
-                   "User-Agent": f"otel-meter/{__version__}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            connection = self._connect(rest, parts.scheme == "https", parts.hostname or "", parts.port)
-            connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body, headers)
-            response = connection.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self.close()
-            return _Answer(0, {}, {}, self._scrub(rest, f"no answer from NetSuite ({type(error).__name__}: {error})"))
-        response_headers = {name.lower(): value for name, value in response.getheaders()}
-        if response.will_close:
-            self.close()
-        try:
-            document = json.loads(raw) if raw else {}
-        except ValueError:
-            document = {}
-        if not isinstance(document, dict):
-            document = {}
-        detail = "" if document else self._scrub(rest, raw[:200].decode(errors="replace"))
-        return _Answer(response.status, document, response_headers, detail, self._scrub(rest, _details(document)))
-
-    def _connect(self, rest: NetSuiteRestConfig, https: bool, host: str,
-                 port: int | None) -> http.client.HTTPConnection:
-        if self._connection is None:
-            timeout = rest.timeout.total_seconds()
-            if https:  # verifies the certificate and host name by default
-                self._connection = http.client.HTTPSConnection(host, port, timeout=timeout)
-            else:
-                self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        return self._connection
-
-    @staticmethod
-    def _scrub(rest: NetSuiteRestConfig, text: str) -> str:
-        for secret in (rest.consumer_secret, rest.token_secret, rest.consumer_key, rest.token_id):
-            text = text.replace(secret, "***")
-        return text
+        return "OAuth " + ", ".join([f'realm="{rest.account}"'] + [f'{name}="{_encode(value)}"' for name, value in
+                                                                   [*oauth, ("oauth_signature", signature)]])
 
 
-@dataclass(frozen=True)
-class _Answer(HttpAnswer):
-    errors: str = ""
-    """NetSuite's ``o:errorDetails`` as text."""
+def transient(answer: HttpAnswer) -> bool:
+    """Worth retrying: no answer, 429, 5xx, and NetSuite's concurrency-limit refusals, which come as 400s."""
+    details = answer.document.get("o:errorDetails") or []
+    codes = {str(item.get("o:errorCode")) for item in details if isinstance(item, dict)}
+    return RATE_LIMITED_OR_FAILED(answer) or bool(codes & CONCURRENCY_ERRORS)
 
-    @property
-    def transient(self) -> bool:
-        """Also NetSuite's concurrency-limit refusals, which come as 400s."""
-        details = self.body.get("o:errorDetails") or []
-        codes = {str(item.get("o:errorCode")) for item in details if isinstance(item, dict)}
-        return super().transient or bool(codes & CONCURRENCY_ERRORS)
 
-    def describe(self) -> str:
-        if self.status == 0:
-            return self.detail
-        return f"{self.errors or self.body.get('title') or self.detail or 'no details'} (HTTP {self.status})"
+def describe(answer: HttpAnswer) -> str:
+    """NetSuite's ``o:errorDetails`` (else its ``title``, else the body) and the HTTP status."""
+    if answer.status == 0:
+        return f"no answer from NetSuite ({answer.error})"
+    document = answer.document
+    text = _details(document) or document.get("title") or ("" if document else answer.text(200)) or "no details"
+    return f"{text} (HTTP {answer.status})"
 
 
 def _details(document: dict[str, Any]) -> str:
@@ -548,21 +504,6 @@ def _float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds asked for by ``Retry-After`` (seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.replace(tzinfo=moment.tzinfo or timezone.utc).timestamp() - now)
 
 
 def _fsync_directory(directory: Path) -> None:
