@@ -10,10 +10,10 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint, Metric, NumberDataPoint
 
+from otel_meter.component import METRICS, TRACES
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.processors.genai_usage.token_sources import TokenSources
-from otel_meter.component import METRICS, TRACES
 from tests.unit.otlp_builders import make_request, make_span
 from tests.unit.test_metrics_and_logs_usage import CUMULATIVE, DELTA, SECOND, START, kvs
 

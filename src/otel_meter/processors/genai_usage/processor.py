@@ -73,7 +73,8 @@ class GenAIUsageProcessor:
                                          if meter.quantity.tokens in MODALITY_KINDS)
         self.want_attributes((), ())
         self.token_sources = token_sources if token_sources is not None else TokenSources()
-        """Shared by the genai_usage processors of one service: a call's tokens on a span and in a metric are billed once."""
+        """Shared by the genai_usage processors of one service, so that a call's tokens on a span
+        and in a metric are billed once."""
         self._token_meter_names = frozenset(meter.name for meter in self.spans.meters if meter.quantity.tokens)
         self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys,
                                         config.token_metrics, self.token_sources)
