@@ -62,7 +62,11 @@ CUSTOMER_KEY = "customer.id"
 METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS)
 """The wide row's token columns, named after the meters they feed."""
 PATHS = ("send_insert", "clickhouse_connect")
-INSERT_SETTINGS = {"async_insert": 0, "compile_expressions": 0, "input_format_protobuf_oneof_presence": 1}
+INSERT_SETTINGS = {"async_insert": 0, "compile_expressions": 0, "input_format_protobuf_oneof_presence": 1,
+                   "short_circuit_function_evaluation": "disable"}
+"""``short_circuit_function_evaluation``: the analyzer merges the view's steps into one expression
+graph, and a lazily evaluated argument then re-filters the span's attribute arrays for its rows:
+measured 3x slower than computing every (cheap, scalar) branch for every span."""
 
 
 # --------------------------------------------------------------------------- the subset .proto
@@ -208,97 +212,77 @@ def sql_array(texts: Sequence[str]) -> str:
     return "[" + ", ".join(quoted(text) for text in texts) + "]::Array(String)"
 
 
-class AttributeColumns:
-    """Column names per wanted attribute in the view's steps: ``pN`` whether the key is present, ``aN``
-    its AnyValue tuple (the last occurrence winning, as in the extractor's dict ``found[key] = value``;
-    a missing key gives the default tuple, oneof 'none'), and ``tN`` its text where one is read."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.texted: set[str] = set()
-
-    def value(self, key: str) -> str:
-        if key not in self.names:
-            self.names[key] = f"a{len(self.names)}"
-        return self.names[key]
-
-    def text(self, key: str) -> str:
-        self.texted.add(key)
-        return "t" + self.value(key)[1:]
-
-    def present(self, key: str) -> str:
-        """A column (``pN``) once the view's presence step has run."""
-        return "p" + self.value(key)[1:]
+ONEOF = {name: AnyValue.DESCRIPTOR.fields_by_name[name].number
+         for name in ("string_value", "bool_value", "int_value", "double_value")}
+"""The oneof's Enum8 values in the landing table are the AnyValue field numbers (clickhouse_type);
+the view compares them as Int8, which the analyzer handles more cheaply than Enum literals."""
+VALUE_ARRAYS = {"vk": "value", "vi": "int_value", "vd": "double_value", "vs": "string_value", "vb": "bool_value"}
+"""The span's attribute value parts, each as its own array, reversed so that ``indexOf`` finds a
+repeated key's last occurrence, as the extractor's dict ``found[key] = value`` keeps it."""
+WHITESPACE = "' \\t\\n\\r\\x0B\\x0C'"
+"""What Python's ``str.strip()`` removes from ASCII text, as a ClickHouse string literal."""
+TOKEN_KINDS = (("input", cv.INPUT_TOTAL), ("output", cv.OUTPUT_TOTAL), ("cache_read", cv.CACHE_READ),
+               ("cache_write", cv.CACHE_WRITE), ("reasoning", cv.REASONING))
+TEXT_KEYS = tuple(dict.fromkeys((cv.OPERATION, *(key for key, _ in cv.OPERATION_FALLBACKS), *cv.PROVIDER,
+                                 *cv.MODEL)))
+"""The attributes read as text (operation, its fallbacks, provider, model), each once."""
 
 
-def text_sql(value: str) -> str:
-    """``values.text_value``: the string, else ints, doubles and bools as text, else ''."""
-    return (f"multiIf({value}.value = 'string_value', {value}.string_value, "
-            f"{value}.value = 'int_value', toString({value}.int_value), "
-            f"{value}.value = 'double_value', toString({value}.double_value), "
-            f"{value}.value = 'bool_value', if({value}.bool_value, 'true', 'false'), '')")
+def text_of_sql(kind: str, integer: str, double: str, string: str, boolean: str) -> str:
+    """``values.text_value`` over one value's parts: the string, else ints, doubles and bools as text, else ''."""
+    return (f"multiIf({kind} = {ONEOF['string_value']}, {string}, {kind} = {ONEOF['int_value']}, toString({integer}), "
+            f"{kind} = {ONEOF['double_value']}, toString({double}), "
+            f"{kind} = {ONEOF['bool_value']}, if({boolean}, 'true', 'false'), '')")
 
 
-def first_text_sql(columns: AttributeColumns, keys: Sequence[str]) -> str:
-    """``values.first_text``: the first non-empty text among ``keys``, in precedence order."""
-    texts = ", ".join(columns.text(key) for key in keys)
-    return f"arrayFirst(t -> t != '', [{texts}, ''])"
+def first_position_sql(positions: Sequence[str]) -> str:
+    """The first non-zero position among ``positions`` (precedence order), 0 when none is."""
+    expression = positions[-1]
+    for position in reversed(positions[:-1]):
+        expression = f"if({position} > 0, {position}, {expression})"
+    return expression
 
 
-def count_sql(value: str, maximum: int) -> tuple[str, str]:
-    """(is valid, count) of ``values.count_value``: ints, whole doubles and whole numeric text, 0..maximum."""
-    text = f"trimBoth({value}.string_value, ' \\t\\n\\r\\x0B\\x0C')"
-    exact = f"toDecimal256OrNull({text}, 30)"
-    numeric = quoted(f"^{NUMERIC_TEXT.pattern}$")
+def first_text_sql(texts: Sequence[str]) -> str:
+    """``values.first_text``: the first non-empty text, in precedence order."""
+    expression = "''"
+    for text in reversed(texts):
+        expression = f"if({text} != '', {text}, {expression})"
+    return expression
+
+
+def count_sql(maximum: int) -> tuple[str, str]:
+    """(is valid, count) of ``values.count_value`` as lambda bodies over one token kind's winning value:
+    ``p`` its position (0: absent), ``t`` its oneof, ``i``/``d`` its int and double, ``x`` its numeric
+    text as an exact decimal (NULL when it is none). Ints, whole doubles and whole numeric text,
+    0..maximum, are valid.
+
+    The view runs without short-circuit evaluation (INSERT_SETTINGS), so every branch is computed
+    for every span: each is a cheap scalar expression, and a double or decimal becomes an integer
+    directly, which is exact below 2**53 (checked here)."""
     limit = min(maximum, MAX_QUANTITY - 1)
-    valid = (f"multiIf({value}.value = 'int_value', {value}.int_value BETWEEN 0 AND {limit}, "
-             f"{value}.value = 'double_value', isFinite({value}.double_value) AND {value}.double_value >= 0 "
-             f"AND {value}.double_value <= {limit} AND {value}.double_value = floor({value}.double_value), "
-             f"{value}.value = 'string_value', match({text}, {numeric}) AND {exact} IS NOT NULL "
-             f"AND {exact} >= 0 AND {exact} <= {limit} AND {exact} = floor(assumeNotNull({exact})), "
-             f"false)")
-    count = (f"multiIf({value}.value = 'int_value', toUInt64(greatest({value}.int_value, 0)), "
-             f"{value}.value = 'double_value', toUInt64OrZero(toString(floor({value}.double_value))), "
-             f"{value}.value = 'string_value', toUInt64OrZero(toString(floor(ifNull({exact}, 0)))), "
-             f"toUInt64(0))")
+    if limit >= 2**53:
+        raise SystemExit(f"max_tokens_per_span {maximum} is beyond what a double holds exactly; the view "
+                         f"converts whole doubles directly and needs a limit below 2**53")
+    string, integer, double = ONEOF["string_value"], ONEOF["int_value"], ONEOF["double_value"]
+    valid = (f"p = 0 OR multiIf(t = {integer}, i BETWEEN 0 AND {limit}, "
+             f"t = {double}, isFinite(d) AND d >= 0 AND d <= {limit} AND d = floor(d), "
+             f"t = {string}, x IS NOT NULL AND x >= 0 AND x <= {limit} AND x = floor(assumeNotNull(x)), false)")
+    count = (f"multiIf(t = {integer}, toUInt64(greatest(i, 0)), t = {double}, toUInt64(greatest(least(d, {limit}), 0)), "
+             f"t = {string}, toUInt64(greatest(least(ifNull(x, 0), {limit}), 0)), toUInt64(0))")
     return valid, count
-
-
-def chosen_sql(columns: AttributeColumns, keys: Sequence[str], kind: str) -> list[str]:
-    """``{kind}_value``: the AnyValue of the first present key of the kind (the last key's default tuple,
-    oneof 'none', when none is), and ``{kind}_present``."""
-    branches = ", ".join(f"{columns.present(key)}, {columns.value(key)}" for key in keys[:-1])
-    last = columns.value(keys[-1])
-    chosen = f"multiIf({branches}, {last})" if branches else last
-    return [f"{chosen} AS {kind}_value",
-            f"{' OR '.join(columns.present(key) for key in keys)} AS {kind}_present"]
-
-
-def token_sql(kind: str, maximum: int) -> list[str]:
-    """``{kind}_ok`` and ``{kind}_total``: the count rule applied once per kind, to the chosen value
-    (every node of the view is analysed on each insert, so once per kind, not once per key)."""
-    valid, count = count_sql(f"{kind}_value", maximum)
-    return [f"if({kind}_present, {valid}, true) AS {kind}_ok", f"{count} AS {kind}_total"]
-
-
-def operation_sql(columns: AttributeColumns) -> str:
-    """``processor.operation_of``: gen_ai.operation.name, else the fallbacks' mapped lower-case value."""
-    branches = [f"{columns.present(cv.OPERATION)}, {columns.text(cv.OPERATION)}"]
-    for key, mapping in cv.OPERATION_FALLBACKS:
-        lowered = f"lowerUTF8({columns.text(key)})"
-        branches.append(f"{columns.present(key)}, transform({lowered}, {sql_array(list(mapping))}, "
-                        f"{sql_array(list(mapping.values()))}, {lowered})")
-    return f"multiIf({', '.join(branches)}, '')"
-
-
-def resource_value_sql(key: str) -> str:
-    """A resource attribute's AnyValue, the last occurrence winning as in the extractor's dict."""
-    return (f"reverse(rs.resource.attributes.value)"
-            f"[indexOf(reverse(rs.resource.attributes.key), {quoted(key)})]")
 
 
 def pairs_sql(pairs: frozenset[tuple[str, str]]) -> str:
     return "(" + ", ".join(f"({quoted(a)}, {quoted(b)})" for a, b in sorted(pairs)) + ")"
+
+
+def resource_text_sql(key: str) -> str:
+    """A resource attribute's text, the last occurrence winning as in the extractor's dict."""
+    position = f"indexOf(reverse(rs.resource.attributes.key), {quoted(key)})"
+    parts = {name: f"reverse(rs.resource.attributes.value.{name})[{position}]" for name in VALUE_ARRAYS.values()}
+    return text_of_sql(f"toInt8({parts['value']})", parts["int_value"], parts["double_value"],
+                       parts["string_value"], parts["bool_value"])
 
 
 def view_sql(maximum: int) -> str:
@@ -309,27 +293,40 @@ def view_sql(maximum: int) -> str:
     is inside the input total unless the emitter is cache-exclusive or the parts exceed
     it, reasoning is inside the output total unless larger than it.
 
-    Each step is its own subquery on purpose: the analyzer inlines an alias wherever it is
-    used, and the analysis of the view runs on every insert (about 0.1 ms per function node
-    here): the count rule is applied once per token kind, to the value of the key that wins,
-    and text is read only for keys whose text is used.
+    Built for the per-insert cost of ClickHouse 26.9, which analyses the view on every insert at
+    about 0.1 ms per expression node: the rules that repeat (a position per wanted key, the
+    winning key per token kind, the text of each text key, the count rule per kind) are one
+    lambda each, applied with ``arrayMap`` to constant arrays, instead of one expression per key
+    or kind; each step is its own subquery, so a later step reads scalars and short arrays.
     """
-    columns = AttributeColumns()
-    operation = operation_sql(columns)
-    provider_raw = f"lowerUTF8({first_text_sql(columns, cv.PROVIDER)})"
-    model = first_text_sql(columns, cv.MODEL)
-    kinds = (("input", cv.INPUT_TOTAL), ("output", cv.OUTPUT_TOTAL), ("cache_read", cv.CACHE_READ),
-             ("cache_write", cv.CACHE_WRITE), ("reasoning", cv.REASONING))
-    chosen_columns = [part for kind, keys in kinds for part in chosen_sql(columns, keys, kind)]
-    token_columns = [part for kind, _ in kinds for part in token_sql(kind, maximum)]
-    billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
-    zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
-    values = [f"rvalues[indexOf(rkeys, {quoted(key)})] AS {alias}" for key, alias in columns.names.items()]
-    presence = [f"indexOf(rkeys, {quoted(key)}) > 0 AS p{alias[1:]}" for key, alias in columns.names.items()]
-    readings = [f"{text_sql(alias)} AS t{alias[1:]}" for key, alias in columns.names.items()
-                if key in columns.texted] + chosen_columns
+    wanted = list(dict.fromkeys([key for _, keys in TOKEN_KINDS for key in keys] + list(TEXT_KEYS)))
+    position = {key: f"i{number}" for number, key in enumerate(wanted)}
+    positions = [f"indexOf(k, {quoted(key)}) AS {position[key]}" for key in wanted]
+    kind_positions = [f"{first_position_sql([position[key] for key in keys])} AS {kind}_p"
+                      for kind, keys in TOKEN_KINDS]
+    text = {key: f"t{position[key][1:]}" for key in TEXT_KEYS}
+    texts = [f"{text_of_sql(f'vk[{position[key]}]', f'vi[{position[key]}]', f'vd[{position[key]}]', f'vs[{position[key]}]', f'vb[{position[key]}]')} AS {text[key]}"
+             for key in TEXT_KEYS]
+    present = {key: position[key] for key in TEXT_KEYS}
+    branches = [f"{present[cv.OPERATION]} > 0, {text[cv.OPERATION]}"]
+    for key, mapping in cv.OPERATION_FALLBACKS:
+        lowered = f"lowerUTF8({text[key]})"
+        branches.append(f"{present[key]} > 0, transform({lowered}, {sql_array(list(mapping))}, "
+                        f"{sql_array(list(mapping.values()))}, {lowered})")
+    operation = f"multiIf({', '.join(branches)}, '')"
+    provider_raw = f"lowerUTF8({first_text_sql([text[key] for key in cv.PROVIDER])})"
+    model = first_text_sql([text[key] for key in cv.MODEL])
+    valid, count = count_sql(maximum)
+    numeric = quoted(f"^{NUMERIC_TEXT.pattern}$")
+    totals = ", ".join(f"totals[{number}] AS {kind}_total" for number, (kind, _) in enumerate(TOKEN_KINDS, 1))
     span_columns = "trace_id, span_id, customer, sdk_name, scope, event_ns"
-    separator = ",\n  "
+    arrays = ", ".join(VALUE_ARRAYS)
+    billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
+    separator = ",\n     "
+    zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
+    reversed_arrays = ",\n        ".join(
+        f"reverse({'CAST(sp.attributes.value.value, ' + quoted('Array(Int8)') + ')' if name == 'value' else f'sp.attributes.value.{name}'}) AS {alias}"
+        for alias, name in VALUE_ARRAYS.items())
     return f"""
 CREATE MATERIALIZED VIEW usage_wide_mv TO usage_wide AS
 SELECT
@@ -351,43 +348,56 @@ SELECT
           event_ns = 0, 'no start or end time',
           event_ns > {MAX_TIME_NS}, 'end time beyond DateTime64(9)', '') AS refusal
 FROM (
- SELECT {span_columns}, operation, provider, model,
-  input_total, output_total, cache_read_total, cache_write_total, reasoning_total,
-  input_ok AND output_ok AND cache_read_ok AND cache_write_ok AND reasoning_ok AS counts_ok,
+ SELECT {span_columns}, operation, provider, model, counts_ok, {totals},
   (sdk_name, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
     OR (scope, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
     OR cache_read_total + cache_write_total > input_total AS cache_exclusive
  FROM (
-  SELECT {span_columns},
-  {operation} AS operation,
-  transform({provider_raw} AS provider_raw, {sql_array(list(cv.PROVIDER_SPELLINGS))},
-            {sql_array(list(cv.PROVIDER_SPELLINGS.values()))}, provider_raw) AS provider,
-  {model} AS model,
-  {separator.join(token_columns)}
+  SELECT {span_columns}, operation, provider, model,
+   arrayAll((p, t, i, d, x) -> {valid}, kind_pos, kinds, ints, doubles, exacts) AS counts_ok,
+   arrayMap((t, i, d, x) -> {count}, kinds, ints, doubles, exacts) AS totals
   FROM (
-   SELECT {span_columns}, {", ".join(f"p{alias[1:]}" for alias in columns.names.values())},
-   {separator.join(readings)}
+   SELECT {span_columns}, kind_pos, kinds, ints, doubles,
+    arrayMap((t, s) -> if(t = {ONEOF['string_value']} AND match(s, {numeric}), toDecimal256OrNull(s, 30), NULL),
+             kinds, trimmed) AS exacts,
+    {operation} AS operation,
+    transform({provider_raw} AS provider_raw, {sql_array(list(cv.PROVIDER_SPELLINGS))},
+              {sql_array(list(cv.PROVIDER_SPELLINGS.values()))}, provider_raw) AS provider,
+    {model} AS model
    FROM (
-    SELECT {span_columns},
-    {separator.join(presence)},
-    {separator.join(values)}
+    SELECT {span_columns}, {", ".join(present.values())},
+     [{", ".join(f"{kind}_p" for kind, _ in TOKEN_KINDS)}] AS kind_pos,
+     [{", ".join(f"vk[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS kinds,
+     [{", ".join(f"vi[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS ints,
+     [{", ".join(f"vd[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS doubles,
+     [{", ".join(f"trimBoth(vs[{kind}_p], {WHITESPACE})" for kind, _ in TOKEN_KINDS)}] AS trimmed,
+     {separator.join(texts)}
     FROM (
-     SELECT
-      sp.trace_id AS trace_id, sp.span_id AS span_id,
-      if(sp.end_time_unix_nano != 0, sp.end_time_unix_nano, sp.start_time_unix_nano) AS event_ns,
-      reverse(sp.attributes.key) AS rkeys, reverse(sp.attributes.value) AS rvalues,
-      {text_sql(resource_value_sql(CUSTOMER_KEY))} AS customer,
-      {text_sql(resource_value_sql(SDK_NAME))} AS sdk_name,
-      ss.scope.name AS scope
-     FROM otlp_traces_landing
-     ARRAY JOIN resource_spans AS rs
-     ARRAY JOIN rs.scope_spans AS ss
-     ARRAY JOIN ss.spans AS sp
-     WHERE hasAny(sp.attributes.key, {sql_array(sorted(cv.USAGE_KEYS))})
+     SELECT {span_columns}, {arrays}, {", ".join(position.values())},
+      {separator.join(kind_positions)}
+     FROM (
+      SELECT {span_columns}, {arrays},
+       {separator.join(positions)}
+      FROM (
+       SELECT
+        sp.trace_id AS trace_id, sp.span_id AS span_id,
+        if(sp.end_time_unix_nano != 0, sp.end_time_unix_nano, sp.start_time_unix_nano) AS event_ns,
+        reverse(sp.attributes.key) AS k,
+        {reversed_arrays},
+        {resource_text_sql(CUSTOMER_KEY)} AS customer,
+        {resource_text_sql(SDK_NAME)} AS sdk_name,
+        ss.scope.name AS scope
+       FROM otlp_traces_landing
+       ARRAY JOIN resource_spans AS rs
+       ARRAY JOIN rs.scope_spans AS ss
+       ARRAY JOIN ss.spans AS sp
+       WHERE hasAny(sp.attributes.key, {sql_array(sorted(cv.USAGE_KEYS))})
+      )
+     )
     )
    )
+   WHERE operation IN {sql_array(billed_operations)}
   )
-  WHERE operation IN {sql_array(billed_operations)}
  )
 )
 """
@@ -411,7 +421,8 @@ def framed(payloads: Sequence[bytes]) -> bytes:
 
 
 def insert_sql() -> str:
-    settings = ", ".join(f"{name} = {value}" for name, value in INSERT_SETTINGS.items())
+    settings = ", ".join(f"{name} = {quoted(value) if isinstance(value, str) else value}"
+                         for name, value in INSERT_SETTINGS.items())
     return (f"INSERT INTO otlp_traces_landing SETTINGS format_schema = "
             f"{quoted(f'{SUBSET_PROTO}:{ROOT_MESSAGE}')}, {settings}")
 
