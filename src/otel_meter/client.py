@@ -12,29 +12,32 @@ Sending is safe to repeat: events are counted once per ``(source, id)``, so ``se
 RESOURCE_EXHAUSTED), when it cannot be reached, and when an attempt times out. An event
 without a ``time`` is stamped once per ``send`` call, so that its retries carry the same time.
 
-HTTP uses only the standard library; gRPC needs ``grpcio`` (a dependency of otel-meter).
+HTTP goes through ``httpx`` and gRPC through ``grpcio`` (both dependencies of otel-meter), with
+the retry policy of :mod:`otel_meter.http.retry`.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import ssl
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 from urllib.parse import urlsplit
+
+import httpx
+
+from otel_meter.http import Doubling, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, TransientError
+from otel_meter.http import call_with_retries, new_client, send
 
 __all__ = ["Event", "EventsClient", "IngestResult", "RejectedEvent", "EventsError", "EventsRejectedError",
            "EventsUnavailableError"]
 
 EVENTS_PATH = "/v1/events"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
-RETRY_HTTP_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_HTTP_STATUSES = RetryStatuses(frozenset({429, 502, 503, 504}), server_errors=False)
+"""And no answer at all (refused, reset, timed out)."""
 
 Quantity = int | str | Decimal
 
@@ -93,12 +96,6 @@ class EventsRejectedError(EventsError):
 
 class EventsUnavailableError(EventsError):
     """The server could not take the events, also after the retries; sending them again later is safe."""
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def quantity_text(meter: str, value: Any) -> str:
@@ -163,8 +160,10 @@ class EventsClient:
     ``url``: for HTTP the receiver's base URL (``http://host:4318``; ``/v1/events`` is added when
     the URL has no path); for gRPC its address (``host:4317``; ``https://`` or ``grpcs://`` for TLS).
     ``timeout``: seconds per attempt. ``retries``: further attempts after a retryable failure,
-    waiting ``backoff`` seconds, doubled each time, or as long as the server asks (``Retry-After``),
-    at most ``max_backoff``. ``token``: sent as ``Authorization: Bearer <token>`` (HTTP header or
+    waiting ``backoff`` seconds, doubled each time (within +-20 %), or as long as the server asks
+    when that is longer (``Retry-After``, seconds or an HTTP date), at most ``max_backoff``.
+    ``deadline``: seconds for a whole ``send``, retries included; no retry starts after it (None:
+    only ``retries`` bounds it). ``token``: sent as ``Authorization: Bearer <token>`` (HTTP header or
     gRPC metadata), for a receiver with ``auth``. ``ca_file``: a CA certificate (PEM) to trust
     for ``https``/``grpcs``, when the server's certificate is not signed by a system-trusted CA.
     """
@@ -172,20 +171,24 @@ class EventsClient:
     def __init__(self, url: str, *, transport: Literal["http", "grpc"] = "http", timeout: float = 10.0,
                  retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
                  headers: dict[str, str] | None = None, token: str | None = None,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, deadline: float | None = None) -> None:
         if transport not in ("http", "grpc"):
             raise ValueError(f"transport must be 'http' or 'grpc', not {transport!r}")
         if retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+        if deadline is not None and deadline <= 0:
+            raise ValueError(f"deadline must be > 0 seconds (or None), not {deadline!r}")
         self.transport = transport
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.deadline = deadline
         self.headers = dict(headers or {})
         if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
         self.ca_file = ca_file
+        self._http_client: httpx.Client | None = None
         self._channel: Any = None
         self._stub: Any = None
         if transport == "http":
@@ -207,9 +210,19 @@ class EventsClient:
         self.close()
 
     def close(self) -> None:
+        if self._http_client is not None:
+            self._http_client.close()
+            self._http_client = None
         if self._channel is not None:
             self._channel.close()
             self._channel = self._stub = None
+
+    def _retry_policy(self) -> RetryPolicy:
+        """``retries + 1`` attempts; ``backoff`` doubling within +-20 %; ``Retry-After`` (on any
+        retried status) waited when longer than that; every wait at most ``max_backoff``."""
+        return RetryPolicy(max_attempts=self.retries + 1, backoff=Doubling(self.backoff, 0.2),
+                           max_wait=self.max_backoff, retry_on=RETRY_HTTP_STATUSES, retry_after_on=None,
+                           retry_after_is_minimum=True, deadline=self.deadline)
 
     def send(self, events: Sequence[Event]) -> IngestResult:
         """Send the events in one request. Returns what the server took; events it refused are
@@ -218,50 +231,44 @@ class EventsClient:
         if not events:
             return IngestResult(0, 0, 0, [])
         now = datetime.now(timezone.utc)
-        attempt_once = self._http_attempt(events, now) if self.transport == "http" else self._grpc_attempt(events, now)
-        attempt = 0
-        while True:
-            try:
-                return attempt_once()
-            except _Retry as error:
-                if attempt >= self.retries:
-                    raise EventsUnavailableError(f"otel-meter did not take the events after {attempt + 1} "
-                                                 f"attempts: {error}") from None
-                delay = self.backoff * 2**attempt * random.uniform(0.8, 1.2)
-                if error.retry_after is not None:
-                    delay = max(delay, error.retry_after)
-                time.sleep(min(delay, self.max_backoff))
-                attempt += 1
+        return self._send_http(events, now) if self.transport == "http" else self._send_grpc(events, now)
 
     # --- HTTP --------------------------------------------------------------------------------------
 
-    def _http_attempt(self, events: Sequence[Event], now: datetime):
+    def _send_http(self, events: Sequence[Event], now: datetime) -> IngestResult:
         body = json.dumps([cloud_event(event, now) for event in events]).encode()
         headers = {**self.headers, "Content-Type": BATCH_CONTENT_TYPE, "Accept": "application/json"}
-        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
-
-        def attempt() -> IngestResult:
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
-                    answer = json.load(response)
-            except urllib.error.HTTPError as error:
-                message = _error_message(error)
-                if error.code in RETRY_HTTP_STATUSES:
-                    raise _Retry(f"HTTP {error.code}: {message}", _retry_after(error.headers.get("Retry-After")))
-                raise EventsRejectedError(error.code, message) from None
-            except (urllib.error.URLError, OSError) as error:  # refused, reset, timed out
-                raise _Retry(f"cannot reach {self.url}: {getattr(error, 'reason', error)}") from None
-            except ValueError as error:
-                raise EventsError(f"otel-meter answered with something other than JSON: {error}") from None
-            return _result(answer["accepted"], answer["duplicates"], answer["rejected"],
-                           [(r["index"], r["id"], r["reason"]) for r in answer.get("rejections", ())])
-
-        return attempt
+        request = HttpRequest("POST", self.url, content=body, headers=headers)
+        if self._http_client is None:  # urllib read the proxy variables before; so does this client
+            context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+            self._http_client = new_client(self.timeout, ssl_context=context, proxies_from_environment=True)
+        outcome = send(self._http_client, request, self._retry_policy())
+        answer = outcome.result
+        if answer.status == 0:
+            raise EventsUnavailableError(f"otel-meter did not take the events after {outcome.attempts} attempts: "
+                                         f"cannot reach {self.url}: {answer.error}")
+        if RETRY_HTTP_STATUSES(answer):
+            raise EventsUnavailableError(f"otel-meter did not take the events after {outcome.attempts} attempts: "
+                                         f"HTTP {answer.status}: {_error_message(answer)}")
+        if not answer.ok:
+            raise EventsRejectedError(answer.status, _error_message(answer))
+        try:
+            document = json.loads(answer.content)
+        except ValueError as error:
+            raise EventsError(f"otel-meter answered with something other than JSON: {error}") from None
+        return _result(document["accepted"], document["duplicates"], document["rejected"],
+                       [(r["index"], r["id"], r["reason"]) for r in document.get("rejections", ())])
 
     # --- gRPC --------------------------------------------------------------------------------------
 
-    def _grpc_attempt(self, events: Sequence[Event], now: datetime):
+    def _send_grpc(self, events: Sequence[Event], now: datetime) -> IngestResult:
+        try:
+            return call_with_retries(self._grpc_attempt(events, now), self._retry_policy()).result
+        except TransientError as error:
+            raise EventsUnavailableError(f"otel-meter did not take the events after {error.attempts} "
+                                         f"attempts: {error}") from None
+
+    def _grpc_attempt(self, events: Sequence[Event], now: datetime) -> Callable[[], IngestResult]:
         import grpc
 
         from otel_meter.api.v1.events_pb2 import IngestRequest
@@ -286,7 +293,7 @@ class EventsClient:
             except grpc.RpcError as error:
                 code, details = error.code(), error.details()  # type: ignore[attr-defined]
                 if code in retryable:
-                    raise _Retry(f"{code.name}: {details}") from None
+                    raise TransientError(f"{code.name}: {details}") from None
                 raise EventsRejectedError(code.name, details or "") from None
             return _result(response.accepted, response.duplicates, response.rejected,
                            [(r.index, r.id, r.reason) for r in response.rejections])
@@ -294,20 +301,9 @@ class EventsClient:
         return attempt
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _error_message(answer: HttpAnswer) -> str:
     """The ``message`` of the error body (a ``google.rpc.Status`` in JSON), else the body as text."""
     try:
-        raw = error.read()
-    except OSError:
-        return error.reason or ""
-    try:
-        return str(json.loads(raw)["message"])
+        return str(json.loads(answer.content)["message"])
     except (ValueError, KeyError, TypeError):
-        return raw.decode(errors="replace").strip() or str(error.reason)
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+        return answer.text().strip() or answer.reason

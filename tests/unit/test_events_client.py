@@ -94,6 +94,24 @@ def test_honours_retry_after_up_to_max_backoff(fake):
     assert time.monotonic() - started < 5
 
 
+def test_honours_a_retry_after_given_as_an_http_date(fake):
+    from email.utils import formatdate
+
+    server = fake((503, {"message": "busy"}, {"Retry-After": formatdate(time.time() + 2, usegmt=True)}))
+    started = time.monotonic()
+    assert EventsClient(server.url, retries=1, backoff=0.01).send([EVENT]).accepted == 1
+    assert time.monotonic() - started >= 0.9  # the date has whole seconds: 1 to 2 s from now
+    assert len(server.requests) == 2
+
+
+def test_a_deadline_ends_the_retries_before_they_run_out(fake):
+    server = fake(*[(503, {"message": "otel-meter is shutting down"}, {"Retry-After": "0.3"})] * 20)
+    started = time.monotonic()
+    with pytest.raises(EventsUnavailableError, match="after [1-4] attempts: HTTP 503: otel-meter is shutting down"):
+        EventsClient(server.url, retries=19, backoff=0.01, deadline=1.0).send([EVENT])
+    assert time.monotonic() - started < 1.5 and 1 <= len(server.requests) <= 4
+
+
 def test_gives_up_after_the_retries_with_the_last_reason(fake):
     server = fake(*[(503, {"message": "otel-meter is shutting down"}, {})] * 3)
     with pytest.raises(EventsUnavailableError, match="after 3 attempts: HTTP 503: otel-meter is shutting down"):
