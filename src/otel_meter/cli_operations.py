@@ -27,10 +27,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+import httpx
 from google.protobuf.message import DecodeError, Message
 
 from otel_meter.component import LOGS, METRICS, TRACES, Kind
 from otel_meter.errors import OtelMeterError
+from otel_meter.http import Doubling, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, new_client, send
 
 COMMANDS = ("replay", "backfill", "doctor")
 SIGNAL_KEYS = {"resourceSpans": TRACES, "resource_spans": TRACES, "resourceMetrics": METRICS,
@@ -41,6 +43,11 @@ DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 MAX_ATTEMPTS = 10
 """Tries per request while the server answers 429 or 503 (or cannot be reached)."""
 MAX_RETRY_WAIT = 30.0
+REQUEST_TIMEOUT = 120.0
+"""Seconds for connecting and for each read: a large batch can take the server a while."""
+RETRY_POLICY = RetryPolicy(max_attempts=MAX_ATTEMPTS, backoff=Doubling(0.5), max_wait=MAX_RETRY_WAIT,
+                           retry_on=RetryStatuses(frozenset({429, 503}), server_errors=False), retry_after_on=None)
+"""429, 503 and no answer: after ``Retry-After`` (seconds or an HTTP date), else 0.5 s doubling, at most 30 s."""
 DUPLICATES_NOTE = ("Sending the same data twice is harmless within the dedup window (default 7 days of the "
                    "events' own time): the server counts each span, data point series and log record once, "
                    "so an interrupted replay can simply be run again.")
@@ -214,6 +221,7 @@ class OtlpHttpTarget:
     token: str | None = None
     context: ssl.SSLContext | None = None
     sleep: Callable[[float], None] = time.sleep
+    _client: httpx.Client | None = field(default=None, init=False, repr=False)
 
     def send(self, document: ExportDocument) -> int:
         """POST one request as protobuf; the number of items the server refused for good
@@ -224,47 +232,33 @@ class OtlpHttpTarget:
         headers = {"Content-Type": "application/x-protobuf"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        body = document.request.SerializeToString()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=120, context=self.context) as response:
-                    answer = SIGNALS[document.signal].response_type.FromString(response.read())
-                    return getattr(answer.partial_success, SIGNALS[document.signal].rejected_field)
-            except urllib.error.HTTPError as error:
-                detail = error_detail(error)
-                if error.code not in (429, 503) or attempt == MAX_ATTEMPTS:
-                    raise ReplayError(f"{document.where}: {url} answered {error.code}: {detail}") from None
-                wait = retry_after(error.headers.get("Retry-After"), attempt)
-            except (urllib.error.URLError, ConnectionError) as error:
-                if attempt == MAX_ATTEMPTS:
-                    reason = getattr(error, "reason", error)
-                    raise ReplayError(f"{document.where}: cannot reach {url} ({reason}); is otel-meter serving "
-                                      f"OTLP/HTTP there? Pass --endpoint") from None
-                wait = retry_after(None, attempt)
-            self.sleep(wait)
-        raise AssertionError("unreachable")
+        if self._client is None:  # urllib read the proxy variables before; so does this client
+            self._client = new_client(REQUEST_TIMEOUT, ssl_context=self.context, proxies_from_environment=True)
+        answer = send(self._client, HttpRequest("POST", url, content=document.request.SerializeToString(),
+                                                headers=headers), RETRY_POLICY, sleep=self.sleep).result
+        if answer.status == 0:
+            raise ReplayError(f"{document.where}: cannot reach {url} ({answer.error}); is otel-meter serving "
+                              f"OTLP/HTTP there? Pass --endpoint")
+        if not answer.ok:
+            raise ReplayError(f"{document.where}: {url} answered {answer.status}: {error_detail(answer)}")
+        reply = SIGNALS[document.signal].response_type.FromString(answer.content)
+        return getattr(reply.partial_success, SIGNALS[document.signal].rejected_field)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
-def error_detail(error: urllib.error.HTTPError) -> str:
+def error_detail(answer: HttpAnswer) -> str:
     from google.rpc.status_pb2 import Status
 
-    data = error.read() or b""
     try:
-        if "protobuf" in (error.headers.get("Content-Type") or ""):
-            return Status.FromString(data).message
-        return json.loads(data).get("message", "") or error.reason
+        if "protobuf" in answer.headers.get("content-type", ""):
+            return Status.FromString(answer.content).message
+        return json.loads(answer.content).get("message", "") or answer.reason
     except Exception:  # an answer from something that is not otel-meter
-        return data[:200].decode(errors="replace") or str(error.reason)
-
-
-def retry_after(header: str | None, attempt: int) -> float:
-    if header is not None:
-        try:
-            return min(MAX_RETRY_WAIT, max(0.0, float(header)))
-        except ValueError:
-            pass
-    return min(MAX_RETRY_WAIT, 0.5 * 2 ** (attempt - 1))
+        return answer.content[:200].decode(errors="replace") or answer.reason
 
 
 def otlp_http_target(config_path: str | None, endpoint: str | None, token: str | None,
@@ -695,6 +689,8 @@ def replay(args: argparse.Namespace) -> int:
         progress.show("stopped")
         print(f"otel-meter: {args.command}: {error}", file=sys.stderr)
         return 1
+    finally:
+        target.close()
     return 0 if progress.refused == 0 else 1
 
 

@@ -197,6 +197,19 @@ def test_429_and_503_are_retried_after_their_retry_after_and_progress_is_counted
     assert any("1 request(s), 2 item(s) sent, 0 refused" in line for line in lines)
 
 
+def test_a_retry_after_given_as_an_http_date_is_honoured_up_to_30_seconds(tmp_path: Path) -> None:
+    from email.utils import formatdate
+
+    receiver = FakeReceiver([(503, {"Retry-After": formatdate(time.time() + 3600, usegmt=True)})])
+    waits: list[float] = []
+    target = OtlpHttpTarget(receiver.url, {"traces": "/v1/traces"}, sleep=waits.append)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(otlp_json(sdk_request(["a"]))))
+    replay_files([path], target, "auto", None, Progress(stream=open("/dev/null", "w")))
+    receiver.httpd.shutdown()
+    assert waits == [30.0] and len(receiver.bodies) == 2
+
+
 def test_a_400_stops_the_replay_naming_the_document(tmp_path: Path) -> None:
     receiver = FakeReceiver([(400, {})])
     target = OtlpHttpTarget(receiver.url, {"traces": "/v1/traces"}, sleep=lambda _: None)
