@@ -19,6 +19,6 @@ from otel_meter.http.retry import (
     send,
 )
 
-__all__ = ["RATE_LIMITED_OR_FAILED", "Doubling", "FullJitter", "HttpAnswer", "HttpRequest", "Outcome", "RetryPolicy", "RetryStatuses",
-           "TransientError", "USER_AGENT", "call_with_retries", "exchange", "new_client", "retry_after_seconds",
-           "send"]
+__all__ = ["RATE_LIMITED_OR_FAILED", "USER_AGENT", "Doubling", "FullJitter", "HttpAnswer", "HttpRequest", "Outcome",
+           "RetryPolicy", "RetryStatuses", "TransientError", "call_with_retries", "exchange", "new_client",
+           "retry_after_seconds", "send"]

@@ -417,13 +417,14 @@ class NetSuiteTarget:
         if answer.status == 400 and not transient(answer):
             stored = self._request(rest, "GET", f"/record/v1/usage/eid:{quote(record.key, safe='')}")
             if stored.ok:
+                usage = stored.document
                 # NetSuite keeps usageQuantity as a double: compare as doubles.
-                same = (_float(stored.document.get("usageQuantity")) == float(fields["quantity"])
-                        and str(stored.document.get("usageDate", ""))[:10] == fields["date"])
+                same = (_float(usage.get("usageQuantity")) == float(fields["quantity"])
+                        and str(usage.get("usageDate", ""))[:10] == fields["date"])
                 if same:
-                    return SendResult(record.key, True, external_id=str(stored.document.get("id") or record.key))
+                    return SendResult(record.key, True, external_id=str(usage.get("id") or record.key))
                 raise _Failure(f"NetSuite usage {record.key} already exists with quantity "
-                               f"{stored.document.get('usageQuantity')} on {stored.document.get('usageDate')}, but this "
+                               f"{usage.get('usageQuantity')} on {usage.get('usageDate')}, but this "
                                f"record sends {fields['quantity']} on {fields['date']}: NetSuite and the export "
                                "ledger disagree; void or delete that usage in NetSuite and send again",
                                retryable=False)

@@ -30,7 +30,15 @@ from pydantic import Field
 from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, UsageRecord, register_target
 from otel_meter.billing.targets.files import record_fields
 from otel_meter.http import new_client
-from otel_meter.webhooks import RETRIED, WebhookConfig, WebhookError, WebhookEvent, deliver, delivery_detail, encode_body
+from otel_meter.webhooks import (
+    RETRIED,
+    WebhookConfig,
+    WebhookError,
+    WebhookEvent,
+    deliver,
+    delivery_detail,
+    encode_body,
+)
 
 __all__ = ["EVENT_TYPE", "WebhookTarget", "WebhookTargetConfig", "batch_id"]
 
