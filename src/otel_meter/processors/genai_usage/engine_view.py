@@ -1,0 +1,238 @@
+"""Usage extraction as a ClickHouse materialized view, generated from the conventions table.
+
+The engine-side form of ``GenAIUsageProcessor``'s token extraction: spans inserted into the
+landing table (``otel_meter.engine.landing``) become one wide row each, with the five disjoint
+token meters as columns. Every key list, precedence, provider spelling, operation fallback and
+cache-exclusive emitter is read from ``conventions`` when the SQL is generated (the single
+source, with docs/conventions.md); the counting follows ``processor.token_quantities`` and
+``values.count_value``, and the tests compare it with the extractor span by span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from otel_meter.engine.landing import LANDING_TABLE
+from otel_meter.engine.sql_text import quoted, sql_array
+from otel_meter.processors.genai_usage import conventions as cv
+from otel_meter.processors.genai_usage.processor import MAX_TIME_NS, SDK_NAME
+from otel_meter.processors.genai_usage.values import NUMERIC_TEXT
+from otel_meter.usage import (
+    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, MAX_QUANTITY, OUTPUT_TOKENS, REASONING_TOKENS,
+)
+
+WIDE_TABLE = "usage_wide"
+VIEW = "usage_wide_mv"
+METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS)
+"""The wide row's token columns, named after the meters they feed."""
+
+
+def wide_table_sql(table: str = WIDE_TABLE) -> str:
+    meters = ", ".join(f"{meter} UInt64" for meter in METERS)
+    return f"""
+CREATE TABLE {table} (
+  event_id String,
+  event_time DateTime64(9),
+  customer LowCardinality(String),
+  provider LowCardinality(String),
+  model LowCardinality(String),
+  operation LowCardinality(String),
+  {meters},
+  invalid UInt8,
+  refusal LowCardinality(String)
+) ENGINE = MergeTree ORDER BY (customer, event_time, event_id)
+"""
+
+
+ONEOF = {name: AnyValue.DESCRIPTOR.fields_by_name[name].number
+         for name in ("string_value", "bool_value", "int_value", "double_value")}
+"""The oneof's Enum8 values in the landing table are the AnyValue field numbers (clickhouse_type);
+the view compares them as Int8, which the analyzer handles more cheaply than Enum literals."""
+VALUE_ARRAYS = {"vk": "value", "vi": "int_value", "vd": "double_value", "vs": "string_value", "vb": "bool_value"}
+"""The span's attribute value parts, each as its own array, reversed so that ``indexOf`` finds a
+repeated key's last occurrence, as the extractor's dict ``found[key] = value`` keeps it."""
+WHITESPACE = "' \\t\\n\\r\\x0B\\x0C'"
+"""What Python's ``str.strip()`` removes from ASCII text, as a ClickHouse string literal."""
+TOKEN_KINDS = (("input", cv.INPUT_TOTAL), ("output", cv.OUTPUT_TOTAL), ("cache_read", cv.CACHE_READ),
+               ("cache_write", cv.CACHE_WRITE), ("reasoning", cv.REASONING))
+TEXT_KEYS = tuple(dict.fromkeys((cv.OPERATION, *(key for key, _ in cv.OPERATION_FALLBACKS), *cv.PROVIDER,
+                                 *cv.MODEL)))
+"""The attributes read as text (operation, its fallbacks, provider, model), each once."""
+
+
+def text_of_sql(kind: str, integer: str, double: str, string: str, boolean: str) -> str:
+    """``values.text_value`` over one value's parts: the string, else ints, doubles and bools as text, else ''."""
+    return (f"multiIf({kind} = {ONEOF['string_value']}, {string}, {kind} = {ONEOF['int_value']}, toString({integer}), "
+            f"{kind} = {ONEOF['double_value']}, toString({double}), "
+            f"{kind} = {ONEOF['bool_value']}, if({boolean}, 'true', 'false'), '')")
+
+
+def first_position_sql(positions: Sequence[str]) -> str:
+    """The first non-zero position among ``positions`` (precedence order), 0 when none is."""
+    expression = positions[-1]
+    for position in reversed(positions[:-1]):
+        expression = f"if({position} > 0, {position}, {expression})"
+    return expression
+
+
+def first_text_sql(texts: Sequence[str]) -> str:
+    """``values.first_text``: the first non-empty text, in precedence order."""
+    expression = "''"
+    for text in reversed(texts):
+        expression = f"if({text} != '', {text}, {expression})"
+    return expression
+
+
+def count_sql(maximum: int) -> tuple[str, str]:
+    """(is valid, count) of ``values.count_value`` as lambda bodies over one token kind's winning value:
+    ``p`` its position (0: absent), ``t`` its oneof, ``i``/``d`` its int and double, ``x`` its numeric
+    text as an exact decimal (NULL when it is none). Ints, whole doubles and whole numeric text,
+    0..maximum, are valid.
+
+    The view runs without short-circuit evaluation (INSERT_SETTINGS), so every branch is computed
+    for every span: each is a cheap scalar expression, and a double or decimal becomes an integer
+    directly, which is exact below 2**53 (checked here)."""
+    limit = min(maximum, MAX_QUANTITY - 1)
+    if limit >= 2**53:
+        raise ValueError(f"max_tokens_per_span {maximum} is beyond what a double holds exactly; the view "
+                         f"converts whole doubles directly and needs a limit below 2**53")
+    string, integer, double = ONEOF["string_value"], ONEOF["int_value"], ONEOF["double_value"]
+    valid = (f"p = 0 OR multiIf(t = {integer}, i BETWEEN 0 AND {limit}, "
+             f"t = {double}, isFinite(d) AND d >= 0 AND d <= {limit} AND d = floor(d), "
+             f"t = {string}, x IS NOT NULL AND x >= 0 AND x <= {limit} AND x = floor(assumeNotNull(x)), false)")
+    count = (f"multiIf(t = {integer}, toUInt64(greatest(i, 0)), t = {double}, toUInt64(greatest(least(d, {limit}), 0)), "
+             f"t = {string}, toUInt64(greatest(least(ifNull(x, 0), {limit}), 0)), toUInt64(0))")
+    return valid, count
+
+
+def pairs_sql(pairs: frozenset[tuple[str, str]]) -> str:
+    return "(" + ", ".join(f"({quoted(a)}, {quoted(b)})" for a, b in sorted(pairs)) + ")"
+
+
+def resource_text_sql(key: str) -> str:
+    """A resource attribute's text, the last occurrence winning as in the extractor's dict."""
+    position = f"indexOf(reverse(rs.resource.attributes.key), {quoted(key)})"
+    parts = {name: f"reverse(rs.resource.attributes.value.{name})[{position}]" for name in VALUE_ARRAYS.values()}
+    return text_of_sql(f"toInt8({parts['value']})", parts["int_value"], parts["double_value"],
+                       parts["string_value"], parts["bool_value"])
+
+
+def view_sql(maximum: int, customer_key: str = "customer.id", source: str = LANDING_TABLE,
+             target: str = WIDE_TABLE, name: str = VIEW) -> str:
+    """The materialized view: one wide row per span whose operation bills tokens and that has a usage key.
+
+    Every key list and mapping comes from ``conventions``; the counting follows
+    ``processor.token_quantities``: the first present key of each kind wins, cached input
+    is inside the input total unless the emitter is cache-exclusive or the parts exceed
+    it, reasoning is inside the output total unless larger than it.
+
+    Built for the per-insert cost of ClickHouse 26.9, which analyses the view on every insert at
+    about 0.1 ms per expression node: the rules that repeat (a position per wanted key, the
+    winning key per token kind, the text of each text key, the count rule per kind) are one
+    lambda each, applied with ``arrayMap`` to constant arrays, instead of one expression per key
+    or kind; each step is its own subquery, so a later step reads scalars and short arrays.
+    """
+    wanted = list(dict.fromkeys([key for _, keys in TOKEN_KINDS for key in keys] + list(TEXT_KEYS)))
+    position = {key: f"i{number}" for number, key in enumerate(wanted)}
+    positions = [f"indexOf(k, {quoted(key)}) AS {position[key]}" for key in wanted]
+    kind_positions = [f"{first_position_sql([position[key] for key in keys])} AS {kind}_p"
+                      for kind, keys in TOKEN_KINDS]
+    text = {key: f"t{position[key][1:]}" for key in TEXT_KEYS}
+    texts = [f"{text_of_sql(f'vk[{position[key]}]', f'vi[{position[key]}]', f'vd[{position[key]}]', f'vs[{position[key]}]', f'vb[{position[key]}]')} AS {text[key]}"
+             for key in TEXT_KEYS]
+    present = {key: position[key] for key in TEXT_KEYS}
+    branches = [f"{present[cv.OPERATION]} > 0, {text[cv.OPERATION]}"]
+    for key, mapping in cv.OPERATION_FALLBACKS:
+        lowered = f"lowerUTF8({text[key]})"
+        branches.append(f"{present[key]} > 0, transform({lowered}, {sql_array(list(mapping))}, "
+                        f"{sql_array(list(mapping.values()))}, {lowered})")
+    operation = f"multiIf({', '.join(branches)}, '')"
+    provider_raw = f"lowerUTF8({first_text_sql([text[key] for key in cv.PROVIDER])})"
+    model = first_text_sql([text[key] for key in cv.MODEL])
+    valid, count = count_sql(maximum)
+    numeric = quoted(f"^{NUMERIC_TEXT.pattern}$")
+    totals = ", ".join(f"totals[{number}] AS {kind}_total" for number, (kind, _) in enumerate(TOKEN_KINDS, 1))
+    span_columns = "trace_id, span_id, customer, sdk_name, scope, event_ns"
+    arrays = ", ".join(VALUE_ARRAYS)
+    billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
+    separator = ",\n     "
+    zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
+    reversed_arrays = ",\n        ".join(
+        f"reverse({'CAST(sp.attributes.value.value, ' + quoted('Array(Int8)') + ')' if name == 'value' else f'sp.attributes.value.{name}'}) AS {alias}"
+        for alias, name in VALUE_ARRAYS.items())
+    return f"""
+CREATE MATERIALIZED VIEW {name} TO {target} AS
+SELECT
+  lower(hex(trace_id)) || lower(hex(span_id)) AS event_id,
+  fromUnixTimestamp64Nano(toInt64(if(event_ns > {MAX_TIME_NS}, 0, event_ns))) AS event_time,
+  customer, provider, model, operation,
+  if(counts_ok, if(cache_exclusive, input_total, input_total - cache_read_total - cache_write_total), 0)
+    AS {INPUT_TOKENS},
+  if(counts_ok, cache_read_total, 0) AS {CACHE_READ_TOKENS},
+  if(counts_ok, cache_write_total, 0) AS {CACHE_WRITE_TOKENS},
+  if(counts_ok, if(reasoning_total > output_total, output_total, output_total - reasoning_total), 0)
+    AS {OUTPUT_TOKENS},
+  if(counts_ok, reasoning_total, 0) AS {REASONING_TOKENS},
+  NOT counts_ok AS invalid,
+  multiIf(NOT counts_ok, 'invalid token count',
+          input_total + output_total + cache_read_total + cache_write_total + reasoning_total = 0, '',
+          length(trace_id) != 16 OR length(span_id) != 8 OR trace_id = {zero_trace} OR span_id = {zero_span},
+            'trace_id must be 16 bytes and span_id 8 bytes, not all zero',
+          event_ns = 0, 'no start or end time',
+          event_ns > {MAX_TIME_NS}, 'end time beyond DateTime64(9)', '') AS refusal
+FROM (
+ SELECT {span_columns}, operation, provider, model, counts_ok, {totals},
+  (sdk_name, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
+    OR (scope, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
+    OR cache_read_total + cache_write_total > input_total AS cache_exclusive
+ FROM (
+  SELECT {span_columns}, operation, provider, model,
+   arrayAll((p, t, i, d, x) -> {valid}, kind_pos, kinds, ints, doubles, exacts) AS counts_ok,
+   arrayMap((t, i, d, x) -> {count}, kinds, ints, doubles, exacts) AS totals
+  FROM (
+   SELECT {span_columns}, kind_pos, kinds, ints, doubles,
+    arrayMap((t, s) -> if(t = {ONEOF['string_value']} AND match(s, {numeric}), toDecimal256OrNull(s, 30), NULL),
+             kinds, trimmed) AS exacts,
+    {operation} AS operation,
+    transform({provider_raw} AS provider_raw, {sql_array(list(cv.PROVIDER_SPELLINGS))},
+              {sql_array(list(cv.PROVIDER_SPELLINGS.values()))}, provider_raw) AS provider,
+    {model} AS model
+   FROM (
+    SELECT {span_columns}, {", ".join(present.values())},
+     [{", ".join(f"{kind}_p" for kind, _ in TOKEN_KINDS)}] AS kind_pos,
+     [{", ".join(f"vk[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS kinds,
+     [{", ".join(f"vi[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS ints,
+     [{", ".join(f"vd[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS doubles,
+     [{", ".join(f"trimBoth(vs[{kind}_p], {WHITESPACE})" for kind, _ in TOKEN_KINDS)}] AS trimmed,
+     {separator.join(texts)}
+    FROM (
+     SELECT {span_columns}, {arrays}, {", ".join(position.values())},
+      {separator.join(kind_positions)}
+     FROM (
+      SELECT {span_columns}, {arrays},
+       {separator.join(positions)}
+      FROM (
+       SELECT
+        sp.trace_id AS trace_id, sp.span_id AS span_id,
+        if(sp.end_time_unix_nano != 0, sp.end_time_unix_nano, sp.start_time_unix_nano) AS event_ns,
+        reverse(sp.attributes.key) AS k,
+        {reversed_arrays},
+        {resource_text_sql(customer_key)} AS customer,
+        {resource_text_sql(SDK_NAME)} AS sdk_name,
+        ss.scope.name AS scope
+       FROM {source}
+       ARRAY JOIN resource_spans AS rs
+       ARRAY JOIN rs.scope_spans AS ss
+       ARRAY JOIN ss.spans AS sp
+       WHERE hasAny(sp.attributes.key, {sql_array(sorted(cv.USAGE_KEYS))})
+      )
+     )
+    )
+   )
+   WHERE operation IN {sql_array(billed_operations)}
+  )
+ )
+)
+"""
