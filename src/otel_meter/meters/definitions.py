@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.usage import FAILED_CALLS, MODALITY_TOKEN_METERS, TOKEN_METERS
 
 TOKEN_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
@@ -192,20 +193,25 @@ BUILTIN_METERS: dict[str, MeterDefinition] = {
     **{meter: _meter(match={"operation": INFERENCE}, quantity={"tokens": kind}, unit="{token}")
        for meter, kind in zip(TOKEN_METERS + MODALITY_TOKEN_METERS, TOKEN_KINDS + MODALITY_KINDS)},
     "tool_calls": _meter(match={"operation": "execute_tool"}, quantity={"constant": 1}, unit="{call}",
-                         dimensions=["gen_ai.tool.name"]),
+                         dimensions=["gen_ai.tool.name", "gen_ai.tool.type", "tool.name"]),
     "agent_invocations": _meter(match={"operation": "invoke_agent"}, quantity={"constant": 1}, unit="{call}",
                                 dimensions=["gen_ai.agent.name"]),
     "agent_creations": _meter(match={"operation": "create_agent"}, quantity={"constant": 1}, unit="{call}",
                               dimensions=["gen_ai.agent.name"]),
     "workflow_invocations": _meter(match={"operation": "invoke_workflow"}, quantity={"constant": 1},
                                    unit="{call}", dimensions=["gen_ai.workflow.name"]),
-    FAILED_CALLS: _meter(match={"operation": INFERENCE, "attribute_globs": {"error.type": "?*"}},
+    FAILED_CALLS: _meter(match=[{"operation": INFERENCE, "attribute_globs": {"error.type": "?*"}},
+                                {"operation": INFERENCE, "attributes": {cv.STATUS_CODE: "ERROR"}}],
                          quantity={"constant": 1}, unit="{call}", dimensions=["error.type"]),
     "embedding_calls": _meter(match={"operation": "embeddings"}, quantity={"constant": 1}, unit="{call}"),
     "retrieval_queries": _meter(match={"operation": RETRIEVAL}, quantity={"constant": 1}, unit="{query}",
                                 dimensions=["gen_ai.data_source.id"]),
     "vector_queries": _meter(match=VECTOR_SEARCHES, quantity={"constant": 1}, unit="{query}",
                              dimensions=["db.system.name", "db.system", "db.collection.name"]),
+    "agent_plans": _meter(match={"operation": sorted(cv.PLAN_OPERATIONS)}, quantity={"constant": 1},
+                          unit="{call}", dimensions=["gen_ai.agent.name"]),
+    "memory_operations": _meter(match={"operation": sorted(cv.MEMORY_OPERATIONS)}, quantity={"constant": 1},
+                                unit="{call}", dimensions=["gen_ai.operation.name"]),
 }
 """The meters every pipeline has unless the config switches them off. Further meters
 (per-call inference counts, inference seconds, GPU seconds, API calls) are one config

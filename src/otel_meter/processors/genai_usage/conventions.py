@@ -119,3 +119,34 @@ excludes cache reads and writes: its own TracerProvider names the SDK ``openlit`
 application's TracerProvider (which it then uses) only its scope tells it apart. Anthropic's own
 SDK tracing (``com.anthropic.sdk.python``), OpenLLMetry's and OpenInference's Anthropic
 instrumentations add the cache counts into the input total, as the convention asks."""
+
+AGGREGATE_OPERATIONS = frozenset({
+    "invoke_agent", "invoke_workflow",  # core conventions v1.33 and v1.41
+    "gen_ai.invocation.internal",       # genai conventions repository (PR #571): replaces the internal
+    "handle_conversation_turn",         # invoke_agent/invoke_workflow spans; a runner's entry point
+    "chain", "task",                    # OpenInference CHAIN, OpenLLMetry task (see OPERATION_FALLBACKS)
+})
+"""Operations of spans that group other GenAI operations (an agent run, a workflow, one turn of a
+conversation): any token usage they carry repeats that of the model calls beneath them, so they
+are never billed for tokens (they are not in INFERENCE_OPERATIONS). ``gen_ai.invocation.internal``
+is written the way the conventions name span types, which are not on the wire; it is here in
+case an emitter sends it as ``gen_ai.operation.name``."""
+
+PLAN_OPERATIONS = frozenset({"plan"})
+"""An agent's planning or task decomposition phase (genai conventions repository, ``gen_ai.plan.internal``):
+the model call that makes the plan is its child and is billed there."""
+
+MEMORY_OPERATIONS = frozenset({
+    "create_memory_store", "delete_memory_store",                                   # memory store lifecycle
+    "create_memory", "update_memory", "upsert_memory", "search_memory", "delete_memory",  # memory records
+})
+"""Memory operations of the genai conventions repository (``gen_ai.memory.client`` span). Counted,
+never billed for tokens."""
+
+STATUS_CODE = "otel.status_code"
+"""The span's status as an attribute (``OK``, ``ERROR``), as OpenTelemetry writes it for formats
+without a status field (Zipkin, Jaeger). The extractor gives an OTLP span's status under this key
+when a meter asks for it and the span does not carry the attribute itself, so that a meter can
+match a failed span (OpenInference marks a failed call only by its status)."""
+STATUS_VALUES = {1: "OK", 2: "ERROR"}
+"""OTLP ``Status.code`` (1 ok, 2 error) -> the attribute's value; unset (0) gives no attribute."""

@@ -33,6 +33,8 @@ SDK_NAME = "telemetry.sdk.name"
 SERVICE_NAME = "service.name"
 NO_ATTRIBUTES: dict[str, str] = {}
 """Shared by every span without wanted attributes, so processors can cache per resource."""
+STATUS_ATTRIBUTES = {code: AnyValue(string_value=text) for code, text in cv.STATUS_VALUES.items()}
+"""A span's status code as the value of the ``otel.status_code`` attribute (conventions.STATUS_CODE)."""
 
 
 TOKEN_SOURCES = (cv.INPUT_TOTAL, cv.OUTPUT_TOTAL, cv.CACHE_READ, cv.CACHE_WRITE, cv.REASONING)
@@ -102,6 +104,7 @@ class GenAIUsageProcessor:
         plan_for = self.spans.plan
         max_length = self.config.max_attribute_value_length
         max_attributes = self.config.max_attributes_per_span
+        reads_status = cv.STATUS_CODE in self._meter_keys
         seq = 0
         for resource_spans in request.resource_spans:
             resource_attributes = {
@@ -125,6 +128,10 @@ class GenAIUsageProcessor:
                     token_meters, modality_meters, other_meters, others_need = plan_for(operation)
                     if not token_meters and not modality_meters and not other_meters:
                         continue
+                    if reads_status and other_meters and span.status.code and cv.STATUS_CODE not in found:
+                        status = STATUS_ATTRIBUTES.get(span.status.code)  # an unknown code gives none
+                        if status is not None:
+                            found[cv.STATUS_CODE] = status
                     trace_id, span_id = span.trace_id, span.span_id
                     event_id = trace_id.hex() + span_id.hex()
                     named = event_id or "(empty id)"
