@@ -5,7 +5,7 @@ A building block of the engine-side hot path, measured on its own: the same OTLP
 chDB as length-delimited ``Protobuf`` rows of a ``Null``-engine landing table typed
 after a hand-written subset of the OTLP messages (``otel_meter.engine.landing``). The
 materialized view of ``otel_meter.processors.genai_usage.engine_view`` turns each span with
-token usage into one wide row (event id, time, customer, provider, model, operation, the
+token usage into one wide row (event id, time, wanted attributes, provider, model, operation, the
 five disjoint token meters, a refusal reason) in a MergeTree table.
 
 It reports spans/s (all and GenAI) for each insert path, requests per insert and
@@ -66,7 +66,7 @@ class Engine:
         self.path = path
         self.connection = chdb.connect(str(path))
         messages = parse_subset_proto(SUBSET_PROTO.read_text())
-        for statement in (landing_table_sql(messages), wide_table_sql(), view_sql(maximum, CUSTOMER_KEY)):
+        for statement in (landing_table_sql(messages), wide_table_sql(), view_sql(maximum, resource_keys=(CUSTOMER_KEY,))):
             self.connection.query(statement)
 
     def inserter(self, path: str) -> Callable[[bytes], None]:
@@ -92,8 +92,8 @@ class Engine:
 
     def tokens(self) -> Counter[tuple[str, str]]:
         sums = ", ".join(f"sum({meter})" for meter in METERS)
-        result = self.connection.query(f"SELECT customer, {sums} FROM usage_wide WHERE refusal = '' "
-                                       f"GROUP BY customer", "JSONCompact")
+        result = self.connection.query(f"SELECT resource_attributes['{CUSTOMER_KEY}'] AS customer, {sums} "
+                                       f"FROM usage_wide WHERE refusal = '' GROUP BY customer", "JSONCompact")
         tokens: Counter[tuple[str, str]] = Counter()
         for customer, *quantities in json.loads(result.bytes())["data"]:
             for meter, quantity in zip(METERS, quantities):
@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     maximum = GenAIUsageConfig().max_tokens_per_span
     if args.print_sql:
-        print(landing_table_sql(messages) + ";\n" + wide_table_sql() + ";\n" + view_sql(maximum, CUSTOMER_KEY) + ";")
+        print(landing_table_sql(messages) + ";\n" + wide_table_sql() + ";\n" + view_sql(maximum, resource_keys=(CUSTOMER_KEY,)) + ";")
         return 0
     fractions = args.genai_fraction or [1.0, 0.1]
     per_insert = [int(n) for n in args.requests_per_insert.split(",")]

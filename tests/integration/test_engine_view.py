@@ -20,11 +20,14 @@ from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.engine_view import METERS, WIDE_TABLE, view_sql, wide_table_sql
-from otel_meter.processors.genai_usage.processor import SDK_NAME, GenAIUsageProcessor
+from otel_meter.processors.genai_usage.processor import SDK_NAME, SERVICE_NAME, GenAIUsageProcessor
 from tests.chdb_worker import ChdbWorker
 
 CUSTOMER_KEY = "customer.id"
-MAXIMUM = GenAIUsageConfig().max_tokens_per_span
+CONFIG = GenAIUsageConfig(max_attributes_per_span=12, max_attribute_value_length=20)
+MAXIMUM = CONFIG.max_tokens_per_span
+SPAN_KEYS = ("feature",)
+"""Span attributes a later processor wants (attribution reads ``feature``)."""
 TOKEN_KEYS = cv.INPUT_TOTAL + cv.OUTPUT_TOTAL + cv.CACHE_READ + cv.CACHE_WRITE + cv.REASONING
 TOKEN_METERS = {name: meter for name, meter in BUILTIN_METERS.items() if name in METERS}
 """The view extracts the five token meters: the extractor is given the same, so that a span's refusal
@@ -34,31 +37,38 @@ TEXT_KEYS = (cv.OPERATION,) + tuple(key for key, _ in cv.OPERATION_FALLBACKS) + 
 
 def create_tables(store) -> None:
     messages = parse_subset_proto(SUBSET_PROTO.read_text())
-    for statement in (landing_table_sql(messages), wide_table_sql(), view_sql(MAXIMUM, CUSTOMER_KEY)):
+    view = view_sql(MAXIMUM, resource_keys=(CUSTOMER_KEY, SDK_NAME, SERVICE_NAME), span_keys=SPAN_KEYS,
+                    max_attributes=CONFIG.max_attributes_per_span, max_length=CONFIG.max_attribute_value_length)
+    for statement in (landing_table_sql(messages), wide_table_sql(), view):
         store.client.command(statement)
 
 
-def extract_in_engine(store, payload: bytes) -> tuple[dict[str, dict[str, int]], set[str]]:
-    """(tokens per meter by event id, refused event ids) of one request, through the view."""
+def extract_in_engine(store, payload: bytes) -> tuple[dict[str, tuple], set[str]]:
+    """(by event id: tokens per meter, provider, model, resource and span attributes; refused event
+    ids) of one request, through the view."""
     store.client.raw_insert(LANDING_TABLE, insert_block=framed([payload]), fmt="Protobuf",
                             settings={"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS})
-    rows = store.client.query(f"SELECT event_id, refusal, {', '.join(METERS)} FROM {WIDE_TABLE}").result_rows
+    rows = store.client.query(f"SELECT event_id, refusal, provider, model, resource_attributes, span_attributes, "
+                              f"{', '.join(METERS)} FROM {WIDE_TABLE}").result_rows
     store.client.command(f"TRUNCATE TABLE {WIDE_TABLE}")
-    tokens = {event_id: {meter: int(quantity) for meter, quantity in zip(METERS, quantities) if quantity}
-              for event_id, refusal, *quantities in rows if not refusal}
-    return {event_id: meters for event_id, meters in tokens.items() if meters}, \
-        {event_id for event_id, refusal, *_ in rows if refusal}
+    usage = {}
+    for event_id, refusal, provider, model, resource, span, *quantities in rows:
+        tokens = {meter: int(quantity) for meter, quantity in zip(METERS, quantities) if quantity}
+        if tokens and not refusal:
+            usage[event_id] = (tokens, provider, model, dict(resource), dict(span))
+    return usage, {event_id for event_id, refusal, *_ in rows if refusal}
 
 
-def extract_in_python(payload: bytes) -> tuple[dict[str, dict[str, int]], set[str]]:
-    processor = GenAIUsageProcessor(GenAIUsageConfig(), TOKEN_METERS)
-    processor.want_attributes((CUSTOMER_KEY,), ())
+def extract_in_python(payload: bytes) -> tuple[dict[str, tuple], set[str]]:
+    processor = GenAIUsageProcessor(CONFIG, TOKEN_METERS)
+    processor.want_attributes((CUSTOMER_KEY,), SPAN_KEYS)
     batch = processor.extract(ExportTraceServiceRequest.FromString(payload))
-    tokens: dict[str, Counter[str]] = {}
-    for event_id, meter, quantity in zip(batch.event_id, batch.meter, batch.quantity):
-        if meter in METERS and quantity:
-            tokens.setdefault(event_id, Counter())[meter] += int(quantity)
-    return {event_id: dict(meters) for event_id, meters in tokens.items()}, \
+    usage: dict[str, tuple] = {}
+    for row, (event_id, meter, quantity) in enumerate(zip(batch.event_id, batch.meter, batch.quantity)):
+        tokens = usage.setdefault(event_id, (Counter(), batch.provider[row], batch.model[row],
+                                             dict(batch.resource_attributes[row]), dict(batch.event_attributes[row])))[0]
+        tokens[meter] += int(quantity)
+    return {event_id: (dict(tokens), *rest) for event_id, (tokens, *rest) in usage.items()}, \
         {rejection.event_id for rejection in batch.rejections}
 
 
@@ -80,6 +90,8 @@ counts = st.one_of(
     st.just(AnyValue()),
 )
 texts = st.one_of(
+    st.sampled_from(["a-model-name-longer-than-twenty", "x" * 21, "x" * 20, "é" * 20]).map(
+        lambda s: AnyValue(string_value=s)),
     st.sampled_from(["chat", "embeddings", "text_completion", "generate_content", "invoke_agent", "execute_tool",
                      "LLM", "embedding", "Agent", "chain", "completion", "workflow", "tool", "", "gpt-4o",
                      "claude-3", "openai", "anthropic", "Anthropic", "vertex_ai", "xai", "AWS", "MistralAI"]).map(
@@ -87,11 +99,14 @@ texts = st.one_of(
     st.integers(min_value=-2, max_value=9).map(lambda n: AnyValue(int_value=n)),
     st.booleans().map(lambda b: AnyValue(bool_value=b)),
 )
-attributes = st.lists(st.one_of(st.tuples(st.sampled_from(TOKEN_KEYS), counts),
+billable = st.tuples(st.sampled_from(cv.INPUT_TOTAL + cv.OUTPUT_TOTAL),
+                     st.integers(min_value=1, max_value=5_000).map(lambda n: AnyValue(int_value=n)))
+"""Most spans carry a plain count, so that the rules after counting (limits, ids, times) are reached."""
+attributes = st.lists(st.one_of(billable,st.tuples(st.sampled_from(TOKEN_KEYS), counts),
                                 st.tuples(st.sampled_from(TEXT_KEYS), texts),
-                                st.tuples(st.sampled_from(["http.method", "db.system"]), texts)),
-                      max_size=8)
-spans = st.tuples(st.sampled_from(["opentelemetry", "openlit"]),
+                                st.tuples(st.sampled_from(["http.method", "db.system", *SPAN_KEYS]), texts)),
+                      max_size=14)
+spans = st.tuples(st.sampled_from(["opentelemetry", "openlit", "an-sdk-name-longer-than-twenty"]),
                   st.sampled_from(["s", "openlit.instrumentation.anthropic"]),
                   attributes,
                   st.sampled_from(["ids", "zero-ids", "short-ids"]),
@@ -103,7 +118,10 @@ def request_of(generated: list[tuple[str, str, list[tuple[str, AnyValue]], str, 
     for number, (sdk_name, scope, span_attributes, ids, timing) in enumerate(generated, 1):
         resource_spans = request.resource_spans.add()
         resource_spans.resource.attributes.extend([
-            KeyValue(key=CUSTOMER_KEY, value=AnyValue(string_value=f"c{number % 3}")),
+            KeyValue(key=CUSTOMER_KEY, value=AnyValue(string_value=f"c{number % 3}" if number % 4 else "c" * 21)),
+            KeyValue(key=SERVICE_NAME, value=AnyValue(string_value="svc")),
+            KeyValue(key=CUSTOMER_KEY, value=AnyValue(string_value=f"last-{number % 2}")) if number % 5 == 0
+            else KeyValue(key="other", value=AnyValue(int_value=number)),
             KeyValue(key=SDK_NAME, value=AnyValue(string_value=sdk_name))])
         scope_spans = resource_spans.scope_spans.add()
         scope_spans.scope.name = scope
@@ -122,9 +140,9 @@ def request_of(generated: list[tuple[str, str, list[tuple[str, AnyValue]], str, 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(generated=st.lists(spans, min_size=1, max_size=30))
-def test_the_engine_view_extracts_every_span_as_the_extractor_does(engine: ChdbWorker, generated) -> None:
+def test_the_engine_view_extracts_and_refuses_every_span_as_the_extractor_does(engine: ChdbWorker, generated) -> None:
     payload = request_of(generated)
-    python_tokens, python_refused = extract_in_python(payload)
-    engine_tokens, engine_refused = engine.call(extract_in_engine, payload)
-    assert engine_tokens == python_tokens
+    python_usage, python_refused = extract_in_python(payload)
+    engine_usage, engine_refused = engine.call(extract_in_engine, payload)
+    assert engine_usage == python_usage
     assert engine_refused == python_refused

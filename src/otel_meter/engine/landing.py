@@ -21,6 +21,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_meter.engine.sql_text import quoted
 
 SUBSET_PROTO = Path(__file__).resolve().parent / "otlp_trace_subset.proto"
+RECEIPT_PREFIX = "otel_meter_"
+"""Fields of the subset's root message that are not OTLP: what the receiver knew of the request."""
+RECEIVED_AT_TAG = bytes([14 << 3 | 1])
+"""``otel_meter_received_at``: field 14, fixed64 (wire type 1)."""
+BOUND_CUSTOMER_TAG = bytes([15 << 3 | 2])
+"""``otel_meter_bound_customer``: field 15, length-delimited (wire type 2)."""
 ROOT_MESSAGE = "ExportTraceServiceRequest"
 LANDING_TABLE = "otlp_traces_landing"
 INSERT_SETTINGS: dict[str, int | str] = {
@@ -98,6 +104,11 @@ def check_subset_proto(messages: dict[str, list[ProtoField]]) -> list[str]:
     def walk(name: str, real: Descriptor, path: str) -> None:
         for field in messages[name]:
             where = f"{path}.{field.name}"
+            if field.name.startswith(RECEIPT_PREFIX):
+                taken = real.fields_by_number.get(field.number)
+                if taken is not None:
+                    problems.append(f"{where}: number {field.number} is {real.full_name}.{taken.name} in OTLP")
+                continue
             real_field = real.fields_by_name.get(field.name)
             if real_field is None:
                 problems.append(f"{where}: no such field in {real.full_name}")
@@ -143,10 +154,11 @@ def clickhouse_type(messages: dict[str, list[ProtoField]], message: str) -> str:
 
 
 def landing_table_sql(messages: dict[str, list[ProtoField]], table: str = LANDING_TABLE) -> str:
-    columns = ",\n  ".join(
-        f"{field.name} {f'Array({clickhouse_type(messages, field.type)})' if field.repeated else clickhouse_type(messages, field.type)}"
-        for field in messages[ROOT_MESSAGE])
-    return f"CREATE TABLE {table} (\n  {columns}\n) ENGINE = Null"
+    columns = []
+    for field in messages[ROOT_MESSAGE]:
+        inner = clickhouse_type(messages, field.type) if field.type in messages else CLICKHOUSE_TYPES[field.type]
+        columns.append(f"{field.name} {f'Array({inner})' if field.repeated else inner}")
+    return f"CREATE TABLE {table} (\n  " + ",\n  ".join(columns) + "\n) ENGINE = Null"
 
 
 def varint(number: int) -> bytes:
@@ -157,6 +169,17 @@ def varint(number: int) -> bytes:
             out.append(low)
             return bytes(out)
         out.append(low | 0x80)
+
+
+def receipt_fields(received_at_ns: int, bound_customer: str | None) -> bytes:
+    """What the receiver appends to a request's bytes before journaling it: protobuf fields are
+    merged by concatenation, so the request then carries its receipt time and the customer its
+    credentials are bound to, and the engine reads them beside the spans."""
+    fields = RECEIVED_AT_TAG + received_at_ns.to_bytes(8, "little")
+    if bound_customer:
+        encoded = bound_customer.encode()
+        fields += BOUND_CUSTOMER_TAG + varint(len(encoded)) + encoded
+    return fields
 
 
 def framed(payloads: Sequence[bytes]) -> bytes:

@@ -29,20 +29,23 @@ METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKENS, RE
 """The wide row's token columns, named after the meters they feed."""
 
 
-def wide_table_sql(table: str = WIDE_TABLE) -> str:
+def wide_table_sql(table: str = WIDE_TABLE, engine: str = "MergeTree ORDER BY (event_time, event_id)") -> str:
+    """The table the view writes: one row per span with token usage or a refusal."""
     meters = ", ".join(f"{meter} UInt64" for meter in METERS)
     return f"""
 CREATE TABLE {table} (
   event_id String,
   event_time DateTime64(9),
-  customer LowCardinality(String),
+  received_at UInt64,
+  bound_customer String,
+  resource_attributes Map(String, String),
+  span_attributes Map(String, String),
   provider LowCardinality(String),
   model LowCardinality(String),
   operation LowCardinality(String),
   {meters},
-  invalid UInt8,
   refusal LowCardinality(String)
-) ENGINE = MergeTree ORDER BY (customer, event_time, event_id)
+) ENGINE = {engine}
 """
 
 
@@ -111,38 +114,48 @@ def pairs_sql(pairs: frozenset[tuple[str, str]]) -> str:
     return "(" + ", ".join(f"({quoted(a)}, {quoted(b)})" for a, b in sorted(pairs)) + ")"
 
 
-def resource_text_sql(key: str) -> str:
-    """A resource attribute's text, the last occurrence winning as in the extractor's dict."""
-    position = f"indexOf(reverse(rs.resource.attributes.key), {quoted(key)})"
-    parts = {name: f"reverse(rs.resource.attributes.value.{name})[{position}]" for name in VALUE_ARRAYS.values()}
-    return text_of_sql(f"toInt8({parts['value']})", parts["int_value"], parts["double_value"],
-                       parts["string_value"], parts["bool_value"])
+def map_sql(keys: Sequence[str], texts: Sequence[str], positions: Sequence[str]) -> str:
+    """A Map of the present ones among ``keys`` (position > 0) to their texts."""
+    if not keys:
+        return "CAST(map(), 'Map(String, String)')"
+    return (f"mapFromArrays(arrayFilter((key, p) -> p > 0, {sql_array(keys)}, [{', '.join(positions)}]), "
+            f"arrayFilter((text, p) -> p > 0, [{', '.join(texts)}], [{', '.join(positions)}]))")
 
 
-def view_sql(maximum: int, customer_key: str = "customer.id", source: str = LANDING_TABLE,
+def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequence[str] = (),
+             max_attributes: int = 1024, max_length: int = 4096, source: str = LANDING_TABLE,
              target: str = WIDE_TABLE, name: str = VIEW) -> str:
     """The materialized view: one wide row per span whose operation bills tokens and that has a usage key.
 
     Every key list and mapping comes from ``conventions``; the counting follows
     ``processor.token_quantities``: the first present key of each kind wins, cached input
     is inside the input total unless the emitter is cache-exclusive or the parts exceed
-    it, reasoning is inside the output total unless larger than it.
+    it, reasoning is inside the output total unless larger than it. The refusals follow
+    ``GenAIUsageProcessor.extract`` in its order: invalid counts, then (for a span with
+    tokens) more than ``max_attributes`` attributes, missing ids, no time, a time beyond
+    DateTime64(9), a text longer than ``max_length`` (provider, model, or a wanted attribute).
+
+    ``resource_keys``/``span_keys``: the attributes later processors read (the extractor's
+    ``want_attributes``), put in the row as maps of text, the last occurrence of a key winning.
 
     Built for the per-insert cost of ClickHouse 26.9, which analyses the view on every insert at
-    about 0.1 ms per expression node: the rules that repeat (a position per wanted key, the
-    winning key per token kind, the text of each text key, the count rule per kind) are one
-    lambda each, applied with ``arrayMap`` to constant arrays, instead of one expression per key
-    or kind; each step is its own subquery, so a later step reads scalars and short arrays.
+    about 0.1 ms per expression node: the count rule, which repeats per token kind, is one lambda
+    over five-element arrays; positions and texts are scalar columns (a lambda over a span's
+    attribute arrays would copy them once per element); each step is its own subquery, so a
+    later step reads scalars and short arrays; resource attributes are read once per resource.
     """
-    wanted = list(dict.fromkeys([key for _, keys in TOKEN_KINDS for key in keys] + list(TEXT_KEYS)))
+    resource_keys = list(dict.fromkeys(resource_keys))
+    span_keys = [key for key in dict.fromkeys(span_keys)]
+    wanted = list(dict.fromkeys([key for _, keys in TOKEN_KINDS for key in keys] + list(TEXT_KEYS) + span_keys))
     position = {key: f"i{number}" for number, key in enumerate(wanted)}
     positions = [f"indexOf(k, {quoted(key)}) AS {position[key]}" for key in wanted]
     kind_positions = [f"{first_position_sql([position[key] for key in keys])} AS {kind}_p"
                       for kind, keys in TOKEN_KINDS]
-    text = {key: f"t{position[key][1:]}" for key in TEXT_KEYS}
-    texts = [f"{text_of_sql(f'vk[{position[key]}]', f'vi[{position[key]}]', f'vd[{position[key]}]', f'vs[{position[key]}]', f'vb[{position[key]}]')} AS {text[key]}"
-             for key in TEXT_KEYS]
-    present = {key: position[key] for key in TEXT_KEYS}
+    text_keys = list(dict.fromkeys(list(TEXT_KEYS) + span_keys))
+    text = {key: f"t{position[key][1:]}" for key in text_keys}
+    texts = [f"{text_of_sql(*(f'{array}[{position[key]}]' for array in ('vk', 'vi', 'vd', 'vs', 'vb')))} AS {text[key]}"
+             for key in text_keys]
+    present = {key: position[key] for key in text_keys}
     branches = [f"{present[cv.OPERATION]} > 0, {text[cv.OPERATION]}"]
     for key, mapping in cv.OPERATION_FALLBACKS:
         lowered = f"lowerUTF8({text[key]})"
@@ -154,20 +167,28 @@ def view_sql(maximum: int, customer_key: str = "customer.id", source: str = LAND
     valid, count = count_sql(maximum)
     numeric = quoted(f"^{NUMERIC_TEXT.pattern}$")
     totals = ", ".join(f"totals[{number}] AS {kind}_total" for number, (kind, _) in enumerate(TOKEN_KINDS, 1))
-    span_columns = "trace_id, span_id, customer, sdk_name, scope, event_ns"
+    span_map = map_sql(span_keys, [text[key] for key in span_keys], [present[key] for key in span_keys])
+    span_too_long = " OR ".join([f"lengthUTF8({text[key]}) > {max_length}" for key in span_keys]) or "false"
+    resource_columns = "received_at, bound_customer, resource_attributes, resource_too_long, sdk_name"
+    span_columns = f"trace_id, span_id, event_ns, attribute_count, scope, {resource_columns}"
     arrays = ", ".join(VALUE_ARRAYS)
     billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
     separator = ",\n     "
     zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
     reversed_arrays = ",\n        ".join(
-        f"reverse({'CAST(sp.attributes.value.value, ' + quoted('Array(Int8)') + ')' if name == 'value' else f'sp.attributes.value.{name}'}) AS {alias}"
-        for alias, name in VALUE_ARRAYS.items())
+        f"reverse({'CAST(sp.attributes.value.value, ' + quoted('Array(Int8)') + ')' if part == 'value' else f'sp.attributes.value.{part}'}) AS {alias}"
+        for alias, part in VALUE_ARRAYS.items())
+    resource_texts = ("arrayMap((t, s, i, d, b) -> " + text_of_sql("t", "i", "d", "s", "b")
+                      + ", CAST(rs.resource.attributes.value.value, 'Array(Int8)'), rs.resource.attributes.value.string_value, "
+                        "rs.resource.attributes.value.int_value, rs.resource.attributes.value.double_value, "
+                        "rs.resource.attributes.value.bool_value)")
+    all_resource_keys = list(dict.fromkeys(resource_keys + [SDK_NAME]))
     return f"""
 CREATE MATERIALIZED VIEW {name} TO {target} AS
 SELECT
   lower(hex(trace_id)) || lower(hex(span_id)) AS event_id,
   fromUnixTimestamp64Nano(toInt64(if(event_ns > {MAX_TIME_NS}, 0, event_ns))) AS event_time,
-  customer, provider, model, operation,
+  received_at, bound_customer, resource_attributes, span_attributes, provider, model, operation,
   if(counts_ok, if(cache_exclusive, input_total, input_total - cache_read_total - cache_write_total), 0)
     AS {INPUT_TOKENS},
   if(counts_ok, cache_read_total, 0) AS {CACHE_READ_TOKENS},
@@ -175,20 +196,22 @@ SELECT
   if(counts_ok, if(reasoning_total > output_total, output_total, output_total - reasoning_total), 0)
     AS {OUTPUT_TOKENS},
   if(counts_ok, reasoning_total, 0) AS {REASONING_TOKENS},
-  NOT counts_ok AS invalid,
   multiIf(NOT counts_ok, 'invalid token count',
           input_total + output_total + cache_read_total + cache_write_total + reasoning_total = 0, '',
+          attribute_count > {max_attributes}, 'more than {max_attributes} attributes (max_attributes_per_span)',
           length(trace_id) != 16 OR length(span_id) != 8 OR trace_id = {zero_trace} OR span_id = {zero_span},
             'trace_id must be 16 bytes and span_id 8 bytes, not all zero',
           event_ns = 0, 'no start or end time',
-          event_ns > {MAX_TIME_NS}, 'end time beyond DateTime64(9)', '') AS refusal
+          event_ns > {MAX_TIME_NS}, 'end time beyond DateTime64(9)',
+          resource_too_long OR span_too_long OR lengthUTF8(provider) > {max_length} OR lengthUTF8(model) > {max_length},
+            'an attribute longer than {max_length} characters (max_attribute_value_length)', '') AS refusal
 FROM (
- SELECT {span_columns}, operation, provider, model, counts_ok, {totals},
+ SELECT {span_columns}, operation, provider, model, span_attributes, span_too_long, counts_ok, {totals},
   (sdk_name, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
     OR (scope, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
     OR cache_read_total + cache_write_total > input_total AS cache_exclusive
  FROM (
-  SELECT {span_columns}, operation, provider, model,
+  SELECT {span_columns}, operation, provider, model, span_attributes, span_too_long,
    arrayAll((p, t, i, d, x) -> {valid}, kind_pos, kinds, ints, doubles, exacts) AS counts_ok,
    arrayMap((t, i, d, x) -> {count}, kinds, ints, doubles, exacts) AS totals
   FROM (
@@ -198,7 +221,9 @@ FROM (
     {operation} AS operation,
     transform({provider_raw} AS provider_raw, {sql_array(list(cv.PROVIDER_SPELLINGS))},
               {sql_array(list(cv.PROVIDER_SPELLINGS.values()))}, provider_raw) AS provider,
-    {model} AS model
+    {model} AS model,
+    {span_map} AS span_attributes,
+    {span_too_long} AS span_too_long
    FROM (
     SELECT {span_columns}, {", ".join(present.values())},
      [{", ".join(f"{kind}_p" for kind, _ in TOKEN_KINDS)}] AS kind_pos,
@@ -217,14 +242,29 @@ FROM (
        SELECT
         sp.trace_id AS trace_id, sp.span_id AS span_id,
         if(sp.end_time_unix_nano != 0, sp.end_time_unix_nano, sp.start_time_unix_nano) AS event_ns,
+        length(sp.attributes.key) AS attribute_count,
         reverse(sp.attributes.key) AS k,
         {reversed_arrays},
-        {resource_text_sql(customer_key)} AS customer,
-        {resource_text_sql(SDK_NAME)} AS sdk_name,
-        ss.scope.name AS scope
-       FROM {source}
-       ARRAY JOIN resource_spans AS rs
-       ARRAY JOIN rs.scope_spans AS ss
+        ss.scope.name AS scope, {resource_columns}
+       FROM (
+        SELECT otel_meter_received_at AS received_at, otel_meter_bound_customer AS bound_customer,
+         rs.scope_spans AS scope_spans, resource_texts, resource_keys,
+         arrayMap((key, i) -> has({sql_array(resource_keys)}, key) AND indexOf(resource_keys, key) = i,
+                  resource_keys, arrayEnumerate(resource_keys)) AS kept,
+         mapFromArrays(arrayFilter((key, keep) -> keep, resource_keys, kept),
+                       arrayFilter((text, keep) -> keep, resource_texts, kept)) AS resource_attributes,
+         arrayExists((text, key) -> has({sql_array(all_resource_keys)}, key) AND lengthUTF8(text) > {max_length},
+                     resource_texts, resource_keys) AS resource_too_long,
+         resource_texts[indexOf(resource_keys, {quoted(SDK_NAME)})] AS sdk_name
+        FROM (
+         SELECT otel_meter_received_at, otel_meter_bound_customer, rs,
+          reverse(rs.resource.attributes.key) AS resource_keys,
+          reverse({resource_texts}) AS resource_texts
+         FROM {source}
+         ARRAY JOIN resource_spans AS rs
+        )
+       )
+       ARRAY JOIN scope_spans AS ss
        ARRAY JOIN ss.spans AS sp
        WHERE hasAny(sp.attributes.key, {sql_array(sorted(cv.USAGE_KEYS))})
       )
