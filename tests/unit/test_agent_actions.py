@@ -115,3 +115,9 @@ def test_a_span_status_code_outside_the_enum_is_no_status():
     span = make_span(1, {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai"})
     span.status.code = 7
     assert rows(extract(span)) == []
+
+
+def test_the_agent_action_meters_match_the_operations_the_conventions_name():
+    assert set(BUILTIN_METERS["agent_plans"].match[0].operation) == cv.PLAN_OPERATIONS
+    assert set(BUILTIN_METERS["memory_operations"].match[0].operation) == cv.MEMORY_OPERATIONS
+    assert BUILTIN_METERS["failed_calls"].match[1].attributes == {cv.STATUS_CODE: "ERROR"}

@@ -155,3 +155,5 @@ def test_builtin_meters_shown_in_meters_md_equal_the_real_ones() -> None:
     shown = parse_config(MINIMAL_PIPELINES + yaml_blocks("meters.md")[0], Path("."), "docs", environ={}).meters
     assert shown["input_tokens"] == BUILTIN_METERS["input_tokens"]
     assert shown["tool_calls"] == BUILTIN_METERS["tool_calls"]
+    for name in ("failed_calls", "agent_plans", "memory_operations"):
+        assert shown[name] == BUILTIN_METERS[name]

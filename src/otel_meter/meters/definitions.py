@@ -22,12 +22,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.usage import FAILED_CALLS, MODALITY_TOKEN_METERS, TOKEN_METERS
 
 TOKEN_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 MODALITY_KINDS = ("input_audio", "input_image", "input_video", "output_audio", "output_image", "output_video")
 INFERENCE = ["chat", "text_completion", "generate_content", "embeddings"]
+PLAN = ["plan"]
+MEMORY = ["create_memory_store", "delete_memory_store", "create_memory", "update_memory", "upsert_memory",
+          "search_memory", "delete_memory"]
+"""The operations of conventions.PLAN_OPERATIONS and MEMORY_OPERATIONS (a test keeps them equal)."""
+STATUS_CODE = "otel.status_code"
+"""conventions.STATUS_CODE: the span status as an attribute, ``ERROR`` for a failed span."""
 
 
 class Strict(BaseModel):
@@ -201,16 +206,16 @@ BUILTIN_METERS: dict[str, MeterDefinition] = {
     "workflow_invocations": _meter(match={"operation": "invoke_workflow"}, quantity={"constant": 1},
                                    unit="{call}", dimensions=["gen_ai.workflow.name"]),
     FAILED_CALLS: _meter(match=[{"operation": INFERENCE, "attribute_globs": {"error.type": "?*"}},
-                                {"operation": INFERENCE, "attributes": {cv.STATUS_CODE: "ERROR"}}],
+                                {"operation": INFERENCE, "attributes": {STATUS_CODE: "ERROR"}}],
                          quantity={"constant": 1}, unit="{call}", dimensions=["error.type"]),
     "embedding_calls": _meter(match={"operation": "embeddings"}, quantity={"constant": 1}, unit="{call}"),
     "retrieval_queries": _meter(match={"operation": RETRIEVAL}, quantity={"constant": 1}, unit="{query}",
                                 dimensions=["gen_ai.data_source.id"]),
     "vector_queries": _meter(match=VECTOR_SEARCHES, quantity={"constant": 1}, unit="{query}",
                              dimensions=["db.system.name", "db.system", "db.collection.name"]),
-    "agent_plans": _meter(match={"operation": sorted(cv.PLAN_OPERATIONS)}, quantity={"constant": 1},
+    "agent_plans": _meter(match={"operation": PLAN}, quantity={"constant": 1},
                           unit="{call}", dimensions=["gen_ai.agent.name"]),
-    "memory_operations": _meter(match={"operation": sorted(cv.MEMORY_OPERATIONS)}, quantity={"constant": 1},
+    "memory_operations": _meter(match={"operation": MEMORY}, quantity={"constant": 1},
                                 unit="{call}", dimensions=["gen_ai.operation.name"]),
 }
 """The meters every pipeline has unless the config switches them off. Further meters
