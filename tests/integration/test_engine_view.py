@@ -21,6 +21,8 @@ from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.engine_view import METERS, WIDE_TABLE, view_sql, wide_table_sql
 from otel_meter.processors.genai_usage.processor import SDK_NAME, SERVICE_NAME, GenAIUsageProcessor
+from otel_meter.processors.genai_usage.token_sources import instance_of
+from otel_meter.processors.genai_usage.values import text_value
 from tests.chdb_worker import ChdbWorker
 
 CUSTOMER_KEY = "customer.id"
@@ -49,26 +51,31 @@ def extract_in_engine(store, payload: bytes) -> tuple[dict[str, tuple], set[str]
     store.client.raw_insert(LANDING_TABLE, insert_block=framed([payload]), fmt="Protobuf",
                             settings={"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS})
     rows = store.client.query(f"SELECT event_id, refusal, provider, model, resource_attributes, span_attributes, "
-                              f"{', '.join(METERS)} FROM {WIDE_TABLE}").result_rows
+                              f"instance, {', '.join(METERS)} FROM {WIDE_TABLE}").result_rows
     store.client.command(f"TRUNCATE TABLE {WIDE_TABLE}")
     usage = {}
-    for event_id, refusal, provider, model, resource, span, *quantities in rows:
+    for event_id, refusal, provider, model, resource, span, instance, *quantities in rows:
         tokens = {meter: int(quantity) for meter, quantity in zip(METERS, quantities) if quantity}
         if tokens and not refusal:
-            usage[event_id] = (tokens, provider, model, dict(resource), dict(span))
+            usage[event_id] = (tokens, provider, model, dict(resource), dict(span), instance)
     return usage, {event_id for event_id, refusal, *_ in rows if refusal}
 
 
 def extract_in_python(payload: bytes) -> tuple[dict[str, tuple], set[str]]:
     processor = GenAIUsageProcessor(CONFIG, TOKEN_METERS)
     processor.want_attributes((CUSTOMER_KEY,), SPAN_KEYS)
-    batch = processor.extract(ExportTraceServiceRequest.FromString(payload))
+    request = ExportTraceServiceRequest.FromString(payload)
+    batch = processor.extract(request)
+    instances = {span.trace_id.hex() + span.span_id.hex(): instance_of(
+                     {kv.key: text_value(kv.value) for kv in resource_spans.resource.attributes})
+                 for resource_spans in request.resource_spans for scope_spans in resource_spans.scope_spans
+                 for span in scope_spans.spans}
     usage: dict[str, tuple] = {}
     for row, (event_id, meter, quantity) in enumerate(zip(batch.event_id, batch.meter, batch.quantity)):
         tokens = usage.setdefault(event_id, (Counter(), batch.provider[row], batch.model[row],
                                              dict(batch.resource_attributes[row]), dict(batch.event_attributes[row])))[0]
         tokens[meter] += int(quantity)
-    return {event_id: (dict(tokens), *rest) for event_id, (tokens, *rest) in usage.items()}, \
+    return {event_id: (dict(tokens), *rest, instances[event_id]) for event_id, (tokens, *rest) in usage.items()}, \
         {rejection.event_id for rejection in batch.rejections}
 
 
@@ -122,6 +129,8 @@ def request_of(generated: list[tuple[str, str, list[tuple[str, AnyValue]], str, 
             KeyValue(key=SERVICE_NAME, value=AnyValue(string_value="svc")),
             KeyValue(key=CUSTOMER_KEY, value=AnyValue(string_value=f"last-{number % 2}")) if number % 5 == 0
             else KeyValue(key="other", value=AnyValue(int_value=number)),
+            KeyValue(key="service.instance.id", value=AnyValue(string_value=f"i-{number % 2}")) if number % 3 == 0
+            else KeyValue(key="host.name", value=AnyValue(bool_value=True)),
             KeyValue(key=SDK_NAME, value=AnyValue(string_value=sdk_name))])
         scope_spans = resource_spans.scope_spans.add()
         scope_spans.scope.name = scope

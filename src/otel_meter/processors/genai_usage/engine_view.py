@@ -18,11 +18,20 @@ from otel_meter.engine.landing import LANDING_TABLE
 from otel_meter.engine.sql_text import quoted, sql_array
 from otel_meter.processors.genai_usage import conventions as cv
 from otel_meter.processors.genai_usage.processor import MAX_TIME_NS, SDK_NAME
+from otel_meter.processors.genai_usage.token_sources import INSTANCE_KEYS
 from otel_meter.processors.genai_usage.values import NUMERIC_TEXT
 from otel_meter.usage import (
     CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, MAX_QUANTITY, OUTPUT_TOKENS, REASONING_TOKENS,
 )
 
+INVALID_COUNT = "invalid_count"
+TOO_MANY_ATTRIBUTES = "too_many_attributes"
+INVALID_ID = "invalid_id"
+NO_TIME = "no_time"
+TIME_OUT_OF_RANGE = "time_out_of_range"
+TOO_LONG = "too_long"
+REFUSALS = (INVALID_COUNT, TOO_MANY_ATTRIBUTES, INVALID_ID, NO_TIME, TIME_OUT_OF_RANGE, TOO_LONG)
+"""The ``refusal`` codes of a row, in the order the extractor checks them ('' for a row taken)."""
 WIDE_TABLE = "usage_wide"
 VIEW = "usage_wide_mv"
 METERS = (INPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, OUTPUT_TOKENS, REASONING_TOKENS)
@@ -38,6 +47,7 @@ CREATE TABLE {table} (
   event_time DateTime64(9),
   received_at UInt64,
   bound_customer String,
+  instance String,
   resource_attributes Map(String, String),
   span_attributes Map(String, String),
   provider LowCardinality(String),
@@ -169,7 +179,7 @@ def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequ
     totals = ", ".join(f"totals[{number}] AS {kind}_total" for number, (kind, _) in enumerate(TOKEN_KINDS, 1))
     span_map = map_sql(span_keys, [text[key] for key in span_keys], [present[key] for key in span_keys])
     span_too_long = " OR ".join([f"lengthUTF8({text[key]}) > {max_length}" for key in span_keys]) or "false"
-    resource_columns = "received_at, bound_customer, resource_attributes, resource_too_long, sdk_name"
+    resource_columns = "received_at, bound_customer, instance, resource_attributes, resource_too_long, sdk_name"
     span_columns = f"trace_id, span_id, event_ns, attribute_count, scope, {resource_columns}"
     arrays = ", ".join(VALUE_ARRAYS)
     billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
@@ -188,7 +198,7 @@ CREATE MATERIALIZED VIEW {name} TO {target} AS
 SELECT
   lower(hex(trace_id)) || lower(hex(span_id)) AS event_id,
   fromUnixTimestamp64Nano(toInt64(if(event_ns > {MAX_TIME_NS}, 0, event_ns))) AS event_time,
-  received_at, bound_customer, resource_attributes, span_attributes, provider, model, operation,
+  received_at, bound_customer, instance, resource_attributes, span_attributes, provider, model, operation,
   if(counts_ok, if(cache_exclusive, input_total, input_total - cache_read_total - cache_write_total), 0)
     AS {INPUT_TOKENS},
   if(counts_ok, cache_read_total, 0) AS {CACHE_READ_TOKENS},
@@ -196,15 +206,15 @@ SELECT
   if(counts_ok, if(reasoning_total > output_total, output_total, output_total - reasoning_total), 0)
     AS {OUTPUT_TOKENS},
   if(counts_ok, reasoning_total, 0) AS {REASONING_TOKENS},
-  multiIf(NOT counts_ok, 'invalid token count',
+  multiIf(NOT counts_ok, {quoted(INVALID_COUNT)},
           input_total + output_total + cache_read_total + cache_write_total + reasoning_total = 0, '',
-          attribute_count > {max_attributes}, 'more than {max_attributes} attributes (max_attributes_per_span)',
+          attribute_count > {max_attributes}, {quoted(TOO_MANY_ATTRIBUTES)},
           length(trace_id) != 16 OR length(span_id) != 8 OR trace_id = {zero_trace} OR span_id = {zero_span},
-            'trace_id must be 16 bytes and span_id 8 bytes, not all zero',
-          event_ns = 0, 'no start or end time',
-          event_ns > {MAX_TIME_NS}, 'end time beyond DateTime64(9)',
+            {quoted(INVALID_ID)},
+          event_ns = 0, {quoted(NO_TIME)},
+          event_ns > {MAX_TIME_NS}, {quoted(TIME_OUT_OF_RANGE)},
           resource_too_long OR span_too_long OR lengthUTF8(provider) > {max_length} OR lengthUTF8(model) > {max_length},
-            'an attribute longer than {max_length} characters (max_attribute_value_length)', '') AS refusal
+            {quoted(TOO_LONG)}, '') AS refusal
 FROM (
  SELECT {span_columns}, operation, provider, model, span_attributes, span_too_long, counts_ok, {totals},
   (sdk_name, provider) IN {pairs_sql(cv.CACHE_EXCLUSIVE_EMITTERS)}
@@ -255,7 +265,14 @@ FROM (
                        arrayFilter((text, keep) -> keep, resource_texts, kept)) AS resource_attributes,
          arrayExists((text, key) -> has({sql_array(all_resource_keys)}, key) AND lengthUTF8(text) > {max_length},
                      resource_texts, resource_keys) AS resource_too_long,
-         resource_texts[indexOf(resource_keys, {quoted(SDK_NAME)})] AS sdk_name
+         resource_texts[indexOf(resource_keys, {quoted(SDK_NAME)})] AS sdk_name,
+         if(has(resource_keys, 'service.instance.id'),
+            arrayStringConcat(arrayMap(key -> resource_texts[indexOf(resource_keys, key)], {sql_array(INSTANCE_KEYS)}),
+                              '\\x1F'),
+            arrayStringConcat(arraySort(arrayFilter((entry, i) -> indexOf(resource_keys, resource_keys[i]) = i,
+                                                    arrayMap((key, text) -> key || '\\x1F' || text, resource_keys,
+                                                             resource_texts),
+                                                    arrayEnumerate(resource_keys))), '\\x1E')) AS instance
         FROM (
          SELECT otel_meter_received_at, otel_meter_bound_customer, rs,
           reverse(rs.resource.attributes.key) AS resource_keys,

@@ -38,11 +38,11 @@ def instance_of(resource: dict[str, str]) -> str:
     """The service instance of a resource (its attributes as text)."""
     if "service.instance.id" in resource:
         return "\x1f".join(resource.get(key, "") for key in INSTANCE_KEYS)
-    return repr(sorted(resource.items()))
+    return "\x1e".join(sorted(f"{key}\x1f{text}" for key, text in resource.items()))
 
 
 def describe(instance: str) -> str:
-    return instance.replace("\x1f", "/")
+    return instance.replace("\x1f", "/").replace("\x1e", ", ")
 
 
 class TokenSources:
@@ -95,29 +95,41 @@ class TokenSources:
                         token_meters: frozenset[str]) -> UsageBatch:
         """Marks the instances of the spans with token rows as span senders, and takes out the
         token rows of spans that ended by the newest billed metric point of their instance."""
-        token_rows = [row for row, meter in enumerate(batch.meter) if meter in token_meters]
-        if not token_rows:
+        if not any(meter in token_meters for meter in batch.meter):
             return batch
         last_seq = []  # event_seq of each resource's last span: extraction numbers spans from 1
         seq = 0
         for resource_spans in request.resource_spans:
             seq += sum(len(scope_spans.spans) for scope_spans in resource_spans.scope_spans)
             last_seq.append(seq)
-        instances: dict[int, str] = {}
+        by_position: dict[int, str] = {}
+
+        def instance_of_row(row: int) -> str:
+            position = bisect.bisect_left(last_seq, batch.event_seq[row])
+            instance = by_position.get(position)
+            if instance is None:
+                resource = request.resource_spans[position].resource
+                instance = by_position[position] = instance_of(
+                    {kv.key: text_value(kv.value) for kv in resource.attributes})
+            return instance
+        return self.rows_extracted(batch, instance_of_row, token_meters)
+
+    def rows_extracted(self, batch: UsageBatch, instance_of_row: Callable[[int], str],
+                       token_meters: frozenset[str]) -> UsageBatch:
+        """``spans_extracted`` for rows whose service instance is known another way (the engine
+        computes it beside the usage: engine_view.py)."""
+        token_rows = [row for row, meter in enumerate(batch.meter) if meter in token_meters]
+        if not token_rows:
+            return batch
         covered: set[int] = set()
         covered_by: dict[str, int] = {}
         with self._lock:
             for row in token_rows:
-                position = bisect.bisect_left(last_seq, batch.event_seq[row])
-                instance = instances.get(position)
-                if instance is None:
-                    resource = request.resource_spans[position].resource
-                    instance = instances[position] = instance_of(
-                        {kv.key: text_value(kv.value) for kv in resource.attributes})
-                    if instance not in self._span_senders:
-                        self._span_senders[instance] = False
-                        forget_oldest(self._span_senders)
-                    self._span_senders.move_to_end(instance)
+                instance = instance_of_row(row)
+                if instance not in self._span_senders:
+                    self._span_senders[instance] = False
+                    forget_oldest(self._span_senders)
+                self._span_senders.move_to_end(instance)
                 billed_to = self._metrics_billed_to.get(instance)
                 if billed_to is not None and batch.event_time_ns[row] <= billed_to:
                     covered.add(row)
