@@ -429,14 +429,22 @@ def rate_card_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+ENGINE_METERS_OFF = ("input_audio_tokens", "input_image_tokens", "input_video_tokens", "output_audio_tokens",
+                     "output_image_tokens", "output_video_tokens", "tool_calls", "agent_invocations",
+                     "agent_creations", "agent_plans", "memory_operations", "workflow_invocations", "failed_calls",
+                     "embedding_calls", "retrieval_queries", "vector_queries")
+"""The built-in span meters other than the five token meters: ``extraction: engine`` computes those only."""
+
+
 def write_config(workdir: Path, grpc_port: int, api_port: int, flush_interval: str | None = None,
-                 meters_off: Sequence[str] = ()) -> Path:
+                 meters_off: Sequence[str] = (), extraction: str = "python") -> Path:
     """The integration tests' config shape: full pipeline into an embedded store in ``workdir``.
 
     ``flush_interval`` (the exporter's group-commit window) is the one server knob: it
     sets how many inserts, so parts to write and merge, ClickHouse gets per second.
     ``meters_off`` switches built-in meters off (``{enabled: false}``), e.g. one that
-    wrongly counts the mixed load's non-GenAI spans.
+    wrongly counts the mixed load's non-GenAI spans. ``extraction``: the traces pipeline's
+    (``engine`` needs every span meter but the five token meters switched off: ENGINE_METERS_OFF).
     """
     flush = f", flush_interval: {flush_interval}" if flush_interval else ""
     meters = "".join(f"\n  {name}: {{enabled: false}}" for name in meters_off)
@@ -465,6 +473,7 @@ def write_config(workdir: Path, grpc_port: int, api_port: int, flush_interval: s
               receivers: [otlp]
               processors: [genai_usage, dedup, attribution, rating]
               exporters: [clickhouse]
+              extraction: {extraction}
         """) + (f"meters:{meters}\n" if meters else ""))
     return path
 
@@ -478,6 +487,7 @@ class Server:
     api_port: int = field(default_factory=free_port)
     flush_interval: str | None = None
     meters_off: Sequence[str] = ()
+    extraction: str = "python"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -494,7 +504,7 @@ class Server:
 
     def start(self, timeout: float = 120.0) -> float:
         """Start and wait until both the usage API and the gRPC port answer; returns the seconds taken."""
-        write_config(self.workdir, self.grpc_port, self.api_port, self.flush_interval, self.meters_off)
+        write_config(self.workdir, self.grpc_port, self.api_port, self.flush_interval, self.meters_off, self.extraction)
         began = time.monotonic()
         with open(self.workdir / "server.log", "ab") as log:
             self.process = subprocess.Popen(
@@ -1142,6 +1152,8 @@ def human(report: dict[str, Any]) -> str:
     verdict = "OK, exact" if check["ok"] else "FAILED: " + "; ".join(check["problems"])
     offered = ("unlimited (closed loop)" if load["offered_spans_per_second"] is None
                else f"{load['offered_spans_per_second']:,.0f} spans/s offered")
+    if s.get("extraction", "python") != "python":
+        offered += f", extraction: {s['extraction']}"
     if s["meter_off"]:
         offered += f", meters off: {', '.join(s['meter_off'])}"
     loadavg = machine["load_average_1m"]
@@ -1221,6 +1233,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--meter-off", action="append", default=[], metavar="METER",
                         help="switch a built-in meter off in the server's config (repeatable), to see what one "
                              "meter costs or to measure past one that wrongly matches the non-GenAI spans")
+    parser.add_argument("--extraction", choices=("python", "engine"), default="python",
+                        help="where the server extracts spans (the traces pipeline's extraction key); engine also "
+                             "switches every span meter but the five token meters off, as it requires")
     parser.add_argument("--probe-interval", type=float, default=0.25, help="seconds between latency probes")
     parser.add_argument("--seed", type=int, default=1, help="workload generator seed (the run is reproducible)")
     parser.add_argument("--py-spy", metavar="FILE", help="also record the server with py-spy during the load "
@@ -1350,7 +1365,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     for template in templates:
         check_stamping(template, nonce, 12345)
     pool_requests = math.ceil(args.max_rate * (args.seconds + args.warmup) / args.spans_per_request)
-    server = Server(workdir, flush_interval=args.flush_interval, meters_off=args.meter_off)
+    meters_off = list(args.meter_off)
+    if args.extraction == "engine":
+        meters_off += [meter for meter in ENGINE_METERS_OFF if meter not in meters_off]
+    server = Server(workdir, flush_interval=args.flush_interval, meters_off=meters_off, extraction=args.extraction)
     try:
         measured = measure_server(args, server, templates, nonce, pool_requests)
     except BaseException:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +33,12 @@ class PipelineConfig(BaseModel):
     receivers: list[str] = Field(min_length=1)
     processors: list[str] = Field(default_factory=list)
     exporters: list[str] = Field(min_length=1)
+    extraction: Literal["python", "engine"] = "python"
+    """Where a traces pipeline turns spans into usage. ``engine``: requests are journaled and
+    acknowledged as they arrive, then extracted in blocks by the embedded ClickHouse engine
+    (docs/operations.md, "The hot path"); for pipelines whose span meters are the five token
+    meters and whose first exporter writes an embedded store, else the pipeline stays in Python
+    and a startup line says why."""
 
 
 class LogsTelemetry(BaseModel):

@@ -23,7 +23,10 @@ Points, in the order a request meets them:
     the store writer is about to insert a block into ClickHouse (also on each retry and
     in the replay at start);
 ``after_store_insert_before_checkpoint``
-    ClickHouse took the block, the queue's checkpoint is not advanced yet.
+    ClickHouse took the block, the queue's checkpoint is not advanced yet;
+``after_engine_store_before_checkpoint``
+    (``extraction: engine``) the usage of a block of journaled requests is in the exporters'
+    queues, the request journal's checkpoint is not advanced yet.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from otel_meter.errors import ConfigError
 
 ENVIRONMENT_VARIABLE = "OTEL_METER_FAULT"
 POINTS = ("after_receive", "before_queue_append", "after_queue_fsync", "before_ack", "before_store_insert",
-          "after_store_insert_before_checkpoint")
+          "after_store_insert_before_checkpoint", "after_engine_store_before_checkpoint")
 
 
 def parse(text: str) -> dict[str, int]:

@@ -97,11 +97,28 @@ class UsagePipeline:
             self._log_rejections(batch.rejections, customer)
         return ConsumeResult(rejections=batch.rejections, stored_rows=rows, duplicate_events=batch.duplicate_events)
 
+    def store_extracted(self, batch: UsageBatch) -> UsageBatch:
+        """Take usage extracted elsewhere (by the engine, from requests acknowledged when they were
+        journaled) through the processors into every exporter; counts its rows, and its refused and
+        duplicate items as settled after acknowledgement. Raises when it could not be stored: the
+        caller keeps the requests and tries again."""
+        batch = self._process(batch)
+        rows = len(batch)
+        self.counts.record_queued(rows, batch.priced.count(False) if len(batch.priced) == rows else rows)
+        self._await_prerequisites(batch)
+        self.counts.record_settled((rejection.reason for rejection in batch.rejections), batch.duplicate_events)
+        if batch.rejections:
+            self._log_rejections(batch.rejections, None)
+        return batch
+
     def _store(self, payload: Any, customer: str | None) -> UsageBatch:
         """The processed batch, once every exporter holds it durably."""
         batch: UsageBatch = self._convert(payload) if self._convert is not None else payload.copy()
         if customer is not None:
             batch.customer = [customer] * len(batch)
+        return self._process(batch)
+
+    def _process(self, batch: UsageBatch) -> UsageBatch:
         stored = False
         try:
             for processor in self.processors:

@@ -8,6 +8,8 @@ import threading
 from otel_meter.billing.scheduler import BillingScheduler
 from otel_meter.component import EVENTS, BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
+from otel_meter.engine.feed import EngineTraceFeed
+from otel_meter.engine.support import unsupported_reason
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.exporters.clickhouse.factory import queue_directory
 from otel_meter.pipeline import UsagePipeline
@@ -29,6 +31,8 @@ class Service:
         self.exporters: dict[str, object] = {}
         self.extensions: dict[str, object] = {}
         self.pipelines: list[UsagePipeline] = []
+        self.feeds: list[EngineTraceFeed] = []
+        """Pipelines whose extraction runs in the engine (``extraction: engine``)."""
         self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
                                           "meters": config.meters, "extension": self._extension, "rate_cards": {},
                                           "metrics": ServiceMetrics(self.pipelines, self.exporters, self.receivers),
@@ -79,12 +83,34 @@ class Service:
             signal = name.split("/", 1)[0]
             processors = [self._create(Kind.PROCESSOR, pid) for pid in pipeline.processors]
             converter = processors.pop(0) if signal != EVENTS else None
-            usage = UsagePipeline(name, signal, converter, processors, [self.exporters[e] for e in pipeline.exporters])
+            exporters = [self.exporters[e] for e in pipeline.exporters]
+            usage = UsagePipeline(name, signal, converter, processors, exporters)
             self.pipelines.append(usage)
+            feed = self._engine_feed(name, pipeline.extraction, usage, converter, exporters)
             for receiver_id in pipeline.receivers:
                 if receiver_id not in self.receivers:
                     self.receivers[receiver_id] = self._create(Kind.RECEIVER, receiver_id)
-                self.receivers[receiver_id].add_consumer(signal, usage.consume)
+                if feed is None:
+                    self.receivers[receiver_id].add_consumer(signal, usage.consume)
+                else:
+                    self.receivers[receiver_id].add_consumer(signal, feed.consume, takes_body=True)
+
+    def _engine_feed(self, name: str, extraction: str, usage: UsagePipeline, converter: object,
+                     exporters: list) -> EngineTraceFeed | None:
+        """The engine feed of a pipeline with ``extraction: engine`` that the engine supports."""
+        if extraction != "engine":
+            return None
+        reason = unsupported_reason(usage.signal, converter, exporters, self.config.meters)
+        if reason is not None:
+            logger.warning("service.pipelines.%s.extraction: engine is not used, spans are extracted in Python: %s",
+                           name, reason)
+            return None
+        first = exporters[0]
+        directory = first.journal.directory.parent / f"engine-{name.replace('/', '-')}"
+        feed = EngineTraceFeed(usage, converter, first.store, directory, first.journal.max_bytes)
+        self.feeds.append(feed)
+        logger.info("pipeline %s: spans are extracted in the embedded ClickHouse engine (journal %s)", name, directory)
+        return feed
 
     def _extension(self, extension_id: str):
         """The extension, built on first use (the config check made sure it is listed in
@@ -99,7 +125,8 @@ class Service:
 
     def queued_records(self) -> int:
         """Acknowledged usage records not yet in the store, over all exporters."""
-        return sum(getattr(exporter, "queued_records", 0) for exporter in self.exporters.values())
+        return (sum(getattr(exporter, "queued_records", 0) for exporter in self.exporters.values())
+                + sum(feed.queued_records for feed in self.feeds))
 
     def queue_room(self) -> list[tuple[str, int, int]]:
         """(exporter id, bytes queued, ``sending_queue.max_size_mib`` in bytes) of each local queue."""
@@ -129,6 +156,8 @@ class Service:
     def start(self) -> None:
         for exporter in self.exporters.values():
             exporter.start()
+        for feed in self.feeds:
+            feed.start()
         for registry in self.rate_cards.values():
             registry.start()
         if self.config.billing.schedules and self.shared["store"] is not None:
@@ -150,6 +179,8 @@ class Service:
         logger.info("shutting down: draining requests and flushing usage")
         for receiver in self.receivers.values():
             receiver.shutdown()
+        for feed in self.feeds:
+            feed.shutdown()
         for exporter in self.exporters.values():
             exporter.shutdown()
         if self.billing_scheduler is not None:

@@ -144,6 +144,20 @@ class PipelineCounts:
                 self._refused[reason] += count
             self._duplicates += duplicates
 
+    def record_settled(self, rejection_messages: Iterable[str], duplicates: int) -> None:
+        """Items acknowledged before they were looked at (journaled for the engine): those refused
+        or found to be duplicates once extracted move from accepted to refused, or are counted as
+        duplicates (which stay accepted)."""
+        reasons: dict[str, int] = {}
+        for message in rejection_messages:
+            reason = rejection_reason(message)
+            reasons[reason] = reasons.get(reason, 0) + 1
+        with self._lock:
+            for reason, count in reasons.items():
+                self._refused[reason] += count
+                self._accepted -= count
+            self._duplicates += duplicates
+
     def record_refused(self, received: int, error: BaseException) -> None:
         """A request answered with an error: none of its items were acknowledged."""
         reason = refusal_reason(error)

@@ -82,6 +82,20 @@ class GenAIUsageProcessor:
                                         config.token_metrics, self.token_sources)
         self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
 
+    @property
+    def wanted_resource_keys(self) -> frozenset[str]:
+        """The resource attributes each row carries (as text): what other processors and the meters read."""
+        return self._extra_resource_keys
+
+    @property
+    def wanted_span_keys(self) -> frozenset[str]:
+        """The span attributes each row carries (as text) for other processors."""
+        return self._extra_span_keys
+
+    @property
+    def token_meter_names(self) -> frozenset[str]:
+        return self._token_meter_names
+
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
         self._extra_resource_keys = frozenset(resource_keys) | self._meter_keys | {SDK_NAME, SERVICE_NAME}
         self._extra_span_keys = frozenset(span_keys)

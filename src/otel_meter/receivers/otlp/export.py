@@ -66,11 +66,14 @@ def partial_success_message(result: ConsumeResult, items: str) -> str:
     return "; ".join(reasons)
 
 
-def export(consumers: "SignalConsumers", signal: OtlpSignal, request: Message, customer: str | None = None) -> Message:
+def export(consumers: "SignalConsumers", signal: OtlpSignal, request: Message, customer: str | None = None,
+           body: bytes | None = None) -> Message:
     """Run the request through the signal's pipelines. ``partial_success`` is set only when
     items were rejected, as the spec requires. Raises ExportError when nothing was taken.
-    ``customer``: the customer the sender's token is bound to; all its usage is that customer's."""
-    result = consumers.consume(signal.name, request, customer)
+    ``customer``: the customer the sender's token is bound to; all its usage is that customer's.
+    ``body``: the request's protobuf bytes as received (a pipeline extracting in the engine
+    journals them as they are)."""
+    result = consumers.consume(signal.name, request, customer, body)
     response = signal.response_type()
     if result.rejections:
         partial_success = response.partial_success  # type: ignore[attr-defined]

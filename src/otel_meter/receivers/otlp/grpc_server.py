@@ -128,7 +128,7 @@ class OtlpGrpcServer:
                               f"request is not an OTLP {signal.request_type.DESCRIPTOR.name}: {error}")
             crash_point("after_receive")
             try:
-                response = export(self.consumers, signal, request, customer)
+                response = export(self.consumers, signal, request, customer, body)
             except ExportError as error:
                 refuse(context, refusal_code(error), str(error))
             except Exception:  # a bug must fail this request with a clear status, not UNKNOWN

@@ -16,20 +16,26 @@ class SignalConsumers:
     one signal hands each request to every one of them, as in the Collector."""
 
     def __init__(self) -> None:
-        self._by_signal: dict[str, list[Consumer]] = {}
+        self._by_signal: dict[str, list[tuple[Consumer, bool]]] = {}
 
-    def add(self, signal: str, consumer: Consumer) -> None:
-        self._by_signal.setdefault(signal, []).append(consumer)
+    def add(self, signal: str, consumer: Consumer, takes_body: bool = False) -> None:
+        """``takes_body``: the consumer is also given the request's bytes as received (``body=``)."""
+        self._by_signal.setdefault(signal, []).append((consumer, takes_body))
 
     def has(self, signal: str) -> bool:
         return bool(self._by_signal.get(signal))
 
-    def consume(self, signal: str, payload: object, customer: str | None = None) -> ConsumeResult:
+    def consume(self, signal: str, payload: object, customer: str | None = None,
+                body: bytes | None = None) -> ConsumeResult:
         """``customer``: the customer the sender's token is bound to; it overrides the
-        customer of every row (None: attribution decides)."""
+        customer of every row (None: attribution decides). ``body``: the request's protobuf
+        bytes as received, when the receiver has them."""
         result = ConsumeResult()
-        for consumer in self._by_signal.get(signal, ()):
-            result.add(consumer(payload) if customer is None else consumer(payload, customer=customer))
+        for consumer, takes_body in self._by_signal.get(signal, ()):
+            if takes_body:
+                result.add(consumer(payload, customer=customer, body=body))
+            else:
+                result.add(consumer(payload) if customer is None else consumer(payload, customer=customer))
         return result
 
 
@@ -49,8 +55,8 @@ class OtlpReceiver:
                                if config.memory_limiter is not None else None)
         """Shared by both protocols: it watches the memory of the whole process."""
 
-    def add_consumer(self, signal: str, consumer: Consumer) -> None:
-        self.consumers.add(signal, consumer)
+    def add_consumer(self, signal: str, consumer: Consumer, takes_body: bool = False) -> None:
+        self.consumers.add(signal, consumer, takes_body)
 
     def start(self) -> None:
         protocols = self.config.protocols

@@ -1,0 +1,298 @@
+"""A traces pipeline whose extraction runs in the engine (``extraction: engine``).
+
+A request is acknowledged once its bytes, unparsed beyond the receiver's check, are in a local
+journal and fsync'd (one fsync for every request that arrived meanwhile). A loader thread then
+takes up to ``requests_per_insert`` journaled requests at a time, inserts them as one block of
+``Protobuf`` rows into the engine's landing table, where the materialized view of
+``genai_usage.engine_view`` turns each span with token usage into one row, and takes those rows
+through the pipeline's other processors (dedup, attribution, rating, ...) into its exporters.
+Only then does the journal forget the requests; after a crash they are loaded again and the
+dedup processor drops what was stored the first time.
+
+What changes for a client: refusals are found after the acknowledgement, so they are not in the
+OTLP partial success (which the OpenTelemetry SDKs ignore anyway); they are counted in
+``/metrics`` and ``/healthz`` and logged as the Python path's are (telemetry/refusals.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from otel_meter.engine.landing import (
+    INSERT_SETTINGS, ROOT_MESSAGE, SUBSET_PROTO, framed, landing_table_sql, parse_subset_proto, receipt_fields,
+)
+from otel_meter.errors import ExportError, QueueFullError
+from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
+from otel_meter.faults import crash_point
+from otel_meter.pipeline import ConsumeResult, UsagePipeline
+from otel_meter.processors.genai_usage import engine_view
+from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
+from otel_meter.processors.genai_usage.values import NO_EVENT_TIME
+from otel_meter.storage.store import Store
+from otel_meter.telemetry.counts import count_items
+from otel_meter.telemetry.refusals import RefusalLog
+from otel_meter.usage import Rejection, UsageBatch
+
+logger = logging.getLogger(__name__)
+
+NO_DIMENSIONS: dict[str, str] = {}
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Waits between attempts to load a block while the store or the exporters refuse it."""
+
+
+def refusal_message(code: str, event_id: str, extractor: GenAIUsageProcessor) -> str:
+    """The extractor's message for a refusal the engine found (the same words, so the same
+    ``rejection_reason`` category, log line and client-facing text)."""
+    config = extractor.config
+    named = event_id or "(empty id)"
+    messages = {
+        engine_view.INVALID_COUNT: (f"a token count is not a whole number from 0 to {config.max_tokens_per_span} "
+                                    f"(an int, a whole double or numeric text)"),
+        engine_view.TOO_MANY_ATTRIBUTES: (f"more than {config.max_attributes_per_span} attributes "
+                                          f"(max_attributes_per_span)"),
+        engine_view.INVALID_ID: ("trace_id must be 16 bytes and span_id 8 bytes, not all zero; usage cannot be "
+                                 "deduplicated without them"),
+        engine_view.NO_TIME: f"has no start or end time (both are 0); {NO_EVENT_TIME}",
+        engine_view.TIME_OUT_OF_RANGE: ("end time is after 2262-04-11, beyond what can be stored "
+                                        "(DateTime64(9))"),
+        engine_view.TOO_LONG: (f"an attribute is longer than {config.max_attribute_value_length} characters "
+                               f"(max_attribute_value_length)"),
+    }
+    return f"span {named}: {messages.get(code, code)}"
+
+
+class EngineTraceFeed:
+    def __init__(self, pipeline: UsagePipeline, extractor: GenAIUsageProcessor, store: Store, directory: Path,
+                 max_bytes: int, requests_per_insert: int = 100, linger: float = 0.05) -> None:
+        """``directory``: the journal's (its own). ``requests_per_insert``: at most this many requests
+        go into one insert. ``linger``: how long the loader waits for more requests before it
+        inserts a block smaller than ``requests_per_insert`` (each insert costs a fixed ~0.1 s of
+        query analysis in the engine, so small blocks are slow)."""
+        self.pipeline = pipeline
+        self.extractor = extractor
+        self.store = store
+        self.journal = Journal(directory, max_bytes)
+        self.requests_per_insert = requests_per_insert
+        self.linger = linger
+        prefix = "engine_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline.name)
+        self.landing, self.rows, self.view = f"{prefix}_landing", f"{prefix}_rows", f"{prefix}_view"
+        self.refusals = RefusalLog(f"pipeline {pipeline.name} (engine)", pipeline.signal)
+        self._append_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._synced = self.journal.last_id
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._extracted: queue.Queue = queue.Queue(maxsize=1)
+        """Blocks extracted and not yet stored: the engine extracts the next block while the
+        pipeline's processors and exporters take the previous one (chDB releases the GIL)."""
+        self._lock = threading.Lock()
+        self._cursor = 0
+        """The last journaled request extracted (or being stored)."""
+        self._generation = 0
+        """Advanced when a block fails to store: blocks extracted before are extracted again."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def statements(self) -> list[str]:
+        """The landing table, the rows table and the view, made anew at every start: they hold
+        nothing between blocks, and the view follows the config (wanted attributes, limits)."""
+        config = self.extractor.config
+        messages = parse_subset_proto(SUBSET_PROTO.read_text())
+        view = engine_view.view_sql(
+            config.max_tokens_per_span, resource_keys=sorted(self.extractor.wanted_resource_keys),
+            span_keys=sorted(self.extractor.wanted_span_keys), max_attributes=config.max_attributes_per_span,
+            max_length=config.max_attribute_value_length, source=self.landing, target=self.rows, name=self.view)
+        return [f"DROP VIEW IF EXISTS {self.view}", f"DROP TABLE IF EXISTS {self.landing}",
+                f"DROP TABLE IF EXISTS {self.rows}", landing_table_sql(messages, self.landing),
+                engine_view.wide_table_sql(self.rows, engine="Memory"), view]
+
+    def start(self) -> None:
+        for statement in self.statements():
+            self.store.client.command(statement)
+        if self.journal.pending_records:
+            logger.info("pipeline %s: %d journaled request(s) not yet stored; they are loaded first",
+                        self.pipeline.name, self.journal.pending_records)
+        self._cursor = self.journal.checkpoint
+        self._threads = [threading.Thread(target=self._run_extractor, name=f"engine-extract-{self.pipeline.name}",
+                                          daemon=True),
+                         threading.Thread(target=self._run_storer, name=f"engine-store-{self.pipeline.name}",
+                                          daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Load what is journaled (for up to ``timeout`` seconds), then stop. What is left stays in
+        the journal and is loaded at the next start."""
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.journal.close()
+
+    @property
+    def queued_records(self) -> int:
+        return self.journal.pending_records
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def consume(self, request: Any, customer: str | None = None, body: bytes | None = None) -> ConsumeResult:
+        """Journal one export request (``body``: its bytes as received, when the receiver has them)."""
+        received = count_items(self.pipeline.signal, request)
+        payload = (body if body is not None else request.SerializeToString()) + receipt_fields(
+            time.time_ns(), customer)
+        try:
+            if self._stopping.is_set():
+                raise ExportError("otel-meter is shutting down; retry")
+            self._append_durably(payload)
+        except JournalFullError as error:
+            self._refuse(received, QueueFullError(str(error)), customer)
+        except OSError as error:
+            self._refuse(received, ExportError(f"cannot write the local journal of pipeline {self.pipeline.name} "
+                                               f"({error.strerror or error}); retry"), customer)
+        self.pipeline.counts.record_accepted(received, (), 0)
+        self._wake.set()
+        return ConsumeResult()
+
+    def _refuse(self, received: int, error: ExportError, customer: str | None) -> None:
+        self.pipeline.counts.record_refused(received, error)
+        self.refusals.refused("queue_full" if isinstance(error, QueueFullError) else "unavailable", received,
+                              [customer] if customer else [], f"the whole request ({error}); the client retries it")
+        raise error
+
+    def _append_durably(self, payload: bytes) -> None:
+        """Append and fsync; concurrent callers share one fsync (group commit)."""
+        with self._append_lock:
+            record_id = self.journal.append(payload)
+        with self._sync_lock:
+            if self._synced < record_id:
+                last = self.journal.last_id
+                self.journal.sync()
+                self._synced = last
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _run_extractor(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                first, generation = self._cursor + 1, self._generation
+            waiting = self.journal.last_id - first + 1
+            if waiting <= 0:
+                if self._stopping.is_set():
+                    self._extracted.put(None)
+                    return
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            if waiting < self.requests_per_insert and not self._stopping.is_set():
+                time.sleep(self.linger)  # let a block fill: each insert costs a fixed analysis
+            last = min(self.journal.last_id, first + self.requests_per_insert - 1)
+            try:
+                started = time.perf_counter()
+                batch = self._extract([payload for _, payload in self.journal.read(first, last)])
+                failures = 0
+            except Exception as error:  # the engine refused the block: keep it, try again
+                failures += 1
+                if not self._retry_after(failures, error, "extracting", first, last):
+                    self._extracted.put(None)
+                    return
+                continue
+            self._extracted.put((generation, first, last, batch, time.perf_counter() - started))
+            with self._lock:
+                if generation == self._generation:
+                    self._cursor = last
+
+    def _run_storer(self) -> None:
+        failures = 0
+        while True:
+            item = self._extracted.get()
+            if item is None:
+                return
+            generation, first, last, batch, extraction_seconds = item
+            with self._lock:
+                if generation != self._generation:
+                    continue  # extracted before a block failed to store: extracted again
+            started = time.perf_counter()
+            try:
+                self.pipeline.store_extracted(batch)
+                crash_point("after_engine_store_before_checkpoint")
+                self.journal.commit(InsertPlan(first, last, ""))
+                failures = 0
+            except Exception as error:  # an exporter or the store refused: the journal keeps the block
+                failures += 1
+                with self._lock:
+                    self._generation += 1
+                    self._cursor = self.journal.checkpoint
+                if not self._retry_after(failures, error, "storing", first, last):
+                    return
+                continue
+            logger.debug("pipeline %s: loaded requests %d..%d (%d usage rows): extracted in %.3f s, stored in "
+                         "%.3f s", self.pipeline.name, first, last, len(batch), extraction_seconds,
+                         time.perf_counter() - started)
+
+    def _retry_after(self, failures: int, error: Exception, doing: str, first: int, last: int) -> bool:
+        """Log and wait before another attempt; False when shutting down after the last wait."""
+        wait = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
+        log = logger.warning if isinstance(error, ExportError) else logger.exception
+        log("pipeline %s: %s journaled requests %d..%d failed (%s); retrying in %.1f s", self.pipeline.name, doing,
+            first, last, error, wait)
+        return not (self._stopping.wait(wait) and failures >= len(RETRY_SECONDS))
+
+    def _extract(self, records: list[bytes]) -> UsageBatch:
+        client = self.store.client
+        client.command(f"TRUNCATE TABLE {self.rows}")
+        settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
+        client.raw_insert(self.landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
+        table = client.query_arrow(
+            f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, bound_customer, instance, "
+            f"resource_attributes, span_attributes, provider, model, operation, refusal, "
+            f"{', '.join(engine_view.METERS)} FROM {self.rows}")
+        return self._batch({name: table.column(name).to_pylist() for name in table.column_names})
+
+    def _batch(self, columns: dict[str, list]) -> UsageBatch:
+        """Usage rows (one per span and meter with a quantity) and rejections, from the engine's rows
+        as columns. Rows of one resource share one attributes dict, as the extractor's do."""
+        batch = UsageBatch()
+        customers: list[str] = []
+        instances: list[str] = []
+        extractor = self.extractor
+        shared: dict[tuple, dict[str, str]] = {}
+
+        def attributes(pairs: list) -> dict[str, str]:
+            if not pairs:
+                return NO_DIMENSIONS
+            key = tuple(pairs)
+            found = shared.get(key)
+            if found is None:
+                found = shared[key] = dict(pairs)
+            return found
+        quantities = [columns[meter] for meter in engine_view.METERS]
+        for seq, (event_id, time_ns, bound, instance, resource, span, provider, model, operation, refusal) in \
+                enumerate(zip(columns["event_id"], columns["time_ns"], columns["bound_customer"],
+                              columns["instance"], columns["resource_attributes"], columns["span_attributes"],
+                              columns["provider"], columns["model"], columns["operation"], columns["refusal"])):
+            if refusal:
+                batch.rejections.append(Rejection(event_id, refusal_message(refusal, event_id, extractor),
+                                                  customer=bound, resource=dict(resource), attributes=dict(span)))
+                continue
+            resource_attributes, span_attributes = attributes(resource), attributes(span)
+            for meter, column in zip(engine_view.METERS, quantities):
+                quantity = column[seq]
+                if quantity:
+                    batch.append(event_id, seq + 1, time_ns, meter, quantity, provider, model, operation,
+                                 NO_DIMENSIONS, resource_attributes, span_attributes)
+                    customers.append(bound)
+                    instances.append(instance)
+        if any(customers):
+            batch.customer = customers
+        if extractor.config.token_metrics == "unless_spans":
+            batch = extractor.token_sources.rows_extracted(batch, instances.__getitem__, extractor.token_meter_names)
+        return batch
