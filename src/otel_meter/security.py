@@ -1,6 +1,7 @@
 """What every listening server shares about security: the ``auth``, ``tls`` and
 ``insecure_no_auth`` keys, the rule that a server reachable beyond loopback needs an
-authenticator, and the TLS setup of the gRPC and HTTP servers.
+authenticator, and the TLS setup of the gRPC and HTTP servers (the HTTP servers hand the
+``tls`` keys to uvicorn: asgi_server.py).
 
 ``auth: {authenticator: bearertokenauth/NAME}`` names an extension (as in the Collector);
 ``parse_config`` checks that it is an authenticator listed in ``service.extensions``, and the
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import ssl
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -22,10 +22,6 @@ from otel_meter.component import ComponentConfig, ConfigFile
 from otel_meter.errors import OtelMeterError
 
 logger = logging.getLogger(__name__)
-
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
-"""A TLS client that has not finished its handshake by then is dropped."""
-
 
 class Principal(Protocol):
     name: str
@@ -164,28 +160,3 @@ def server_ssl_context(tls: TlsConfig, where: str) -> ssl.SSLContext:
                                  f"{getattr(error, 'strerror', None) or error}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-class TlsServerMixin:
-    """For a ``socketserver`` threaded server: with ``ssl_context`` set, each accepted
-    connection does its TLS handshake in its own thread (a slow or plaintext client does
-    not hold up the others), and a failed handshake just closes that connection."""
-
-    ssl_context: ssl.SSLContext | None = None
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
-        if self.ssl_context is None:
-            super().finish_request(request, client_address)  # type: ignore[misc]
-            return
-        timeout = request.gettimeout()
-        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-        try:
-            secure = self.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as error:
-            logger.debug("TLS handshake with %s failed: %s", client_address, error)
-            return
-        secure.settimeout(timeout)
-        try:
-            super().finish_request(secure, client_address)  # type: ignore[misc]
-        finally:
-            self.shutdown_request(secure)  # type: ignore[attr-defined]

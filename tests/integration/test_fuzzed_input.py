@@ -644,14 +644,16 @@ def framed_requests(draw: st.DrawFn) -> tuple[str, list[tuple[bytes, bytes]], by
         headers.append((b"Transfer-Encoding", draw(st.sampled_from([b"chunked", b" Chunked "]))))
         if framing == "chunked-and-length":
             headers.append((b"Content-Length", b"3"))
+            status = 400  # ambiguous framing (how requests are smuggled): refused
         wire = chunked(body, draw(st.lists(st.integers(1, 64), max_size=5)), draw(st.booleans()))
     elif framing == "bad-chunk":
         headers.append((b"Transfer-Encoding", b"chunked"))
         size_line = draw(st.sampled_from([b"zz", b"-1", b"", b" ", b"\xb2", b"1g", b"-0x1"]))
         wire = size_line + b"\r\nab\r\n0\r\n\r\n"
         status = 400
-    else:  # not chunked: read by Content-Length
+    else:  # a transfer coding other than chunked: refused, whatever Content-Length says
         headers += [(b"Transfer-Encoding", b"gzip"), (b"Content-Length", str(len(body)).encode())]
+        status = 400
     return path, headers, wire, status, read
 
 
