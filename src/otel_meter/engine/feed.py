@@ -17,7 +17,6 @@ OTLP partial success (which the OpenTelemetry SDKs ignore anyway); they are coun
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
 import time
@@ -69,11 +68,12 @@ def refusal_message(code: str, event_id: str, extractor: GenAIUsageProcessor) ->
 
 class EngineTraceFeed:
     def __init__(self, pipeline: UsagePipeline, extractor: GenAIUsageProcessor, store: Store, directory: Path,
-                 max_bytes: int, requests_per_insert: int = 100, linger: float = 0.05) -> None:
+                 max_bytes: int, requests_per_insert: int = 100, linger: float = 0.05, extractors: int = 2) -> None:
         """``directory``: the journal's (its own). ``requests_per_insert``: at most this many requests
         go into one insert. ``linger``: how long the loader waits for more requests before it
         inserts a block smaller than ``requests_per_insert`` (each insert costs a fixed ~0.1 s of
-        query analysis in the engine, so small blocks are slow)."""
+        query analysis in the engine, so small blocks are slow). ``extractors``: blocks extracted at
+        once, each by its own thread and tables (chDB releases the GIL while the engine works)."""
         self.pipeline = pipeline
         self.extractor = extractor
         self.store = store
@@ -81,7 +81,8 @@ class EngineTraceFeed:
         self.requests_per_insert = requests_per_insert
         self.linger = linger
         prefix = "engine_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline.name)
-        self.landing, self.rows, self.view = f"{prefix}_landing", f"{prefix}_rows", f"{prefix}_view"
+        self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}") for n in range(extractors)]
+        """(landing table, rows table, view) of each extractor thread."""
         self.refusals = RefusalLog(f"pipeline {pipeline.name} (engine)", pipeline.signal)
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -89,41 +90,52 @@ class EngineTraceFeed:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._extracted: queue.Queue = queue.Queue(maxsize=1)
-        """Blocks extracted and not yet stored: the engine extracts the next block while the
-        pipeline's processors and exporters take the previous one (chDB releases the GIL)."""
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        """Guards the cursor, the generation and the extracted blocks; notified when any changes."""
         self._cursor = 0
-        """The last journaled request extracted (or being stored)."""
+        """The last journaled request claimed by an extractor."""
         self._generation = 0
-        """Advanced when a block fails to store: blocks extracted before are extracted again."""
+        """Advanced when a block fails: every block claimed before is claimed and extracted again."""
+        self._extracted: dict[int, tuple[int, int, UsageBatch, float]] = {}
+        """Blocks extracted and not yet stored, by first request: (generation, last request, usage,
+        seconds). The storer takes them in journal order while the engine extracts the next ones."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def statements(self) -> list[str]:
-        """The landing table, the rows table and the view, made anew at every start: they hold
+        """Each extractor's landing table, rows table and view, made anew at every start: they hold
         nothing between blocks, and the view follows the config (wanted attributes, limits)."""
         config = self.extractor.config
         messages = parse_subset_proto(SUBSET_PROTO.read_text())
-        view = engine_view.view_sql(
-            config.max_tokens_per_span, resource_keys=sorted(self.extractor.wanted_resource_keys),
-            span_keys=sorted(self.extractor.wanted_span_keys), max_attributes=config.max_attributes_per_span,
-            max_length=config.max_attribute_value_length, source=self.landing, target=self.rows, name=self.view)
-        return [f"DROP VIEW IF EXISTS {self.view}", f"DROP TABLE IF EXISTS {self.landing}",
-                f"DROP TABLE IF EXISTS {self.rows}", landing_table_sql(messages, self.landing),
-                engine_view.wide_table_sql(self.rows, engine="Memory"), view]
+        statements = []
+        for landing, rows, view in self.tables:
+            statements += [f"DROP VIEW IF EXISTS {view}", f"DROP TABLE IF EXISTS {landing}",
+                           f"DROP TABLE IF EXISTS {rows}", landing_table_sql(messages, landing),
+                           engine_view.wide_table_sql(rows, engine="Memory"),
+                           engine_view.view_sql(config.max_tokens_per_span,
+                                                resource_keys=sorted(self.extractor.wanted_resource_keys),
+                                                span_keys=sorted(self.extractor.wanted_span_keys),
+                                                max_attributes=config.max_attributes_per_span,
+                                                max_length=config.max_attribute_value_length,
+                                                source=landing, target=rows, name=view)]
+        return statements
 
     def start(self) -> None:
-        for statement in self.statements():
-            self.store.client.command(statement)
+        client = self.store.own_client()
+        try:
+            for statement in self.statements():
+                client.command(statement)
+        finally:
+            client.close()
         if self.journal.pending_records:
             logger.info("pipeline %s: %d journaled request(s) not yet stored; they are loaded first",
                         self.pipeline.name, self.journal.pending_records)
         self._cursor = self.journal.checkpoint
-        self._threads = [threading.Thread(target=self._run_extractor, name=f"engine-extract-{self.pipeline.name}",
-                                          daemon=True),
-                         threading.Thread(target=self._run_storer, name=f"engine-store-{self.pipeline.name}",
-                                          daemon=True)]
+        self._threads = [threading.Thread(target=self._run_extractor, args=tables,
+                                          name=f"engine-extract-{self.pipeline.name}-{number}", daemon=True)
+                         for number, tables in enumerate(self.tables)]
+        self._threads.append(threading.Thread(target=self._run_storer, name=f"engine-store-{self.pipeline.name}",
+                                              daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -132,6 +144,8 @@ class EngineTraceFeed:
         the journal and is loaded at the next start."""
         self._stopping.set()
         self._wake.set()
+        with self._changed:
+            self._changed.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -179,47 +193,73 @@ class EngineTraceFeed:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _run_extractor(self) -> None:
-        failures = 0
-        while True:
-            with self._lock:
-                first, generation = self._cursor + 1, self._generation
-            waiting = self.journal.last_id - first + 1
-            if waiting <= 0:
-                if self._stopping.is_set():
-                    self._extracted.put(None)
-                    return
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
+    def _claim(self) -> tuple[int, int, int] | None:
+        """The next block of journaled requests for an extractor: (generation, first, last); None
+        when it is time to stop. Waits while enough blocks are extracted and not stored yet."""
+        with self._changed:
+            while True:
+                if self._stopping.is_set() and self._cursor >= self.journal.last_id:
+                    return None
+                waiting = self.journal.last_id - self._cursor
+                if waiting > 0 and len(self._extracted) < len(self.tables):
+                    break
+                self._changed.wait(0.5)
             if waiting < self.requests_per_insert and not self._stopping.is_set():
-                time.sleep(self.linger)  # let a block fill: each insert costs a fixed analysis
+                self._changed.wait(self.linger)  # let a block fill: each insert costs a fixed analysis
+            first = self._cursor + 1
             last = min(self.journal.last_id, first + self.requests_per_insert - 1)
+            if last < first:
+                return self._claim()
+            self._cursor = last
+            return self._generation, first, last
+
+    def _run_extractor(self, landing: str, rows: str, view: str) -> None:
+        failures = 0
+        client = None
+        while (claim := self._claim()) is not None:
+            generation, first, last = claim
             try:
                 started = time.perf_counter()
-                batch = self._extract([payload for _, payload in self.journal.read(first, last)])
+                if client is None:
+                    client = self.store.own_client()
+                records = [payload for _, payload in self.journal.read(first, last)]
+                batch = self._extract(client, landing, rows, records)
                 failures = 0
             except Exception as error:  # the engine refused the block: keep it, try again
                 failures += 1
+                client = None  # a new handle for the next attempt
+                self._start_over(generation)
                 if not self._retry_after(failures, error, "extracting", first, last):
-                    self._extracted.put(None)
                     return
                 continue
-            self._extracted.put((generation, first, last, batch, time.perf_counter() - started))
-            with self._lock:
+            with self._changed:
                 if generation == self._generation:
-                    self._cursor = last
+                    self._extracted[first] = (generation, last, batch, time.perf_counter() - started)
+                    self._changed.notify_all()
+
+    def _start_over(self, generation: int) -> None:
+        """After a failed block: every block not stored is claimed and extracted again, in order."""
+        with self._changed:
+            if generation == self._generation:
+                self._generation += 1
+                self._cursor = self.journal.checkpoint
+                self._extracted.clear()
+                self._changed.notify_all()
 
     def _run_storer(self) -> None:
         failures = 0
         while True:
-            item = self._extracted.get()
-            if item is None:
-                return
-            generation, first, last, batch, extraction_seconds = item
-            with self._lock:
-                if generation != self._generation:
-                    continue  # extracted before a block failed to store: extracted again
+            with self._changed:
+                first = self.journal.checkpoint + 1
+                while first not in self._extracted:
+                    if self._stopping.is_set() and self.journal.checkpoint >= self.journal.last_id:
+                        return
+                    if self._stopping.is_set() and not any(thread.is_alive() for thread in self._threads[:-1]):
+                        return  # the extractors gave up: the journal keeps the rest
+                    self._changed.wait(0.5)
+                    first = self.journal.checkpoint + 1
+                generation, last, batch, extraction_seconds = self._extracted.pop(first)
+                self._changed.notify_all()
             started = time.perf_counter()
             try:
                 self.pipeline.store_extracted(batch)
@@ -228,9 +268,7 @@ class EngineTraceFeed:
                 failures = 0
             except Exception as error:  # an exporter or the store refused: the journal keeps the block
                 failures += 1
-                with self._lock:
-                    self._generation += 1
-                    self._cursor = self.journal.checkpoint
+                self._start_over(generation)
                 if not self._retry_after(failures, error, "storing", first, last):
                     return
                 continue
@@ -246,15 +284,14 @@ class EngineTraceFeed:
             first, last, error, wait)
         return not (self._stopping.wait(wait) and failures >= len(RETRY_SECONDS))
 
-    def _extract(self, records: list[bytes]) -> UsageBatch:
-        client = self.store.client
-        client.command(f"TRUNCATE TABLE {self.rows}")
+    def _extract(self, client: Any, landing: str, rows: str, records: list[bytes]) -> UsageBatch:
+        client.command(f"TRUNCATE TABLE {rows}")
         settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
-        client.raw_insert(self.landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
+        client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
         table = client.query_arrow(
             f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, bound_customer, instance, "
             f"resource_attributes, span_attributes, provider, model, operation, refusal, "
-            f"{', '.join(engine_view.METERS)} FROM {self.rows}")
+            f"{', '.join(engine_view.METERS)} FROM {rows}")
         return self._batch({name: table.column(name).to_pylist() for name in table.column_names})
 
     def _batch(self, columns: dict[str, list]) -> UsageBatch:

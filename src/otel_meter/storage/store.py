@@ -220,6 +220,11 @@ class Store:
     def _unavailable(self) -> StoreUnavailableError:
         return StoreUnavailableError(f"{self.location.describe()} is unreachable ({self._last_error})")
 
+    def own_client(self) -> Client:
+        """A client of its own for one thread's work: its queries run beside those of the store's
+        shared client (which serializes its callers: one chDB handle takes one call at a time)."""
+        return self._connect(self.connect_timeout)
+
     def _connect(self, connect_timeout: float) -> Client:
         location = self.location
         try:
