@@ -99,8 +99,9 @@ def operation(route: Route) -> dict[str, Any]:
         extra["requestBody"] = RATE_CARD_BODY
     doc = (route.handler.__doc__ or "").strip()
     tag = route.path.split("/")[2] if route.path.startswith("/v1/") else "service"
-    return {"status_code": int(status), "response_model": None, "summary": f"{route.method} {route.path}", "description": doc,
-            "tags": [tag], "operation_id": re.sub(r"\W+", "_", f"{route.method} {route.path}").strip("_").lower(),
+    return {"status_code": int(status), "response_model": None, "summary": f"{route.method} {route.path}",
+            "description": doc, "tags": [tag],
+            "operation_id": re.sub(r"\W+", "_", f"{route.method} {route.path}").strip("_").lower(),
             "responses": {int(status): success, **error_responses(route)}, "openapi_extra": extra}
 
 

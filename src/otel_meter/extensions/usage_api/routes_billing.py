@@ -49,6 +49,7 @@ def summary_json(summary: Any) -> dict[str, Any]:
 
 
 def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Export a period's rated usage to a billing target (``billing.targets``); answers what was sent."""
     body: ExportBody = request.body_input
     section = api.shared.get("billing")
     if section is None or not section.targets:
@@ -74,6 +75,7 @@ def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 
 def ledger(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """The billing export ledger of a period: every record sent, by target and customer, with its status."""
     from otel_meter.rating.statement import plain
 
     name = request.single("period")

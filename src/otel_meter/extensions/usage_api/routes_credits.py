@@ -55,6 +55,7 @@ def grant_document(grant: Any) -> dict[str, Any]:
 
 
 def balance(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """A customer's credit balance, grants and history as of a time (default now)."""
     customer = request.customer(request.params["customer"]) or request.params["customer"]
     as_of = time_param(request, "as_of")
     ledger = credit_store.credit_ledger(api.store, customer, as_of, _rate_book(api))
@@ -70,6 +71,7 @@ def _rate_book(api: UsageApiServer) -> Any:
 
 
 def add_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Grant a customer prepaid credits (or money in a currency); answers the stored grant."""
     grant, note = credit_store.parse_grant(request.json(), request.params["customer"])
     monitor = api.shared.get("budgets")
     stored = monitor.add_grant(grant, note) if monitor else credit_store.add_grant(api.store, grant, note)
@@ -77,6 +79,7 @@ def add_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any
 
 
 def void_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Void a grant: from now on it is ignored entirely (no credit from it, past or future)."""
     customer, grant_id = request.params["customer"], request.params["grant"]
     monitor = api.shared.get("budgets")
     voided = monitor.void_grant(customer, grant_id) if monitor else \
@@ -85,6 +88,7 @@ def void_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
 
 
 def entitlement(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """A customer's entitlements and budget state, from the budgets extension's last snapshot."""
     customer = request.customer(request.params["customer"]) or request.params["customer"]
     monitor = api.shared.get("budgets")
     if monitor is None:

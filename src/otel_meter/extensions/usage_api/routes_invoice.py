@@ -34,6 +34,7 @@ class InvoiceQuery(RatingQuery):
 
 
 def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """A customer's invoice for a period, as JSON, HTML or CSV (``format``)."""
     customer = request.customer(request.single("customer"))
     if not customer:
         raise ApiError(HTTPStatus.BAD_REQUEST, "customer is required, e.g. /v1/invoice?customer=acme&period=2026-11")

@@ -104,10 +104,13 @@ def list_cards(registry: RateCardRegistry, now_ns: int) -> list[dict[str, Any]]:
 
 
 def cards(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Every rate card: its kind, currency, versions with their start, and the version in force now."""
     return HTTPStatus.OK, {"cards": list_cards(registry_of(api, request), time.time_ns())}
 
 
 def show_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """One card's version in force ``at`` a time (default now), or the version named by ``version``, with its
+    content."""
     registry = registry_of(api, request)
     card_id, name = request.params["card"], request.single("version")
     if name is not None:
@@ -125,6 +128,7 @@ def show_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any
 
 
 def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Apply a rate card file (the body, YAML or JSON) as a new version; ``dry_run`` checks without applying."""
     registry = registry_of(api, request)
     source = request.single("source") or "api"
     dry_run = (request.single("dry_run") or "").lower() in ("1", "true", "yes")
@@ -143,6 +147,7 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
 
 
 def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """How a model's usage is priced: the rule, unit price and card version that apply to each meter."""
     model = request.query_input.model
     meters = [m for m in (request.single("meter") or "").split(",") if m]
     customer = request.customer(request.single("customer")) or ""
@@ -151,6 +156,8 @@ def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus,
 
 
 def period(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """A customer's billing period (a calendar month): its statement lines, subtotal, minimum, commitment
+    true-up and adjustments, as the invoice prices them."""
     customer = request.customer(request.single("customer"))
     if not customer:
         raise ApiError(HTTPStatus.BAD_REQUEST, "customer is required, e.g. /v1/period?customer=acme&period=2026-11")
@@ -175,6 +182,8 @@ ROUTES = (
 
 
 def rerate(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Price the stored usage of ``from``..``to`` again with the current rate cards (after a backdated
+    price change), without editing anything already written."""
     from otel_meter.cli_pricing import result_as_json
     from otel_meter.rating.rerate import rerate as run_rerate
 

@@ -24,6 +24,8 @@ class UsageQuery(QueryInput):
 
 
 def usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
+    """Usage rows (quantity, amount, currency) over ``from``..``to``, grouped by ``group_by``; a bound token sees
+    its customer only."""
     query: UsageQuery = request.query_input
     customer = request.customer(query.customer)
     try:

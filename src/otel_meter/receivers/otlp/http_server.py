@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_meter.asgi_server import AsgiServer
 from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
-from otel_meter.errors import ExportError, OtelMeterError
+from otel_meter.errors import ExportError
 from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.faults import crash_point
 from otel_meter.memory_limiter import MemoryLimiter
