@@ -31,6 +31,25 @@ SUCCESS_CONTENT = {
                           "application/openmetrics-text": {"schema": {"type": "string"}}},
 }
 """Routes that answer something other than a JSON object (by ``format=``, or by ``Accept``)."""
+QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}],
+            "description": "a whole quantity as an integer, a fraction as a decimal string"}
+DECIMAL = {"type": "string", "description": "an exact decimal, such as \"12.500000\""}
+USAGE_ROW = {"type": "object", "required": ["quantity", "unpriced_quantity", "amount", "currency"],
+             "description": "One group: its group_by keys (customer, model, ...) and these",
+             "properties": {"quantity": QUANTITY, "unpriced_quantity": QUANTITY, "amount": DECIMAL,
+                            "currency": {"type": "string"}, "cost": DECIMAL, "cost_currency": {"type": "string"},
+                            "margin": {"anyOf": [DECIMAL, {"type": "null"}]}}}
+SUCCESS_SCHEMAS = {
+    ("GET", "/v1/usage"): {"type": "object", "required": ["rows"],
+                           "properties": {"rows": {"type": "array", "items": USAGE_ROW}}},
+    ("GET", "/healthz"): {"type": "object", "required": ["status", "queued_records"],
+                          "properties": {"status": {"type": "string"}, "queued_records": {"type": "integer"},
+                                         "refused_items": {"type": "object"}}},
+    ("GET", "/readyz"): {"type": "object", "required": ["status", "store", "queued_records"],
+                         "properties": {"status": {"type": "string"}, "store": {"type": "string"},
+                                        "queued_records": {"type": "integer"}}},
+}
+"""The answers documented field by field (the others: a JSON object, described in docs/usage-api.md)."""
 RATE_CARD_BODY = {"description": "A rate card file, YAML or JSON, as in docs/rate-cards.md", "required": True,
                   "content": {"application/yaml": {"schema": {"type": "string"}},
                               "text/plain": {"schema": {"type": "string"}},
@@ -86,8 +105,8 @@ def operation(route: Route) -> dict[str, Any]:
     """``add_api_route`` arguments that document ``route``."""
     status = SUCCESS_STATUS.get((route.method, route.path), HTTPStatus.OK)
     success: dict[str, Any] = {"description": "The answer (decimals are strings, times ISO 8601 in UTC)",
-                               "content": SUCCESS_CONTENT.get((route.method, route.path),
-                                                              {JSON: {"schema": {"type": "object"}}})}
+                               "content": SUCCESS_CONTENT.get((route.method, route.path), {JSON: {
+                                   "schema": SUCCESS_SCHEMAS.get((route.method, route.path), {"type": "object"})}})}
     extra: dict[str, Any] = {}
     parameters = path_parameters(route.path) + (query_parameters(route.query) if route.query else [])
     if parameters:
