@@ -1,6 +1,6 @@
 """A traces pipeline with ``extraction: engine``, through the real server: spans from the real SDK
 exporter are journaled, acknowledged, extracted by the embedded ClickHouse engine and rated, with
-exact tokens and money, each span once (client retries, a crash between storing and the journal's
+exact tokens and money, each span once (retries over gRPC and OTLP/HTTP, a crash between storing and the journal's
 checkpoint), refusals counted; and a pipeline the engine cannot extract stays in Python and says why."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as OTLPHttpSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.integration.conftest import MeterServer, SpanFactory, chat, export, totals
@@ -54,9 +55,13 @@ def test_spans_extracted_in_the_engine_are_priced_exactly_and_a_retried_request_
              chat(factory, "globex", "claude-3-5-sonnet", 2_000, 100, gen_ai__provider__name="anthropic",
                   gen_ai__usage__cache_creation__input_tokens=1_000)]
     refused = chat(factory, "acme", "gpt-4o", "abc", 5)
+    over_http = chat(factory, "initech", "gpt-4o", 10, 1)
     assert engine_server.log().count("spans are extracted in the embedded ClickHouse engine") == 1
     assert export(engine_server, spans + [refused]) == SpanExportResult.SUCCESS
     assert export(engine_server, spans[:2]) == SpanExportResult.SUCCESS  # a retry, in a new request
+    http_exporter = OTLPHttpSpanExporter(endpoint=f"{engine_server.http_url}/v1/traces", timeout=30)
+    assert http_exporter.export([over_http, spans[2]]) == SpanExportResult.SUCCESS  # protobuf over HTTP
+    http_exporter.shutdown()
 
     rows = totals(engine_server.usage(group_by="customer,model,meter"), "customer", "model", "meter")
     assert rows == {
@@ -68,6 +73,8 @@ def test_spans_extracted_in_the_engine_are_priced_exactly_and_a_retried_request_
         ("globex", "claude-3-5-sonnet", "input_tokens"): (1_000, "0.003"),
         ("globex", "claude-3-5-sonnet", "cache_write_tokens"): (1_000, "0.00375"),
         ("globex", "claude-3-5-sonnet", "output_tokens"): (100, "0.0015"),
+        ("initech", "gpt-4o", "input_tokens"): (10, "0.000025"),
+        ("initech", "gpt-4o", "output_tokens"): (1, "0.00001"),
     }
     assert healthz(engine_server)["refused_items"] == {"invalid_quantity": 1}
     assert "a token count is not a whole number" in engine_server.log()

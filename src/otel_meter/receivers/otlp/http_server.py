@@ -307,7 +307,8 @@ class OtlpHttpApp:
         request = decode(body, content_type, signal)
         crash_point("after_receive")
         try:
-            response = export(self.otlp.consumers, signal, request, customer)
+            raw = body if content_type != JSON else None  # protobuf bytes as received, for an engine pipeline
+            response = export(self.otlp.consumers, signal, request, customer, raw)
         except ExportError as error:
             code = refusal_code(error)
             raise HttpError(REFUSAL_STATUS[code], code, str(error), retryable=True) from None
