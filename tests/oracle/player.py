@@ -381,7 +381,8 @@ def trace_request(spans: list[Span], names: dict[int, str], k: int, base: int) -
     for span in spans:
         if span.customer not in by_customer:
             resource_spans = request.resource_spans.add(resource=Resource(attributes=[
-                attribute("service.name", "oracle-app"), attribute("customer.id", names[span.customer])]))
+                attribute("service.name", "oracle-app"), attribute("service.instance.id", "spans"),
+                attribute("customer.id", names[span.customer])]))
             by_customer[span.customer] = resource_spans.scope_spans.add(scope=InstrumentationScope(name="oracle"))
         attributes = [attribute("gen_ai.operation.name", "execute_tool"), attribute("gen_ai.tool.name", "search")] \
             if span.tool else [attribute("gen_ai.operation.name", "chat"),
@@ -403,14 +404,19 @@ def trace_request(spans: list[Span], names: dict[int, str], k: int, base: int) -
 
 
 def metrics_request(points: list[Point], names: dict[int, str], base: int) -> Any:
-    """Points in arrival order; each (customer, series) one metric, so its points keep their order."""
+    """Points in arrival order; each (customer, series) one metric, so its points keep their order.
+
+    The points come from a service instance of their own (``service.instance.id``): the histories
+    model an app whose metric tokens are other calls than its spans' (with one instance for both,
+    ``token_metrics: unless_spans`` bills the spans only: meters.md, "Spans or metrics")."""
     request = metrics_service_pb2.ExportMetricsServiceRequest()
     scopes: dict[int, Any] = {}
     metrics: dict[tuple[int, int], Any] = {}
     for point in points:
         if point.customer not in scopes:
             resource_metrics = request.resource_metrics.add(resource=Resource(attributes=[
-                attribute("service.name", "oracle-app"), attribute("customer.id", names[point.customer])]))
+                attribute("service.name", "oracle-app"), attribute("service.instance.id", "metrics"),
+                attribute("customer.id", names[point.customer])]))
             scopes[point.customer] = resource_metrics.scope_metrics.add(scope=InstrumentationScope(name="oracle"))
         key = (point.customer, point.series)
         if key not in metrics:
