@@ -331,5 +331,5 @@ class EngineTraceFeed:
         if any(customers):
             batch.customer = customers
         if extractor.config.token_metrics == "unless_spans":
-            batch = extractor.token_sources.rows_extracted(batch, instances.__getitem__, extractor.token_meter_names)
+            batch = extractor.token_sources.rows_extracted(batch, instances, extractor.token_meter_names)
         return batch

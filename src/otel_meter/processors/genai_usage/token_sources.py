@@ -15,7 +15,6 @@ without ``service.instance.id``, the resource's whole attribute set.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 from collections import OrderedDict
@@ -95,50 +94,59 @@ class TokenSources:
                         token_meters: frozenset[str]) -> UsageBatch:
         """Marks the instances of the spans with token rows as span senders, and takes out the
         token rows of spans that ended by the newest billed metric point of their instance."""
-        if not any(meter in token_meters for meter in batch.meter):
+        token_rows = [row for row, meter in enumerate(batch.meter) if meter in token_meters]
+        if not token_rows:
             return batch
         last_seq = []  # event_seq of each resource's last span: extraction numbers spans from 1
         seq = 0
         for resource_spans in request.resource_spans:
             seq += sum(len(scope_spans.spans) for scope_spans in resource_spans.scope_spans)
             last_seq.append(seq)
-        by_position: dict[int, str] = {}
+        positions = []
+        position = 0
+        event_seq = batch.event_seq
+        for row in token_rows:  # rows are in span order: walk the resources along
+            while last_seq[position] < event_seq[row]:
+                position += 1
+            positions.append(position)
+        instances = {position: instance_of({kv.key: text_value(kv.value)
+                                            for kv in request.resource_spans[position].resource.attributes})
+                     for position in set(positions)}
+        return self._covered_out(batch, token_rows, [instances[position] for position in positions])
 
-        def instance_of_row(row: int) -> str:
-            position = bisect.bisect_left(last_seq, batch.event_seq[row])
-            instance = by_position.get(position)
-            if instance is None:
-                resource = request.resource_spans[position].resource
-                instance = by_position[position] = instance_of(
-                    {kv.key: text_value(kv.value) for kv in resource.attributes})
-            return instance
-        return self.rows_extracted(batch, instance_of_row, token_meters)
-
-    def rows_extracted(self, batch: UsageBatch, instance_of_row: Callable[[int], str],
-                       token_meters: frozenset[str]) -> UsageBatch:
-        """``spans_extracted`` for rows whose service instance is known another way (the engine
-        computes it beside the usage: engine_view.py)."""
+    def rows_extracted(self, batch: UsageBatch, instances: list[str], token_meters: frozenset[str]) -> UsageBatch:
+        """``spans_extracted`` for rows whose service instance is known another way (``instances``,
+        one per row: the engine computes it beside the usage, engine_view.py)."""
         token_rows = [row for row, meter in enumerate(batch.meter) if meter in token_meters]
         if not token_rows:
             return batch
-        covered: set[int] = set()
-        covered_by: dict[str, int] = {}
+        return self._covered_out(batch, token_rows, [instances[row] for row in token_rows])
+
+    def _covered_out(self, batch: UsageBatch, token_rows: list[int], row_instances: list[str]) -> UsageBatch:
+        """Registers each instance once per batch; per row only when some instance has billed points."""
         with self._lock:
-            for row in token_rows:
-                instance = instance_of_row(row)
+            billed: dict[str, int | None] = {}
+            for instance in set(row_instances):
                 if instance not in self._span_senders:
                     self._span_senders[instance] = False
                     forget_oldest(self._span_senders)
                 self._span_senders.move_to_end(instance)
-                billed_to = self._metrics_billed_to.get(instance)
-                if billed_to is not None and batch.event_time_ns[row] <= billed_to:
-                    covered.add(row)
-                    covered_by[instance] = billed_to
+                billed[instance] = self._metrics_billed_to.get(instance)
+        if all(billed_to is None for billed_to in billed.values()):
+            return batch
+        times = batch.event_time_ns
+        covered: set[int] = set()
+        covered_by: set[str] = set()
+        for row, instance in zip(token_rows, row_instances):
+            billed_to = billed[instance]
+            if billed_to is not None and times[row] <= billed_to:
+                covered.add(row)
+                covered_by.add(instance)
         if not covered:
             return batch
-        for instance, billed_to in covered_by.items():
+        for instance in covered_by:
             logger.info("spans of service instance %s that ended by %d ns hold tokens its metric points already "
-                        "billed: their token usage is not billed again", describe(instance), billed_to)
+                        "billed: their token usage is not billed again", describe(instance), billed[instance])
         return batch.select([row for row in range(len(batch)) if row not in covered])
 
 
