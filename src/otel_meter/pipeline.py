@@ -52,6 +52,34 @@ Consumer = Callable[..., ConsumeResult]
 """Called with the payload, and ``customer=`` when the request's credentials are bound to one."""
 
 
+class SignalConsumers:
+    """The pipelines fed by one receiver, by signal. A receiver in several pipelines of
+    one signal hands each request to every one of them, as in the Collector."""
+
+    def __init__(self) -> None:
+        self._by_signal: dict[str, list[tuple[Consumer, bool]]] = {}
+
+    def add(self, signal: str, consumer: Consumer, takes_body: bool = False) -> None:
+        """``takes_body``: the consumer is also given the request's bytes as received (``body=``)."""
+        self._by_signal.setdefault(signal, []).append((consumer, takes_body))
+
+    def has(self, signal: str) -> bool:
+        return bool(self._by_signal.get(signal))
+
+    def consume(self, signal: str, payload: object, customer: str | None = None,
+                body: bytes | None = None) -> ConsumeResult:
+        """``customer``: the customer the sender's token is bound to; it overrides the
+        customer of every row (None: attribution decides). ``body``: the request's protobuf
+        bytes as received, when the receiver has them."""
+        result = ConsumeResult()
+        for consumer, takes_body in self._by_signal.get(signal, ()):
+            if takes_body:
+                result.add(consumer(payload, customer=customer, body=body))
+            else:
+                result.add(consumer(payload) if customer is None else consumer(payload, customer=customer))
+        return result
+
+
 class UsagePipeline:
     def __init__(self, name: str, signal: str, converter: Converter | None, processors: list[UsageProcessor],
                  exporters: list[UsageExporter], prerequisite_timeout: float = 60.0) -> None:

@@ -23,6 +23,11 @@ from otel_meter.errors import OtelMeterError
 
 logger = logging.getLogger(__name__)
 
+
+class AuthenticationError(Exception):
+    """No token, a malformed header, or an unknown token. The message never holds the token."""
+
+
 class Principal(Protocol):
     name: str
     customer: str | None

@@ -7,6 +7,9 @@ import hmac
 from dataclasses import dataclass
 
 from otel_meter.extensions.bearertokenauth.config import BearerTokenAuthConfig
+from otel_meter.security import AuthenticationError  # re-exported: the servers catch it without this extension
+
+__all__ = ["AuthenticationError", "BearerTokenAuthenticator", "Principal"]
 
 
 @dataclass(frozen=True)
@@ -14,10 +17,6 @@ class Principal:
     name: str
     customer: str | None
     """The customer the token is bound to, or None for an unrestricted token."""
-
-
-class AuthenticationError(Exception):
-    """No token, a malformed header, or an unknown token. The message never holds the token."""
 
 
 class BearerTokenAuthenticator:

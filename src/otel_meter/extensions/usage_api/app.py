@@ -35,11 +35,11 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 
 from otel_meter import __version__
 from otel_meter.errors import OtelMeterError, StoreError
-from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.extensions.usage_api.openapi import SECURITY_SCHEME, document_text, openapi_document, operation
 from otel_meter.extensions.usage_api.routes import ROUTES
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, Route
 from otel_meter.extensions.usage_api.validation import body_input, query_input
+from otel_meter.security import AuthenticationError
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer

@@ -22,19 +22,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from google.protobuf.message import DecodeError
 
 from otel_meter.api.v1.events_pb2 import IngestRequest, IngestResponse, UsageEvent
 from otel_meter.component import EVENTS
 from otel_meter.meters.compiled import exact_quantity
-from otel_meter.pipeline import ConsumeResult
+from otel_meter.pipeline import ConsumeResult, SignalConsumers
 from otel_meter.receivers.otlp.config import EVENTS_PATH
 from otel_meter.usage import Rejection, UsageBatch
-
-if TYPE_CHECKING:
-    from otel_meter.receivers.otlp.receiver import SignalConsumers
 
 HTTP_PATH = EVENTS_PATH
 GRPC_SERVICE = "otel_meter.v1.EventsService"
@@ -409,7 +406,7 @@ def proto_request(body: bytes) -> IngestRequest:
 
 # --- through the pipelines -----------------------------------------------------------------------------
 
-def ingest(consumers: "SignalConsumers", conversion: Conversion) -> IngestResult:
+def ingest(consumers: SignalConsumers, conversion: Conversion) -> IngestResult:
     """Hand the valid events to the events pipelines. Raises ExportError (retryable) when
     they could not be stored; then nothing of the request is acknowledged.
 
@@ -428,13 +425,13 @@ def ingest(consumers: "SignalConsumers", conversion: Conversion) -> IngestResult
     return IngestResult(accepted=accepted, duplicates=duplicates, rejected=len(rejections), rejections=rejections)
 
 
-def ingest_protobuf(consumers: "SignalConsumers", body: bytes, customer: str | None = None) -> IngestResponse:
+def ingest_protobuf(consumers: SignalConsumers, body: bytes, customer: str | None = None) -> IngestResponse:
     """An ``IngestRequest`` as bytes (gRPC, or HTTP with ``application/x-protobuf``).
     ``customer``: the customer the sender's token is bound to (see ``convert``)."""
     return ingest(consumers, convert(proto_request(body).events, customer=customer)).to_proto()
 
 
-def ingest_http(consumers: "SignalConsumers", body: bytes, content_type: str,
+def ingest_http(consumers: SignalConsumers, body: bytes, content_type: str,
                 customer: str | None = None) -> tuple[bytes, str]:
     """The 200 answer (body, content type) to ``POST /v1/events``. Raises EventsRequestError
     (400) when the body is not events, ExportError (429/503, retry) when it was not stored."""

@@ -6,7 +6,6 @@ told to the client so that it retries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -25,10 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from otel_meter.component import LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, QueueFullError
-from otel_meter.pipeline import ConsumeResult
-
-if TYPE_CHECKING:
-    from otel_meter.receivers.otlp.receiver import SignalConsumers
+from otel_meter.pipeline import ConsumeResult, SignalConsumers
 
 MAX_LISTED_ERRORS = 10
 RETRY_AFTER_SECONDS = 5
@@ -66,7 +62,7 @@ def partial_success_message(result: ConsumeResult, items: str) -> str:
     return "; ".join(reasons)
 
 
-def export(consumers: "SignalConsumers", signal: OtlpSignal, request: Message, customer: str | None = None,
+def export(consumers: SignalConsumers, signal: OtlpSignal, request: Message, customer: str | None = None,
            body: bytes | None = None) -> Message:
     """Run the request through the signal's pipelines. ``partial_success`` is set only when
     items were rejected, as the spec requires. Raises ExportError when nothing was taken.

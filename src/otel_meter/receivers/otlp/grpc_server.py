@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -25,25 +25,22 @@ from google.protobuf.message import DecodeError, Message
 from otel_meter.api.v1.events_pb2 import IngestResponse
 from otel_meter.component import EVENTS
 from otel_meter.errors import ExportError, OtelMeterError
-from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.faults import crash_point
 from otel_meter.memory_limiter import MemoryLimiter
+from otel_meter.pipeline import SignalConsumers
 from otel_meter.receivers.otlp import events
 from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
 from otel_meter.receivers.otlp.config import GrpcProtocolConfig
 from otel_meter.receivers.otlp.export import (
     RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code, retry_info,
 )
-from otel_meter.security import Authenticator, grpc_server_credentials
-
-if TYPE_CHECKING:
-    from otel_meter.receivers.otlp.receiver import SignalConsumers
+from otel_meter.security import AuthenticationError, Authenticator, grpc_server_credentials
 
 logger = logging.getLogger(__name__)
 
 
 class OtlpGrpcServer:
-    def __init__(self, config: GrpcProtocolConfig, consumers: "SignalConsumers",
+    def __init__(self, config: GrpcProtocolConfig, consumers: SignalConsumers,
                  authenticator: Authenticator | None = None,
                  where: str = "receivers.otlp.protocols.grpc", memory_limiter: MemoryLimiter | None = None) -> None:
         """``authenticator``: checks each request's ``authorization`` metadata (None: none needed).

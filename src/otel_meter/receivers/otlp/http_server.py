@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -41,19 +41,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from otel_meter.asgi_server import AsgiServer
 from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError
-from otel_meter.extensions.bearertokenauth.authenticator import AuthenticationError
 from otel_meter.faults import crash_point
 from otel_meter.memory_limiter import MemoryLimiter
+from otel_meter.pipeline import SignalConsumers
 from otel_meter.receivers.otlp import events, otlp_json
 from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
 from otel_meter.receivers.otlp.config import HttpProtocolConfig
 from otel_meter.receivers.otlp.export import (
     RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code,
 )
-from otel_meter.security import Authenticator
-
-if TYPE_CHECKING:
-    from otel_meter.receivers.otlp.receiver import SignalConsumers
+from otel_meter.security import AuthenticationError, Authenticator
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +399,7 @@ def framing_answer(limit: int) -> Callable[[list[tuple[bytes, bytes]]], tuple[in
 
 
 class OtlpHttpServer:
-    def __init__(self, config: HttpProtocolConfig, consumers: "SignalConsumers",
+    def __init__(self, config: HttpProtocolConfig, consumers: SignalConsumers,
                  authenticator: Authenticator | None = None,
                  where: str = "receivers.otlp.protocols.http", memory_limiter: MemoryLimiter | None = None) -> None:
         """``authenticator``: checks each request's ``Authorization`` header (None: none needed).

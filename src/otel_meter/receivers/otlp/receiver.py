@@ -2,41 +2,15 @@ from __future__ import annotations
 
 from otel_meter.errors import OtelMeterError
 from otel_meter.memory_limiter import MemoryLimiter
-from otel_meter.pipeline import ConsumeResult, Consumer
+from otel_meter.pipeline import Consumer, SignalConsumers  # SignalConsumers re-exported: it lives with the pipeline
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
 from otel_meter.receivers.otlp.http_server import OtlpHttpServer
 from otel_meter.security import Authenticator, resolve_authenticator
 
+__all__ = ["OtlpReceiver", "SignalConsumers"]
+
 SHUTDOWN_GRACE_SECONDS = 30.0
-
-
-class SignalConsumers:
-    """The pipelines fed by one receiver, by signal. A receiver in several pipelines of
-    one signal hands each request to every one of them, as in the Collector."""
-
-    def __init__(self) -> None:
-        self._by_signal: dict[str, list[tuple[Consumer, bool]]] = {}
-
-    def add(self, signal: str, consumer: Consumer, takes_body: bool = False) -> None:
-        """``takes_body``: the consumer is also given the request's bytes as received (``body=``)."""
-        self._by_signal.setdefault(signal, []).append((consumer, takes_body))
-
-    def has(self, signal: str) -> bool:
-        return bool(self._by_signal.get(signal))
-
-    def consume(self, signal: str, payload: object, customer: str | None = None,
-                body: bytes | None = None) -> ConsumeResult:
-        """``customer``: the customer the sender's token is bound to; it overrides the
-        customer of every row (None: attribution decides). ``body``: the request's protobuf
-        bytes as received, when the receiver has them."""
-        result = ConsumeResult()
-        for consumer, takes_body in self._by_signal.get(signal, ()):
-            if takes_body:
-                result.add(consumer(payload, customer=customer, body=body))
-            else:
-                result.add(consumer(payload) if customer is None else consumer(payload, customer=customer))
-        return result
 
 
 class OtlpReceiver:
