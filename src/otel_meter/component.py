@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Callable, Protocol
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
 
 
 TRACES, METRICS, LOGS, EVENTS, USAGE = "traces", "metrics", "logs", "events", "usage"
@@ -122,3 +122,18 @@ def existing_file(value: Path, info: ValidationInfo) -> Path:
 
 
 ConfigFile = Annotated[Path, AfterValidator(existing_file)]
+
+
+def validation_problems(where: str, error: ValidationError) -> list[str]:
+    """Turn pydantic's errors into ``key.path: problem`` lines under the key path ``where``."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        key = ".".join(part for part in (where, path) if part)
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        lines.append(f"{key}: {message}")
+    return lines

@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_meter import components  # noqa: F401  (registers the built-in components)
-from otel_meter.component import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories
+from otel_meter.component import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories, \
+    validation_problems
 from otel_meter.billing.config import BillingSection, parse_billing
 from otel_meter.errors import ConfigError
 from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition, MeterSwitch, resolve_meters
@@ -274,18 +275,3 @@ def processor_order_problems(name: str, signal: str, processor_ids: list[str]) -
 
 def section_ids(top: TopLevel, kind: Kind) -> set[str]:
     return set(getattr(top, kind.value))
-
-
-def validation_problems(where: str, error: ValidationError) -> list[str]:
-    """Turn pydantic's errors into ``key.path: problem`` lines under the key path ``where``."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
-        key = ".".join(part for part in (where, path) if part)
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
-        lines.append(f"{key}: {message}")
-    return lines

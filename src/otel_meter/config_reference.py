@@ -17,6 +17,8 @@ from typing import Any, Iterator
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
+from otel_meter import components  # noqa: F401  (registers the built-in components)
+from otel_meter.billing.targets import target_factories
 from otel_meter.component import Kind, factories
 
 HEADER = """# Configuration reference
@@ -109,9 +111,6 @@ def table(model: type[BaseModel]) -> str:
 
 
 def reference() -> str:
-    from otel_meter import components  # noqa: F401  (registers the built-in components)
-    from otel_meter.billing.target import target_factories
-
     parts = [HEADER]
     for kind in Kind:
         parts.append(f"\n## {kind.value}\n")

@@ -42,3 +42,7 @@ class StoreUnavailableError(StoreError, ExportError):
     """A ClickHouse server cannot be reached (or keeps failing) right now. Usage already
     acknowledged waits in the local queue; a request that needs the store to be answered
     exactly (a dedup check of an older event) is refused retryably."""
+
+
+class BillingExportError(OtelMeterError):
+    """A billing export cannot run; the message names the target or parameter."""

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from otel_meter.billing.target import SendResult, TargetConfig, UsageRecord, record_key, target_factories
+from otel_meter.billing.target import SendResult, TargetConfig, UsageRecord, record_key
+from otel_meter.billing.targets import target_factories
 from otel_meter.billing.targets.chargebee import ChargebeeTarget, ChargebeeTargetConfig, format_quantity
 from otel_meter.config import substitute_env
 from tests.fixtures.fake_chargebee import FakeChargebee

@@ -16,7 +16,7 @@ def test_the_committed_reference_is_what_the_models_generate():
 
 
 def test_the_reference_lists_every_component_and_billing_target_with_its_keys():
-    from otel_meter.billing.target import target_factories
+    from otel_meter.billing.targets import target_factories
 
     text = reference()
     for kind in Kind:

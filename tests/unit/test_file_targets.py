@@ -15,7 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from otel_meter.billing.config import parse_billing
-from otel_meter.billing.target import TargetConfig, UsageRecord, record_key, target_factories
+from otel_meter.billing.target import TargetConfig, UsageRecord, record_key
+from otel_meter.billing.targets import target_factories
 from otel_meter.billing.targets.files import (
     RECORD_FIELDS,
     CsvTargetConfig,

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from otel_meter.billing.target import SendResult, TargetConfig, UsageRecord, record_key, target_factories
+from otel_meter.billing.target import SendResult, TargetConfig, UsageRecord, record_key
+from otel_meter.billing.targets import target_factories
 from otel_meter.billing.targets import netsuite
 from otel_meter.billing.targets.netsuite import (
     COLUMNS,

@@ -14,7 +14,8 @@ import pytest
 import stripe as stripe_sdk
 import yaml
 
-from otel_meter.billing.target import TargetConfig, UsageRecord, record_key, target_factories
+from otel_meter.billing.target import TargetConfig, UsageRecord, record_key
+from otel_meter.billing.targets import target_factories
 from otel_meter.billing.targets.stripe import StripeTarget, StripeTargetConfig
 from otel_meter.config import substitute_env
 from tests.fixtures.fake_stripe import FakeStripe

@@ -19,7 +19,9 @@ from typing import Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from otel_meter.billing.target import BillingTarget, TargetConfig, target_factories
+from otel_meter.billing.target import BillingTarget, TargetConfig, TargetFactory
+from otel_meter.component import validation_problems
+from otel_meter.errors import BillingExportError
 
 
 class Schedule(BaseModel):
@@ -50,15 +52,13 @@ def target_type(name: str) -> str:
 
 
 def parse_billing(section: dict[str, Any], problems: list[str]) -> BillingSection:
-    from otel_meter.config import validation_problems
-
     if not isinstance(section, dict):
         problems.append("billing: expected a mapping with targets and schedules")
         return BillingSection()
     unknown = sorted(set(section) - {"targets", "schedules"})
     if unknown:
         problems.append(f"billing: unknown key(s) {', '.join(unknown)}; known: targets, schedules")
-    factories = target_factories()
+    factories = _target_factories()
     targets: dict[str, TargetConfig] = {}
     for name, body in (section.get("targets") or {}).items():
         factory = factories.get(target_type(str(name)))
@@ -85,9 +85,21 @@ def parse_billing(section: dict[str, Any], problems: list[str]) -> BillingSectio
 
 
 def build_target(section: BillingSection, name: str) -> BillingTarget:
-    from otel_meter.billing.export import BillingExportError
-
     if name not in section.targets:
         raise BillingExportError(f"no billing target {name!r}; defined: {', '.join(sorted(section.targets)) or 'none'} "
                                  f"(billing.targets in the config)")
-    return target_factories()[target_type(name)].create(name, section.targets[name])
+    return _target_factories()[target_type(name)].create(name, section.targets[name])
+
+
+
+def target_factory(name: str) -> TargetFactory | None:
+    """The factory of the billing target ``name`` (``type`` or ``type/label``), None for an unknown type."""
+    return _target_factories().get(target_type(name))
+
+
+def _target_factories() -> dict[str, TargetFactory]:
+    # Imported here, not at the top: the built-in targets load the Stripe SDK (about 0.4 s),
+    # needed only by a config with a billing section.
+    from otel_meter.billing.targets import target_factories
+
+    return target_factories()

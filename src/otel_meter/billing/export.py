@@ -38,7 +38,7 @@ from typing import Callable
 from otel_meter.billing.ledger import FAILED, PARKED, PENDING, SENT, LedgerEntry, ledger_entries, record_states, \
     result_entry
 from otel_meter.billing.target import BillingTarget, UsageRecord, record_key
-from otel_meter.errors import OtelMeterError
+from otel_meter.errors import BillingExportError  # re-exported: billing.config raises it too
 from otel_meter.rating.period import EXACT
 from otel_meter.rating.statement import Period
 from otel_meter.storage import queries
@@ -46,10 +46,6 @@ from otel_meter.storage.store import Store
 
 logger = logging.getLogger(__name__)
 NS = 10**9
-
-
-class BillingExportError(OtelMeterError):
-    """A billing export cannot run; the message names the target or parameter."""
 
 
 @dataclass

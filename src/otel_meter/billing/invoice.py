@@ -52,6 +52,8 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Any
 
+from otel_meter.billing.config import target_factory
+from otel_meter.billing.invoice_html import render_html
 from otel_meter.errors import OtelMeterError
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.rating.credit_store import credit_ledger, decimal_text, exact, iso_time, money_text
@@ -400,7 +402,7 @@ def _credit_uses(store: Store, book: RateBook, customer: str, period: Period,
 def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequence[CurrencyStatement],
                      target_meters: Mapping[str, Sequence[Any]] | None) -> tuple[SentTarget, ...] | None:
     """The ``sent`` records of the billing ledger whose windows lie in the period; None without a ledger."""
-    try:
+    try:  # imported here: an installation may be built without the billing ledger module
         from otel_meter.billing.ledger import ledger_entries
     except ImportError:
         return None
@@ -505,10 +507,7 @@ def _mapped_amount(section: CurrencyStatement | None, mappings: Sequence[Any]) -
 
 def _whole_numbers(target: str) -> bool:
     """The target's platform takes whole numbers only (its type's factory says so)."""
-    from otel_meter.billing.config import target_type
-    from otel_meter.billing.target import target_factories
-
-    factory = target_factories().get(target_type(target))
+    factory = target_factory(target)
     return factory is not None and factory.integer_values
 
 
@@ -617,8 +616,6 @@ def render(document: Mapping[str, Any], output_format: str) -> str:
     if output_format == "csv":
         return render_csv(document)
     if output_format == "html":
-        from otel_meter.billing.invoice_html import render_html
-
         return render_html(document)
     raise InvoiceError(f"format {output_format!r} is not supported; use one of {', '.join(FORMATS)}")
 

@@ -181,7 +181,7 @@ def register_target(factory: TargetFactory) -> TargetFactory:
     return factory
 
 
-def target_factories() -> dict[str, TargetFactory]:
-    import otel_meter.billing.targets  # noqa: F401  (registers the built-in targets)
-
+def registered_targets() -> dict[str, TargetFactory]:
+    """The factories registered so far; ``otel_meter.billing.targets.target_factories()``
+    registers the built-in ones first."""
     return dict(_TARGETS)
