@@ -41,11 +41,13 @@ def add_commands(commands: Any, token: str | None) -> None:
     add_server_options(apply, token)
 
     listing = sub.add_parser("list", help="applied cards and their versions")
+    listing.add_argument("--format", choices=["text", "json"], default="text")
     add_server_options(listing, token)
 
     show = sub.add_parser("show", help="the version of a card in force at a time")
     show.add_argument("card", metavar="CARD")
     show.add_argument("--at", metavar="TIME", help="ISO 8601 time (default: now)")
+    show.add_argument("--format", choices=["text", "json"], default="text")
     add_server_options(show, token)
 
     explain = sub.add_parser("explain", help="which rule prices a model's usage, and why")
@@ -255,13 +257,15 @@ def apply(args: argparse.Namespace) -> int:
 
 
 def list_cards(args: argparse.Namespace) -> int:
+    from otel_meter.app.pricing import card_list
+
     answer, registry = _registry_answer(args, "GET", "/v1/rate-cards")
     if registry is not None:
-        from otel_meter.extensions.usage_api.routes_pricing import list_cards as listing
-
-        cards = listing(registry, time.time_ns())
-    else:
-        cards = answer["cards"]
+        answer = card_list(registry, time.time_ns())
+    if args.format == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    cards = answer["cards"]
     if not cards:
         print("no rate cards applied")
     for card in cards:
@@ -275,24 +279,25 @@ def list_cards(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     import yaml
 
+    from otel_meter.app.pricing import CardVersionRequest, card_version
     from otel_meter.rating.explain import iso
     from otel_meter.storage.usage_report import parse_time, to_ns
 
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
     answer, registry = _registry_answer(args, "GET", f"/v1/rate-cards/{args.card}", {"at": iso(at_ns)})
     if registry is not None:
-        version = registry.book.version_at(args.card, at_ns)
-        if version is None:
-            raise OtelMeterError(f"card {args.card!r} has no version in force at {iso(at_ns)}")
-        answer = {"id": version.card_id, "version": version.version,
-                  "effective_from": iso(version.effective_from_ns), "content": json.loads(version.content)}
+        answer = card_version(registry, CardVersionRequest(args.card, at_ns))
+    if args.format == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
     print(f"# card {answer['id']} version {answer['version']}, effective from {answer['effective_from']}")
     print(yaml.safe_dump(answer["content"], sort_keys=False, allow_unicode=True).rstrip())
     return 0
 
 
 def explain(args: argparse.Namespace) -> int:
-    from otel_meter.rating.explain import describe_lines, explain as explain_price, iso
+    from otel_meter.app.pricing import PriceExplanationRequest, meter_names, price_explanation
+    from otel_meter.rating.explain import describe_lines, iso
     from otel_meter.storage.usage_report import parse_time, to_ns
 
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
@@ -300,8 +305,8 @@ def explain(args: argparse.Namespace) -> int:
              "at": iso(at_ns)}
     answer, registry = _registry_answer(args, "GET", "/v1/rates/explain", query)
     if registry is not None:
-        meters = [m for m in (args.meter or "").split(",") if m]
-        answer = explain_price(registry.book, args.model, args.provider, args.customer, meters, at_ns)
+        answer = price_explanation(registry, PriceExplanationRequest(
+            args.model, at_ns, provider=args.provider, customer=args.customer, meters=meter_names(args.meter)))
     print(json.dumps(answer, indent=2) if args.format == "json" else "\n".join(describe_lines(answer)))
     return 0
 
@@ -329,6 +334,7 @@ def import_litellm(args: argparse.Namespace) -> int:
 
 
 def rerate(args: argparse.Namespace) -> int:
+    from otel_meter.app.pricing import rerate_summary
     from otel_meter.rating.rerate import rerate as run_rerate
     from otel_meter.storage.usage_report import parse_time, to_ns
 
@@ -344,18 +350,11 @@ def rerate(args: argparse.Namespace) -> int:
 
         result = run_rerate(registry.store, registry.book, start, end, args.customer, progress=progress)
         print(file=sys.stderr)
-        answer = result_as_json(result)
+        answer = rerate_summary(result)
     print(f"examined {answer['examined']} item(s), changed {answer['changed']} (run {answer['run_id']})")
     for currency, delta in sorted(answer["delta_amount"].items()):
         print(f"  {currency}: {delta} adjustment")
     return 0
-
-
-def result_as_json(result: Any) -> dict[str, Any]:
-    from otel_meter.rating.statement import plain
-
-    return {"run_id": result.run_id, "examined": result.examined, "changed": result.changed,
-            "delta_amount": {currency: plain(value) for currency, value in result.delta_amount.items()}}
 
 
 def period(args: argparse.Namespace) -> int:

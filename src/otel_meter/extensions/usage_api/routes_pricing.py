@@ -7,18 +7,18 @@ nothing uses is refused unless ``?force=true``), ``GET /v1/rates/explain``, ``GE
 
 from __future__ import annotations
 
-import json
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from otel_meter.app.pricing import (CardVersionNotFoundError, CardVersionRequest, PriceExplanationRequest,
+                                    card_list, card_version, meter_names, price_explanation, rerate_summary)
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import (BodyInput, FlagText, PeriodText, QueryInput, RequiredText,
                                                         RoundingText, StoredTimeText, Text, TimeText)
-from otel_meter.rating.explain import explain, iso
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.rating.statement import Period, period_view, view_as_json
@@ -87,44 +87,19 @@ def time_param(request: ApiRequest, name: str) -> int:
     return time.time_ns() if text is None else to_ns(parse_time(name, text))
 
 
-def list_cards(registry: RateCardRegistry, now_ns: int) -> list[dict[str, Any]]:
-    cards: dict[str, dict[str, Any]] = {}
-    book = registry.book
-    for version in registry.versions():
-        card = cards.setdefault(version.card_id, {
-            "id": version.card_id, "kind": version.kind, "currency": version.currency,
-            "default": version.card_id == book.default_card, "cost": version.card_id == book.cost_card,
-            "versions": []})
-        card["versions"].append({"version": version.version, "effective_from": iso(version.effective_from_ns)})
-    for card_id, card in cards.items():
-        in_force = book.version_at(card_id, now_ns)
-        card["in_force"] = in_force.version if in_force else None
-        card["versions"].sort(key=lambda entry: entry["effective_from"])
-    return sorted(cards.values(), key=lambda card: card["id"])
-
-
 def cards(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Every rate card: its kind, currency, versions with their start, and the version in force now."""
-    return HTTPStatus.OK, {"cards": list_cards(registry_of(api, request), time.time_ns())}
+    return HTTPStatus.OK, card_list(registry_of(api, request), time.time_ns())
 
 
 def show_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """One card's version in force ``at`` a time (default now), or the version named by ``version``, with its
     content."""
-    registry = registry_of(api, request)
-    card_id, name = request.params["card"], request.single("version")
-    if name is not None:
-        version = next((v for v in registry.versions() if (v.card_id, v.version) == (card_id, name)), None)
-        if version is None:
-            raise ApiError(HTTPStatus.NOT_FOUND, f"card {card_id!r} has no applied version {name!r}")
-    else:
-        at = time_param(request, "at")
-        version = registry.book.version_at(card_id, at)
-        if version is None:
-            raise ApiError(HTTPStatus.NOT_FOUND, f"card {card_id!r} has no version in force at {iso(at)}")
-    return HTTPStatus.OK, {"id": version.card_id, "version": version.version,
-                           "effective_from": iso(version.effective_from_ns), "currency": version.currency,
-                           "kind": version.kind, "content": json.loads(version.content)}
+    card = CardVersionRequest(request.params["card"], time_param(request, "at"), request.single("version"))
+    try:
+        return HTTPStatus.OK, card_version(registry_of(api, request), card)
+    except CardVersionNotFoundError as error:
+        raise ApiError(HTTPStatus.NOT_FOUND, str(error)) from None
 
 
 def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
@@ -148,11 +123,10 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
 
 def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """How a model's usage is priced: the rule, unit price and card version that apply to each meter."""
-    model = request.query_input.model
-    meters = [m for m in (request.single("meter") or "").split(",") if m]
-    customer = request.customer(request.single("customer")) or ""
-    return HTTPStatus.OK, explain(registry_of(api, request).book, model, request.single("provider") or "", customer,
-                                  meters, time_param(request, "at"))
+    explanation = PriceExplanationRequest(
+        request.query_input.model, time_param(request, "at"), provider=request.single("provider") or "",
+        customer=request.customer(request.single("customer")) or "", meters=meter_names(request.single("meter")))
+    return HTTPStatus.OK, price_explanation(registry_of(api, request), explanation)
 
 
 def period(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
@@ -184,7 +158,6 @@ ROUTES = (
 def rerate(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Price the stored usage of ``from``..``to`` again with the current rate cards (after a backdated
     price change), without editing anything already written."""
-    from otel_meter.cli_pricing import result_as_json
     from otel_meter.rating.rerate import rerate as run_rerate
 
     body: RerateBody = request.body_input
@@ -192,7 +165,7 @@ def rerate(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     if end <= start:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"to ({body.to}) must be after from ({body.from_})")
     result = run_rerate(api.store, registry_of(api, request).book, start, end, body.customer or None)
-    return HTTPStatus.OK, result_as_json(result)
+    return HTTPStatus.OK, rerate_summary(result)
 
 
 ROUTES = (*ROUTES, route("POST", "/v1/rerate", rerate, admin=True, query=RatingQuery, body=RerateBody))

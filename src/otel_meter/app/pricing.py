@@ -1,0 +1,93 @@
+"""Rate-card documents: what ``GET /v1/rate-cards``, ``GET /v1/rate-cards/{card}``, ``GET
+/v1/rates/explain`` and ``POST /v1/rerate`` answer, and what ``otel-meter rates list|show|explain``
+and ``rerate`` print. The usage API and the command line's local (no server) path both call these
+functions, so a document is the same whichever of them computes it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from otel_meter.errors import OtelMeterError
+from otel_meter.rating.explain import explain, iso
+from otel_meter.rating.statement import plain
+
+if TYPE_CHECKING:
+    from otel_meter.rating.registry import RateCardRegistry
+    from otel_meter.rating.rerate import RerateResult
+
+
+class CardVersionNotFoundError(OtelMeterError):
+    """The card has no version of that name, or none in force at that time (the API's 404)."""
+
+
+@dataclass(frozen=True)
+class CardVersionRequest:
+    """One version of a card: the one named ``version``, in force or not, else the one in force ``at_ns``."""
+
+    card_id: str
+    at_ns: int
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class PriceExplanationRequest:
+    """How ``model``'s usage is priced for ``customer`` at ``at_ns``; no ``meters`` means every meter
+    the cards in force name."""
+
+    model: str
+    at_ns: int
+    provider: str = ""
+    customer: str = ""
+    meters: tuple[str, ...] = ()
+
+
+def meter_names(text: str | None) -> tuple[str, ...]:
+    """The meters of a comma-separated list (``--meter`` or ``?meter=``); empty entries are dropped."""
+    return tuple(name for name in (text or "").split(",") if name)
+
+
+def card_list(registry: RateCardRegistry, now_ns: int) -> dict[str, Any]:
+    """Every applied card: its kind, currency, role, versions with their start, and the version in force now."""
+    cards: dict[str, dict[str, Any]] = {}
+    book = registry.book
+    for version in registry.versions():
+        card = cards.setdefault(version.card_id, {
+            "id": version.card_id, "kind": version.kind, "currency": version.currency,
+            "default": version.card_id == book.default_card, "cost": version.card_id == book.cost_card,
+            "versions": []})
+        card["versions"].append({"version": version.version, "effective_from": iso(version.effective_from_ns)})
+    for card_id, card in cards.items():
+        in_force = book.version_at(card_id, now_ns)
+        card["in_force"] = in_force.version if in_force else None
+        card["versions"].sort(key=lambda entry: entry["effective_from"])
+    return {"cards": sorted(cards.values(), key=lambda card: card["id"])}
+
+
+def card_version(registry: RateCardRegistry, request: CardVersionRequest) -> dict[str, Any]:
+    """One version of a card with its content, as applied."""
+    if request.version is not None:
+        version = next((v for v in registry.versions() if (v.card_id, v.version) == (request.card_id,
+                                                                                      request.version)), None)
+        if version is None:
+            raise CardVersionNotFoundError(f"card {request.card_id!r} has no applied version {request.version!r}")
+    else:
+        version = registry.book.version_at(request.card_id, request.at_ns)
+        if version is None:
+            raise CardVersionNotFoundError(f"card {request.card_id!r} has no version in force at "
+                                           f"{iso(request.at_ns)}")
+    return {"id": version.card_id, "version": version.version, "effective_from": iso(version.effective_from_ns),
+            "currency": version.currency, "kind": version.kind, "content": json.loads(version.content)}
+
+
+def price_explanation(registry: RateCardRegistry, request: PriceExplanationRequest) -> dict[str, Any]:
+    """The rule, unit price and card version that price each meter of the model's usage."""
+    return explain(registry.book, request.model, request.provider, request.customer, list(request.meters),
+                   request.at_ns)
+
+
+def rerate_summary(result: RerateResult) -> dict[str, Any]:
+    """What a re-rating run examined and changed, with its exact adjustment per currency."""
+    return {"run_id": result.run_id, "examined": result.examined, "changed": result.changed,
+            "delta_amount": {currency: plain(value) for currency, value in result.delta_amount.items()}}

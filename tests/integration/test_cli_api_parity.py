@@ -1,0 +1,117 @@
+"""The command line prints the same document whether the running server's usage API answers
+(``--url``) or, with no server running, the store does: each read command with ``--format json``
+run both ways gives identical JSON, and where the command asks the API, the API's own answer.
+The real ``otel-meter`` command against a real server and store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from tests.integration.conftest import MeterServer, SpanFactory, chat, export
+
+EVERYWHERE = ("--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
+AT = "2099-06-01T00:00:00Z"
+"""A fixed time for the commands that default to now, so both runs ask the same question."""
+
+
+@dataclass(frozen=True)
+class ReadCommand:
+    arguments: tuple[str, ...]
+    api_path: str
+    api_query: dict[str, str]
+
+
+def read_commands(period: str) -> dict[str, ReadCommand]:
+    """Every read command covered, with the API request its ``--url`` run makes."""
+    return {
+        "rates list": ReadCommand(("rates", "list"), "/v1/rate-cards", {}),
+        "rates show": ReadCommand(("rates", "show", "list", "--at", AT), "/v1/rate-cards/list", {"at": AT}),
+        "rates explain": ReadCommand(("rates", "explain", "gpt-4o", "--provider", "openai", "--customer", "acme",
+                                      "--at", AT), "/v1/rates/explain",
+                                     {"model": "gpt-4o", "provider": "openai", "customer": "acme", "at": AT}),
+        "usage": ReadCommand(("usage", *EVERYWHERE), "/v1/usage",
+                             {"from": EVERYWHERE[1], "to": EVERYWHERE[3], "group_by": "customer,model,meter"}),
+        "verify": ReadCommand(("verify", *EVERYWHERE), "/v1/verify", {"from": EVERYWHERE[1], "to": EVERYWHERE[3]}),
+        "period": ReadCommand(("period", "--customer", "acme", "--period", period), "/v1/period",
+                              {"customer": "acme", "period": period, "rounding": "half_even"}),
+        "credits balance": ReadCommand(("credits", "balance", "acme", "--as-of", AT), "/v1/credits/acme",
+                                       {"as_of": AT}),
+    }
+
+
+def cli_json(server: MeterServer, arguments: tuple[str, ...], *where: str) -> Any:
+    result = subprocess.run([sys.executable, "-m", "otel_meter", *arguments, "--format", "json", *where],
+                            cwd=server.workdir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (arguments, where, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def api_json(server: MeterServer, command: ReadCommand) -> Any:
+    query = f"?{urllib.parse.urlencode(command.api_query)}" if command.api_query else ""
+    with urllib.request.urlopen(f"{server.api_url}{command.api_path}{query}", timeout=30) as response:
+        return json.load(response)
+
+
+@dataclass(frozen=True)
+class Answers:
+    api: dict[str, Any]
+    with_url: dict[str, Any]
+    local: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
+    """Each command's JSON from the API, from the CLI with ``--url``, then (server stopped) from the store."""
+    from otel_meter.rating.statement import Period
+
+    server = MeterServer(workdir=tmp_path_factory.mktemp("parity"))
+    server.write_config(rate_card="id: list\ncurrency: USD\nmodels: [{match: 'gpt-4o*', prices: "
+                                  "{input_tokens: '2.50', output_tokens: '10.00'}}]\n")
+    now = time.time_ns()
+    commands = read_commands(Period.containing(now).name)
+    server.start()
+    try:
+        assert export(server, [chat(SpanFactory(), "acme", "gpt-4o", 1_000_000, 2_000, at=now)]) == \
+            SpanExportResult.SUCCESS
+        server.wait_until_stored()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            with_url = dict(zip(commands, pool.map(lambda c: cli_json(server, c.arguments, "--url", server.api_url),
+                                                   commands.values())))
+        api = {name: api_json(server, command) for name, command in commands.items()}
+    finally:
+        assert server.stop() == 0
+    # One process at a time opens an embedded store.
+    local = {name: cli_json(server, command.arguments, "--config", str(server.config_path))
+             for name, command in commands.items()}
+    return Answers(api, with_url, local)
+
+
+COMMANDS = tuple(read_commands("2026-01"))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_read_command_prints_the_same_json_from_the_server_and_from_the_store(answers: Answers,
+                                                                                 command: str) -> None:
+    assert answers.local[command] == answers.with_url[command]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_read_command_with_url_prints_the_usage_api_answer(answers: Answers, command: str) -> None:
+    api = answers.api[command]
+    assert answers.with_url[command] == ({"rows": api["rows"]} if command == "usage" else api)
+
+
+def test_rates_show_prints_the_currency_and_kind_of_the_card_both_ways(answers: Answers) -> None:
+    for printed in (answers.with_url["rates show"], answers.local["rates show"]):
+        assert (printed["id"], printed["currency"], printed["kind"]) == ("list", "USD", "price")
