@@ -19,6 +19,7 @@ from otel_meter.billing.ledger import ledger_entries
 from otel_meter.billing.target import MeterMapping, SendResult, TargetConfig, UsageRecord, record_key
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
+from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.statement import Period
 from otel_meter.usage import UsageBatch
@@ -70,7 +71,7 @@ def ingest(store, rows: list[tuple[str, str, int, int]], card=CARD) -> None:
         batch.customer.append(customer)
         for column in ("feature", "service", "environment"):
             getattr(batch, column).append("")
-    batch = RatingProcessor(card.book()).process(batch)
+    batch = RatingProcessor(RateBook.for_card(card)).process(batch)
     store.insert_usage(to_arrow(batch, 0), f"ingest-{rows[0][0]}")
 
 
@@ -272,7 +273,7 @@ def test_an_existing_ledger_upgrades_to_the_currency_in_its_sort_key_and_keeps_e
 def rerate_with(store, card, start_ns: int, end_ns: int) -> None:
     from otel_meter.rating.rerate import rerate
 
-    rerate(store, card.book(), start_ns, end_ns)
+    rerate(store, RateBook.for_card(card), start_ns, end_ns)
 
 
 def test_a_window_whose_usage_moved_to_another_currency_is_corrected_to_zero_once(store):

@@ -226,7 +226,7 @@ customers:
 
 def monitor(store: RecordingStore, clock: list[int], **config: Any) -> BudgetMonitor:
     return BudgetMonitor(BudgetsConfig(**config), store,  # type: ignore[arg-type]
-                         {"rating": SimpleNamespace(book=CARD.book())}, clock=lambda: clock[0])
+                         {"rating": SimpleNamespace(book=RateBook.for_card(CARD))}, clock=lambda: clock[0])
 
 
 def test_a_crossing_is_recorded_once_also_by_a_restarted_monitor(caplog: pytest.LogCaptureFixture) -> None:
@@ -259,7 +259,7 @@ def test_one_check_reads_the_store_in_a_fixed_number_of_queries_whatever_the_cus
     many = parse_rate_card("id: list\ncurrency: USD\nmeters: {calls: \"1\"}\ncustomers:\n" + "".join(
         f"  c{i}: {{budget: {{amount: \"10\"}}}}\n" for i in range(300)), "card.yaml")
     store = RecordingStore()
-    budgets = BudgetMonitor(BudgetsConfig(), store, {"rating": SimpleNamespace(book=many.book())},  # type: ignore[arg-type]
+    budgets = BudgetMonitor(BudgetsConfig(), store, {"rating": SimpleNamespace(book=RateBook.for_card(many))},  # type: ignore[arg-type]
                             clock=lambda: NOW)
     budgets.start()
     store.queries.clear()

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from otel_meter.component import Kind, factories
 from otel_meter.config import LogsTelemetry, PipelineConfig, parse_config
+from otel_meter.rating.rate_book import card_price
 from otel_meter.rating.rate_card import parse_rate_card
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -31,7 +32,7 @@ def rate_card_blocks() -> list[str]:
 
 
 def per_million(card, model: str, provider: str, meter: str) -> Decimal | None:
-    price = card.price(model, provider, meter)
+    price = card_price(card, model, provider, meter)
     return None if price is None else price.unit_price * 1_000_000
 
 
@@ -117,7 +118,7 @@ def test_rate_card_example_prices_as_documented() -> None:
     assert per_million(card, "internal-llama", "vllm", "input_tokens") == Decimal(0)
 
     # Exact: 123457 tokens at 2.50 per million.
-    unit = card.price("gpt-4o", "openai", "input_tokens").unit_price
+    unit = card_price(card, "gpt-4o", "openai", "input_tokens").unit_price
     assert unit * 123_457 == Decimal("0.3086425")
 
 

@@ -15,7 +15,7 @@ from otel_meter.errors import RateCardError
 from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.card_diff import diff_versions
 from otel_meter.rating.explain import explain
-from otel_meter.rating.rate_book import RateBook
+from otel_meter.rating.rate_book import RateBook, card_price
 from otel_meter.rating.rate_card import parse_rate_card, to_ns
 from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.usage import MONEY_SCALE, UsageBatch
@@ -63,7 +63,7 @@ VERSIONED = """\
 # --- versions and effective dates -------------------------------------------------------------------
 
 def test_usage_is_rated_by_the_version_in_force_at_its_event_time_to_the_nanosecond():
-    book = card(VERSIONED).book()
+    book = RateBook.for_card(card(VERSIONED))
     batch = RatingProcessor(book).process(rows((NOV - 1, "c", "gpt-4o", "openai", "input_tokens", 1_000_000),
                                                (NOV, "c", "gpt-4o", "openai", "input_tokens", 1_000_000),
                                                (NOV + 1, "c", "gpt-4o", "openai", "input_tokens", 1_000_000)))
@@ -73,18 +73,18 @@ def test_usage_is_rated_by_the_version_in_force_at_its_event_time_to_the_nanosec
 
 
 def test_a_batch_spanning_versions_prices_each_row_by_its_own_time():
-    book = card(VERSIONED).book()
+    book = RateBook.for_card(card(VERSIONED))
     times = [NOV - 10**9, NOV + 10**9] * 50
     batch = RatingProcessor(book).process(rows(*((t, "c", "gpt-4o", "", "output_tokens", 100) for t in times)))
     assert sum(batch.amount) == 50 * 100 * 10_000_000_000_000 + 50 * 100 * 8_000_000_000_000
 
 
 def test_usage_before_every_version_is_unpriced():
-    book = card("""\
+    book = RateBook.for_card(card("""\
         currency: USD
         effective_from: 2026-11-01T00:00:00Z
         models: [{match: "*", prices: {input_tokens: "1"}}]
-        """).book()
+        """))
     batch = RatingProcessor(book).process(rows((NOV - 1, "c", "m", "", "input_tokens", 5),
                                                (NOV, "c", "m", "", "input_tokens", 5)))
     assert batch.priced == [False, True]
@@ -154,7 +154,7 @@ MATCHING = """\
     ("llama", "", "0.000009", "glob:*"),
 ])
 def test_the_most_specific_matching_rule_prices_the_model(model, provider, price, rule):
-    quote = card(MATCHING).price(model, provider, "input_tokens")
+    quote = card_price(card(MATCHING), model, provider, "input_tokens")
     assert (quote.unit_price, quote.rule) == (Decimal(price), rule)
 
 
@@ -171,7 +171,7 @@ def test_a_rule_needs_exactly_one_pattern():
 
 
 def test_explain_names_the_winning_rule_and_the_rules_it_beat():
-    answer = explain(card(MATCHING).book(), "gpt-4o-mini", "openai", "", ["input_tokens"], 0)
+    answer = explain(RateBook.for_card(card(MATCHING)), "gpt-4o-mini", "openai", "", ["input_tokens"], 0)
     steps = answer["meters"][0]["steps"]
     assert answer["meters"][0]["rule"] == "regex:gpt-4o-(mini|nano)(-\\d{4}-\\d{2}-\\d{2})?"
     assert "is the most specific match for model 'gpt-4o-mini' provider 'openai' (also matched, less " \
@@ -200,7 +200,7 @@ ANY_METER = """\
 
 
 def test_any_meter_is_priced_per_unit_or_per_block():
-    book = card(ANY_METER).book()
+    book = RateBook.for_card(card(ANY_METER))
     batch = RatingProcessor(book).process(rows(
         (0, "c", "gpt-4o", "openai", "output_tokens", 3),
         (0, "c", "gpt-4o", "openai", "tool_calls", 1),      # the model rule's own tool call price
@@ -231,7 +231,7 @@ def test_a_card_in_credits_rates_in_credits_and_says_what_a_credit_is_worth():
         credit_price: {currency: USD, amount: "0.01"}
         models: [{match: "*", prices: {input_tokens: "100"}}]
         """)
-    batch = RatingProcessor(loaded.book()).process(rows((0, "c", "m", "", "input_tokens", 20_000)))
+    batch = RatingProcessor(RateBook.for_card(loaded)).process(rows((0, "c", "m", "", "input_tokens", 20_000)))
     assert (money(batch.amount), batch.currency) == ([Decimal(2)], ["credits"])
     assert loaded.latest.credit_price.amount == Decimal("0.01")
     with pytest.raises(RateCardError, match="a card in credits needs credit_price"):
@@ -309,7 +309,7 @@ discounts = st.sampled_from(["0", "10", "12.5", "25", "50", "99.99"])
 def test_rated_amounts_equal_exact_decimal_arithmetic_with_blocks_and_discounts(items, discount):
     meters = "\n".join(f'  m{i}: {{price: "{price}", per: {per}}}' for i, (_, price, per) in enumerate(items))
     text = f'currency: USD\nmeters:\n{meters}\ncustomers:\n  c: {{discount_percent: "{discount}"}}\n'
-    book = parse_rate_card(text, "p.yaml", default_id="p").book()
+    book = RateBook.for_card(parse_rate_card(text, "p.yaml", default_id="p"))
     batch = RatingProcessor(book).process(rows(*((0, "c", "", "", f"m{i}", q) for i, (q, _, _) in enumerate(items))))
     factor = (100 - Fraction(discount)) / 100
     expected = [Fraction(q) * Fraction(price) / per * factor for q, price, per in items]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from otel_meter.errors import RateCardError
 from otel_meter.processors.rating.processor import RatingProcessor
+from otel_meter.rating.rate_book import RateBook, card_price
 from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
 from otel_meter.usage import MONEY_SCALE, UsageBatch, money_to_decimal
 
@@ -53,7 +54,7 @@ def batch_of(*rows: tuple[str, str, str, int]) -> UsageBatch:
 
 
 def rate(*rows: tuple[str, str, str, int]) -> UsageBatch:
-    return RatingProcessor(card().book()).process(batch_of(*rows))
+    return RatingProcessor(RateBook.for_card(card())).process(batch_of(*rows))
 
 
 def money(units: list[int]) -> list[Decimal]:
@@ -92,14 +93,14 @@ def test_most_specific_glob_wins_whatever_the_order():
     assert batch.rate_rule == ["glob:gpt-4o-mini*", "glob:gpt-4o*"]
     general_first = parse_rate_card('currency: USD\nmodels:\n  - {match: "gpt-4o*", prices: {input_tokens: "2.50"}}\n'
                                     '  - {match: "gpt-4o-mini*", prices: {input_tokens: "0.15"}}\n', "card.yaml")
-    assert general_first.price("gpt-4o-mini-2024-07-18", "openai", "input_tokens").rule == "glob:gpt-4o-mini*"
+    assert card_price(general_first, "gpt-4o-mini-2024-07-18", "openai", "input_tokens").rule == "glob:gpt-4o-mini*"
 
 
 def test_glob_matches_the_whole_name_case_sensitively():
     c = card()
-    assert c.price("o3-mini", "openai", "input_tokens") is None
-    assert c.price("GPT-4o", "openai", "input_tokens") is None
-    assert c.price("my-gpt-4o", "openai", "input_tokens") is None
+    assert card_price(c, "o3-mini", "openai", "input_tokens") is None
+    assert card_price(c, "GPT-4o", "openai", "input_tokens") is None
+    assert card_price(c, "my-gpt-4o", "openai", "input_tokens") is None
 
 
 def test_provider_qualified_rule_applies_only_to_that_provider():
@@ -107,7 +108,7 @@ def test_provider_qualified_rule_applies_only_to_that_provider():
                  ("claude-sonnet-4", "anthropic", "input_tokens", 1_000_000),
                  ("claude-sonnet-4", "", "input_tokens", 1_000_000))
     assert money(batch.amount) == [Decimal("9"), Decimal("3"), Decimal("3")]
-    price = card().price("claude-sonnet-4", "aws.bedrock", "input_tokens")
+    price = card_price(card(), "claude-sonnet-4", "aws.bedrock", "input_tokens")
     assert price is not None and price.rule == "glob:claude-*@aws.bedrock"
 
 
@@ -160,14 +161,14 @@ def test_card_id_defaults_to_file_stem_and_version_to_content_hash(tmp_path: Pat
     assert load_rate_card(file).version == loaded.version
     file.write_text('currency: EUR\nmodels:\n  - {match: "m", prices: {input_tokens: "2"}}\n')
     assert load_rate_card(file).version != loaded.version
-    assert RatingProcessor(loaded.book()).process(batch_of(("m", "", "input_tokens", 1))).currency == ["EUR"]
+    assert RatingProcessor(RateBook.for_card(loaded)).process(batch_of(("m", "", "input_tokens", 1))).currency == ["EUR"]
 
 
 def test_default_rate_card_loads():
     from otel_meter.config import default_config_dir
     loaded = load_rate_card(default_config_dir() / "rate-card.yaml")
     assert loaded.id == "rate-card"
-    price = loaded.price("claude-sonnet-4-20250514", "anthropic", "cache_write_tokens")
+    price = card_price(loaded, "claude-sonnet-4-20250514", "anthropic", "cache_write_tokens")
     assert price.unit_price == Decimal("0.00000375")
     assert price.unit_price_units == 3_750_000_000_000
 
@@ -189,7 +190,7 @@ def test_rated_amount_is_exact_for_any_quantity_and_price(items):
     models = "\n".join(f'  - match: "m{i}"\n    prices: {{input_tokens: "{price}"}}'
                        for i, (_, price) in enumerate(items))
     rate_card = parse_rate_card(f"currency: USD\nmodels:\n{models}\n", "prop.yaml")
-    batch = RatingProcessor(rate_card.book()).process(
+    batch = RatingProcessor(RateBook.for_card(rate_card)).process(
         batch_of(*((f"m{i}", "", "input_tokens", quantity) for i, (quantity, _) in enumerate(items))))
     # The reference is computed with rationals and a 100-digit context so nothing in it can round
     # (Decimal's default 28-digit context would: 10**9 tokens x a 19-digit price is 29 digits).
@@ -264,7 +265,7 @@ def test_price_with_more_than_twelve_decimals_is_rejected(tmp_path):
 def test_price_with_twelve_decimals_is_accepted():
     loaded = parse_rate_card('currency: USD\nmodels:\n  - {match: a, prices: {input_tokens: "0.123456789012"}}\n',
                              "ok.yaml")
-    assert loaded.price("a", "", "input_tokens").unit_price == Decimal("0.000000123456789012")
+    assert card_price(loaded, "a", "", "input_tokens").unit_price == Decimal("0.000000123456789012")
 
 
 @pytest.mark.parametrize("price, problem", [
@@ -295,7 +296,7 @@ def test_misspelt_meter_is_rejected_with_file_and_line(tmp_path):
 
 def test_a_meter_unlike_any_built_in_one_prices_a_custom_meter():
     loaded = parse_rate_card('currency: USD\nmeters: {image_generations: {price: "0.04"}}\n', "card.yaml")
-    assert loaded.price("", "", "image_generations").unit_price == Decimal("0.04")
+    assert card_price(loaded, "", "", "image_generations").unit_price == Decimal("0.04")
 
 
 def test_unknown_key_is_rejected_with_file_and_line(tmp_path):

@@ -14,6 +14,7 @@ from otel_meter.processors.genai_usage import modalities
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.processors.rating.processor import RatingProcessor
+from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.usage import UsageBatch, money_to_decimal
 from tests.unit.otlp_builders import make_span, request_of
@@ -178,7 +179,7 @@ def rated(*rows: tuple[str, str, int]) -> list[tuple[bool, Decimal]]:
         batch.provider.append("openai")
         batch.meter.append(meter)
         batch.quantity.append(quantity)
-    batch = RatingProcessor(parse_rate_card(AUDIO_CARD, "card.yaml").book()).process(batch)
+    batch = RatingProcessor(RateBook.for_card(parse_rate_card(AUDIO_CARD, "card.yaml"))).process(batch)
     return [(priced, money_to_decimal(amount)) for priced, amount in zip(batch.priced, batch.amount)]
 
 

@@ -25,7 +25,7 @@ from typing import Iterable
 from otel_meter.errors import RateCardError
 from otel_meter.rating.matching import matching_rules, specificity
 from otel_meter.rating.rate_card import (
-    EXACT, PRICE_SCALE, CardVersion, CustomerOverride, PriceSpec, Pricing, VersionBody)
+    EXACT, PRICE_SCALE, CardVersion, CustomerOverride, PriceSpec, Pricing, RateCard, VersionBody)
 from otel_meter.usage import (
     CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_AUDIO_TOKENS, INPUT_IMAGE_TOKENS, INPUT_TOKENS, INPUT_VIDEO_TOKENS,
     OUTPUT_AUDIO_TOKENS, OUTPUT_IMAGE_TOKENS, OUTPUT_TOKENS, OUTPUT_VIDEO_TOKENS, REASONING_TOKENS)
@@ -92,6 +92,13 @@ class RateBook:
         self.boundaries = sorted({v.effective_from_ns for found in self.cards.values() for v in found})
         """Times at which some card changes version: within two of them every card's version is fixed."""
         self.validate()
+
+    @classmethod
+    def for_card(cls, card: RateCard) -> RateBook:
+        """A book with this card alone, as the default card (a cost card as the cost card)."""
+        if card.latest.kind == "cost":
+            return cls(card.versions, cost_card=card.id)
+        return cls(card.versions, default_card=card.id)
 
     def validate(self) -> None:
         """Refuse a book the rating could not use: plans unknown, inexact discounts, a price card as
@@ -184,6 +191,15 @@ class RateBook:
             return UNPRICED
         steps: list[str] = [f"cost card {version.card_id} version {version.version} is in force"]
         return price_in(version.body, version, model, provider, meter, steps, "") or UNPRICED
+
+
+def card_price(card: RateCard, model: str, provider: str, meter: str, at_ns: int | None = None) -> Quote | None:
+    """The quote of ``card`` alone for one unit at ``at_ns`` (default: its latest version), or None when unpriced."""
+    time_ns = card.latest.effective_from_ns if at_ns is None else at_ns
+    book = RateBook.for_card(card)
+    quote = book.cost_quote(model, provider, meter, time_ns) if card.latest.kind == "cost" else \
+        book.quote("", model, provider, meter, time_ns)
+    return quote if quote.priced else None
 
 
 def discounted(unit_price: Decimal, percent: Decimal) -> Decimal:

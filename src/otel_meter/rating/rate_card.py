@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,9 +28,6 @@ from otel_meter.errors import RateCardError
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.rating.matching import ModelPattern, pattern_of
 from otel_meter.usage import MODALITY_TOKEN_METERS, MONEY_SCALE, TOKEN_METERS
-
-if TYPE_CHECKING:
-    from otel_meter.rating.rate_book import Quote, RateBook
 
 PRICE_SCALE = MONEY_SCALE
 """Decimal places of a per-unit price and an amount (ClickHouse Decimal(38, 18))."""
@@ -393,22 +390,6 @@ class RateCard:
     @property
     def currency(self) -> str:
         return self.latest.currency
-
-    def book(self) -> "RateBook":
-        """A book with this card alone, as the default card (a cost card as the cost card)."""
-        from otel_meter.rating.rate_book import RateBook
-
-        if self.latest.kind == "cost":
-            return RateBook(self.versions, cost_card=self.id)
-        return RateBook(self.versions, default_card=self.id)
-
-    def price(self, model: str, provider: str, meter: str, at_ns: int | None = None) -> "Quote | None":
-        """The quote for one unit at ``at_ns`` (default: the latest version), or None when unpriced."""
-        time_ns = self.latest.effective_from_ns if at_ns is None else at_ns
-        book = self.book()
-        quote = book.cost_quote(model, provider, meter, time_ns) if self.latest.kind == "cost" else \
-            book.quote("", model, provider, meter, time_ns)
-        return quote if quote.priced else None
 
 
 def load_rate_card(path: str | Path) -> RateCard:
