@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    from otel_meter.app.billing import export_summary
     from otel_meter.billing.config import build_target
     from otel_meter.billing.export import run_export
     from otel_meter.config import load_config
-    from otel_meter.extensions.usage_api.routes_billing import summary_json
     from otel_meter.rating.statement import Period
 
     period = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
@@ -68,7 +68,7 @@ def export(args: argparse.Namespace) -> int:
             target.close()
         if summary.records and not args.dry_run:
             print(file=sys.stderr)
-        answer = summary_json(summary)
+        answer = export_summary(summary)
     if args.format == "json":
         print(json.dumps(answer, indent=2))
     else:
@@ -90,21 +90,16 @@ def iso(time_ns: int) -> str:
 
 
 def ledger(args: argparse.Namespace) -> int:
-    from otel_meter.billing.ledger import ledger_entries
-    from otel_meter.rating.statement import Period, plain
+    from otel_meter.app.billing import LedgerRequest, ledger_document
+    from otel_meter.rating.statement import Period
 
     period = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
     server = ServerApi(args)
     answer = server.call("GET", "/v1/billing/ledger", {"target": args.target, "period": period.name,
                                                         "customer": args.customer})
     if answer is None:
-        store = server.store_or_explain(args.config)
-        entries = ledger_entries(store, target=args.target, customer=args.customer, start_ns=period.start_ns,
-                                 end_ns=period.end_ns)
-        answer = {"entries": [{"target": e.target, "customer": e.customer, "reference": e.reference,
-                               "meter": e.meter, "window_start_ns": e.window_start_ns, "revision": e.revision,
-                               "value": plain(e.value), "total": plain(e.total), "status": e.status,
-                               "external_id": e.external_id, "error": e.error, "key": e.key} for e in entries]}
+        answer = ledger_document(server.store_or_explain(args.config),
+                                 LedgerRequest(period, args.target, args.customer))
     if args.format == "json":
         print(json.dumps(answer, indent=2))
         return 0

@@ -23,6 +23,19 @@ from tests.integration.conftest import MeterServer, SpanFactory, chat, export
 EVERYWHERE = ("--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
 AT = "2099-06-01T00:00:00Z"
 """A fixed time for the commands that default to now, so both runs ask the same question."""
+HOUR = 3600 * 10**9
+BILLING = """
+billing:
+  targets:
+    jsonl/finance:
+      directory: {directory}
+      customers: {{acme: ACME-001}}
+      granularity: hour
+      lateness: 1s
+      meters:
+        - {{meter: input_tokens, to: input_tokens}}
+        - {{meter: input_tokens, to: input_cost_cents, value: amount, unit: "0.01"}}
+"""
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ def read_commands(period: str) -> dict[str, ReadCommand]:
                               {"customer": "acme", "period": period, "rounding": "half_even"}),
         "credits balance": ReadCommand(("credits", "balance", "acme", "--as-of", AT), "/v1/credits/acme",
                                        {"as_of": AT}),
+        "billing ledger": ReadCommand(("billing", "ledger", "--period", period), "/v1/billing/ledger",
+                                      {"period": period}),
     }
 
 
@@ -78,13 +93,20 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
     server = MeterServer(workdir=tmp_path_factory.mktemp("parity"))
     server.write_config(rate_card="id: list\ncurrency: USD\nmodels: [{match: 'gpt-4o*', prices: "
                                   "{input_tokens: '2.50', output_tokens: '10.00'}}]\n")
-    now = time.time_ns()
-    commands = read_commands(Period.containing(now).name)
+    (server.workdir / "exports").mkdir()
+    server.config_path.write_text(server.config_path.read_text()
+                                  + BILLING.format(directory=server.workdir / "exports"))
+    used_at = (time.time_ns() - 3 * HOUR) // HOUR * HOUR  # in an hour the billing export has closed
+    period = Period.containing(used_at).name
+    commands = read_commands(period)
     server.start()
     try:
-        assert export(server, [chat(SpanFactory(), "acme", "gpt-4o", 1_000_000, 2_000, at=now)]) == \
+        assert export(server, [chat(SpanFactory(), "acme", "gpt-4o", 1_000_000, 2_000, at=used_at)]) == \
             SpanExportResult.SUCCESS
         server.wait_until_stored()
+        sent = cli_json(server, ("billing", "export", "--target", "jsonl/finance", "--period", period),
+                        "--url", server.api_url)
+        assert (sent["ok"], sent["sent"]) == (True, 2), sent
         with ThreadPoolExecutor(max_workers=4) as pool:
             with_url = dict(zip(commands, pool.map(lambda c: cli_json(server, c.arguments, "--url", server.api_url),
                                                    commands.values())))

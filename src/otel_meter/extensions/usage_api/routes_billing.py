@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from otel_meter.app.billing import LedgerRequest, export_summary, ledger_document
 from otel_meter.billing.config import build_target
 from otel_meter.billing.export import run_export
-from otel_meter.billing.ledger import ledger_entries
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import (BodyInput, Flag, PeriodText, QueryInput, RequiredText, Text,
                                                         described)
@@ -32,20 +32,6 @@ class LedgerQuery(QueryInput):
     period: PeriodText | None = None
     target: Text | None = None
     customer: Text | None = None
-
-
-def summary_json(summary: Any) -> dict[str, Any]:
-    from otel_meter.rating.statement import plain
-
-    return {"target": summary.target, "period": summary.period, "ok": summary.ok, "sent": summary.sent,
-            "corrections": summary.corrections, "resent": summary.resent, "unchanged": summary.unchanged,
-            "failed": summary.failed, "parked": summary.parked, "held": summary.held,
-            "open_windows": summary.open_windows, "errors": summary.errors, "message": summary.describe(),
-            "records": [{"customer": r.customer, "reference": r.reference, "meter": r.meter,
-                         "window_start_ns": r.window_start_ns, "window_end_ns": r.window_end_ns,
-                         "revision": r.revision, "value": plain(r.value), "total": plain(r.total),
-                         "quantity": plain(r.quantity), "amount": plain(r.amount), "currency": r.currency,
-                         "key": r.key} for r in summary.records]}
 
 
 def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
@@ -71,23 +57,15 @@ def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
                                  bool(body.retry_parked))
     finally:
         target.close()
-    return HTTPStatus.OK, summary_json(summary)
+    return HTTPStatus.OK, export_summary(summary)
 
 
 def ledger(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """The billing export ledger of a period: every record sent, by target and customer, with its status."""
-    from otel_meter.rating.statement import plain
-
     name = request.single("period")
     period = Period.parse(name) if name else Period.containing(time.time_ns())
-    entries = ledger_entries(api.store, target=request.single("target"), customer=request.single("customer"),
-                             start_ns=period.start_ns, end_ns=period.end_ns)
-    return HTTPStatus.OK, {"entries": [{
-        "target": e.target, "customer": e.customer, "reference": e.reference, "meter": e.meter,
-        "window_start_ns": e.window_start_ns, "window_end_ns": e.window_end_ns, "revision": e.revision,
-        "key": e.key, "value": plain(e.value), "total": plain(e.total), "quantity": plain(e.quantity),
-        "amount": plain(e.amount), "currency": e.currency, "status": e.status, "external_id": e.external_id,
-        "error": e.error} for e in entries]}
+    return HTTPStatus.OK, ledger_document(api.store, LedgerRequest(period, request.single("target"),
+                                                                   request.single("customer")))
 
 
 ROUTES = (
