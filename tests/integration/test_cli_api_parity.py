@@ -60,6 +60,9 @@ def read_commands(period: str) -> dict[str, ReadCommand]:
                               {"customer": "acme", "period": period, "rounding": "half_even"}),
         "credits balance": ReadCommand(("credits", "balance", "acme", "--as-of", AT), "/v1/credits/acme",
                                        {"as_of": AT}),
+        "invoice": ReadCommand(("invoice", "--customer", "acme", "--period", period, "--issued", "2099-06-01"),
+                               "/v1/invoice", {"customer": "acme", "period": period, "rounding": "half_even",
+                                               "issued": "2099-06-01", "format": "json"}),
         "billing ledger": ReadCommand(("billing", "ledger", "--period", period), "/v1/billing/ledger",
                                       {"period": period}),
     }
