@@ -30,6 +30,7 @@ def add_commands(commands: Any, token: str | None) -> None:
                           "already applied, 1 when applying it would change something.")
     diff.add_argument("file", metavar="FILE")
     diff.add_argument("--against", metavar="FILE", help="compare with another card file instead of the applied card")
+    diff.add_argument("--format", choices=["text", "json"], default="text")
     add_server_options(diff, token)
 
     apply = sub.add_parser("apply", help="apply a card file (atomic: a bad card changes nothing)")
@@ -171,6 +172,7 @@ def _registry_answer(args: argparse.Namespace, method: str, path: str, query: di
 def diff(args: argparse.Namespace) -> int:
     """Each version of the file against the version of the same name already applied (or in
     ``--against``); a new version against the one before it. Exit 1 when anything would change."""
+    from otel_meter.app.pricing import card_diff, version_changes
     from otel_meter.rating.rate_card import load_rate_card
 
     card = load_rate_card(args.file)
@@ -178,9 +180,13 @@ def diff(args: argparse.Namespace) -> int:
         known, where = list(load_rate_card(args.against).versions), args.against
     else:
         known, where = applied_versions(args, card.id), "the applied version"
+    if args.format == "json":
+        document = card_diff(card, known)
+        print(json.dumps(document, indent=2))
+        return 1 if document["changed"] else 0
     if not known:
         print(f"card {card.id}: new card ({'not in ' + args.against if args.against else 'not applied'})")
-    lines_by_version = compare_versions(card, known)
+    lines_by_version = version_changes(card, known)
     changed = False
     for version in card.versions:
         against, lines = lines_by_version[version.version]
@@ -197,25 +203,6 @@ def diff(args: argparse.Namespace) -> int:
             print(f"  {line}")
         changed = changed or bool(lines)
     return 1 if changed else 0
-
-
-def compare_versions(card: Any, known: list[Any]) -> dict[str, tuple[Any, list[str]]]:
-    """version name -> (what it is compared with, the diff lines). A known version of the same
-    name is compared with it; a new one with the version in force just before it, among the
-    known versions and the file's (later applied wins a tie, as in the rating)."""
-    from otel_meter.rating.card_diff import diff_versions
-
-    by_name = {version.version: version for version in known}
-    new = [version for version in card.versions if version.version not in by_name]
-    timeline = sorted(known + new, key=lambda version: version.effective_from_ns)
-    found = {}
-    for version in card.versions:
-        against = by_name.get(version.version)
-        if against is None:
-            position = next(i for i, entry in enumerate(timeline) if entry is version)
-            against = timeline[position - 1] if position else None
-        found[version.version] = (against, diff_versions(against, version))
-    return found
 
 
 def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:

@@ -38,11 +38,23 @@ billing:
 """
 
 
+NEXT_CARD = """id: list
+currency: USD
+versions:
+  - version: "2099-01"
+    effective_from: 2099-01-01T00:00:00Z
+    models: [{match: 'gpt-4o*', prices: {input_tokens: '2.00', output_tokens: '10.00'}}]
+"""
+"""A new version of the applied card, for ``rates diff`` (which then exits 1: applying it changes a price)."""
+
+
 @dataclass(frozen=True)
 class ReadCommand:
     arguments: tuple[str, ...]
-    api_path: str
+    api_path: str | None
+    """The API request the ``--url`` run makes and prints the answer of (None: it prints a document of its own)."""
     api_query: dict[str, str]
+    exit_code: int = 0
 
 
 def read_commands(period: str) -> dict[str, ReadCommand]:
@@ -50,6 +62,7 @@ def read_commands(period: str) -> dict[str, ReadCommand]:
     return {
         "rates list": ReadCommand(("rates", "list"), "/v1/rate-cards", {}),
         "rates show": ReadCommand(("rates", "show", "list", "--at", AT), "/v1/rate-cards/list", {"at": AT}),
+        "rates diff": ReadCommand(("rates", "diff", "next-card.yaml"), None, {}, exit_code=1),
         "rates explain": ReadCommand(("rates", "explain", "gpt-4o", "--provider", "openai", "--customer", "acme",
                                       "--at", AT), "/v1/rates/explain",
                                      {"model": "gpt-4o", "provider": "openai", "customer": "acme", "at": AT}),
@@ -68,14 +81,15 @@ def read_commands(period: str) -> dict[str, ReadCommand]:
     }
 
 
-def cli_json(server: MeterServer, arguments: tuple[str, ...], *where: str) -> Any:
+def cli_json(server: MeterServer, arguments: tuple[str, ...], *where: str, exit_code: int = 0) -> Any:
     result = subprocess.run([sys.executable, "-m", "otel_meter", *arguments, "--format", "json", *where],
                             cwd=server.workdir, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, (arguments, where, result.stdout, result.stderr)
+    assert result.returncode == exit_code, (arguments, where, result.stdout, result.stderr)
     return json.loads(result.stdout)
 
 
 def api_json(server: MeterServer, command: ReadCommand) -> Any:
+    assert command.api_path is not None
     query = f"?{urllib.parse.urlencode(command.api_query)}" if command.api_query else ""
     with urllib.request.urlopen(f"{server.api_url}{command.api_path}{query}", timeout=30) as response:
         return json.load(response)
@@ -96,6 +110,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
     server = MeterServer(workdir=tmp_path_factory.mktemp("parity"))
     server.write_config(rate_card="id: list\ncurrency: USD\nmodels: [{match: 'gpt-4o*', prices: "
                                   "{input_tokens: '2.50', output_tokens: '10.00'}}]\n")
+    (server.workdir / "next-card.yaml").write_text(NEXT_CARD)
     (server.workdir / "exports").mkdir()
     server.config_path.write_text(server.config_path.read_text()
                                   + BILLING.format(directory=server.workdir / "exports"))
@@ -111,18 +126,20 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
                         "--url", server.api_url)
         assert (sent["ok"], sent["sent"]) == (True, 2), sent
         with ThreadPoolExecutor(max_workers=4) as pool:
-            with_url = dict(zip(commands, pool.map(lambda c: cli_json(server, c.arguments, "--url", server.api_url),
-                                                   commands.values())))
-        api = {name: api_json(server, command) for name, command in commands.items()}
+            with_url = dict(zip(commands, pool.map(
+                lambda c: cli_json(server, c.arguments, "--url", server.api_url, exit_code=c.exit_code),
+                commands.values())))
+        api = {name: api_json(server, command) for name, command in commands.items() if command.api_path}
     finally:
         assert server.stop() == 0
     # One process at a time opens an embedded store.
-    local = {name: cli_json(server, command.arguments, "--config", str(server.config_path))
-             for name, command in commands.items()}
+    local = {name: cli_json(server, command.arguments, "--config", str(server.config_path),
+                            exit_code=command.exit_code) for name, command in commands.items()}
     return Answers(api, with_url, local)
 
 
 COMMANDS = tuple(read_commands("2026-01"))
+API_COMMANDS = tuple(name for name, command in read_commands("2026-01").items() if command.api_path)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -131,7 +148,7 @@ def test_a_read_command_prints_the_same_json_from_the_server_and_from_the_store(
     assert answers.local[command] == answers.with_url[command]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", API_COMMANDS)
 def test_a_read_command_with_url_prints_the_usage_api_answer(answers: Answers, command: str) -> None:
     api = answers.api[command]
     assert answers.with_url[command] == ({"rows": api["rows"]} if command == "usage" else api)
@@ -140,3 +157,11 @@ def test_a_read_command_with_url_prints_the_usage_api_answer(answers: Answers, c
 def test_rates_show_prints_the_currency_and_kind_of_the_card_both_ways(answers: Answers) -> None:
     for printed in (answers.with_url["rates show"], answers.local["rates show"]):
         assert (printed["id"], printed["currency"], printed["kind"]) == ("list", "USD", "price")
+
+
+def test_rates_diff_prints_the_change_of_price_both_ways(answers: Answers) -> None:
+    for printed in (answers.with_url["rates diff"], answers.local["rates diff"]):
+        assert (printed["card"], printed["applied"], printed["changed"]) == ("list", True, True)
+        [version] = printed["versions"]
+        assert (version["version"], version["same_version"]) == ("2099-01", False)
+        assert any("2.50" in line and "2.00" in line for line in version["changes"]), version["changes"]

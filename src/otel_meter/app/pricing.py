@@ -1,7 +1,7 @@
 """Rate-card documents: what ``GET /v1/rate-cards``, ``GET /v1/rate-cards/{card}``, ``GET
-/v1/rates/explain`` and ``POST /v1/rerate`` answer, and what ``otel-meter rates list|show|explain``
-and ``rerate`` print. The usage API and the command line's local (no server) path both call these
-functions, so a document is the same whichever of them computes it."""
+/v1/rates/explain`` and ``POST /v1/rerate`` answer, and what ``otel-meter rates list|show|explain``,
+``rates diff`` and ``rerate`` print. The usage API and the command line's local (no server) path
+both call these functions, so a document is the same whichever of them computes it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otel_meter.errors import OtelMeterError
+from otel_meter.rating.card_diff import diff_versions
 from otel_meter.rating.explain import explain, iso
 from otel_meter.rating.statement import plain
 
 if TYPE_CHECKING:
+    from otel_meter.rating.rate_card import CardVersion, RateCard
     from otel_meter.rating.registry import RateCardRegistry
     from otel_meter.rating.rerate import RerateResult
 
@@ -91,3 +93,31 @@ def rerate_summary(result: RerateResult) -> dict[str, Any]:
     """What a re-rating run examined and changed, with its exact adjustment per currency."""
     return {"run_id": result.run_id, "examined": result.examined, "changed": result.changed,
             "delta_amount": {currency: plain(value) for currency, value in result.delta_amount.items()}}
+
+
+def version_changes(card: RateCard, known: list[CardVersion]) -> dict[str, tuple[CardVersion | None, list[str]]]:
+    """version name -> (what it is compared with, the diff lines). A known version of the same
+    name is compared with it; a new one with the version in force just before it, among the
+    known versions and the file's (later applied wins a tie, as in the rating)."""
+    by_name = {version.version: version for version in known}
+    new = [version for version in card.versions if version.version not in by_name]
+    timeline = sorted(known + new, key=lambda version: version.effective_from_ns)
+    found: dict[str, tuple[CardVersion | None, list[str]]] = {}
+    for version in card.versions:
+        against = by_name.get(version.version)
+        if against is None:
+            position = next(i for i, entry in enumerate(timeline) if entry is version)
+            against = timeline[position - 1] if position else None
+        found[version.version] = (against, diff_versions(against, version))
+    return found
+
+
+def card_diff(card: RateCard, known: list[CardVersion]) -> dict[str, Any]:
+    """What applying ``card`` would change against the ``known`` (applied) versions: per version
+    of the file, the version it is compared with, whether that has the same name (applying would
+    then be refused if anything differs), and the change lines; ``changed`` when any line is."""
+    versions = [{"version": name, "compared_with": against.version if against is not None else None,
+                 "same_version": against is not None and against.version == name, "changes": lines}
+                for name, (against, lines) in version_changes(card, known).items()]
+    return {"card": card.id, "applied": bool(known), "changed": any(entry["changes"] for entry in versions),
+            "versions": versions}
