@@ -252,10 +252,15 @@ def expected_http(path: str, wire: bytes, content_type: str, encoding: str | Non
         if len(wire) > BODY_LIMIT:
             raise too_large(BODY_LIMIT)
         body = decompress(wire, encoding or "identity", BODY_LIMIT)
-        if path != events.HTTP_PATH:
-            return 200, decode(body, media, SIGNALS[OTLP_PATHS[path]])
     except HttpError as error:
         return int(error.status), str(error)
+    if path != events.HTTP_PATH:
+        try:
+            return 200, decode(body, media, SIGNALS[OTLP_PATHS[path]])
+        except HttpError as error:
+            if media == JSON and nesting(body) > 400:
+                return 400, None  # nested too deeply: the same caveat as for events below
+            return int(error.status), str(error)
     try:
         return 200, (list(events.proto_request(body).events) if media == PROTOBUF else events.json_items(body, media))
     except events.EventsRequestError as error:
