@@ -115,15 +115,19 @@ class UsagePipeline:
             self.counts.record_queued(rows, batch.priced.count(False) if len(batch.priced) == rows else rows)
             self._await_prerequisites(batch)
         except Exception as error:
-            self.counts.record_refused(received, error)
-            self.refusals.refused(refusal_reason(error), received, [customer] if customer else [],
-                                  f"the whole request ({error}); the client retries it")
+            self.refuse_request(received, error, customer)
             raise
         self.counts.record_accepted(received, (rejection.reason for rejection in batch.rejections),
                                     batch.duplicate_events)
         if batch.rejections:
             self._log_rejections(batch.rejections, customer)
         return ConsumeResult(rejections=batch.rejections, stored_rows=rows, duplicate_events=batch.duplicate_events)
+
+    def refuse_request(self, received: int, error: BaseException, customer: str | None) -> None:
+        """Count and log a whole request refused (the client retries it)."""
+        self.counts.record_refused(received, error)
+        self.refusals.refused(refusal_reason(error), received, [customer] if customer else [],
+                              f"the whole request ({error}); the client retries it")
 
     def store_extracted(self, batch: UsageBatch) -> UsageBatch:
         """Take usage extracted elsewhere (by the engine, from requests acknowledged when they were

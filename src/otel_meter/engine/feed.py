@@ -35,7 +35,6 @@ from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.processors.genai_usage.values import NO_EVENT_TIME
 from otel_meter.storage.store import Store
 from otel_meter.telemetry.counts import count_items
-from otel_meter.telemetry.refusals import RefusalLog
 from otel_meter.usage import Rejection, UsageBatch
 
 logger = logging.getLogger(__name__)
@@ -83,7 +82,6 @@ class EngineTraceFeed:
         prefix = "engine_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline.name)
         self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}") for n in range(extractors)]
         """(landing table, rows table, view) of each extractor thread."""
-        self.refusals = RefusalLog(f"pipeline {pipeline.name} (engine)", pipeline.signal)
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._synced = self.journal.last_id
@@ -165,21 +163,19 @@ class EngineTraceFeed:
         try:
             if self._stopping.is_set():
                 raise ExportError("otel-meter is shutting down; retry")
-            self._append_durably(payload)
-        except JournalFullError as error:
-            self._refuse(received, QueueFullError(str(error)), customer)
-        except OSError as error:
-            self._refuse(received, ExportError(f"cannot write the local journal of pipeline {self.pipeline.name} "
-                                               f"({error.strerror or error}); retry"), customer)
+            try:
+                self._append_durably(payload)
+            except JournalFullError as error:
+                raise QueueFullError(str(error)) from None
+            except OSError as error:
+                raise ExportError(f"cannot write the local journal of pipeline {self.pipeline.name} "
+                                  f"({error.strerror or error}); retry") from None
+        except ExportError as error:
+            self.pipeline.refuse_request(received, error, customer)
+            raise
         self.pipeline.counts.record_accepted(received, (), 0)
         self._wake.set()
         return ConsumeResult()
-
-    def _refuse(self, received: int, error: ExportError, customer: str | None) -> None:
-        self.pipeline.counts.record_refused(received, error)
-        self.refusals.refused("queue_full" if isinstance(error, QueueFullError) else "unavailable", received,
-                              [customer] if customer else [], f"the whole request ({error}); the client retries it")
-        raise error
 
     def _append_durably(self, payload: bytes) -> None:
         """Append and fsync; concurrent callers share one fsync (group commit)."""
@@ -201,17 +197,16 @@ class EngineTraceFeed:
                 if self._stopping.is_set() and self._cursor >= self.journal.last_id:
                     return None
                 waiting = self.journal.last_id - self._cursor
-                if waiting > 0 and len(self._extracted) < len(self.tables):
-                    break
-                self._changed.wait(0.5)
-            if waiting < self.requests_per_insert and not self._stopping.is_set():
-                self._changed.wait(self.linger)  # let a block fill: each insert costs a fixed analysis
-            first = self._cursor + 1
-            last = min(self.journal.last_id, first + self.requests_per_insert - 1)
-            if last < first:
-                return self._claim()
-            self._cursor = last
-            return self._generation, first, last
+                if waiting <= 0 or len(self._extracted) >= len(self.tables):
+                    self._changed.wait(0.5)
+                    continue
+                if waiting < self.requests_per_insert and not self._stopping.is_set():
+                    self._changed.wait(self.linger)  # let a block fill: each insert costs a fixed analysis
+                first = self._cursor + 1
+                last = min(self.journal.last_id, first + self.requests_per_insert - 1)
+                if last >= first:  # else another extractor claimed them while this one waited
+                    self._cursor = last
+                    return self._generation, first, last
 
     def _run_extractor(self, landing: str, rows: str, view: str) -> None:
         failures = 0

@@ -63,6 +63,15 @@ def rejection_reason(message: str) -> str:
     return INVALID
 
 
+def by_reason(rejection_messages: Iterable[str]) -> dict[str, int]:
+    """Rejections counted by their category."""
+    reasons: dict[str, int] = {}
+    for message in rejection_messages:
+        reason = rejection_reason(message)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
+
+
 def refusal_reason(error: BaseException) -> str:
     """The category of an error that refused a whole request (one of REQUEST_REASONS)."""
     if isinstance(error, QueueFullError):
@@ -131,12 +140,8 @@ class PipelineCounts:
 
     def record_accepted(self, received: int, rejection_messages: Iterable[str], duplicates: int) -> None:
         """A request acknowledged, with partial success if some items were rejected."""
-        reasons: dict[str, int] = {}
-        rejected = 0
-        for message in rejection_messages:
-            reason = rejection_reason(message)
-            reasons[reason] = reasons.get(reason, 0) + 1
-            rejected += 1
+        reasons = by_reason(rejection_messages)
+        rejected = sum(reasons.values())
         with self._lock:
             self._received += received
             self._accepted += max(0, received - rejected)
@@ -148,10 +153,7 @@ class PipelineCounts:
         """Items acknowledged before they were looked at (journaled for the engine): those refused
         or found to be duplicates once extracted move from accepted to refused, or are counted as
         duplicates (which stay accepted)."""
-        reasons: dict[str, int] = {}
-        for message in rejection_messages:
-            reason = rejection_reason(message)
-            reasons[reason] = reasons.get(reason, 0) + 1
+        reasons = by_reason(rejection_messages)
         with self._lock:
             for reason, count in reasons.items():
                 self._refused[reason] += count

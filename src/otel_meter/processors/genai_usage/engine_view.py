@@ -155,7 +155,7 @@ def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequ
     later step reads scalars and short arrays; resource attributes are read once per resource.
     """
     resource_keys = list(dict.fromkeys(resource_keys))
-    span_keys = [key for key in dict.fromkeys(span_keys)]
+    span_keys = list(dict.fromkeys(span_keys))
     wanted = list(dict.fromkeys([key for _, keys in TOKEN_KINDS for key in keys] + list(TEXT_KEYS) + span_keys))
     position = {key: f"i{number}" for number, key in enumerate(wanted)}
     positions = [f"indexOf(k, {quoted(key)}) AS {position[key]}" for key in wanted]
