@@ -933,7 +933,7 @@ def without_chat_spans(payload: bytes) -> tuple[bytes, int]:
 
 
 def stage_seconds(payloads: Sequence[bytes], config_path: Path) -> dict[str, float | None]:
-    from otel_meter.component import BuildContext, Kind, factories
+    from otel_meter.component_model import BuildContext, Kind, factories
     from otel_meter.config import component_type, load_config
     from otel_meter.exporters.clickhouse.arrow import to_arrow
     from otel_meter.pipeline import UsagePipeline

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from otel_meter import __version__, cli_billing, cli_operations, cli_pricing
 from otel_meter.cli_client import ServerApi, add_server_options, add_time_range, resolve_time_range, store_location
-from otel_meter.component import Kind
+from otel_meter.component_model import Kind
 from otel_meter.errors import OtelMeterError
 
 EPILOG = "Docs: docs/ in the project repository. Config layout follows the OpenTelemetry Collector."

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from otel_meter.component import Kind
+from otel_meter.component_model import Kind
 from otel_meter.errors import OtelMeterError, StoreLockedError
 
 

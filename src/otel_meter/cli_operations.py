@@ -30,7 +30,7 @@ from typing import Any, Callable
 import httpx
 from google.protobuf.message import DecodeError, Message
 
-from otel_meter.component import LOGS, METRICS, TRACES, Kind
+from otel_meter.component_model import LOGS, METRICS, TRACES, Kind
 from otel_meter.errors import OtelMeterError
 from otel_meter.http import Doubling, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, new_client, send
 

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
-from otel_meter import components  # noqa: F401  (registers the built-in components)
+from otel_meter import builtin_components  # noqa: F401  (registers the built-in components)
 from otel_meter.billing.targets import target_factories
-from otel_meter.component import Kind, factories
+from otel_meter.component_model import Kind, factories
 
 HEADER = """# Configuration reference
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 from pydantic import Field, model_validator
 
-from otel_meter.component import ComponentConfig, Duration
+from otel_meter.component_model import ComponentConfig, Duration
 
 logger = logging.getLogger(__name__)
 

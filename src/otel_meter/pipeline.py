@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from otel_meter.component import EVENTS
+from otel_meter.component_model import EVENTS
 from otel_meter.errors import ExportError
 from otel_meter.exporters.clickhouse.exporter import PendingWrite
 from otel_meter.processors.attribution.processor import AttributionProcessor, first_value

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Protocol
 
 from pydantic import BaseModel, Field, model_validator
 
-from otel_meter.component import ComponentConfig, ConfigFile
+from otel_meter.component_model import ComponentConfig, ConfigFile
 from otel_meter.errors import OtelMeterError
 
 logger = logging.getLogger(__name__)

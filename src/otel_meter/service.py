@@ -6,7 +6,7 @@ import logging
 import threading
 
 from otel_meter.billing.scheduler import BillingScheduler
-from otel_meter.component import EVENTS, BuildContext, Kind, factories
+from otel_meter.component_model import EVENTS, BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
 from otel_meter.engine.feed import EngineTraceFeed
 from otel_meter.engine.support import unsupported_reason

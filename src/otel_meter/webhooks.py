@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import Field, field_validator, model_validator
 
-from otel_meter.component import ComponentConfig, Duration
+from otel_meter.component_model import ComponentConfig, Duration
 from otel_meter.errors import OtelMeterError, QueueFullError
 from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, Outcome, RetryPolicy, RetryStatuses, new_client, send
 

@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_meter.component import LOGS, METRICS, TRACES
+from otel_meter.component_model import LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig

@@ -23,7 +23,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_meter.component import TRACES
+from otel_meter.component_model import TRACES
 from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.receiver import OtlpReceiver

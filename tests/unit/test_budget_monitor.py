@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from otel_meter.component import BuildContext, Kind, factories
+from otel_meter.component_model import BuildContext, Kind, factories
 from otel_meter.config import parse_config
 from otel_meter.errors import ConfigError
 from otel_meter.extensions.budgets.config import BudgetsConfig

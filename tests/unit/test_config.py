@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_meter.component import Kind, parse_duration
+from otel_meter.component_model import Kind, parse_duration
 from otel_meter.config import default_config_dir, default_config_text, load_config, parse_config, substitute_env
 from otel_meter.errors import ConfigError
 
@@ -351,7 +351,7 @@ def test_unknown_signal_is_rejected(tmp_path):
 
 
 def test_receiver_that_does_not_receive_a_signal_is_rejected_for_it(tmp_path, monkeypatch):
-    from otel_meter.component import TRACES, Factory, Kind, factories
+    from otel_meter.component_model import TRACES, Factory, Kind, factories
 
     otlp = factories(Kind.RECEIVER)["otlp"]
     monkeypatch.setitem(factories(Kind.RECEIVER), "spansonly", Factory(

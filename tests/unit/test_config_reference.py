@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otel_meter.component import Kind, factories
+from otel_meter.component_model import Kind, factories
 from otel_meter.config_reference import reference
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otel_meter.component import Kind
+from otel_meter.component_model import Kind
 from otel_meter.config import parse_config
 from otel_meter.storage.store import split_statements
 from tests.chdb_worker import ChdbWorker

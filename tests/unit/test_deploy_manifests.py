@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from otel_meter.component import Kind
+from otel_meter.component_model import Kind
 from otel_meter.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]

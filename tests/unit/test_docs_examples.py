@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from otel_meter.component import Kind, factories
+from otel_meter.component_model import Kind, factories
 from otel_meter.config import LogsTelemetry, PipelineConfig, parse_config
 from otel_meter.rating.rate_book import card_price
 from otel_meter.rating.rate_card import parse_rate_card

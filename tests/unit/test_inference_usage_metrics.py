@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint, Metric, NumberDataPoint
 
-from otel_meter.component import METRICS, TRACES
+from otel_meter.component_model import METRICS, TRACES
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.processors.genai_usage.token_sources import TokenSources

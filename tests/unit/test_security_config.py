@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otel_meter.component import EVENTS, Kind
+from otel_meter.component_model import EVENTS, Kind
 from otel_meter.config import default_config_text, parse_config
 from otel_meter.errors import ConfigError
 from otel_meter.pipeline import ConsumeResult, UsagePipeline

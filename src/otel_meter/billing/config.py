@@ -20,7 +20,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from otel_meter.billing.target import BillingTarget, TargetConfig, TargetFactory
-from otel_meter.component import validation_problems
+from otel_meter.component_model import validation_problems
 from otel_meter.errors import BillingExportError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otel_meter.component import TRACES
+from otel_meter.component_model import TRACES
 from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition
 from otel_meter.processors.genai_usage import engine_view
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor

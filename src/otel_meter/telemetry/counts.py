@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
+from otel_meter.component_model import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, QueueFullError
 
 # Why items were refused. The first group are validation rejections answered with partial

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
+from otel_meter.component_model import EVENTS, LOGS, METRICS, TRACES
 
 logger = logging.getLogger("otel_meter.refusals")
 

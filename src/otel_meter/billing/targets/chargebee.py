@@ -60,7 +60,7 @@ from otel_meter.billing.target import (
     record_key,
     register_target,
 )
-from otel_meter.component import Duration
+from otel_meter.component_model import Duration
 from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, RetryPolicy, new_client, send
 
 __all__ = ["ChargebeeTarget", "ChargebeeTargetConfig", "format_quantity"]

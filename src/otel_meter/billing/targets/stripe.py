@@ -39,7 +39,7 @@ import stripe
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, UsageRecord, register_target
-from otel_meter.component import Duration
+from otel_meter.component_model import Duration
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from pydantic import Field, field_validator, model_validator
 
 from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, UsageRecord, register_target
 from otel_meter.billing.targets.files import decimal_text, write_atomically
-from otel_meter.component import Duration
+from otel_meter.component_model import Duration
 from otel_meter.errors import OtelMeterError
 from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, exchange, new_client, send
 from otel_meter.http import call_with_retries

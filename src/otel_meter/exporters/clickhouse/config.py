@@ -2,7 +2,7 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator
 
-from otel_meter.component import ComponentConfig, Duration
+from otel_meter.component_model import ComponentConfig, Duration
 
 
 class SendingQueueConfig(ComponentConfig):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component_model import BuildContext, Factory, Kind, register
 from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
 from otel_meter.exporters.clickhouse.exporter import ClickHouseExporter
 from otel_meter.storage.store import StoreLocation

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from otel_meter.component import ComponentConfig, ConfigFile
+from otel_meter.component_model import ComponentConfig, ConfigFile
 
 
 class TokenConfig(ComponentConfig):

@@ -1,4 +1,4 @@
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component_model import BuildContext, Factory, Kind, register
 from otel_meter.extensions.bearertokenauth.authenticator import BearerTokenAuthenticator
 from otel_meter.extensions.bearertokenauth.config import BearerTokenAuthConfig
 

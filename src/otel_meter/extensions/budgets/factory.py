@@ -1,4 +1,4 @@
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component_model import BuildContext, Factory, Kind, register
 from otel_meter.errors import ConfigError
 from otel_meter.extensions.budgets.config import BudgetsConfig
 from otel_meter.extensions.budgets.monitor import BudgetMonitor

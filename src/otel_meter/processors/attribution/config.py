@@ -1,6 +1,6 @@
 from pydantic import Field
 
-from otel_meter.component import ComponentConfig
+from otel_meter.component_model import ComponentConfig
 from otel_meter.usage import UNATTRIBUTED
 
 

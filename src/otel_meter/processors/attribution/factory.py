@@ -1,4 +1,4 @@
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component_model import BuildContext, Factory, Kind, register
 from otel_meter.processors.attribution.config import AttributionConfig
 from otel_meter.processors.attribution.processor import AttributionProcessor
 

@@ -1,7 +1,7 @@
 import logging
 import time
 
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component_model import BuildContext, Factory, Kind, register
 from otel_meter.errors import StoreUnavailableError
 from otel_meter.processors.dedup.config import DedupConfig
 from otel_meter.processors.dedup.index import DedupIndex

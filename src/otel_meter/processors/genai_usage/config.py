@@ -2,7 +2,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from otel_meter.component import ComponentConfig
+from otel_meter.component_model import ComponentConfig
 
 
 class GenAIUsageConfig(ComponentConfig):

@@ -1,4 +1,4 @@
-from otel_meter.component import LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
+from otel_meter.component_model import LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
 from otel_meter.errors import StoreUnavailableError
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from otel_meter.component import LOGS, METRICS, TRACES
+from otel_meter.component_model import LOGS, METRICS, TRACES
 from otel_meter.meters.compiled import ItemFacts, MeterIndex, exact_quantity
 from otel_meter.meters.definitions import BUILTIN_METERS, MODALITY_KINDS, MeterDefinition
 from otel_meter.processors.genai_usage import conventions as cv

@@ -1,4 +1,4 @@
-from otel_meter.component import ComponentConfig, ConfigFile, Duration
+from otel_meter.component_model import ComponentConfig, ConfigFile, Duration
 
 
 class RatingConfig(ComponentConfig):

@@ -1,6 +1,6 @@
 import logging
 
-from otel_meter.component import BuildContext, Factory, Kind, register
+from otel_meter.component_model import BuildContext, Factory, Kind, register
 from otel_meter.processors.rating.config import RatingConfig
 from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.registry import RateCardRegistry

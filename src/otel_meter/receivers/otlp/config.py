@@ -2,7 +2,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
-from otel_meter.component import ComponentConfig
+from otel_meter.component_model import ComponentConfig
 from otel_meter.memory_limiter import MemoryLimiterConfig
 from otel_meter.security import ServerSecurityConfig
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from google.protobuf.message import DecodeError
 
 from otel_meter.api.v1.events_pb2 import IngestRequest, IngestResponse, UsageEvent
-from otel_meter.component import EVENTS
+from otel_meter.component_model import EVENTS
 from otel_meter.meters.compiled import exact_quantity
 from otel_meter.pipeline import ConsumeResult, SignalConsumers
 from otel_meter.receivers.otlp.config import EVENTS_PATH

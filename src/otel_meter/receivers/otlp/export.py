@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 )
 
-from otel_meter.component import LOGS, METRICS, TRACES
+from otel_meter.component_model import LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.pipeline import ConsumeResult, SignalConsumers
 

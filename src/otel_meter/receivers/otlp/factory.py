@@ -1,4 +1,4 @@
-from otel_meter.component import EVENTS, LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
+from otel_meter.component_model import EVENTS, LOGS, METRICS, TRACES, BuildContext, Factory, Kind, register
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 

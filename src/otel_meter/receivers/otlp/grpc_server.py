@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from otel_meter.api.v1.events_pb2 import IngestResponse
-from otel_meter.component import EVENTS
+from otel_meter.component_model import EVENTS
 from otel_meter.errors import ExportError, OtelMeterError
 from otel_meter.faults import crash_point
 from otel_meter.memory_limiter import MemoryLimiter

@@ -39,7 +39,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from otel_meter.asgi_server import AsgiServer
-from otel_meter.component import EVENTS, LOGS, METRICS, TRACES
+from otel_meter.component_model import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError
 from otel_meter.faults import crash_point
 from otel_meter.memory_limiter import MemoryLimiter
