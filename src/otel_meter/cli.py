@@ -144,22 +144,23 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def usage(args: argparse.Namespace) -> int:
-    from otel_meter.storage.usage_report import UsageRequest, run_usage_query
+    from otel_meter.app.usage import UsageRequest, usage_document
 
     resolve_time_range(args)
     request = UsageRequest.parse(args.start, args.end, args.group_by, args.customer)
     server = ServerApi(args)
     answer = server.call("GET", "/v1/usage", {"from": args.start, "to": args.end, "group_by": args.group_by,
                                               "customer": args.customer})
-    rows: list[dict[str, Any]] = answer["rows"] if answer is not None else \
-        run_usage_query(server.store_or_explain(args.config), request)
+    if answer is None:
+        answer = usage_document(server.store_or_explain(args.config), request)
+    rows: list[dict[str, Any]] = answer["rows"]
     print_rows(rows, list(request.group_by), args.format)
     return 0
 
 
 def verify(args: argparse.Namespace) -> int:
-    from otel_meter.storage.verify import VerifyRequest, format_report
-    from otel_meter.storage.verify import verify as verify_store
+    from otel_meter.app.operations import VerifyRequest, verify_document
+    from otel_meter.storage.verify import format_report
 
     resolve_time_range(args)
     request = VerifyRequest.parse(args.start, args.end, args.customer)
@@ -167,7 +168,7 @@ def verify(args: argparse.Namespace) -> int:
     try:
         report = server.call("GET", "/v1/verify", {"from": args.start, "to": args.end, "customer": args.customer})
         if report is None:
-            report = verify_store(server.store_or_explain(args.config), request).to_json()
+            report = verify_document(server.store_or_explain(args.config), request)
     except OtelMeterError:
         raise
     except Exception as error:  # exit 1 means "mismatch": anything unexpected must not look like one

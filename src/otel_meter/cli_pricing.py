@@ -228,6 +228,7 @@ def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:
 
 
 def apply(args: argparse.Namespace) -> int:
+    from otel_meter.app.pricing import applied_card
     from otel_meter.rating.rate_card import load_rate_card
 
     card = load_rate_card(args.file)  # a bad card fails here, before anything is sent
@@ -236,10 +237,9 @@ def apply(args: argparse.Namespace) -> int:
     answer, registry = _registry_answer(args, "POST", "/v1/rate-cards", query, card.text.encode(),
                                         "application/yaml", write=not args.dry_run)
     if registry is not None:
-        message = registry.apply(card, str(args.file), dry_run=args.dry_run, require_in_use=not args.force).describe()
-    else:
-        message = answer["message"]
-    print(("dry run: " if args.dry_run else "") + message)
+        answer = applied_card(registry.apply(card, str(args.file), dry_run=args.dry_run,
+                                             require_in_use=not args.force), args.dry_run)
+    print(("dry run: " if args.dry_run else "") + answer["message"])
     return 0
 
 
@@ -345,14 +345,15 @@ def rerate(args: argparse.Namespace) -> int:
 
 
 def period(args: argparse.Namespace) -> int:
-    from otel_meter.rating.statement import Period, period_view, view_as_json
+    from otel_meter.app.invoices import PeriodRequest, period_statement
+    from otel_meter.rating.statement import Period
 
     answer, registry = _registry_answer(args, "GET", "/v1/period", {"customer": args.customer,
                                                                      "period": args.period,
                                                                      "rounding": args.rounding})
     if registry is not None:
         chosen = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
-        answer = view_as_json(period_view(registry.store, registry.book, args.customer, chosen, args.rounding))
+        answer = period_statement(registry.store, registry.book, PeriodRequest(args.customer, chosen, args.rounding))
     if args.format == "json":
         print(json.dumps(answer, indent=2))
         return 0
@@ -375,7 +376,8 @@ def period(args: argparse.Namespace) -> int:
 
 def invoice(args: argparse.Namespace) -> int:
     """Built by the server when one runs (its JSON), else from the store; rendered here either way."""
-    from otel_meter.billing.invoice import build_invoice, invoice_document, parse_issued, render
+    from otel_meter.app.invoices import InvoiceRequest, customer_invoice
+    from otel_meter.billing.invoice import parse_issued, render
     from otel_meter.config import load_config
     from otel_meter.rating.statement import Period
 
@@ -386,9 +388,9 @@ def invoice(args: argparse.Namespace) -> int:
         "issued": issued.isoformat() if issued else None, "format": "json"})
     if registry is not None:
         targets = load_config(args.config).billing.targets
-        answer = invoice_document(build_invoice(
-            registry.store, registry.book, args.customer, chosen or Period.containing(time.time_ns()), args.rounding,
-            issued=issued, target_meters={name: target.meters for name, target in targets.items()}))
+        answer = customer_invoice(registry.store, registry.book, InvoiceRequest(
+            args.customer, chosen or Period.containing(time.time_ns()), args.rounding, issued=issued,
+            target_meters={name: target.meters for name, target in targets.items()}))
     text = render(answer, args.format)
     if args.output:
         Path(args.output).write_text(text)
@@ -413,6 +415,7 @@ def _server_or_store(args: argparse.Namespace, method: str, path: str, query: di
 def credit_balance(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
+    from otel_meter.app.credits import BalanceRequest, balance_document
     from otel_meter.rating import credit_store
     from otel_meter.storage.usage_report import parse_time, to_ns
 
@@ -420,8 +423,7 @@ def credit_balance(args: argparse.Namespace) -> int:
     answer, registry = _registry_answer(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",
                                         {"as_of": credit_store.iso_time(as_of)})
     if registry is not None:  # the config's cards settle each period with its statement, as the server does
-        ledger = credit_store.credit_ledger(registry.store, args.customer, as_of, registry.book)
-        answer = credit_store.ledger_document(ledger, as_of)
+        answer = balance_document(registry.store, registry.book, BalanceRequest(args.customer, as_of))
     if args.format == "json":
         print(json.dumps(answer, indent=2))
         return 0
@@ -442,6 +444,7 @@ def credit_balance(args: argparse.Namespace) -> int:
 def credit_grant(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
+    from otel_meter.app.credits import grant_document
     from otel_meter.rating import credit_store
 
     document = {"amount": args.amount, "currency": args.currency, "effective_from": args.effective_from,
@@ -452,9 +455,7 @@ def credit_grant(args: argparse.Namespace) -> int:
     answer, store = _server_or_store(args, "POST", f"/v1/credits/{quote(args.customer, safe='')}/grants", None,
                                      json.dumps(document).encode(), write=True)
     if store is not None:
-        stored = credit_store.add_grant(store, grant, note)
-        answer = {"grant_id": stored.grant_id, "amount": credit_store.money_text(stored.amount),
-                  "currency": stored.currency}
+        answer = grant_document(credit_store.add_grant(store, grant, note))
     print(f"granted {answer['amount']} {answer['currency']} to {args.customer} (grant {answer['grant_id']})")
     return 0
 

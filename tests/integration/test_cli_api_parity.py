@@ -5,6 +5,7 @@ The real ``otel-meter`` command against a real server and store."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -78,7 +79,32 @@ def read_commands(period: str) -> dict[str, ReadCommand]:
                                                "issued": "2099-06-01", "format": "json"}),
         "billing ledger": ReadCommand(("billing", "ledger", "--period", period), "/v1/billing/ledger",
                                       {"period": period}),
+        "billing export --dry-run": ReadCommand(("billing", "export", "--target", "jsonl/finance", "--period", period,
+                                                 "--dry-run"), None, {}),
+        "usage --group-by --customer": ReadCommand(
+            ("usage", *EVERYWHERE, "--group-by", "provider,model", "--customer", "acme"), "/v1/usage",
+            {"from": EVERYWHERE[1], "to": EVERYWHERE[3], "group_by": "provider,model", "customer": "acme"}),
+        "period --rounding": ReadCommand(("period", "--customer", "acme", "--period", period, "--rounding", "half_up"),
+                                         "/v1/period", {"customer": "acme", "period": period, "rounding": "half_up"}),
     }
+
+
+def commands_with_json_output() -> set[tuple[str, ...]]:
+    """Each command (and subcommand) of ``otel-meter`` whose ``--format`` offers json."""
+    from otel_meter.cli import build_parser
+
+    found: set[tuple[str, ...]] = set()
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, (*path, name))
+            elif "--format" in action.option_strings and action.dest == "format" and "json" in action.choices:
+                found.add(path)
+
+    walk(build_parser(), ())
+    return found
 
 
 def cli_json(server: MeterServer, arguments: tuple[str, ...], *where: str, exit_code: int = 0) -> Any:
@@ -151,7 +177,15 @@ def test_a_read_command_prints_the_same_json_from_the_server_and_from_the_store(
 @pytest.mark.parametrize("command", API_COMMANDS)
 def test_a_read_command_with_url_prints_the_usage_api_answer(answers: Answers, command: str) -> None:
     api = answers.api[command]
-    assert answers.with_url[command] == ({"rows": api["rows"]} if command == "usage" else api)
+    assert answers.with_url[command] == ({"rows": api["rows"]} if command.startswith("usage") else api)
+
+
+def test_every_command_that_prints_json_is_run_both_ways() -> None:
+    """A command given ``--format json`` later is covered here, or this fails naming it."""
+    groups = ("rates", "credits", "billing")  # the commands with subcommands
+    covered = {command.arguments[:2] if command.arguments[0] in groups else command.arguments[:1]
+               for command in read_commands("2026-01").values()}
+    assert commands_with_json_output() - covered == set()
 
 
 def test_rates_show_prints_the_currency_and_kind_of_the_card_both_ways(answers: Answers) -> None:

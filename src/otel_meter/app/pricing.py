@@ -16,7 +16,7 @@ from otel_meter.rating.statement import plain
 
 if TYPE_CHECKING:
     from otel_meter.rating.rate_card import CardVersion, RateCard
-    from otel_meter.rating.registry import RateCardRegistry
+    from otel_meter.rating.registry import ApplyResult, RateCardRegistry
     from otel_meter.rating.rerate import RerateResult
 
 
@@ -87,6 +87,12 @@ def price_explanation(registry: RateCardRegistry, request: PriceExplanationReque
     """The rule, unit price and card version that price each meter of the model's usage."""
     return explain(registry.book, request.model, request.provider, request.customer, list(request.meters),
                    request.at_ns)
+
+
+def applied_card(result: ApplyResult, dry_run: bool) -> dict[str, Any]:
+    """What applying a card file added and found already applied (nothing when ``dry_run``)."""
+    return {"card": result.card_id, "added": list(result.added), "unchanged": list(result.unchanged),
+            "dry_run": dry_run, "message": result.describe()}
 
 
 def rerate_summary(result: RerateResult) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from otel_meter.app.credits import BalanceRequest, balance_document, grant_document
 from otel_meter.extensions.usage_api.routes_pricing import time_param
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import (BodyInput, Integer, PositiveDecimal, QueryInput,
@@ -47,19 +48,11 @@ class GrantBody(BodyInput):
     customer: Text | None = None
 
 
-def grant_document(grant: Any) -> dict[str, Any]:
-    return {"grant_id": grant.grant_id, "customer": grant.customer, "amount": credit_store.money_text(grant.amount),
-            "currency": grant.currency, "effective_from": credit_store.iso_time(grant.effective_from_ns),
-            "expires_at": None if grant.expires_at_ns is None else credit_store.iso_time(grant.expires_at_ns),
-            "priority": grant.priority, "voided": grant.voided}
-
-
 def balance(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """A customer's credit balance, grants and history as of a time (default now)."""
     customer = request.customer(request.params["customer"]) or request.params["customer"]
-    as_of = time_param(request, "as_of")
-    ledger = credit_store.credit_ledger(api.store, customer, as_of, _rate_book(api))
-    return HTTPStatus.OK, credit_store.ledger_document(ledger, as_of)
+    return HTTPStatus.OK, balance_document(api.store, _rate_book(api),
+                                           BalanceRequest(customer, time_param(request, "as_of")))
 
 
 def _rate_book(api: UsageApiServer) -> Any:

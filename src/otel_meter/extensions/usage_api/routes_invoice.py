@@ -11,7 +11,8 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from otel_meter.billing.invoice import build_invoice, invoice_document, parse_issued, render
+from otel_meter.app.invoices import InvoiceRequest, customer_invoice
+from otel_meter.billing.invoice import parse_issued, render
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routes_pricing import RatingQuery, registry_of
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
@@ -44,12 +45,11 @@ def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     target_meters = {target: config.meters for target, config in billing.targets.items()} if billing else None
     try:
         chosen = Period.parse(name) if name else Period.containing(time.time_ns())
-        built = build_invoice(api.store, registry_of(api, request).book, customer, chosen,
-                              request.single("rounding") or "half_even", issued=parse_issued(request.single("issued")),
-                              target_meters=target_meters)
+        document = customer_invoice(api.store, registry_of(api, request).book, InvoiceRequest(
+            customer, chosen, request.single("rounding") or "half_even", issued=parse_issued(request.single("issued")),
+            target_meters=target_meters))
     except (OtelMeterError, ValueError) as error:
         raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
-    document = invoice_document(built)
     if output_format == "json":
         return HTTPStatus.OK, document
     try:

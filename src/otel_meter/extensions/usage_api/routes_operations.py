@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from otel_meter.app.operations import VerifyRequest, verify_document
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
 from otel_meter.extensions.usage_api.validation import QueryInput, Text, TimeText
 from otel_meter.storage.usage_report import UsageRequestError
-from otel_meter.storage.verify import VerifyRequest, verify
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
@@ -39,7 +39,7 @@ def verify_usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, 
         verify_request = VerifyRequest.parse(query.from_, query.to, query.customer)
     except UsageRequestError as error:  # the times are valid: a reversed range
         raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
-    return HTTPStatus.OK, verify(api.store, verify_request).to_json()
+    return HTTPStatus.OK, verify_document(api.store, verify_request)
 
 
 ROUTES = (

@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from otel_meter.app.invoices import PeriodRequest, period_statement
 from otel_meter.app.pricing import (CardVersionNotFoundError, CardVersionRequest, PriceExplanationRequest,
-                                    card_list, card_version, meter_names, price_explanation, rerate_summary)
+                                    applied_card, card_list, card_version, meter_names, price_explanation,
+                                    rerate_summary)
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import (BodyInput, FlagText, PeriodText, QueryInput, RequiredText,
                                                         RoundingText, StoredTimeText, Text, TimeText)
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
-from otel_meter.rating.statement import Period, period_view, view_as_json
+from otel_meter.rating.statement import Period
 from otel_meter.storage.usage_report import parse_time, to_ns
 
 if TYPE_CHECKING:
@@ -117,8 +119,7 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
     except RecursionError:  # YAML or JSON nested deeper than the parser goes
         raise ApiError(HTTPStatus.BAD_REQUEST, "the card is nested too deep to be a rate card") from None
     result = registry.apply(card, source, dry_run=dry_run, require_in_use=not force)
-    return HTTPStatus.OK, {"card": result.card_id, "added": list(result.added), "unchanged": list(result.unchanged),
-                           "dry_run": dry_run, "message": result.describe()}
+    return HTTPStatus.OK, applied_card(result, dry_run)
 
 
 def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
@@ -138,11 +139,11 @@ def period(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     name = request.single("period")
     try:
         chosen = Period.parse(name) if name else Period.containing(time.time_ns())
-        view = period_view(api.store, registry_of(api, request).book, customer, chosen,
-                           request.single("rounding") or "half_even")
+        document = period_statement(api.store, registry_of(api, request).book,
+                                    PeriodRequest(customer, chosen, request.single("rounding") or "half_even"))
     except (OtelMeterError, ValueError) as error:
         raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
-    return HTTPStatus.OK, view_as_json(view)
+    return HTTPStatus.OK, document
 
 
 ROUTES = (

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from otel_meter.app.usage import UsageRequest, usage_document
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import GroupByText, QueryInput, Text, TimeText, described
-from otel_meter.storage.usage_report import UsageRequest, UsageRequestError, run_usage_query
+from otel_meter.storage.usage_report import UsageRequestError
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
@@ -34,7 +35,7 @@ def usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
         field = "group_by" if str(error).startswith("group_by") else None
         raise ApiError(HTTPStatus.BAD_REQUEST, str(error), field=field,
                        expected=described(UsageQuery.model_fields["group_by"]) if field else None) from None
-    return HTTPStatus.OK, {"rows": run_usage_query(api.store, usage_request)}
+    return HTTPStatus.OK, usage_document(api.store, usage_request)
 
 
 def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
