@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from otel_meter.config import load_config
+    from otel_meter.extensions.usage_api.server import UsageApiServer
     from otel_meter.logs import configure_logging
     from otel_meter.service import Service
 
@@ -106,6 +107,9 @@ def serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: service.request_stop())
     service.start()
+    for extension in service.extensions.values():  # the console is served by each usage API
+        if isinstance(extension, UsageApiServer):
+            print(f"console: {extension.console_url}", flush=True)
     try:
         service.wait()
     finally:

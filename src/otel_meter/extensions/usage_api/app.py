@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from otel_meter import __version__
+from otel_meter.console.pages import mount_console
 from otel_meter.errors import OtelMeterError, StoreError
 from otel_meter.extensions.usage_api.openapi import SECURITY_SCHEME, document_text, openapi_document, operation
 from otel_meter.extensions.usage_api.routes import ROUTES
@@ -210,6 +211,8 @@ def build_app(api: UsageApiServer | None, routes: tuple[Route, ...] = ROUTES) ->
         return Response(document_text(openapi_document(app, routes)).encode(), media_type="application/json")
 
     add_docs(app)
+    if api is not None:
+        mount_console(app, api)
     return app
 
 

@@ -22,7 +22,8 @@ from otel_meter.extensions.usage_api.validation import described
 
 SECURITY_SCHEME = "bearerAuth"
 JSON = "application/json"
-SUCCESS_STATUS = {("POST", "/v1/credits/{customer}/grants"): HTTPStatus.CREATED}
+SUCCESS_STATUS = {("POST", "/v1/credits/{customer}/grants"): HTTPStatus.CREATED,
+                  ("POST", "/v1/portal-links"): HTTPStatus.CREATED}
 """Routes whose success is not 200."""
 SUCCESS_CONTENT = {
     ("GET", "/v1/invoice"): {JSON: {"schema": {"type": "object"}}, "text/html": {"schema": {"type": "string"}},
@@ -48,6 +49,11 @@ SUCCESS_SCHEMAS = {
     ("GET", "/readyz"): {"type": "object", "required": ["status", "store", "queued_records"],
                          "properties": {"status": {"type": "string"}, "store": {"type": "string"},
                                         "queued_records": {"type": "integer"}}},
+    ("POST", "/v1/portal-links"): {"type": "object", "required": ["customer", "path", "url", "expires_at"],
+                                   "properties": {"customer": {"type": "string"},
+                                                  "path": {"type": "string", "description": "/portal?link=..."},
+                                                  "url": {"type": "string", "description": "the path on the console"},
+                                                  "expires_at": {"type": "string", "format": "date-time"}}},
 }
 """The answers documented field by field (the others: a JSON object, described in docs/usage-api.md)."""
 RATE_CARD_BODY = {"description": "A rate card file, YAML or JSON, as in docs/rate-cards.md", "required": True,

@@ -11,10 +11,11 @@ import logging
 from typing import Any, Callable
 
 from otel_meter.asgi_server import AsgiServer
+from otel_meter.console.portal_links import PortalLinkSigner
 from otel_meter.extensions.usage_api.app import build_app, framing_answer
 from otel_meter.extensions.usage_api.config import UsageApiConfig
 from otel_meter.extensions.usage_api.routes import ROUTES
-from otel_meter.security import Authenticator
+from otel_meter.security import Authenticator, endpoint_host, is_loopback
 from otel_meter.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,25 @@ class UsageApiServer:
         self.authenticator = authenticator
         self.where = where
         self.shared = shared if shared is not None else {}
+        self.portal_links = PortalLinkSigner()
+        """Signs the console's portal links (``POST /v1/portal-links``) with a key made at start."""
         self.app = build_app(self, ROUTES)
         self._server = AsgiServer(self.app, config.endpoint, config.tls, where, "usage-api", framing_answer)
 
     @property
     def port(self) -> int:
         return self._server.port
+
+    @property
+    def console_url(self) -> str:
+        """Where the console is: this server's address, ``localhost`` when it listens on loopback or
+        on every interface."""
+        host = endpoint_host(self.config.endpoint)
+        if is_loopback(host) or host in ("", "0.0.0.0", "::"):
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{'http' if self.config.tls is None else 'https'}://{host}:{self.port}/"
 
     def start(self) -> None:
         self.config.warn_if_open(self.where)

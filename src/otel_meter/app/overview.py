@@ -1,0 +1,88 @@
+"""Usage-over-time documents: what the console's Overview, customer and portal pages show.
+
+Totals and top lists are the usage report's own rows (``GET /v1/usage`` with the same range and
+``group_by``), so a number on a page equals the API's; the series are the same sums per time
+bucket (storage/usage_series.py). Money stays exact decimal text; nothing here rounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from otel_meter.app.usage import usage_document
+from otel_meter.storage.usage_report import NS, UsageRequest, decimal_text
+from otel_meter.storage.usage_series import UsageSeriesRequest, run_usage_series
+
+if TYPE_CHECKING:
+    from otel_meter.storage.store import Store
+
+TOP = 5
+"""How many customers and models the top lists show."""
+
+
+@dataclass(frozen=True)
+class OverviewRequest:
+    """Usage of [start_ns, end_ns) per ``bucket`` (hour, day, month), stacked by ``group_by``
+    (customer, model, meter, provider, ...), for one customer when given."""
+
+    start_ns: int
+    end_ns: int
+    bucket: str = "day"
+    group_by: str = "model"
+    customer: str | None = None
+
+
+def iso(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns // NS, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def usage_rows(store: Store, request: OverviewRequest, group_by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``GET /v1/usage?from=..&to=..&group_by=..`` for the request's range and customer."""
+    usage_request = UsageRequest.parse(iso(request.start_ns), iso(request.end_ns), ",".join(group_by),
+                                       request.customer)
+    return usage_document(store, usage_request)["rows"]
+
+
+def by_amount(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda row: (-Decimal(row["amount"]), -row["quantity"]))[:TOP]
+
+
+def series_document(store: Store, request: OverviewRequest) -> dict[str, Any]:
+    """Spend (per currency) and tokens (meters named ``*_tokens``) per bucket and group value, as
+    exact text, with the bucket starts in ISO 8601 UTC."""
+    points = run_usage_series(store, UsageSeriesRequest(request.start_ns, request.end_ns, request.bucket,
+                                                        request.group_by, request.customer))
+    buckets = sorted({point["bucket_s"] for point in points})
+    groups = sorted({point[request.group_by] for point in points})
+    position = {bucket: index for index, bucket in enumerate(buckets)}
+    spend: dict[str, dict[str, list[Decimal]]] = {}
+    tokens: dict[str, list[int]] = {group: [0] * len(buckets) for group in groups}
+    for point in points:
+        index, group = position[point["bucket_s"]], point[request.group_by]
+        if point["currency"]:
+            column = spend.setdefault(point["currency"], {}).setdefault(group, [Decimal(0)] * len(buckets))
+            column[index] += Decimal(point["amount"])
+        if point["meter"].endswith("_tokens"):
+            tokens[group][index] += int(point["quantity"])
+    return {"bucket": request.bucket, "group_by": request.group_by,
+            "buckets": [iso(bucket * NS) for bucket in buckets], "groups": groups,
+            "spend": {currency: {group: [decimal_text(value) for value in values] for group, values in columns.items()}
+                      for currency, columns in sorted(spend.items())},
+            "tokens": {group: values for group, values in tokens.items() if any(values)}}
+
+
+def overview_document(store: Store, request: OverviewRequest,
+                      refused_items: dict[str, int] | None = None) -> dict[str, Any]:
+    """The range's totals (the usage report without grouping), its usage by meter, top customers and
+    models by amount, unpriced usage by model, items refused since start by reason, and the series."""
+    by_model = usage_rows(store, request, ("model",))
+    return {"from": iso(request.start_ns), "to": iso(request.end_ns), "customer": request.customer,
+            "totals": usage_rows(store, request, ()),
+            "by_meter": usage_rows(store, request, ("meter",)),
+            "top_customers": by_amount(usage_rows(store, request, ("customer",))) if request.customer is None else [],
+            "top_models": by_amount(by_model),
+            "unpriced": [row for row in by_model if row["unpriced_quantity"]],
+            "refused_items": dict(sorted((refused_items or {}).items())),
+            "series": series_document(store, request)}

@@ -1,0 +1,98 @@
+// The console's interactivity: the time-zone switch, chart/table views and the stacked charts
+// (uPlot, vendored in static/vendor). Numbers in tables come from the server as exact text;
+// the charts parse them only to draw.
+(function () {
+  "use strict";
+  var ZONE_KEY = "otel-meter-zone";
+  var zoneSelect = document.getElementById("time-zone");
+  var zone = localStorage.getItem(ZONE_KEY) === "local" ? "local" : "utc";
+  var charts = [];
+  var COLORS = ["#0b57d0", "#e8710a", "#188038", "#a142f4", "#d93025", "#12b5cb", "#f9ab00", "#5f6368",
+                "#9334e6", "#1e8e3e"];
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function formatTime(date) {
+    if (zone === "utc") {
+      return date.getUTCFullYear() + "-" + pad(date.getUTCMonth() + 1) + "-" + pad(date.getUTCDate()) + " " +
+        pad(date.getUTCHours()) + ":" + pad(date.getUTCMinutes()) + " UTC";
+    }
+    return date.toLocaleString(undefined, {year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+                                           minute: "2-digit", timeZoneName: "short"});
+  }
+
+  function showTimes() {
+    document.querySelectorAll("time[datetime]").forEach(function (element) {
+      var date = new Date(element.getAttribute("datetime"));
+      if (!isNaN(date)) { element.textContent = formatTime(date); }
+    });
+  }
+
+  function stacked(labels, columns) {
+    // Cumulative sums, drawn largest first so each band shows its own group.
+    var names = Object.keys(columns), totals = labels.map(function () { return 0; }), data = [], series = [];
+    names.forEach(function (name, index) {
+      totals = totals.map(function (sum, i) { return sum + Number(columns[name][i]); });
+      data.push(totals.slice());
+      series.push({label: name || "(none)", stroke: COLORS[index % COLORS.length],
+                   fill: COLORS[index % COLORS.length] + "cc", points: {show: labels.length < 3}});
+    });
+    return {data: data.reverse(), series: series.reverse()};
+  }
+
+  function drawChart(element, buckets, columns) {
+    if (!element || typeof uPlot === "undefined") { return; }
+    element.textContent = "";
+    var times = buckets.map(function (iso) { return Date.parse(iso) / 1000; });
+    var stack = stacked(times, columns);
+    if (!times.length) { element.textContent = "No usage in this range."; return; }
+    var options = {
+      width: Math.max(280, element.clientWidth || 600), height: 260,
+      tzDate: function (ts) { return zone === "utc" ? uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC") : new Date(ts * 1e3); },
+      series: [{}].concat(stack.series), legend: {live: false},
+      scales: {x: {time: true}}, axes: [{}, {size: 70}]
+    };
+    charts.push(new uPlot(options, [times].concat(stack.data), element));
+  }
+
+  function drawCharts() {
+    var source = document.getElementById("series-data");
+    charts.forEach(function (chart) { chart.destroy(); });
+    charts = [];
+    if (!source) { return; }
+    var series = JSON.parse(source.textContent);
+    var currencies = Object.keys(series.spend);
+    drawChart(document.getElementById("chart-spend"), series.buckets, currencies.length ? series.spend[currencies[0]] : {});
+    drawChart(document.getElementById("chart-tokens"), series.buckets, series.tokens);
+  }
+
+  document.querySelectorAll(".view-switch button").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var section = button.closest(".charts"), table = button.dataset.view === "table";
+      section.querySelector(".chart-view").hidden = table;
+      section.querySelector(".table-view").hidden = !table;
+      section.querySelectorAll(".view-switch button").forEach(function (other) {
+        other.setAttribute("aria-pressed", String(other === button));
+      });
+    });
+  });
+
+  ["from", "to"].forEach(function (id) {
+    var input = document.getElementById(id), range = document.getElementById("range");
+    if (input && range) { input.addEventListener("change", function () { range.value = "custom"; }); }
+  });
+
+  if (zoneSelect) {
+    zoneSelect.value = zone;
+    zoneSelect.addEventListener("change", function () {
+      zone = zoneSelect.value;
+      localStorage.setItem(ZONE_KEY, zone);
+      showTimes();
+      drawCharts();
+    });
+  }
+  var resizeTimer;
+  window.addEventListener("resize", function () { clearTimeout(resizeTimer); resizeTimer = setTimeout(drawCharts, 150); });
+  showTimes();
+  drawCharts();
+})();
