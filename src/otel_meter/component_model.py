@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Hashable, Mapping, Protocol
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
+
+if TYPE_CHECKING:  # the Host names the types it hands out; the model itself imports none of them
+    from otel_meter.billing.config import BillingSection
+    from otel_meter.billing.scheduler import BillingScheduler
+    from otel_meter.extensions.budgets.monitor import BudgetMonitor
+    from otel_meter.meters.definitions import MeterDefinition
+    from otel_meter.processors.genai_usage.token_sources import TokenSources
+    from otel_meter.rating.registry import RateCardRegistry
+    from otel_meter.security import Authenticator
+    from otel_meter.storage.store import Store
+    from otel_meter.telemetry.registry import ServiceMetrics
 
 
 TRACES, METRICS, LOGS, EVENTS, USAGE = "traces", "metrics", "logs", "events", "usage"
@@ -37,6 +48,75 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+class Host(Protocol):
+    """What the running service offers its components, after the Collector's ``component.Host``.
+
+    The service builds one and hands it to every factory (``BuildContext.host``): components
+    find what others built (stores, extensions, rate cards) through it, never through each
+    other's modules, and register what they offer others (rate cards, the budgets monitor)."""
+
+    def open_store(self, key: Hashable, opener: Callable[[], Store]) -> Store:
+        """The store at ``key``, opened by ``opener`` on first use: exporters that write to one
+        endpoint and database share one store."""
+        ...
+
+    def store(self) -> Store | None:
+        """The store of the first ClickHouse exporter (by id), where processors and extensions
+        read stored usage; None when no pipeline exports to one."""
+        ...
+
+    def extension(self, extension_id: str) -> Any:
+        """The extension with this id, built on first use (the config check made sure it is
+        listed in ``service.extensions``)."""
+        ...
+
+    def authenticator(self, extension_id: str) -> Authenticator:
+        """The extension with this id, as the authenticator a server's ``auth.authenticator`` names."""
+        ...
+
+    def rate_cards(self) -> Mapping[str, RateCardRegistry]:
+        """The rate card registries by rating processor id; filled as the processors are built,
+        so read it when used, not when built."""
+        ...
+
+    def add_rate_cards(self, processor_id: str, registry: RateCardRegistry) -> None: ...
+
+    def budgets(self) -> BudgetMonitor | None:
+        """The budgets extension's monitor, if one is configured."""
+        ...
+
+    def add_budgets(self, monitor: BudgetMonitor) -> None: ...
+
+    def billing_scheduler(self) -> BillingScheduler | None:
+        """The scheduler of ``billing.schedules``, once the service started it."""
+        ...
+
+    def billing(self) -> BillingSection:
+        """The config's ``billing`` section (targets and schedules)."""
+        ...
+
+    def meters(self) -> dict[str, MeterDefinition]:
+        """The built-in meters overlaid with the config's ``meters`` section."""
+        ...
+
+    def token_sources(self) -> TokenSources:
+        """One per service: the genai_usage processors of the traces and metrics pipelines decide
+        together which of them bills a call's tokens."""
+        ...
+
+    def metrics(self) -> ServiceMetrics:
+        """The service's own telemetry (``GET /metrics``)."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the service takes data now, and why not (``GET /readyz``)."""
+        ...
+
+    def queued_records(self) -> int:
+        """Acknowledged usage records not yet in the store, over all exporters."""
+        ...
+
+
 @dataclass
 class BuildContext:
     """What a factory may need besides its own config."""
@@ -44,8 +124,8 @@ class BuildContext:
     config_dir: Path
     """Directory of the config file; relative file references resolve against it."""
     component_id: str
-    shared: dict[str, Any] = field(default_factory=dict)
-    """Objects built earlier and shared across components (e.g. the store)."""
+    host: Host
+    """The service's objects shared across components (stores, extensions, rate cards)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from typing import Any, Callable, Protocol
 
 from otel_meter.component_model import EVENTS
 from otel_meter.errors import ExportError
-from otel_meter.exporters.clickhouse.exporter import PendingWrite
 from otel_meter.processors.attribution.processor import AttributionProcessor, first_value
 from otel_meter.telemetry.counts import PipelineCounts, count_items, refusal_reason, rejection_reason
 from otel_meter.telemetry.refusals import RefusalLog
@@ -23,6 +22,12 @@ from otel_meter.usage import Rejection, UsageBatch
 
 class UsageProcessor(Protocol):
     def process(self, batch: UsageBatch) -> UsageBatch: ...
+
+
+class PendingWrite(Protocol):
+    """A batch an exporter took: ``wait`` returns once it is durable, or raises the ExportError."""
+
+    def wait(self) -> None: ...
 
 
 class UsageExporter(Protocol):

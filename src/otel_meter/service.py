@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any, Callable, Hashable, Mapping
 
+from otel_meter.billing.config import BillingSection
 from otel_meter.billing.scheduler import BillingScheduler
 from otel_meter.component_model import EVENTS, BuildContext, Kind, factories
 from otel_meter.config import ServiceConfig, component_type
 from otel_meter.engine.feed import EngineTraceFeed
 from otel_meter.engine.support import unsupported_reason
-from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
-from otel_meter.exporters.clickhouse.factory import queue_directory
+from otel_meter.extensions.budgets.monitor import BudgetMonitor
+from otel_meter.meters.definitions import MeterDefinition
 from otel_meter.pipeline import UsagePipeline
+from otel_meter.processors.genai_usage.token_sources import TokenSources
+from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
-from otel_meter.storage.store import Store, resolve_location
+from otel_meter.security import Authenticator
+from otel_meter.storage.store import Store
 from otel_meter.telemetry.registry import ServiceMetrics
 
 logger = logging.getLogger(__name__)
@@ -23,52 +28,117 @@ QUEUE_FULL_FRACTION = 0.95
 """A local queue holding this share of ``sending_queue.max_size_mib`` counts as full for ``/readyz``."""
 
 
+class ServiceHost:
+    """The :class:`~otel_meter.component_model.Host` of one service: what its components share."""
+
+    def __init__(self, config: ServiceConfig, extension: Callable[[str], Any], metrics: ServiceMetrics,
+                 readiness: Callable[[], tuple[bool, str]], queued_records: Callable[[], int]) -> None:
+        self._config = config
+        self._extension = extension
+        self._metrics = metrics
+        self._readiness = readiness
+        self._queued_records = queued_records
+        self.stores: dict[Hashable, Store] = {}
+        """By endpoint and database, in the order opened (exporters are built in id order)."""
+        self._rate_cards: dict[str, RateCardRegistry] = {}
+        self._budgets: BudgetMonitor | None = None
+        self._billing_scheduler: BillingScheduler | None = None
+        self._token_sources = TokenSources()
+
+    def open_store(self, key: Hashable, opener: Callable[[], Store]) -> Store:
+        if key not in self.stores:
+            self.stores[key] = opener()
+        return self.stores[key]
+
+    def store(self) -> Store | None:
+        return next(iter(self.stores.values()), None)
+
+    def extension(self, extension_id: str) -> Any:
+        return self._extension(extension_id)
+
+    def authenticator(self, extension_id: str) -> Authenticator:
+        authenticator: Authenticator = self._extension(extension_id)
+        return authenticator
+
+    def rate_cards(self) -> Mapping[str, RateCardRegistry]:
+        return self._rate_cards
+
+    def add_rate_cards(self, processor_id: str, registry: RateCardRegistry) -> None:
+        self._rate_cards[processor_id] = registry
+
+    def budgets(self) -> BudgetMonitor | None:
+        return self._budgets
+
+    def add_budgets(self, monitor: BudgetMonitor) -> None:
+        self._budgets = monitor
+
+    def billing_scheduler(self) -> BillingScheduler | None:
+        return self._billing_scheduler
+
+    def start_billing_scheduler(self) -> None:
+        """Start the scheduler of ``billing.schedules`` (exports need a store to read from)."""
+        store = self.store()
+        if self._config.billing.schedules and store is not None:
+            self._billing_scheduler = BillingScheduler(self._config.billing, store)
+            self._billing_scheduler.start()
+
+    def billing(self) -> BillingSection:
+        return self._config.billing
+
+    def meters(self) -> dict[str, MeterDefinition]:
+        return self._config.meters
+
+    def token_sources(self) -> TokenSources:
+        return self._token_sources
+
+    def metrics(self) -> ServiceMetrics:
+        return self._metrics
+
+    def readiness(self) -> tuple[bool, str]:
+        return self._readiness()
+
+    def queued_records(self) -> int:
+        return self._queued_records()
+
+
 class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.stores: dict[tuple[str, str], Store] = {}
         self.receivers: dict[str, OtlpReceiver] = {}
-        self.exporters: dict[str, object] = {}
-        self.extensions: dict[str, object] = {}
+        self.exporters: dict[str, Any] = {}
+        self.extensions: dict[str, Any] = {}
         self.pipelines: list[UsagePipeline] = []
         self.feeds: list[EngineTraceFeed] = []
         """Pipelines whose extraction runs in the engine (``extraction: engine``)."""
-        self.shared: dict[str, object] = {"stores": self.stores, "store": None, "queued": self.queued_records,
-                                          "meters": config.meters, "extension": self._extension, "rate_cards": {},
-                                          "metrics": ServiceMetrics(self.pipelines, self.exporters, self.receivers),
-                                          "billing": config.billing, "readiness": self.readiness}
-        self.billing_scheduler: BillingScheduler | None = None
+        self.host = ServiceHost(config, self._extension, ServiceMetrics(self.pipelines, self.exporters, self.receivers),
+                                self.readiness, self.queued_records)
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._started = False
         self._build()
 
     def _context(self, component_id: str) -> BuildContext:
-        self.shared["store"] = next(iter(self.stores.values()), None)
-        return BuildContext(config_dir=self.config.config_dir, component_id=component_id, shared=self.shared)
+        return BuildContext(config_dir=self.config.config_dir, component_id=component_id, host=self.host)
 
     @property
-    def rate_cards(self) -> dict:
+    def stores(self) -> Mapping[Hashable, Store]:
+        """The stores the exporters write to, one per endpoint and database."""
+        return self.host.stores
+
+    @property
+    def rate_cards(self) -> Mapping[str, RateCardRegistry]:
         """The rate card registries, by rating processor id."""
-        return self.shared["rate_cards"]  # type: ignore[return-value]
+        return self.host.rate_cards()
+
+    @property
+    def billing_scheduler(self) -> BillingScheduler | None:
+        return self.host.billing_scheduler()
 
     def _build(self) -> None:
         config = self.config
         used_exporters = {e for p in config.service.pipelines.values() for e in p.exporters}
-        for exporter_id in sorted(used_exporters):
-            exporter_config = config.component(Kind.EXPORTER, exporter_id)
-            if isinstance(exporter_config, ClickHouseExporterConfig):
-                key = exporter_config.store_key
-                if key not in self.stores:
-                    # A server that cannot be reached yet does not stop the start: the store
-                    # connects and migrates on first use; the local copy of the rate cards
-                    # lives next to the first exporter's queue.
-                    location = resolve_location(exporter_config.endpoint, exporter_config.database)
-                    state = None if location.embedded_path else queue_directory(exporter_config, location)
-                    store = Store.open(location, migrate=exporter_config.create_schema, state_directory=state,
-                                       send_receive_timeout=exporter_config.timeout.total_seconds())
-                    logger.info("usage store: %s", store.location.describe())
-                    self.stores[key] = store
+        # Exporters first, in id order: each opens its store through the host, and the first
+        # store opened is the one processors and extensions read (Host.store).
         for exporter_id in sorted(used_exporters):
             exporter = self._create(Kind.EXPORTER, exporter_id)
             exporter.recover()
@@ -160,10 +230,7 @@ class Service:
             feed.start()
         for registry in self.rate_cards.values():
             registry.start()
-        if self.config.billing.schedules and self.shared["store"] is not None:
-            self.billing_scheduler = BillingScheduler(self.config.billing, self.shared["store"])
-            self.shared["billing_scheduler"] = self.billing_scheduler
-            self.billing_scheduler.start()
+        self.host.start_billing_scheduler()
         for extension in self.extensions.values():
             extension.start()
         for receiver in self.receivers.values():

@@ -23,6 +23,8 @@ from otel_meter.extensions.budgets.config import BudgetsConfig
 from otel_meter.extensions.budgets.monitor import (
     Alert, BudgetMonitor, Limits, alert_id, billing_period, customer_limits, evaluate)
 from otel_meter.rating.credits import CreditGrant, UsageBucket, burn_down
+from otel_meter.service import ServiceHost
+from otel_meter.telemetry.registry import ServiceMetrics
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import Budget, parse_rate_card
 from otel_meter.storage import credit_queries
@@ -363,15 +365,25 @@ def test_start_fails_clearly_when_the_rating_processor_does_not_exist() -> None:
         budgets.start()
 
 
-def test_the_extension_needs_a_store_and_runs_once() -> None:
+def test_the_extension_needs_a_store_and_runs_once(tmp_path: Path) -> None:
     create = factories(Kind.EXTENSION)["budgets"].create
+    config = parse_config("receivers: {otlp: {}}\nexporters: {clickhouse: {}}\nservice: {pipelines: {events: "
+                          "{receivers: [otlp], exporters: [clickhouse]}}}", tmp_path, "cfg.yaml")
+
+    def context(component_id: str, host: ServiceHost) -> BuildContext:
+        return BuildContext(config_dir=tmp_path, component_id=component_id, host=host)
+
+    def host() -> ServiceHost:
+        return ServiceHost(config, lambda extension_id: None, ServiceMetrics([], {}), lambda: (True, "ready"), lambda: 0)
+
     with pytest.raises(ConfigError, match="extensions.budgets: budgets read rated usage from the store"):
-        create(BudgetsConfig(), BuildContext(config_dir=None, component_id="budgets", shared={"store": None}))  # type: ignore
-    shared: dict[str, Any] = {"store": RecordingStore(), "rate_cards": {}}
-    first = create(BudgetsConfig(), BuildContext(config_dir=None, component_id="budgets", shared=shared))  # type: ignore
-    assert shared["budgets"] is first
+        create(BudgetsConfig(), context("budgets", host()))
+    with_store = host()
+    with_store.open_store("store", RecordingStore)
+    first = create(BudgetsConfig(), context("budgets", with_store))
+    assert with_store.budgets() is first
     with pytest.raises(ConfigError, match="extensions.budgets/b: only one budgets extension may run"):
-        create(BudgetsConfig(), BuildContext(config_dir=None, component_id="budgets/b", shared=shared))  # type: ignore
+        create(BudgetsConfig(), context("budgets/b", with_store))
 
 
 def test_config_keys_load_with_defaults_and_durations(tmp_path) -> None:

@@ -151,8 +151,9 @@ def route_answer(store, database: str, bound: str | None, **query: str) -> tuple
     from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody
 
     billing = SimpleNamespace(targets={name: SimpleNamespace(meters=meters) for name, meters in TARGET_METERS.items()})
-    api = SimpleNamespace(store=_database(store, database), shared={
-        "rate_cards": {"rating": SimpleNamespace(book=book(VERSION_1, VERSION_2))}, "billing": billing})
+    rate_cards = {"rating": SimpleNamespace(book=book(VERSION_1, VERSION_2))}
+    api = SimpleNamespace(store=_database(store, database),
+                          host=SimpleNamespace(rate_cards=lambda: rate_cards, billing=lambda: billing))
     request = ApiRequest("GET", "/v1/invoice", {key: [value] for key, value in query.items()}, b"", {}, bound)
     try:
         status, payload = invoice(api, request)

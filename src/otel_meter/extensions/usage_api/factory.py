@@ -6,9 +6,8 @@ TYPE = "usage_api"
 
 
 def create(config: UsageApiConfig, context: BuildContext) -> UsageApiServer:
-    authenticator = context.shared["extension"](config.auth.authenticator) if config.auth is not None else None
-    return UsageApiServer(config, context.shared["store"], context.shared["queued"], authenticator,
-                          f"extensions.{context.component_id}", context.shared)
+    authenticator = context.host.authenticator(config.auth.authenticator) if config.auth is not None else None
+    return UsageApiServer(config, context.host, authenticator, f"extensions.{context.component_id}")
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.EXTENSION, config_model=UsageApiConfig, create=create))

@@ -37,7 +37,7 @@ class LedgerQuery(QueryInput):
 def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Export a period's rated usage to a billing target (``billing.targets``); answers what was sent."""
     body: ExportBody = request.body_input
-    section = api.shared.get("billing")
+    section = api.host.billing()
     if section is None or not section.targets:
         raise ApiError(HTTPStatus.NOT_FOUND, "no billing targets are configured (billing.targets in the config)")
     if body.target not in section.targets:
@@ -46,7 +46,7 @@ def export(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
                        field="target", expected=described(ExportBody.model_fields["target"]))
     period = Period.parse(body.period) if body.period else Period.containing(time.time_ns())
     target = build_target(section, body.target)
-    scheduler = api.shared.get("billing_scheduler")
+    scheduler = api.host.billing_scheduler()
     try:
         if scheduler is not None:
             with scheduler.export_lock:

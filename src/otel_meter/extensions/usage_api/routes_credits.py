@@ -58,7 +58,7 @@ def balance(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 def _rate_book(api: UsageApiServer) -> Any:
     """The rate cards that settle each billing period's credits with its statement: the ``rating``
     processor's (the first by name without one), or None when no rating processor is configured."""
-    registries = api.shared.get("rate_cards", {})
+    registries = api.host.rate_cards()
     registry = registries.get("rating") or (registries[sorted(registries)[0]] if registries else None)
     return registry.book if registry is not None else None
 
@@ -66,7 +66,7 @@ def _rate_book(api: UsageApiServer) -> Any:
 def add_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Grant a customer prepaid credits (or money in a currency); answers the stored grant."""
     grant, note = credit_store.parse_grant(request.json(), request.params["customer"])
-    monitor = api.shared.get("budgets")
+    monitor = api.host.budgets()
     stored = monitor.add_grant(grant, note) if monitor else credit_store.add_grant(api.store, grant, note)
     return HTTPStatus.CREATED, grant_document(stored)
 
@@ -74,7 +74,7 @@ def add_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any
 def void_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Void a grant: from now on it is ignored entirely (no credit from it, past or future)."""
     customer, grant_id = request.params["customer"], request.params["grant"]
-    monitor = api.shared.get("budgets")
+    monitor = api.host.budgets()
     voided = monitor.void_grant(customer, grant_id) if monitor else \
         credit_store.void_grant(api.store, customer, grant_id)
     return HTTPStatus.OK, grant_document(voided)
@@ -83,7 +83,7 @@ def void_grant(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
 def entitlement(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """A customer's entitlements and budget state, from the budgets extension's last snapshot."""
     customer = request.customer(request.params["customer"]) or request.params["customer"]
-    monitor = api.shared.get("budgets")
+    monitor = api.host.budgets()
     if monitor is None:
         raise ApiError(HTTPStatus.NOT_FOUND, "entitlements need the budgets extension; add it to "
                                              "service.extensions (docs/budgets-and-credits.md)")

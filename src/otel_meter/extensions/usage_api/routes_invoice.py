@@ -41,7 +41,7 @@ def invoice(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
         raise ApiError(HTTPStatus.BAD_REQUEST, "customer is required, e.g. /v1/invoice?customer=acme&period=2026-11")
     output_format = request.single("format") or "json"
     name = request.single("period")
-    billing = api.shared.get("billing")  # the billing targets' meter mappings, to compare what each sent
+    billing = api.host.billing()  # the billing targets' meter mappings, to compare what each sent
     target_meters = {target: config.meters for target, config in billing.targets.items()} if billing else None
     try:
         chosen = Period.parse(name) if name else Period.containing(time.time_ns())

@@ -19,10 +19,7 @@ if TYPE_CHECKING:
 
 def metrics(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Open like ``/healthz``: counts per pipeline and exporter, no customer data."""
-    service_metrics = api.shared.get("metrics")
-    if service_metrics is None:
-        raise ApiError(HTTPStatus.NOT_FOUND, "this usage API runs without the service's metrics")
-    content, content_type = service_metrics.exposition(request.headers.get("Accept"))
+    content, content_type = api.host.metrics().exposition(request.headers.get("Accept"))
     return HTTPStatus.OK, RawBody(content, content_type)
 
 

@@ -71,7 +71,7 @@ class RerateBody(BodyInput):
 
 
 def registry_of(api: UsageApiServer, request: ApiRequest) -> RateCardRegistry:
-    registries: dict[str, RateCardRegistry] = api.shared.get("rate_cards", {})
+    registries = api.host.rate_cards()
     wanted = request.single("rating")
     if wanted is not None:
         if wanted not in registries:

@@ -42,17 +42,14 @@ def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """The store's state, the queue, and the items refused since start by reason (``refused_items``)."""
     healthy = api.store.ping()
     body = {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()}
-    service_metrics = api.shared.get("metrics")
-    if service_metrics is not None:
-        body["refused_items"] = service_metrics.refused_items()
+    body["refused_items"] = api.host.metrics().refused_items()
     return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
 
 
 def ready(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """200 while the service takes data: started, not shutting down, and the store answers or
     the local queue has room (usage waits there while the store is down). 503 otherwise."""
-    readiness = api.shared.get("readiness")
-    ready_now, reason = readiness() if readiness is not None else (True, "ready")
+    ready_now, reason = api.host.readiness()
     store_ok = api.store.ping()
     body = {"status": reason, "store": "ok" if store_ok else "unavailable", "queued_records": api.queued_records()}
     if ready_now and not store_ok:

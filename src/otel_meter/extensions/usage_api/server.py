@@ -11,6 +11,7 @@ import logging
 from typing import Any, Callable
 
 from otel_meter.asgi_server import AsgiServer
+from otel_meter.component_model import Host
 from otel_meter.console.portal_links import PortalLinkSigner
 from otel_meter.extensions.usage_api.app import build_app, framing_answer
 from otel_meter.extensions.usage_api.config import UsageApiConfig
@@ -24,18 +25,17 @@ __all__ = ["ROUTES", "UsageApiServer"]
 
 
 class UsageApiServer:
-    def __init__(self, config: UsageApiConfig, store: Store, queued_records: Callable[[], int],
-                 authenticator: Authenticator | None = None, where: str = "extensions.usage_api",
-                 shared: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: UsageApiConfig, host: Host, authenticator: Authenticator | None = None,
+                 where: str = "extensions.usage_api") -> None:
         """``authenticator``: checks the token of every ``/v1/`` request (None: open).
-        ``shared``: the service's shared objects (rate card registries, the budgets monitor),
+        ``host``: the service's shared objects (rate card registries, the budgets monitor),
         looked up per request because processors are built after extensions."""
         self.config = config
-        self.store = store
-        self.queued_records = queued_records
+        self.host = host
+        self.store: Store = host.store()  # type: ignore[assignment]  # None without a clickhouse exporter, as before
+        self.queued_records: Callable[[], int] = host.queued_records
         self.authenticator = authenticator
         self.where = where
-        self.shared = shared if shared is not None else {}
         self.portal_links = PortalLinkSigner()
         """Signs the console's portal links (``POST /v1/portal-links``) with a key made at start."""
         self.app = build_app(self, ROUTES)

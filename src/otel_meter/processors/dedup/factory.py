@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 
 def create(config: DedupConfig, context: BuildContext) -> DedupProcessor:
-    store = context.shared.get("store")
+    store = context.host.store()
     now = time.time_ns()
     horizon = now - int(config.preload.total_seconds() * 1e9)
     index = DedupIndex(

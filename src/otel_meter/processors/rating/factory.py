@@ -11,12 +11,11 @@ logger = logging.getLogger(__name__)
 
 def create(config: RatingConfig, context: BuildContext) -> RatingProcessor:
     """One registry per rating component: pipelines that share ``rating`` share its cards, and
-    the usage API applies cards through it (``shared["rate_cards"]``)."""
-    registries = context.shared.setdefault("rate_cards", {})
-    registry = registries.get(context.component_id)
+    the usage API applies cards through it (``Host.rate_cards``)."""
+    registry = context.host.rate_cards().get(context.component_id)
     if registry is None:
-        registry = RateCardRegistry.from_config(config, context.shared.get("store"), f"processors.{context.component_id}")
-        registries[context.component_id] = registry
+        registry = RateCardRegistry.from_config(config, context.host.store(), f"processors.{context.component_id}")
+        context.host.add_rate_cards(context.component_id, registry)
     if registry.book.default_card is None:
         logger.warning("processors.%s has no rate card: all usage is stored unpriced", context.component_id)
     return RatingProcessor(registry)

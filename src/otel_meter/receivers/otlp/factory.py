@@ -8,7 +8,7 @@ TYPE = "otlp"
 def create(config: OtlpReceiverConfig, context: BuildContext) -> OtlpReceiver:
     protocols = [config.protocols.grpc, config.protocols.http]
     names = {protocol.auth.authenticator for protocol in protocols if protocol is not None and protocol.auth}
-    return OtlpReceiver(config, context.component_id, {name: context.shared["extension"](name) for name in names})
+    return OtlpReceiver(config, context.component_id, {name: context.host.authenticator(name) for name in names})
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.RECEIVER, config_model=OtlpReceiverConfig, create=create,
