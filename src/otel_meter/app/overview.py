@@ -7,7 +7,7 @@ bucket (storage/usage_series.py). Money stays exact decimal text; nothing here r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +49,33 @@ def by_amount(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (-Decimal(row["amount"]), -row["quantity"]))[:TOP]
 
 
+def bucket_starts(request: OverviewRequest) -> list[int]:
+    """Every bucket of the range (seconds since the epoch, UTC), so a chart shows empty hours or
+    days as zero instead of joining the buckets around them."""
+    start = datetime.fromtimestamp(request.start_ns // NS, tz=timezone.utc)
+    end = datetime.fromtimestamp(-(-request.end_ns // NS), tz=timezone.utc)
+    if request.bucket == "month":
+        moment = start.replace(day=1, hour=0, minute=0, second=0)
+    elif request.bucket == "day":
+        moment = start.replace(hour=0, minute=0, second=0)
+    else:
+        moment = start.replace(minute=0, second=0)
+    starts = []
+    while moment < end:
+        starts.append(int(moment.timestamp()))
+        if request.bucket == "month":
+            moment = moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1)
+        else:
+            moment += timedelta(days=1) if request.bucket == "day" else timedelta(hours=1)
+    return starts
+
+
 def series_document(store: Store, request: OverviewRequest) -> dict[str, Any]:
     """Spend (per currency) and tokens (meters named ``*_tokens``) per bucket and group value, as
     exact text, with the bucket starts in ISO 8601 UTC."""
     points = run_usage_series(store, UsageSeriesRequest(request.start_ns, request.end_ns, request.bucket,
                                                         request.group_by, request.customer))
-    buckets = sorted({point["bucket_s"] for point in points})
+    buckets = sorted({point["bucket_s"] for point in points} | set(bucket_starts(request)))
     groups = sorted({point[request.group_by] for point in points})
     position = {bucket: index for index, bucket in enumerate(buckets)}
     spend: dict[str, dict[str, list[Decimal]]] = {}

@@ -26,8 +26,15 @@ from otel_meter.app.customers import customer_list
 from otel_meter.app.ingest import ingest_document
 from otel_meter.app.invoices import InvoiceRequest, PeriodRequest, customer_invoice, period_statement
 from otel_meter.app.overview import OverviewRequest, overview_document
-from otel_meter.app.pricing import (CardVersionNotFoundError, CardVersionRequest, PriceExplanationRequest,
-                                    card_list, card_version, meter_names, price_explanation)
+from otel_meter.app.pricing import (
+    CardVersionNotFoundError,
+    CardVersionRequest,
+    PriceExplanationRequest,
+    card_list,
+    card_version,
+    meter_names,
+    price_explanation,
+)
 from otel_meter.billing.invoice import render
 from otel_meter.console.access import COOKIE, AccessDenied, Viewer, admin_viewer, portal_viewer
 from otel_meter.errors import OtelMeterError
@@ -99,12 +106,12 @@ def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 
 def refused(error: AccessDenied) -> HTMLResponse:
-    return page("refused.html", error.status, message=str(error), status=error.status,
+    return page("refused.html", error.status, message=str(error), code=error.status,
                 navigation=() if error.status == 403 else NAVIGATION)
 
 
 def bad_request(message: str) -> HTMLResponse:
-    return page("refused.html", 400, message=message, status=400)
+    return page("refused.html", 400, message=message, code=400)
 
 
 def admin_page(api: UsageApiServer, build: Callable[[Request, Viewer], Response]) -> Callable[[Request], Response]:

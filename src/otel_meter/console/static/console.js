@@ -34,8 +34,9 @@
     names.forEach(function (name, index) {
       totals = totals.map(function (sum, i) { return sum + Number(columns[name][i]); });
       data.push(totals.slice());
-      series.push({label: name || "(none)", stroke: COLORS[index % COLORS.length],
-                   fill: COLORS[index % COLORS.length] + "cc", points: {show: labels.length < 3}});
+      series.push({label: name || "(none)", stroke: COLORS[index % COLORS.length], width: 0,
+                   fill: COLORS[index % COLORS.length], points: {show: false},
+                   paths: uPlot.paths.bars({size: [0.8, 48], align: 1})});
     });
     return {data: data.reverse(), series: series.reverse()};
   }
@@ -50,7 +51,12 @@
       width: Math.max(280, element.clientWidth || 600), height: 260,
       tzDate: function (ts) { return zone === "utc" ? uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC") : new Date(ts * 1e3); },
       series: [{}].concat(stack.series), legend: {live: false},
-      scales: {x: {time: true}}, axes: [{}, {size: 70}]
+      // the last bar starts at the last bucket: the axis runs one bucket further
+      scales: {x: {time: true, range: function () {
+        var step = times.length > 1 ? times[times.length - 1] - times[times.length - 2] : 3600;
+        return [times[0], times[times.length - 1] + step];
+      }}},
+      axes: [{}, {size: 70}]
     };
     charts.push(new uPlot(options, [times].concat(stack.data), element));
   }
@@ -77,6 +83,12 @@
     });
   });
 
+  var rangeSelect = document.getElementById("range"), bucketSelect = document.getElementById("bucket");
+  if (rangeSelect && bucketSelect) {  // a new preset brings its usual bucket; the select may still change it
+    rangeSelect.addEventListener("change", function () {
+      if (rangeSelect.value !== "custom") { bucketSelect.value = rangeSelect.value === "24h" ? "hour" : "day"; }
+    });
+  }
   ["from", "to"].forEach(function (id) {
     var input = document.getElementById(id), range = document.getElementById("range");
     if (input && range) { input.addEventListener("change", function () { range.value = "custom"; }); }

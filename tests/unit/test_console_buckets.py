@@ -1,0 +1,29 @@
+"""The console's series show every bucket of the range (empty ones as zero), in UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from otel_meter.app.overview import OverviewRequest, bucket_starts
+
+NS = 10**9
+
+
+def ns(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()) * NS
+
+
+def iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H")
+
+
+def test_buckets_cover_the_range_from_the_bucket_holding_its_start() -> None:
+    hours = bucket_starts(OverviewRequest(ns("2026-12-07T10:00:00"), ns("2026-12-07T13:00:00"), "hour"))
+    assert [iso(s) for s in hours] == ["2026-12-07T10", "2026-12-07T11", "2026-12-07T12"]
+    days = bucket_starts(OverviewRequest(ns("2026-11-30T15:00:00"), ns("2026-12-02T15:00:00"), "day"))
+    assert [iso(s) for s in days] == ["2026-11-30T00", "2026-12-01T00", "2026-12-02T00"]
+
+
+def test_month_buckets_cross_the_year() -> None:
+    months = bucket_starts(OverviewRequest(ns("2026-11-15T00:00:00"), ns("2027-02-01T00:00:00"), "month"))
+    assert [iso(s) for s in months] == ["2026-11-01T00", "2026-12-01T00", "2027-01-01T00"]
