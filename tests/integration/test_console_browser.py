@@ -18,10 +18,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from decimal import Decimal
 import urllib.error
 import urllib.parse
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 

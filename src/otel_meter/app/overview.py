@@ -42,7 +42,8 @@ def usage_rows(store: Store, request: OverviewRequest, group_by: tuple[str, ...]
     """``GET /v1/usage?from=..&to=..&group_by=..`` for the request's range and customer."""
     usage_request = UsageRequest.parse(iso(request.start_ns), iso(request.end_ns), ",".join(group_by),
                                        request.customer)
-    return usage_document(store, usage_request)["rows"]
+    rows: list[dict[str, Any]] = usage_document(store, usage_request)["rows"]
+    return rows
 
 
 def by_amount(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

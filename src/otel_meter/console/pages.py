@@ -87,8 +87,10 @@ def range_choice(request: Request, now_ns: int, group_default: str = "model") ->
         end = datetime.fromtimestamp(now_ns // NS // 3600 * 3600 + 3600, tz=timezone.utc)
         start = end - RANGES[name]
     default_bucket = "hour" if end - start <= timedelta(days=2) else "day"
-    bucket = query.get("bucket") if query.get("bucket") in BUCKETS else default_bucket
-    group_by = query.get("group_by") if query.get("group_by") in GROUPS else group_default
+    bucket = query.get("bucket", "")
+    bucket = bucket if bucket in BUCKETS else default_bucket
+    group_by = query.get("group_by", "")
+    group_by = group_by if group_by in GROUPS else group_default
     return RangeChoice(name, to_ns(start), to_ns(end), bucket, group_by, start.date().isoformat(),
                        (end - timedelta(seconds=1)).date().isoformat())
 
@@ -129,7 +131,7 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
     """Add the console's pages and static files to the API's app (left out of its OpenAPI document)."""
     app.mount("/console/static", StaticFiles(directory=str(STATIC)), name="console-static")
 
-    def add(path: str, handler: Callable[[Request], Response], methods: tuple[str, ...] = ("GET",)) -> None:
+    def add(path: str, handler: Callable[[Request], Any], methods: tuple[str, ...] = ("GET",)) -> None:
         app.add_api_route(path, handler, methods=list(methods), include_in_schema=False)
 
     def overview(request: Request, viewer: Viewer) -> Response:
@@ -304,7 +306,8 @@ def invoice_file(api: UsageApiServer, request: Request, customer: str) -> Respon
     target_meters = {target: config.meters for target, config in billing.targets.items()} if billing else None
     document = customer_invoice(api.store, registry.book, InvoiceRequest(customer, period,
                                                                          target_meters=target_meters))
-    content = json.dumps(document, indent=2, default=str) if output_format == "json" else render(document, output_format)
+    content = (json.dumps(document, indent=2, default=str) if output_format == "json"
+               else render(document, output_format))
     headers = {} if output_format == "html" else {
         "Content-Disposition": f'attachment; filename="invoice-{period.name}.{output_format}"'}
     return Response(content.encode(), media_type=INVOICE_TYPES[output_format], headers=headers)
