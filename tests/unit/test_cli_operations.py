@@ -23,11 +23,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_meter import cli, cli_operations
-from otel_meter.cli_operations import (
-    OtlpHttpTarget, Progress, ReplayError, batches, count, delimited_chunks, doctor_checks, read_documents,
-    replay_files,
-)
+from otel_meter import cli
+from otel_meter.cli import replay
+from otel_meter.cli.doctor import doctor_checks
+from otel_meter.cli.otlp_files import ReplayError, batches, count, delimited_chunks, read_documents
+from otel_meter.cli.replay import OtlpHttpTarget, Progress, replay_files
 
 
 def sdk_request(names: list[str], at: int | None = None) -> ExportTraceServiceRequest:
@@ -318,4 +318,4 @@ def test_replay_help_says_duplicates_are_harmless(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["replay", "--help"])
     assert "harmless" in capsys.readouterr().out
-    assert cli_operations.DUPLICATES_NOTE
+    assert replay.DUPLICATES_NOTE

@@ -83,6 +83,24 @@ class ServerApi:
                                  f"server's usage API address") from None
 
 
+def registry_answer(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
+                    body: bytes | None = None, content_type: str = "application/json", *,
+                    write: bool = False) -> tuple[Any, Any]:
+    """The server's answer, or (None, a local registry over the store) when no server runs."""
+    answer, store = server_or_store(args, method, path, query, body, content_type, write=write)
+    return (answer, None) if store is None else (None, local_registry(args.config, store))
+
+
+def server_or_store(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
+                    body: bytes | None = None, content_type: str = "application/json", *,
+                    write: bool = False) -> tuple[Any, Any]:
+    """The server's answer, or (None, the store) when no server runs. ``write``: the command
+    changes the store, so a store never started is created (a read never creates one)."""
+    server = ServerApi(args)
+    answer = server.call(method, path, query, body, content_type)
+    return (answer, None) if answer is not None else (None, server.store_or_explain(args.config, write=write))
+
+
 def error_detail(error: urllib.error.HTTPError) -> str:
     try:
         return json.loads(error.read() or b"{}").get("error", error.reason)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from otel_meter.cli_client import ServerApi, add_server_options
+from otel_meter.cli.server_api import ServerApi, add_server_options
 
 COMMANDS = ("billing",)
 

@@ -1,4 +1,5 @@
-"""``otel-meter rates ...``, ``rerate``, ``period``, ``invoice`` and ``credits ...``."""
+"""``otel-meter rates ...`` (validate, diff, apply, list, show, explain, import-litellm) and
+``otel-meter rerate``: rate cards and re-rating."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from otel_meter.cli_client import ServerApi, add_server_options, add_time_range, local_registry, resolve_time_range
-from otel_meter.errors import OtelMeterError, RateCardError
+from otel_meter.cli.server_api import ServerApi, add_server_options, add_time_range, registry_answer, resolve_time_range
+from otel_meter.errors import OtelMeterError
 
-COMMANDS = ("rates", "rerate", "period", "invoice", "credits")
+COMMANDS = ("rates", "rerate")
 
 
 def add_commands(commands: Any, token: str | None) -> None:
@@ -79,71 +80,12 @@ def add_commands(commands: Any, token: str | None) -> None:
     rerate.add_argument("--customer", help="only this customer")
     add_server_options(rerate, token)
 
-    period = commands.add_parser("period", help="a customer's billing period with tiers and commitments applied")
-    period.add_argument("--customer", required=True)
-    period.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
-    period.add_argument("--rounding", choices=["half_even", "half_up"], default="half_even")
-    period.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(period, token)
-
-    invoice = commands.add_parser("invoice", help="a customer's period statement: usage, adjustments, commitment, "
-                                  "credits and the amount due, as HTML, CSV or JSON",
-                                  description="The true-up invoice of a calendar month (UTC), per currency; "
-                                  "docs/invoices.md says what each figure is and how they reconcile.")
-    invoice.add_argument("--customer", required=True)
-    invoice.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
-    invoice.add_argument("--format", choices=["html", "csv", "json"], default="html")
-    invoice.add_argument("-o", "--output", metavar="FILE", help="file to write (default: standard output)")
-    invoice.add_argument("--rounding", choices=["half_even", "half_up"], default="half_even")
-    invoice.add_argument("--issued", metavar="YYYY-MM-DD", help="issue date printed on it (default: today, UTC)")
-    add_server_options(invoice, token)
-
-    credits = commands.add_parser("credits", help="prepaid credit grants: balance and history, grant, void",
-                                  description="Prepaid credits burn down from rated usage in the documented order "
-                                  "(docs/budgets-and-credits.md).")
-    credit_commands = credits.add_subparsers(dest="credits_command", required=True, metavar="SUBCOMMAND")
-    balance = credit_commands.add_parser("balance", help="balance, grants and history of a customer")
-    balance.add_argument("customer")
-    balance.add_argument("--as-of", metavar="TIME", help="ISO 8601 time (default: now)")
-    balance.add_argument("--history", action="store_true", help="also list every grant, burn and expiry")
-    balance.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(balance, token)
-    grant = credit_commands.add_parser("grant", help="grant prepaid credits (or a prepaid money balance)")
-    grant.add_argument("customer")
-    grant.add_argument("--amount", required=True, help='a decimal, e.g. "1000" or "250.50"')
-    grant.add_argument("--currency", default="credits", help="credits (default) or an ISO 4217 code")
-    grant.add_argument("--effective-from", metavar="TIME", help="ISO 8601 (default: now)")
-    grant.add_argument("--expires-at", metavar="TIME", help="ISO 8601 (default: never)")
-    grant.add_argument("--priority", type=int, default=0, help="lower burns first (default 0)")
-    grant.add_argument("--id", dest="grant_id", help="grant id (default: generated)")
-    grant.add_argument("--note", default="")
-    add_server_options(grant, token)
-    void = credit_commands.add_parser("void", help="void a grant (it no longer burns; history keeps it)")
-    void.add_argument("customer")
-    void.add_argument("grant_id")
-    add_server_options(void, token)
-
 
 def run(args: argparse.Namespace) -> int:
-    if args.command == "credits":
-        return {"balance": credit_balance, "grant": credit_grant, "void": credit_void}[args.credits_command](args)
     if args.command == "rerate":
         return rerate(args)
-    if args.command == "period":
-        return period(args)
-    if args.command == "invoice":
-        return invoice(args)
     return {"validate": validate, "diff": diff, "apply": apply, "list": list_cards, "show": show,
             "explain": explain, "import-litellm": import_litellm}[args.rates_command](args)
-
-
-def read_card_text(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except FileNotFoundError:
-        raise RateCardError(f"rate card {path} not found") from None
-    except OSError as error:
-        raise RateCardError(f"rate card {path} cannot be read: {error.strerror}") from None
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -159,15 +101,6 @@ def validate(args: argparse.Namespace) -> int:
         print(f"{path}: valid: card {card.id}, {len(card.versions)} version(s): "
               + ", ".join(v.version for v in card.versions))
     return 0
-
-
-def _registry_answer(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
-                     body: bytes | None = None, content_type: str = "application/json", *,
-                     write: bool = False) -> tuple[Any, Any]:
-    """The server's answer, or (None, a local registry over the store) when no server runs."""
-    answer, store = _server_or_store(args, method, path, query, body, content_type, write=write)
-    return (answer, None) if store is None else (None, local_registry(args.config, store))
-
 
 def diff(args: argparse.Namespace) -> int:
     """Each version of the file against the version of the same name already applied (or in
@@ -211,7 +144,7 @@ def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:
 
     from otel_meter.rating.rate_card import parse_rate_card
 
-    answer, registry = _registry_answer(args, "GET", "/v1/rate-cards")
+    answer, registry = registry_answer(args, "GET", "/v1/rate-cards")
     if registry is not None:
         return [version for version in registry.versions() if version.card_id == card_id]
     listed = next((entry for entry in answer["cards"] if entry["id"] == card_id), None)
@@ -234,7 +167,7 @@ def apply(args: argparse.Namespace) -> int:
     card = load_rate_card(args.file)  # a bad card fails here, before anything is sent
     query = {"source": str(Path(args.file).name), "id": Path(args.file).stem,
              "dry_run": "true" if args.dry_run else None, "force": "true" if args.force else None}
-    answer, registry = _registry_answer(args, "POST", "/v1/rate-cards", query, card.text.encode(),
+    answer, registry = registry_answer(args, "POST", "/v1/rate-cards", query, card.text.encode(),
                                         "application/yaml", write=not args.dry_run)
     if registry is not None:
         answer = applied_card(registry.apply(card, str(args.file), dry_run=args.dry_run,
@@ -246,7 +179,7 @@ def apply(args: argparse.Namespace) -> int:
 def list_cards(args: argparse.Namespace) -> int:
     from otel_meter.app.pricing import card_list
 
-    answer, registry = _registry_answer(args, "GET", "/v1/rate-cards")
+    answer, registry = registry_answer(args, "GET", "/v1/rate-cards")
     if registry is not None:
         answer = card_list(registry, time.time_ns())
     if args.format == "json":
@@ -271,7 +204,7 @@ def show(args: argparse.Namespace) -> int:
     from otel_meter.storage.usage_report import parse_time, to_ns
 
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
-    answer, registry = _registry_answer(args, "GET", f"/v1/rate-cards/{args.card}", {"at": iso(at_ns)})
+    answer, registry = registry_answer(args, "GET", f"/v1/rate-cards/{args.card}", {"at": iso(at_ns)})
     if registry is not None:
         answer = card_version(registry, CardVersionRequest(args.card, at_ns))
     if args.format == "json":
@@ -290,7 +223,7 @@ def explain(args: argparse.Namespace) -> int:
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
     query = {"model": args.model, "provider": args.provider, "customer": args.customer, "meter": args.meter,
              "at": iso(at_ns)}
-    answer, registry = _registry_answer(args, "GET", "/v1/rates/explain", query)
+    answer, registry = registry_answer(args, "GET", "/v1/rates/explain", query)
     if registry is not None:
         answer = price_explanation(registry, PriceExplanationRequest(
             args.model, at_ns, provider=args.provider, customer=args.customer, meters=meter_names(args.meter)))
@@ -330,7 +263,7 @@ def rerate(args: argparse.Namespace) -> int:
     if end <= start:
         raise OtelMeterError(f"--to ({args.end}) must be after --from ({args.start})")
     body = json.dumps({"from": args.start, "to": args.end, "customer": args.customer}).encode()
-    answer, registry = _registry_answer(args, "POST", "/v1/rerate", None, body, write=True)
+    answer, registry = registry_answer(args, "POST", "/v1/rerate", None, body, write=True)
     if registry is not None:
         def progress(done: int, total: int) -> None:
             print(f"\rre-rating: {done}/{total} chunk(s)", end="", file=sys.stderr, flush=True)
@@ -341,133 +274,4 @@ def rerate(args: argparse.Namespace) -> int:
     print(f"examined {answer['examined']} item(s), changed {answer['changed']} (run {answer['run_id']})")
     for currency, delta in sorted(answer["delta_amount"].items()):
         print(f"  {currency}: {delta} adjustment")
-    return 0
-
-
-def period(args: argparse.Namespace) -> int:
-    from otel_meter.app.invoices import PeriodRequest, period_statement
-    from otel_meter.rating.statement import Period
-
-    answer, registry = _registry_answer(args, "GET", "/v1/period", {"customer": args.customer,
-                                                                     "period": args.period,
-                                                                     "rounding": args.rounding})
-    if registry is not None:
-        chosen = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
-        answer = period_statement(registry.store, registry.book, PeriodRequest(args.customer, chosen, args.rounding))
-    if args.format == "json":
-        print(json.dumps(answer, indent=2))
-        return 0
-    print(f"customer {answer['customer']}, period {answer['period']}")
-    for statement in answer["statements"]:
-        print(f"\n{statement['currency']}")
-        for line in statement["lines"]:
-            print(f"  {line['meter']:<20} {line['rule']:<28} {line['quantity']:>16}  real time "
-                  f"{line['realtime_amount']:>14}  period {line['period_amount']:>14}  adjustment {line['adjustment']}")
-        print(f"  real-time total {statement['realtime_total']}, adjustments {statement['adjustments']}, "
-              f"commitment true-up {statement['commitment_true_up']}")
-        print(f"  total {statement['total']} -> invoice {statement['total_rounded']} ({statement['rounding']})")
-        if "cost" in statement:
-            cost = ", ".join(f"{amount} {currency}" for currency, amount in statement["cost"].items()) or "0"
-            print(f"  cost {cost}, margin {statement['margin'] if statement['margin'] is not None else 'n/a'}")
-    if answer["unpriced_quantity"]:
-        print("\nunpriced: " + ", ".join(f"{m} {q}" for m, q in answer["unpriced_quantity"].items()))
-    return 0
-
-
-def invoice(args: argparse.Namespace) -> int:
-    """Built by the server when one runs (its JSON), else from the store; rendered here either way."""
-    from otel_meter.app.invoices import InvoiceRequest, customer_invoice
-    from otel_meter.billing.invoice import parse_issued, render
-    from otel_meter.config import load_config
-    from otel_meter.rating.statement import Period
-
-    issued = parse_issued(args.issued)  # a bad date fails before anything is asked
-    chosen = Period.parse(args.period) if args.period else None
-    answer, registry = _registry_answer(args, "GET", "/v1/invoice", {
-        "customer": args.customer, "period": chosen.name if chosen else None, "rounding": args.rounding,
-        "issued": issued.isoformat() if issued else None, "format": "json"})
-    if registry is not None:
-        targets = load_config(args.config).billing.targets
-        answer = customer_invoice(registry.store, registry.book, InvoiceRequest(
-            args.customer, chosen or Period.containing(time.time_ns()), args.rounding, issued=issued,
-            target_meters={name: target.meters for name, target in targets.items()}))
-    text = render(answer, args.format)
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}: {answer['customer']} {answer['period']}, statement {answer['statement_id']}"
-              + "".join(f", due {s['amount_due_rounded']} {s['currency']}" for s in answer["statements"]),
-              file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _server_or_store(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
-                     body: bytes | None = None, content_type: str = "application/json", *,
-                     write: bool = False) -> tuple[Any, Any]:
-    """The server's answer, or (None, the store) when no server runs. ``write``: the command
-    changes the store, so a store never started is created (a read never creates one)."""
-    server = ServerApi(args)
-    answer = server.call(method, path, query, body, content_type)
-    return (answer, None) if answer is not None else (None, server.store_or_explain(args.config, write=write))
-
-
-def credit_balance(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
-
-    from otel_meter.app.credits import BalanceRequest, balance_document
-    from otel_meter.rating import credit_store
-    from otel_meter.storage.usage_report import parse_time, to_ns
-
-    as_of = to_ns(parse_time("as_of", args.as_of)) if args.as_of else time.time_ns()
-    answer, registry = _registry_answer(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",
-                                        {"as_of": credit_store.iso_time(as_of)})
-    if registry is not None:  # the config's cards settle each period with its statement, as the server does
-        answer = balance_document(registry.store, registry.book, BalanceRequest(args.customer, as_of))
-    if args.format == "json":
-        print(json.dumps(answer, indent=2))
-        return 0
-    balances = ", ".join(f"{amount} {currency}" for currency, amount in answer["balances"].items()) or "no grants"
-    print(f"customer {args.customer} at {answer['as_of']}: balance {balances}")
-    for grant in answer["grants"]:
-        expiry = f", expires {grant['expires_at']}" if grant["expires_at"] else ""
-        print(f"  {grant['grant_id']:<36} {grant['status']:<9} {grant['remaining']:>14} of {grant['amount']} "
-              f"{grant['currency']} (priority {grant['priority']}, from {grant['effective_from']}{expiry})")
-    if args.history:
-        print("history:")
-        for entry in answer["history"]:
-            print(f"  {entry['time']}  {entry['kind']:<20} {entry['amount']:>14} {entry['currency']:<8} "
-                  f"{entry['grant_id'] or '-':<36} balance {entry['balance_after']}")
-    return 0
-
-
-def credit_grant(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
-
-    from otel_meter.app.credits import grant_document
-    from otel_meter.rating import credit_store
-
-    document = {"amount": args.amount, "currency": args.currency, "effective_from": args.effective_from,
-                "expires_at": args.expires_at, "priority": args.priority, "grant_id": args.grant_id,
-                "note": args.note}
-    document = {key: value for key, value in document.items() if value not in (None, "")}
-    grant, note = credit_store.parse_grant(document, args.customer)  # a bad grant fails before anything is sent
-    answer, store = _server_or_store(args, "POST", f"/v1/credits/{quote(args.customer, safe='')}/grants", None,
-                                     json.dumps(document).encode(), write=True)
-    if store is not None:
-        answer = grant_document(credit_store.add_grant(store, grant, note))
-    print(f"granted {answer['amount']} {answer['currency']} to {args.customer} (grant {answer['grant_id']})")
-    return 0
-
-
-def credit_void(args: argparse.Namespace) -> int:
-    from urllib.parse import quote
-
-    from otel_meter.rating import credit_store
-
-    path = f"/v1/credits/{quote(args.customer, safe='')}/grants/{quote(args.grant_id, safe='')}/void"
-    answer, store = _server_or_store(args, "POST", path, write=True)
-    if store is not None:
-        credit_store.void_grant(store, args.customer, args.grant_id)
-    print(f"voided grant {args.grant_id} of {args.customer}")
     return 0
