@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from otel_meter.billing.invoice import CHARGE_SECTIONS, CSV_COLUMNS, build_invoice, invoice_document, render
+from otel_meter.billing.invoice import build_invoice, invoice_document
+from otel_meter.billing.invoice_render import CHARGE_SECTIONS, CSV_COLUMNS, render
 from otel_meter.billing.target import MeterMapping
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor

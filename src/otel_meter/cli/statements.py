@@ -73,7 +73,8 @@ def period(args: argparse.Namespace) -> int:
 def invoice(args: argparse.Namespace) -> int:
     """Built by the server when one runs (its JSON), else from the store; rendered here either way."""
     from otel_meter.app.invoices import InvoiceRequest, customer_invoice
-    from otel_meter.billing.invoice import parse_issued, render
+    from otel_meter.billing.invoice import parse_issued
+    from otel_meter.billing.invoice_render import render
     from otel_meter.config import load_config
     from otel_meter.rating.statement import Period
 

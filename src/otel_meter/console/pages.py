@@ -35,7 +35,7 @@ from otel_meter.app.pricing import (
     meter_names,
     price_explanation,
 )
-from otel_meter.billing.invoice import render
+from otel_meter.billing.invoice_render import render
 from otel_meter.console.access import COOKIE, AccessDenied, Viewer, admin_viewer, portal_viewer
 from otel_meter.errors import OtelMeterError
 from otel_meter.rating.card_diff import diff_versions

@@ -12,7 +12,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from otel_meter.app.invoices import InvoiceRequest, customer_invoice
-from otel_meter.billing.invoice import parse_issued, render
+from otel_meter.billing.invoice import parse_issued
+from otel_meter.billing.invoice_render import render
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routes_pricing import RatingQuery, registry_of
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
