@@ -42,15 +42,20 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import Template, build_templates, stamp  # noqa: E402  (a sibling script, not a package)
-
 from otel_meter.engine.landing import (  # noqa: E402
-    INSERT_SETTINGS, ROOT_MESSAGE, SUBSET_PROTO, check_subset_proto, framed, insert_sql, landing_table_sql,
+    INSERT_SETTINGS,
+    ROOT_MESSAGE,
+    SUBSET_PROTO,
+    check_subset_proto,
+    framed,
+    insert_sql,
+    landing_table_sql,
     parse_subset_proto,
 )
-from otel_meter.processors.genai_usage.engine_view import METERS, view_sql, wide_table_sql  # noqa: E402
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig  # noqa: E402
+from otel_meter.processors.genai_usage.engine_view import METERS, view_sql, wide_table_sql  # noqa: E402
 from otel_meter.processors.genai_usage.processor import SDK_NAME, GenAIUsageProcessor  # noqa: E402
+from throughput import Template, build_templates, stamp  # noqa: E402  (a sibling script, not a package)
 
 CUSTOMER_KEY = "customer.id"
 PATHS = ("send_insert", "clickhouse_connect")

@@ -44,7 +44,7 @@ class ChdbWorker:
         """End the child, which releases the path (a server may open it then)."""
         self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "ChdbWorker":
+    def __enter__(self) -> ChdbWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:

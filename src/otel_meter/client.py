@@ -28,8 +28,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from otel_meter.http import Doubling, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, TransientError
-from otel_meter.http import call_with_retries, new_client, send
+from otel_meter.http import (
+    Doubling,
+    HttpAnswer,
+    HttpRequest,
+    RetryPolicy,
+    RetryStatuses,
+    TransientError,
+    call_with_retries,
+    new_client,
+    send,
+)
 
 __all__ = ["Event", "EventsClient", "IngestResult", "RejectedEvent", "EventsError", "EventsRejectedError",
            "EventsUnavailableError"]
@@ -203,7 +212,7 @@ class EventsClient:
             self.url = address.rstrip("/")
             self._secure = scheme in ("grpcs", "https")
 
-    def __enter__(self) -> "EventsClient":
+    def __enter__(self) -> EventsClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

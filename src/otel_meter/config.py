@@ -17,9 +17,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from otel_meter import builtin_components  # noqa: F401  (registers the built-in components)
-from otel_meter.component_model import EVENTS, PIPELINE_SIGNALS, TELEMETRY_SIGNALS, USAGE, ComponentConfig, Kind, factories, \
-    validation_problems
 from otel_meter.billing.config import BillingSection, parse_billing
+from otel_meter.component_model import (
+    EVENTS,
+    PIPELINE_SIGNALS,
+    TELEMETRY_SIGNALS,
+    USAGE,
+    ComponentConfig,
+    Kind,
+    factories,
+    validation_problems,
+)
 from otel_meter.errors import ConfigError
 from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition, MeterSwitch, resolve_meters
 from otel_meter.security import auth_references

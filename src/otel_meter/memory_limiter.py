@@ -51,7 +51,7 @@ class MemoryLimiterConfig(ComponentConfig):
     """Longest time between two readings of the resident memory (read only when requests arrive)."""
 
     @model_validator(mode="after")
-    def _spike_below_limit(self) -> "MemoryLimiterConfig":
+    def _spike_below_limit(self) -> MemoryLimiterConfig:
         if self.spike_limit_mib is not None and self.spike_limit_mib >= self.limit_mib:
             raise ValueError(f"spike_limit_mib ({self.spike_limit_mib}) must be below limit_mib ({self.limit_mib})")
         if self.check_interval <= timedelta(0):

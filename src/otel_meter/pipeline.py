@@ -47,7 +47,7 @@ class ConsumeResult:
     stored_rows: int = 0
     duplicate_events: int = 0
 
-    def add(self, other: "ConsumeResult") -> None:
+    def add(self, other: ConsumeResult) -> None:
         self.rejections.extend(other.rejections)
         self.stored_rows += other.stored_rows
         self.duplicate_events += other.duplicate_events

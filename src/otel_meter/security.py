@@ -86,8 +86,8 @@ class ServerSecurityConfig(ComponentConfig):
     """Accept requests without credentials on an endpoint beyond loopback (logged as a warning)."""
 
     @model_validator(mode="after")
-    def _auth_beyond_loopback(self) -> "ServerSecurityConfig":
-        endpoint: str = getattr(self, "endpoint")
+    def _auth_beyond_loopback(self) -> ServerSecurityConfig:
+        endpoint: str = self.endpoint
         if self.auth is not None and self.insecure_no_auth:
             raise ValueError("auth and insecure_no_auth: true exclude each other; remove one")
         if self.auth is None and not self.insecure_no_auth and not is_loopback(endpoint_host(endpoint)):
@@ -100,7 +100,7 @@ class ServerSecurityConfig(ComponentConfig):
 
     def warn_if_open(self, where: str) -> None:
         """At start: say loudly that anyone who reaches this endpoint is accepted."""
-        endpoint: str = getattr(self, "endpoint")
+        endpoint: str = self.endpoint
         if self.insecure_no_auth and self.auth is None and not is_loopback(endpoint_host(endpoint)):
             logger.warning("%s: insecure_no_auth is set: %s accepts requests without credentials from anyone "
                            "who can reach it", where, endpoint)

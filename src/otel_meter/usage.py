@@ -61,7 +61,7 @@ MAX_AMOUNT_UNITS = MAX_AMOUNT * 10**MONEY_SCALE
 class Prerequisite(Protocol):
     """Something a batch must see stored before its request is acknowledged."""
 
-    done: "threading.Event"
+    done: threading.Event
     stored: bool
 
 
@@ -141,7 +141,7 @@ class UsageBatch:
     def __len__(self) -> int:
         return len(self.event_id)
 
-    def select(self, keep: list[int]) -> "UsageBatch":
+    def select(self, keep: list[int]) -> UsageBatch:
         """A new batch with only the rows at the given indexes (in order)."""
         out = UsageBatch(
             rejections=self.rejections,
@@ -157,7 +157,7 @@ class UsageBatch:
                 setattr(out, name, [column[i] for i in keep])
         return out
 
-    def copy(self) -> "UsageBatch":
+    def copy(self) -> UsageBatch:
         """The same rows and rejections in new lists, without callbacks or prerequisites: what
         each of several pipelines fed one batch works on, so that none sees another's."""
         out = UsageBatch(rejections=list(self.rejections), duplicate_events=self.duplicate_events,
@@ -182,7 +182,7 @@ class UsageBatch:
         self.resource_attributes.append(resource_attributes)
         self.event_attributes.append(event_attributes)
 
-    def extend(self, other: "UsageBatch") -> None:
+    def extend(self, other: UsageBatch) -> None:
         """Append another batch's rows (used to group-commit several requests)."""
         for name in ROW_COLUMNS:
             getattr(self, name).extend(getattr(other, name))

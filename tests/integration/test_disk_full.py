@@ -18,7 +18,14 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.integration.fault_harness import (
-    Ledger, Server, api_totals, assert_api_totals, assert_stored_exactly_once, encode, make_batches, send_each,
+    Ledger,
+    Server,
+    api_totals,
+    assert_api_totals,
+    assert_stored_exactly_once,
+    encode,
+    make_batches,
+    send_each,
 )
 
 

@@ -14,7 +14,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from otel_meter.engine.landing import (
-    INSERT_SETTINGS, LANDING_TABLE, ROOT_MESSAGE, SUBSET_PROTO, framed, landing_table_sql, parse_subset_proto,
+    INSERT_SETTINGS,
+    LANDING_TABLE,
+    ROOT_MESSAGE,
+    SUBSET_PROTO,
+    framed,
+    landing_table_sql,
+    parse_subset_proto,
 )
 from otel_meter.meters.definitions import BUILTIN_METERS
 from otel_meter.processors.genai_usage import conventions as cv

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from otel_meter.faults import POINTS
 from tests.integration.fault_harness import (
-    Ledger, Server, assert_api_totals, assert_stored_exactly_once, encode, make_batches, send_each,
+    Ledger,
+    Server,
+    assert_api_totals,
+    assert_stored_exactly_once,
+    encode,
+    make_batches,
+    send_each,
 )
 
 HITS = {

@@ -42,14 +42,20 @@ from google.rpc.status_pb2 import Status
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
-    Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
@@ -60,9 +66,28 @@ from otel_meter.receivers.otlp.export import SIGNALS, partial_success_message
 from otel_meter.receivers.otlp.http_server import HttpError, decode, decompress, too_large
 from tests.integration.conftest import MeterServer
 from tests.unit.test_fuzzed_conversion import (
-    FIXED_NS, FUZZ, PlannedEvents, SpanPlan, assert_reasons_in_order, build_events, build_request,
-    check_event_rejections, check_span_rejections, event_plans, fixed_times, json_body, json_values, mutations,
-    near_events, random_requests, span_converter, span_plans, spans_of, string, to_otlp_json, truncations,
+    FIXED_NS,
+    FUZZ,
+    PlannedEvents,
+    SpanPlan,
+    assert_reasons_in_order,
+    build_events,
+    build_request,
+    check_event_rejections,
+    check_span_rejections,
+    event_plans,
+    fixed_times,
+    json_body,
+    json_values,
+    mutations,
+    near_events,
+    random_requests,
+    span_converter,
+    span_plans,
+    spans_of,
+    string,
+    to_otlp_json,
+    truncations,
 )
 
 pytestmark = pytest.mark.integration

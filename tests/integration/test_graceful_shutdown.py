@@ -14,7 +14,15 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.integration.fault_harness import (
-    WHOLE, Answer, Ledger, Server, assert_stored_exactly_once, encode, make_batches, post_http, store_totals,
+    WHOLE,
+    Answer,
+    Ledger,
+    Server,
+    assert_stored_exactly_once,
+    encode,
+    make_batches,
+    post_http,
+    store_totals,
 )
 
 

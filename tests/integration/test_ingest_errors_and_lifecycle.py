@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.integration.conftest import MeterServer, SpanFactory, chat, export, export_raw, send_concurrently, totals

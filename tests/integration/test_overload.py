@@ -16,10 +16,9 @@ import grpc
 import pytest
 from google.rpc.error_details_pb2 import RetryInfo
 from google.rpc.status_pb2 import Status
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -28,8 +27,17 @@ from otel_meter.pipeline import ConsumeResult
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.receiver import OtlpReceiver
 from tests.integration.fault_harness import (
-    Answer, Ledger, RssSampler, Server, assert_api_totals, assert_stored_exactly_once, export_grpc, large_bodies,
-    make_batches, post_http, rss_mib,
+    Answer,
+    Ledger,
+    RssSampler,
+    Server,
+    assert_api_totals,
+    assert_stored_exactly_once,
+    export_grpc,
+    large_bodies,
+    make_batches,
+    post_http,
+    rss_mib,
 )
 from tests.integration.test_otlp_receiver_in_process import EMPTY_TRACES, ScriptedPipeline, grpc_export, post
 

@@ -30,8 +30,13 @@ import grpc
 import pytest
 
 from tests.fixtures.fault_proxy import FaultProxy
-from tests.fixtures.remote_store import (ClickHouseHttpFixture, RemoteMeterServer, assert_stored_exactly_once,
-                                         read_totals, remote_server)
+from tests.fixtures.remote_store import (
+    ClickHouseHttpFixture,
+    RemoteMeterServer,
+    assert_stored_exactly_once,
+    read_totals,
+    remote_server,
+)
 from tests.integration.conftest import SpanFactory, chat
 from tests.integration.test_store_outage import export_status, tokens_of
 

@@ -26,8 +26,13 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 
 from tests.fixtures.fault_proxy import FaultProxy
-from tests.fixtures.remote_store import (ClickHouseHttpFixture, RemoteMeterServer, assert_stored_exactly_once,
-                                         read_totals, remote_server)
+from tests.fixtures.remote_store import (
+    ClickHouseHttpFixture,
+    RemoteMeterServer,
+    assert_stored_exactly_once,
+    read_totals,
+    remote_server,
+)
 from tests.integration.conftest import SpanFactory, chat, send_concurrently
 
 pytestmark = pytest.mark.integration

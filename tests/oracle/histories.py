@@ -45,11 +45,11 @@ class Features:
     rerate: bool = True
 
     @classmethod
-    def only(cls, *names: str) -> "Features":
+    def only(cls, *names: str) -> Features:
         return cls(**{f.name: f.name in names for f in fields(cls)})
 
     @classmethod
-    def area(cls, name: str) -> "Features":
+    def area(cls, name: str) -> Features:
         """One area, with the areas it interacts with, on top of plain spans; ``all`` switches everything
         on, ``base`` nothing."""
         if name == "all":

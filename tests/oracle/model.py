@@ -21,8 +21,23 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from fnmatch import fnmatchcase
 
 from tests.oracle.histories import (
-    FIRST_HOUR, HOUR, LAST_HOUR, Apply, Card, CardVersion, Export, Grant, History, Point, Price, Rerate, Rule, Send,
-    Span, Terms)
+    FIRST_HOUR,
+    HOUR,
+    LAST_HOUR,
+    Apply,
+    Card,
+    CardVersion,
+    Export,
+    Grant,
+    History,
+    Point,
+    Price,
+    Rerate,
+    Rule,
+    Send,
+    Span,
+    Terms,
+)
 
 EXACT = decimal.Context(prec=90, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
 ZERO, ONE, HUNDRED = Decimal(0), Decimal(1), Decimal(100)
@@ -76,7 +91,7 @@ class Period:
     end: int
 
     @classmethod
-    def containing(cls, time_ns: int) -> "Period":
+    def containing(cls, time_ns: int) -> Period:
         moment = datetime.fromtimestamp(time_ns // 10**9, tz=timezone.utc)
         start = calendar.timegm((moment.year, moment.month, 1, 0, 0, 0))
         following = calendar.timegm((moment.year + moment.month // 12, moment.month % 12 + 1, 1, 0, 0, 0))
@@ -286,7 +301,7 @@ class Oracle:
 
     # --- steps ---
 
-    def replayed(self) -> "Oracle":
+    def replayed(self) -> Oracle:
         """The oracle after the whole history (for examples that state their expected figures)."""
         self.apply_initial()
         for step in self.history.steps:

@@ -36,7 +36,20 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.fixtures.fake_stripe import DEFAULT_API_KEY, FakeStripe
 from tests.integration.conftest import MeterServer
 from tests.oracle.histories import (
-    FIRST_HOUR, HOUR, LAST_HOUR, Apply, Card, Export, Grant, History, Point, Price, Rerate, Send, Span)
+    FIRST_HOUR,
+    HOUR,
+    LAST_HOUR,
+    Apply,
+    Card,
+    Export,
+    Grant,
+    History,
+    Point,
+    Price,
+    Rerate,
+    Send,
+    Span,
+)
 from tests.oracle.model import TARGETS, Oracle, Period
 
 OLD_MONTHS_PER_SERVER = 60

@@ -17,8 +17,24 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.oracle.histories import (
-    HOUR, RULE_SHAPES, Apply, Card, CardVersion, Customer, Export, Features, Grant, History, Point, Price, Rule, Send,
-    Span, Terms, histories)
+    HOUR,
+    RULE_SHAPES,
+    Apply,
+    Card,
+    CardVersion,
+    Customer,
+    Export,
+    Features,
+    Grant,
+    History,
+    Point,
+    Price,
+    Rule,
+    Send,
+    Span,
+    Terms,
+    histories,
+)
 from tests.oracle.model import TARGETS, Oracle, Period, Statement
 from tests.oracle.player import Player
 

@@ -8,7 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from otel_meter.extensions.bearertokenauth.authenticator import (
-    AuthenticationError, BearerTokenAuthenticator, Principal,
+    AuthenticationError,
+    BearerTokenAuthenticator,
+    Principal,
 )
 from otel_meter.extensions.bearertokenauth.config import BearerTokenAuthConfig
 

@@ -21,13 +21,20 @@ from otel_meter.config import parse_config
 from otel_meter.errors import ConfigError
 from otel_meter.extensions.budgets.config import BudgetsConfig
 from otel_meter.extensions.budgets.monitor import (
-    Alert, BudgetMonitor, Limits, alert_id, billing_period, customer_limits, evaluate)
+    Alert,
+    BudgetMonitor,
+    Limits,
+    alert_id,
+    billing_period,
+    customer_limits,
+    evaluate,
+)
 from otel_meter.rating.credits import CreditGrant, UsageBucket, burn_down
-from otel_meter.service import ServiceHost
-from otel_meter.telemetry.registry import ServiceMetrics
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import Budget, parse_rate_card
+from otel_meter.service import ServiceHost
 from otel_meter.storage import credit_queries
+from otel_meter.telemetry.registry import ServiceMetrics
 from otel_meter.webhooks import SIGNATURE_HEADER, verify
 
 HOUR = 3_600 * 10**9

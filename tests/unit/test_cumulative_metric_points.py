@@ -28,7 +28,7 @@ class StoreWrites:
         self.fail_values: set[str] = set()
         self.lock = threading.Lock()
 
-    def submit(self, batch: UsageBatch) -> "StoreWrites":
+    def submit(self, batch: UsageBatch) -> StoreWrites:
         if any(dims.get("otel_meter.cumulative") in self.fail_values for dims in batch.dimensions):
             raise ExportError("the local queue cannot be written")
         with self.lock:

@@ -336,7 +336,7 @@ def test_each_id_is_admitted_exactly_once_across_committed_batches(data):
 
 # --- the processor around the index ---------------------------------------------------------------
 
-def usage_batch(*events: tuple[str, int, list[str]]) -> "UsageBatch":
+def usage_batch(*events: tuple[str, int, list[str]]) -> UsageBatch:
     """Rows for events given as (event id, seq, meters); every row has quantity 1."""
     from otel_meter.usage import UsageBatch
 

@@ -12,13 +12,21 @@ from pathlib import Path
 import pytest
 
 from otel_meter.api.v1.events_pb2 import IngestRequest, UsageEvent
-from otel_meter.client import Event, cloud_event, proto_event as client_proto_event, quantity_text
+from otel_meter.client import Event, cloud_event, quantity_text
+from otel_meter.client import proto_event as client_proto_event
 from otel_meter.pipeline import ConsumeResult, UsagePipeline
 from otel_meter.processors.dedup.index import DedupIndex
 from otel_meter.processors.dedup.processor import DedupProcessor
 from otel_meter.receivers.otlp import events
 from otel_meter.receivers.otlp.events import (
-    CLOUDEVENTS, CLOUDEVENTS_BATCH, JSON, EventsRequestError, convert, ingest, ingest_http, json_items,
+    CLOUDEVENTS,
+    CLOUDEVENTS_BATCH,
+    JSON,
+    EventsRequestError,
+    convert,
+    ingest,
+    ingest_http,
+    json_items,
 )
 from otel_meter.usage import UsageBatch
 
@@ -227,7 +235,7 @@ class Stored:
     def __init__(self) -> None:
         self.batches: list[UsageBatch] = []
 
-    def submit(self, batch: UsageBatch) -> "Stored":
+    def submit(self, batch: UsageBatch) -> Stored:
         self.batches.append(batch)
         return self
 

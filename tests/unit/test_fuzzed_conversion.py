@@ -14,7 +14,6 @@ each names the bug in its reason.
 from __future__ import annotations
 
 import base64
-import decimal
 import gzip
 import json
 import math
@@ -36,7 +35,11 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+    KeyValueList,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span

@@ -18,8 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from otel_meter.billing.target import SendResult, TargetConfig, UsageRecord, record_key
-from otel_meter.billing.targets import target_factories
-from otel_meter.billing.targets import netsuite
+from otel_meter.billing.targets import netsuite, target_factories
 from otel_meter.billing.targets.netsuite import (
     COLUMNS,
     NetSuiteRestConfig,

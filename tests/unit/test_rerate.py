@@ -18,7 +18,14 @@ from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.rerate import (
-    MINUTE_NS, Chunk, RerateError, chunk_adjustments, insert_adjustments, month_starts, plan_chunks, rerate,
+    MINUTE_NS,
+    Chunk,
+    RerateError,
+    chunk_adjustments,
+    insert_adjustments,
+    month_starts,
+    plan_chunks,
+    rerate,
     run_id_for,
 )
 from otel_meter.storage.store import Store, resolve_location

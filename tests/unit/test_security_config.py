@@ -229,7 +229,7 @@ class Keep:
     def __init__(self) -> None:
         self.batches: list[UsageBatch] = []
 
-    def submit(self, batch: UsageBatch) -> "Keep":
+    def submit(self, batch: UsageBatch) -> Keep:
         self.batches.append(batch)
         return self
 

@@ -24,8 +24,18 @@ from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.telemetry.counts import (
-    INTERNAL, INVALID, INVALID_ID, INVALID_QUANTITY, INVALID_TIME, LIMIT_EXCEEDED, QUEUE_FULL, REFUSAL_REASONS,
-    UNAVAILABLE, PipelineCounts, count_items, rejection_reason,
+    INTERNAL,
+    INVALID,
+    INVALID_ID,
+    INVALID_QUANTITY,
+    INVALID_TIME,
+    LIMIT_EXCEEDED,
+    QUEUE_FULL,
+    REFUSAL_REASONS,
+    UNAVAILABLE,
+    PipelineCounts,
+    count_items,
+    rejection_reason,
 )
 from otel_meter.telemetry.registry import ServiceMetrics
 from otel_meter.usage import UsageBatch
@@ -130,7 +140,7 @@ class Exporter:
         self.error = error
         self.rows = 0
 
-    def submit(self, batch: UsageBatch) -> "Exporter":
+    def submit(self, batch: UsageBatch) -> Exporter:
         if self.error is not None:
             raise self.error
         self.rows += len(batch)

@@ -8,7 +8,13 @@ from decimal import Decimal
 import pytest
 
 from otel_meter.storage.usage_report import (
-    DEFAULT_GROUP_BY, UsageRequest, UsageRequestError, decimal_text, number, parse_time, to_ns,
+    DEFAULT_GROUP_BY,
+    UsageRequest,
+    UsageRequestError,
+    decimal_text,
+    number,
+    parse_time,
+    to_ns,
 )
 
 UTC = timezone.utc

@@ -35,8 +35,16 @@ from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
 from typing import Callable
 
-from otel_meter.billing.ledger import FAILED, PARKED, PENDING, SENT, LedgerEntry, ledger_entries, record_states, \
-    result_entry
+from otel_meter.billing.ledger import (
+    FAILED,
+    PARKED,
+    PENDING,
+    SENT,
+    LedgerEntry,
+    ledger_entries,
+    record_states,
+    result_entry,
+)
 from otel_meter.billing.target import BillingTarget, UsageRecord, record_key
 from otel_meter.errors import BillingExportError  # re-exported: billing.config raises it too
 from otel_meter.rating.period import EXACT

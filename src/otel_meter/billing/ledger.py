@@ -43,7 +43,7 @@ class LedgerEntry:
     recorded_at_ns: int
 
     @classmethod
-    def of(cls, record: UsageRecord, status: str, external_id: str = "", error: str = "") -> "LedgerEntry":
+    def of(cls, record: UsageRecord, status: str, external_id: str = "", error: str = "") -> LedgerEntry:
         return cls(record.target, record.customer, record.reference, record.meter, record.window_start_ns,
                    record.window_end_ns, record.revision, record.key, record.value, record.total, record.quantity,
                    record.amount, record.currency, status, external_id, error, time.time_ns())

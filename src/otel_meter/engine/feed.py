@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from otel_meter.engine.landing import (
-    INSERT_SETTINGS, ROOT_MESSAGE, SUBSET_PROTO, framed, landing_table_sql, parse_subset_proto, receipt_fields,
+    INSERT_SETTINGS,
+    ROOT_MESSAGE,
+    SUBSET_PROTO,
+    framed,
+    landing_table_sql,
+    parse_subset_proto,
+    receipt_fields,
 )
 from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError

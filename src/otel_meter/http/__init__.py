@@ -5,7 +5,7 @@ official SDK) make their calls through :func:`send` (or :func:`exchange` and :fu
 where an attempt needs more than one request) and read an :class:`HttpAnswer`.
 """
 
-from otel_meter.http.client import HttpAnswer, HttpRequest, USER_AGENT, exchange, new_client
+from otel_meter.http.client import USER_AGENT, HttpAnswer, HttpRequest, exchange, new_client
 from otel_meter.http.retry import (
     RATE_LIMITED_OR_FAILED,
     Doubling,

@@ -33,8 +33,14 @@ from email.utils import parsedate_to_datetime
 from typing import Callable, Generic, TypeVar, cast
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt
-from tenacity import stop_before_delay
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_before_delay,
+)
 
 from otel_meter.http.client import HttpAnswer, HttpRequest, exchange
 

@@ -48,7 +48,7 @@ class CompiledBlock:
     exists: tuple[str, ...]
 
     @classmethod
-    def of(cls, block: MatchBlock, source: str) -> "CompiledBlock":
+    def of(cls, block: MatchBlock, source: str) -> CompiledBlock:
         name = block.span_name if source == "spans" else block.metric if source == "metrics" else block.event_name
         return cls(
             operations=frozenset(block.operation) if block.operation is not None else None,
@@ -197,7 +197,7 @@ class MeterIndex:
         """The meters that may match an item with this operation (precomputed per operation)."""
         return self._candidates.get(operation, self.any_operation)
 
-    def plan(self, operation: str) -> "OperationPlan":
+    def plan(self, operation: str) -> OperationPlan:
         """For an operation: the token meters the index alone decides, as (meter, token kind), those
         of the text, cache and reasoning kinds apart from those of the modality kinds (looked at only
         for a span with modality counts), and every other candidate. The token meters need no

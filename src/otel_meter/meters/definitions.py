@@ -95,7 +95,7 @@ class Quantity(Strict):
         return value
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Quantity":
+    def _exactly_one(self) -> Quantity:
         given = [name for name in ("constant", "attribute", "duration", "value", "tokens")
                  if getattr(self, name) not in (None, False)]
         if len(given) != 1:
@@ -119,7 +119,7 @@ class MeterDefinition(Strict):
         return [value] if isinstance(value, dict) else value
 
     @model_validator(mode="after")
-    def _fits_source(self) -> "MeterDefinition":
+    def _fits_source(self) -> MeterDefinition:
         if self.quantity.value and self.source != "metrics":
             raise ValueError("quantity.value needs source: metrics")
         if self.quantity.duration and self.source != "spans":

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from otel_meter.rating.credits import (
-    EXACT, CreditError, CreditGrant, CreditLedger, PeriodSettlement, UsageBucket, burn_down)
+    EXACT,
+    CreditError,
+    CreditGrant,
+    CreditLedger,
+    PeriodSettlement,
+    UsageBucket,
+    burn_down,
+)
 from otel_meter.rating.statement import Period, period_view, prices_by_period
 from otel_meter.storage import credit_queries
 from otel_meter.storage.store import INSERT_SETTINGS, Store

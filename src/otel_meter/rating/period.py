@@ -215,7 +215,7 @@ class StatementLine:
     """The line at several prices (:func:`price_segments`); empty: one part made of the fields above."""
 
     @classmethod
-    def of_parts(cls, key: tuple[str, ...], parts: tuple[LinePart, ...]) -> "StatementLine":
+    def of_parts(cls, key: tuple[str, ...], parts: tuple[LinePart, ...]) -> StatementLine:
         with decimal.localcontext(EXACT):
             return cls(key, sum((part.quantity for part in parts), ZERO),
                        sum((part.realtime_amount for part in parts), ZERO), None, parts=parts)

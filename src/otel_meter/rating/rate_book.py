@@ -25,10 +25,28 @@ from typing import Iterable
 from otel_meter.errors import RateCardError
 from otel_meter.rating.matching import matching_rules, specificity
 from otel_meter.rating.rate_card import (
-    EXACT, PRICE_SCALE, CardVersion, CustomerOverride, PriceSpec, Pricing, RateCard, VersionBody)
+    EXACT,
+    PRICE_SCALE,
+    CardVersion,
+    CustomerOverride,
+    PriceSpec,
+    Pricing,
+    RateCard,
+    VersionBody,
+)
 from otel_meter.usage import (
-    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_AUDIO_TOKENS, INPUT_IMAGE_TOKENS, INPUT_TOKENS, INPUT_VIDEO_TOKENS,
-    OUTPUT_AUDIO_TOKENS, OUTPUT_IMAGE_TOKENS, OUTPUT_TOKENS, OUTPUT_VIDEO_TOKENS, REASONING_TOKENS)
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    INPUT_AUDIO_TOKENS,
+    INPUT_IMAGE_TOKENS,
+    INPUT_TOKENS,
+    INPUT_VIDEO_TOKENS,
+    OUTPUT_AUDIO_TOKENS,
+    OUTPUT_IMAGE_TOKENS,
+    OUTPUT_TOKENS,
+    OUTPUT_VIDEO_TOKENS,
+    REASONING_TOKENS,
+)
 
 FALLBACK_METER = {
     REASONING_TOKENS: OUTPUT_TOKENS,

@@ -22,7 +22,15 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator)
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from otel_meter.errors import RateCardError
 from otel_meter.meters.definitions import BUILTIN_METERS
@@ -112,7 +120,7 @@ class PriceSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PriceSpec":
+    def _consistent(self) -> PriceSpec:
         if self.mode in ("graduated", "volume"):
             if not self.tiers:
                 raise ValueError(f"mode {self.mode} needs tiers")
@@ -214,7 +222,7 @@ class ModelRule(BaseModel):
     prices: Prices = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _one_pattern(self) -> "ModelRule":
+    def _one_pattern(self) -> ModelRule:
         given = [key for key in ("match", "exact", "regex") if getattr(self, key) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of match (a glob), exact or regex" if not given else
@@ -343,7 +351,7 @@ class RateCardDocument(VersionBody):
     versions: tuple[VersionBody, ...] = ()
 
     @model_validator(mode="after")
-    def _shape(self) -> "RateCardDocument":
+    def _shape(self) -> RateCardDocument:
         if (self.currency == CREDITS) != (self.credit_price is not None):
             raise ValueError("a card in credits needs credit_price (what one credit is worth), and only such a "
                              "card may have one")

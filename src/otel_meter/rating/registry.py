@@ -74,7 +74,7 @@ class RateCardRegistry:
                            "unpriced until it is (otel-meter rates apply FILE)", card)
 
     @classmethod
-    def from_config(cls, config: RatingConfig, store: Store | None, where: str) -> "RateCardRegistry":
+    def from_config(cls, config: RatingConfig, store: Store | None, where: str) -> RateCardRegistry:
         files = tuple(([config.rate_card] if config.rate_card else []) + list(config.rate_cards))
         default_card = config.default_card
         if default_card is None and config.rate_card is not None:

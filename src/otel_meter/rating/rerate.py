@@ -166,7 +166,7 @@ class RerateResult:
         self.delta_amount = deltas(self.reversed_amount, self.new_amount)
         self.delta_cost = deltas(self.reversed_cost, self.new_cost)
 
-    def without_empty_currencies(self) -> "RerateResult":
+    def without_empty_currencies(self) -> RerateResult:
         for reversed_, new, delta in ((self.reversed_amount, self.new_amount, self.delta_amount),
                                       (self.reversed_cost, self.new_cost, self.delta_cost)):
             for currency in list(delta):

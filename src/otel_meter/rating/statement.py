@@ -26,7 +26,14 @@ from typing import Any
 
 from otel_meter.errors import OtelMeterError
 from otel_meter.rating.period import (
-    PeriodPricing, PeriodStatement, Tier, TierMode, UsageSegment, build_statement, price_segments)
+    PeriodPricing,
+    PeriodStatement,
+    Tier,
+    TierMode,
+    UsageSegment,
+    build_statement,
+    price_segments,
+)
 from otel_meter.rating.rate_book import FALLBACK_METER, HUNDRED, RateBook
 from otel_meter.rating.rate_card import EXACT, CardVersion, CustomerOverride, PriceSpec, Pricing
 from otel_meter.storage import queries
@@ -47,7 +54,7 @@ class Period:
     end_ns: int
 
     @classmethod
-    def parse(cls, text: str) -> "Period":
+    def parse(cls, text: str) -> Period:
         found = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
         if not found or not 1 <= int(found.group(2)) <= 12:
             raise PeriodError(f"period {text!r}: use a calendar month such as 2026-11")
@@ -57,7 +64,7 @@ class Period:
         return cls(f"{year:04d}-{month:02d}", start * NS, end * NS)
 
     @classmethod
-    def containing(cls, time_ns: int) -> "Period":
+    def containing(cls, time_ns: int) -> Period:
         moment = datetime.fromtimestamp(time_ns // NS, tz=timezone.utc)
         return cls.parse(f"{moment.year:04d}-{moment.month:02d}")
 

@@ -130,7 +130,7 @@ class Store:
 
     @classmethod
     def open(cls, location: StoreLocation, *, migrate: bool, state_directory: Path | None = None,
-             connect_timeout: float = 10.0, send_receive_timeout: float | None = None) -> "Store":
+             connect_timeout: float = 10.0, send_receive_timeout: float | None = None) -> Store:
         """The service's store. An embedded store opens (and migrates) now or raises; a server
         that cannot be reached is logged and connected to (and migrated) on first use. A
         server that refuses the credentials or rights raises StoreAccessError now."""

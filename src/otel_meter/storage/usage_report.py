@@ -28,7 +28,7 @@ class UsageRequest:
     customer: str | None = None
 
     @classmethod
-    def parse(cls, start: str | None, end: str | None, group_by: str | None, customer: str | None) -> "UsageRequest":
+    def parse(cls, start: str | None, end: str | None, group_by: str | None, customer: str | None) -> UsageRequest:
         if not start or not end:
             raise UsageRequestError("from and to are required ISO 8601 times, e.g. from=2026-11-01T00:00:00Z")
         begin, finish = parse_time("from", start), parse_time("to", end)

@@ -59,7 +59,7 @@ class VerifyRequest:
     customer: str | None = None
 
     @classmethod
-    def parse(cls, start: str | None, end: str | None, customer: str | None = None) -> "VerifyRequest":
+    def parse(cls, start: str | None, end: str | None, customer: str | None = None) -> VerifyRequest:
         if not start or not end:
             raise UsageRequestError("from and to are required ISO 8601 times, e.g. from=2026-11-01T00:00:00Z")
         begin, finish = parse_time("from", start), parse_time("to", end)

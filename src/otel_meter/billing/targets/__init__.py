@@ -1,9 +1,14 @@
 """The built-in billing targets, each registered by importing its module."""
 
 from otel_meter.billing.target import TargetFactory, registered_targets
-from otel_meter.billing.targets import stripe  # noqa: F401
-from otel_meter.billing.targets import files, webhook, zuora  # noqa: F401
-from otel_meter.billing.targets import chargebee, netsuite  # noqa: F401
+from otel_meter.billing.targets import (  # noqa: F401  # noqa: F401
+    chargebee,
+    files,
+    netsuite,
+    stripe,  # noqa: F401
+    webhook,
+    zuora,
+)
 
 
 def target_factories() -> dict[str, TargetFactory]:

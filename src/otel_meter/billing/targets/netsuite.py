@@ -60,7 +60,14 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from otel_meter.billing.target import (
-    SendResult, TargetConfig, TargetFactory, UsageRecord, check_retry_durations, http_url, register_target)
+    SendResult,
+    TargetConfig,
+    TargetFactory,
+    UsageRecord,
+    check_retry_durations,
+    http_url,
+    register_target,
+)
 from otel_meter.component_model import Duration
 from otel_meter.http import RATE_LIMITED_OR_FAILED, FullJitter, HttpAnswer, HttpRequest, RetryPolicy, new_client, send
 

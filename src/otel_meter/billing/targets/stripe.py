@@ -105,7 +105,7 @@ class StripeTargetConfig(TargetConfig):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _distinct_payload_keys(self) -> "StripeTargetConfig":
+    def _distinct_payload_keys(self) -> StripeTargetConfig:
         if self.customer_key == self.value_key:
             raise ValueError(f"customer_key and value_key are both {self.customer_key!r}; "
                              "they name two different payload fields of the Stripe meter")

@@ -59,8 +59,17 @@ from otel_meter.billing.target import SendResult, TargetConfig, TargetFactory, U
 from otel_meter.billing.targets.files import decimal_text, write_atomically
 from otel_meter.component_model import Duration
 from otel_meter.errors import OtelMeterError
-from otel_meter.http import FullJitter, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, exchange, new_client, send
-from otel_meter.http import call_with_retries
+from otel_meter.http import (
+    FullJitter,
+    HttpAnswer,
+    HttpRequest,
+    RetryPolicy,
+    RetryStatuses,
+    call_with_retries,
+    exchange,
+    new_client,
+    send,
+)
 
 __all__ = ["COLUMNS", "MAX_FILE_BYTES", "ZuoraError", "ZuoraTarget", "ZuoraTargetConfig", "window_id"]
 

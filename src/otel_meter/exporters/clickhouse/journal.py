@@ -18,9 +18,9 @@ start: it was never acknowledged.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
-import errno
 import os
 import struct
 import threading

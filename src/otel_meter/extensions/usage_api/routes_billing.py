@@ -12,8 +12,15 @@ from otel_meter.app.billing import LedgerRequest, export_summary, ledger_documen
 from otel_meter.billing.config import build_target
 from otel_meter.billing.export import run_export
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
-from otel_meter.extensions.usage_api.validation import (BodyInput, Flag, PeriodText, QueryInput, RequiredText, Text,
-                                                        described)
+from otel_meter.extensions.usage_api.validation import (
+    BodyInput,
+    Flag,
+    PeriodText,
+    QueryInput,
+    RequiredText,
+    Text,
+    described,
+)
 from otel_meter.rating.statement import Period
 
 if TYPE_CHECKING:

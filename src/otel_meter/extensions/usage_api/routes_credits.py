@@ -15,8 +15,15 @@ from pydantic import AfterValidator, Field
 from otel_meter.app.credits import BalanceRequest, balance_document, grant_document
 from otel_meter.extensions.usage_api.routes_pricing import time_param
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
-from otel_meter.extensions.usage_api.validation import (BodyInput, Integer, PositiveDecimal, QueryInput,
-                                                        StoredTimeText, Text, TimeText)
+from otel_meter.extensions.usage_api.validation import (
+    BodyInput,
+    Integer,
+    PositiveDecimal,
+    QueryInput,
+    StoredTimeText,
+    Text,
+    TimeText,
+)
 from otel_meter.rating import credit_store
 
 if TYPE_CHECKING:

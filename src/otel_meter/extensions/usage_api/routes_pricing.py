@@ -14,13 +14,30 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from otel_meter.app.invoices import PeriodRequest, period_statement
-from otel_meter.app.pricing import (CardVersionNotFoundError, CardVersionRequest, PriceExplanationRequest,
-                                    applied_card, card_list, card_version, meter_names, price_explanation,
-                                    rerate_summary)
+from otel_meter.app.pricing import (
+    CardVersionNotFoundError,
+    CardVersionRequest,
+    PriceExplanationRequest,
+    applied_card,
+    card_list,
+    card_version,
+    meter_names,
+    price_explanation,
+    rerate_summary,
+)
 from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
-from otel_meter.extensions.usage_api.validation import (BodyInput, FlagText, PeriodText, QueryInput, RequiredText,
-                                                        RoundingText, StoredTimeText, Text, TimeText)
+from otel_meter.extensions.usage_api.validation import (
+    BodyInput,
+    FlagText,
+    PeriodText,
+    QueryInput,
+    RequiredText,
+    RoundingText,
+    StoredTimeText,
+    Text,
+    TimeText,
+)
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.rating.statement import Period

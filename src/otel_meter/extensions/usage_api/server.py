@@ -8,7 +8,7 @@ and CSV and the metrics exposition is JSON. Routes live in the ``routes_*`` modu
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from otel_meter.asgi_server import AsgiServer
 from otel_meter.component_model import Host

@@ -14,8 +14,17 @@ from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
 from typing import Annotated, Any, Mapping, get_args
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
-                      ValidationError, ValidationInfo)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+)
 from pydantic.fields import FieldInfo
 
 from otel_meter.billing.invoice import FORMATS, InvoiceError, parse_issued

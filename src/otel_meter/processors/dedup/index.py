@@ -30,7 +30,7 @@ class Reservation:
     keys: list[tuple[str, int]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     stored: bool = False
-    waits_on: list["Reservation"] = field(default_factory=list)
+    waits_on: list[Reservation] = field(default_factory=list)
     """Other in-flight batches holding ids this batch dropped as duplicates."""
 
 

@@ -21,7 +21,12 @@ from otel_meter.processors.genai_usage.processor import MAX_TIME_NS, SDK_NAME
 from otel_meter.processors.genai_usage.token_sources import INSTANCE_KEYS
 from otel_meter.processors.genai_usage.values import NUMERIC_TEXT
 from otel_meter.usage import (
-    CACHE_READ_TOKENS, CACHE_WRITE_TOKENS, INPUT_TOKENS, MAX_QUANTITY, OUTPUT_TOKENS, REASONING_TOKENS,
+    CACHE_READ_TOKENS,
+    CACHE_WRITE_TOKENS,
+    INPUT_TOKENS,
+    MAX_QUANTITY,
+    OUTPUT_TOKENS,
+    REASONING_TOKENS,
 )
 
 INVALID_COUNT = "invalid_count"

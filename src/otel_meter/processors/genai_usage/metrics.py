@@ -172,7 +172,7 @@ class MetricsConverter:
             batch.on_stored.append(lambda stored: self._settle(changes, stored, batch))
         return batch
 
-    def _token_rows(self, counted: list[tuple["MetricPoint", Decimal]],
+    def _token_rows(self, counted: list[tuple[MetricPoint, Decimal]],
                     batch: UsageBatch) -> dict[int, list[tuple[str, Decimal]]]:
         """(meter, quantity) of each token point (by seq), disjoint as on spans: the parts of a
         group (same call attributes and modality, this request) are taken off its totals unless
@@ -217,7 +217,7 @@ class MetricsConverter:
             return False
         return self.token_metrics == "always" or not self.token_sources.sends_spans(role.instance)
 
-    def _points(self, request: ExportMetricsServiceRequest, batch: UsageBatch) -> Iterable["MetricPoint"]:
+    def _points(self, request: ExportMetricsServiceRequest, batch: UsageBatch) -> Iterable[MetricPoint]:
         """The metered points of the request; refuses (into ``batch``) those that cannot be usage."""
         extra = self._extra_keys()
         seq = 0
@@ -317,7 +317,7 @@ class MetricsConverter:
                         forget_old_runs(runs)
         self._release(changes)
 
-    def _delta(self, point: "MetricPoint", changes: SeriesChanges, batch: UsageBatch) -> Decimal | None:
+    def _delta(self, point: MetricPoint, changes: SeriesChanges, batch: UsageBatch) -> Decimal | None:
         """The point's increase, or None when it changes nothing (counted as a duplicate) or is
         refused. Called under the lock."""
         key = (point.series, point.start_ns)

@@ -23,7 +23,12 @@ from otel_meter.processors.genai_usage.metrics import MetricsConverter
 from otel_meter.processors.genai_usage.modalities import split_modalities
 from otel_meter.processors.genai_usage.token_sources import TokenSources
 from otel_meter.processors.genai_usage.values import (
-    NO_EVENT_TIME, InvalidCount, count_value, first_text, number_value, text_value,
+    NO_EVENT_TIME,
+    InvalidCount,
+    count_value,
+    first_text,
+    number_value,
+    text_value,
 )
 from otel_meter.usage import Rejection, UsageBatch
 

@@ -51,7 +51,7 @@ class Admission:
         """Requests refused since start, all causes."""
         self._lock = threading.Lock()
 
-    def admit(self, size: int) -> "Ticket":
+    def admit(self, size: int) -> Ticket:
         """Take a request holding ``size`` bytes (0 when not known yet), or raise Overloaded.
         Release the ticket when the request is answered."""
         if self.memory_limiter is not None:
@@ -106,7 +106,7 @@ class Ticket:
                 admission.requests -= 1
                 admission.bytes -= self.size
 
-    def __enter__(self) -> "Ticket":
+    def __enter__(self) -> Ticket:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -32,7 +32,13 @@ from otel_meter.receivers.otlp import events
 from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
 from otel_meter.receivers.otlp.config import GrpcProtocolConfig
 from otel_meter.receivers.otlp.export import (
-    RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code, retry_info,
+    RETRY_AFTER_SECONDS,
+    SIGNALS,
+    OtlpSignal,
+    error_status,
+    export,
+    refusal_code,
+    retry_info,
 )
 from otel_meter.security import AuthenticationError, Authenticator, grpc_server_credentials
 

@@ -48,7 +48,12 @@ from otel_meter.receivers.otlp import events, otlp_json
 from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
 from otel_meter.receivers.otlp.config import HttpProtocolConfig
 from otel_meter.receivers.otlp.export import (
-    RETRY_AFTER_SECONDS, SIGNALS, OtlpSignal, error_status, export, refusal_code,
+    RETRY_AFTER_SECONDS,
+    SIGNALS,
+    OtlpSignal,
+    error_status,
+    export,
+    refusal_code,
 )
 from otel_meter.security import AuthenticationError, Authenticator
 
