@@ -29,7 +29,7 @@ from otel_meter.extensions.budgets.monitor import (
     customer_limits,
     evaluate,
 )
-from otel_meter.rating.credits import CreditGrant, UsageBucket, burn_down
+from otel_meter.credits.burn_down import CreditGrant, UsageBucket, burn_down
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import Budget, parse_rate_card
 from otel_meter.service import ServiceHost

@@ -221,8 +221,8 @@ def usage_batch(rows: list[Row]) -> UsageBatch:
 
 
 def seed(store) -> None:
-    from otel_meter.rating.credit_store import add_grant
-    from otel_meter.rating.credits import CreditGrant
+    from otel_meter.credits.credit_store import add_grant
+    from otel_meter.credits.burn_down import CreditGrant
 
     rating = RatingProcessor(rate_book())
     inside = [row for row in ROWS if not row[0].startswith("x")]
@@ -251,7 +251,7 @@ def usage_api(store, start: str, end: str, group_by: str, customer: str | None =
 
 
 def credit_balances(store, customers: list[str], as_of_s: int) -> dict[str, D]:
-    from otel_meter.rating.credit_store import credit_ledger
+    from otel_meter.credits.credit_store import credit_ledger
 
     return {customer: credit_ledger(store, customer, as_of_s * 10**9).balance("USD") for customer in customers}
 

@@ -97,8 +97,8 @@ def _database(store, name: str):
 def seed(store, database: str) -> dict[str, Any]:
     """Rated with v1, re-rated with v1 + v2, a prepaid grant, and the billing ledger of one target."""
     from otel_meter.billing.ledger import LedgerEntry, record_states
-    from otel_meter.rating.credit_store import add_grant
-    from otel_meter.rating.credits import CreditGrant
+    from otel_meter.credits.credit_store import add_grant
+    from otel_meter.credits.burn_down import CreditGrant
     from otel_meter.rating.rerate import rerate
 
     db = _database(store, database)
@@ -130,7 +130,7 @@ def invoice_of(store, database: str, customer: str, **options: Any) -> dict[str,
 
 def other_sides(store, database: str, customer: str) -> dict[str, Any]:
     """The usage API's amount, the period view and the credit ledger for the same customer and month."""
-    from otel_meter.rating.credit_store import credit_ledger
+    from otel_meter.credits.credit_store import credit_ledger
     from otel_meter.storage.usage_report import UsageRequest, run_usage_query
 
     db = _database(store, database)
@@ -512,8 +512,8 @@ PRICE_V2 = PRICE_V1.replace('"v1"', '"v2"').replace("2026-01-01T00:00:00Z", "202
 def seed_versions(store) -> None:
     """paid and free: 10M tokens at 2.00/M (Nov 1-10), then 10M at 4.00/M (Nov 16-25); prepaid: 10M at
     2.00/M with 5M free, and a grant of 20.00 USD."""
-    from otel_meter.rating.credit_store import add_grant
-    from otel_meter.rating.credits import CreditGrant
+    from otel_meter.credits.credit_store import add_grant
+    from otel_meter.credits.burn_down import CreditGrant
 
     db = _database(store, VERSIONS_DATABASE)
     rows = []
@@ -532,7 +532,7 @@ def seed_versions(store) -> None:
 
 def november(store, customer: str) -> dict[str, Any]:
     """The period view, the invoice and the credit ledger of ``customer`` for 2026-11."""
-    from otel_meter.rating import credit_store
+    from otel_meter.credits import credit_store
 
     db = _database(store, VERSIONS_DATABASE)
     period, rates = Period.parse("2026-11"), book(PRICE_V1, PRICE_V2)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from croniter import croniter
 
 from otel_meter.app.billing import LedgerRequest, ledger_document
-from otel_meter.rating.credit_store import iso_time
+from otel_meter.credits.credit_store import iso_time
 
 if TYPE_CHECKING:
     from otel_meter.billing.config import BillingSection

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from otel_meter.rating import credit_store
+from otel_meter.credits import credit_store
 
 if TYPE_CHECKING:
-    from otel_meter.rating.credits import CreditGrant
+    from otel_meter.credits.burn_down import CreditGrant
     from otel_meter.rating.rate_book import RateBook
     from otel_meter.storage.store import Store
 

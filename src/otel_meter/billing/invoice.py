@@ -54,7 +54,7 @@ from typing import Any
 from otel_meter.billing.config import target_factory
 from otel_meter.errors import OtelMeterError
 from otel_meter.meters.definitions import BUILTIN_METERS
-from otel_meter.rating.credit_store import credit_ledger, decimal_text, exact, iso_time, money_text
+from otel_meter.credits.credit_store import credit_ledger, decimal_text, exact, iso_time, money_text
 from otel_meter.rating.period import EXACT, ZERO, PeriodStatement, build_statement, round_invoice
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.statement import Period, period_view

@@ -15,7 +15,7 @@ from decimal import ROUND_CEILING, Decimal
 from html import escape
 from typing import Any
 
-from otel_meter.rating.credit_store import money_text
+from otel_meter.credits.credit_store import money_text
 
 CHART_WIDTH = 720
 CHART_HEIGHT = 260

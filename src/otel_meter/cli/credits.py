@@ -47,7 +47,7 @@ def credit_balance(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     from otel_meter.app.credits import BalanceRequest, balance_document
-    from otel_meter.rating import credit_store
+    from otel_meter.credits import credit_store
     from otel_meter.storage.usage_report import parse_time, to_ns
 
     as_of = to_ns(parse_time("as_of", args.as_of)) if args.as_of else time.time_ns()
@@ -76,7 +76,7 @@ def credit_grant(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     from otel_meter.app.credits import grant_document
-    from otel_meter.rating import credit_store
+    from otel_meter.credits import credit_store
 
     document = {"amount": args.amount, "currency": args.currency, "effective_from": args.effective_from,
                 "expires_at": args.expires_at, "priority": args.priority, "grant_id": args.grant_id,
@@ -94,7 +94,7 @@ def credit_grant(args: argparse.Namespace) -> int:
 def credit_void(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
-    from otel_meter.rating import credit_store
+    from otel_meter.credits import credit_store
 
     path = f"/v1/credits/{quote(args.customer, safe='')}/grants/{quote(args.grant_id, safe='')}/void"
     answer, store = server_or_store(args, "POST", path, write=True)

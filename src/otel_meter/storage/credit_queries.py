@@ -1,7 +1,7 @@
 """SQL of prepaid credit grants, spend per billing period and threshold alerts.
 
 Values are always bound parameters (``{name:Type}``), never formatted into the text. Rows are
-written with Arrow inserts (see rating/credit_store.py and extensions/budgets/monitor.py), so
+written with Arrow inserts (see credits/credit_store.py and extensions/budgets/monitor.py), so
 only reads live here. ``credit_grants`` and ``alerts`` are ReplacingMergeTree tables whose
 changes are newer rows of the same key: reads use ``FINAL`` to see the latest row of each key.
 """

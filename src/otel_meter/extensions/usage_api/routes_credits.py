@@ -24,7 +24,7 @@ from otel_meter.extensions.usage_api.validation import (
     Text,
     TimeText,
 )
-from otel_meter.rating import credit_store
+from otel_meter.credits import credit_store
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer

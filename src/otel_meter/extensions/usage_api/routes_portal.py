@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field
 from otel_meter.console.portal_links import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
 from otel_meter.extensions.usage_api.routing import ApiRequest, route
 from otel_meter.extensions.usage_api.validation import BodyInput, Integer, RequiredText
-from otel_meter.rating.credit_store import iso_time
+from otel_meter.credits.credit_store import iso_time
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer

@@ -5,13 +5,13 @@ is never edited in place, voiding it writes a newer row of the same key with ``v
 and reads take the latest row (``FINAL``). A grant id is unique per customer: adding one that
 exists is refused rather than silently replacing it.
 
-The ledger is :func:`otel_meter.rating.credits.burn_down` over the customer's grants, its
+The ledger is :func:`otel_meter.credits.burn_down.burn_down` over the customer's grants, its
 rated usage per hour and currency (``usage_hourly``) and, given the rate cards, the settlement
 of each billing period whose statement (the period view) is below its real-time amount, so it
 is recomputed, never stored, always agrees with the usage the API reports, and burns for each
 period exactly the credits its statement applies.
 
-Every input problem raises :class:`~otel_meter.rating.credits.CreditError` (an
+Every input problem raises :class:`~otel_meter.credits.burn_down.CreditError` (an
 ``OtelMeterError``) naming the grant and the field; :class:`UnknownGrantError` and
 :class:`DuplicateGrantError` are its subclasses for a grant that is missing or already there.
 """
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from otel_meter.rating.credits import (
+from otel_meter.credits.burn_down import (
     EXACT,
     CreditError,
     CreditGrant,
