@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from otel_meter import faults
 from otel_meter.errors import ConfigError
-from otel_meter.memory_limiter import MIB, MemoryLimiter, MemoryLimiterConfig, resident_bytes
+from otel_meter.receivers.otlp.memory_limiter import MIB, MemoryLimiter, MemoryLimiterConfig, resident_bytes
 from otel_meter.receivers.otlp.admission import Admission, Overloaded
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 

@@ -21,7 +21,7 @@ import threading
 
 import grpc
 
-from otel_meter.memory_limiter import MIB, MemoryLimiter
+from otel_meter.receivers.otlp.memory_limiter import MIB, MemoryLimiter
 
 OVERLOAD_RETRY_SECONDS = 1
 """Retry delay given with an overload refusal: short, since load changes quickly."""

@@ -3,7 +3,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from otel_meter.component_model import ComponentConfig
-from otel_meter.memory_limiter import MemoryLimiterConfig
+from otel_meter.receivers.otlp.memory_limiter import MemoryLimiterConfig
 from otel_meter.security import ServerSecurityConfig
 
 EVENTS_PATH = "/v1/events"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from otel_meter.errors import OtelMeterError
-from otel_meter.memory_limiter import MemoryLimiter
+from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.pipeline import Consumer, SignalConsumers  # SignalConsumers re-exported: it lives with the pipeline
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
