@@ -1,10 +1,11 @@
-"""The console's series show every bucket of the range (empty ones as zero), in UTC."""
+"""The console's series show every bucket of the range (empty ones as zero), in UTC, and stack
+the largest groups one by one."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from otel_meter.app.overview import OverviewRequest, bucket_starts
+from otel_meter.app.overview import OTHER, OverviewRequest, bucket_starts, chart_groups
 
 NS = 10**9
 
@@ -27,3 +28,9 @@ def test_buckets_cover_the_range_from_the_bucket_holding_its_start() -> None:
 def test_month_buckets_cross_the_year() -> None:
     months = bucket_starts(OverviewRequest(ns("2026-11-15T00:00:00"), ns("2027-02-01T00:00:00"), "month"))
     assert [iso(s) for s in months] == ["2026-11-01T00", "2026-12-01T00", "2027-01-01T00"]
+
+
+def test_a_chart_stacks_the_largest_groups_and_sums_the_others() -> None:
+    points = [{"customer": f"c{index:02d}", "amount": f"{index}.5", "quantity": index} for index in range(12)]
+    assert chart_groups(points, "customer") == [f"c{index:02d}" for index in range(3, 12)] + [OTHER]
+    assert chart_groups(points[:10], "customer") == [f"c{index:02d}" for index in range(10)]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from croniter import croniter
 
 from otel_meter.app.billing import LedgerRequest, ledger_document
-from otel_meter.credits.credit_store import iso_time
+from otel_meter.app.overview import iso
 
 if TYPE_CHECKING:
     from otel_meter.billing.config import BillingSection
@@ -38,12 +38,12 @@ def billing_status(store: Store, section: BillingSection | None, request: Ledger
                      if schedule.target == name]
         targets.append({
             "target": name,
-            "windows": [{"start": iso_time(start), "end": iso_time(end), "counts": counts}
+            "windows": [{"start": iso(start), "end": iso(end), "counts": counts}
                         for (start, end), counts in sorted(windows.items())],
             "counts": {status: sum(1 for entry in own if entry["status"] == status)
                        for status in sorted({entry["status"] for entry in own} | set(STATUSES))},
             "errors": [entry for entry in own if entry["error"]],
-            "last_sent_window": max((iso_time(entry["window_end_ns"]) for entry in own if entry["status"] == "sent"),
+            "last_sent_window": max((iso(entry["window_end_ns"]) for entry in own if entry["status"] == "sent"),
                                     default=None),
             "schedules": [{"cron": schedule.cron, "period": schedule.period, "customer": schedule.customer,
                            "next_run": croniter(schedule.cron, now).get_next(datetime).strftime(

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from otel_meter.app.credits import BalanceRequest, balance_document
 from otel_meter.app.overview import OverviewRequest, usage_rows
+from otel_meter.credits.credit_store import grants_of_customers
 
 if TYPE_CHECKING:
     from otel_meter.rating.rate_book import RateBook
     from otel_meter.rating.statement import Period
     from otel_meter.storage.store import Store
 
-MAX_CUSTOMERS = 500
+MAX_CUSTOMERS = 100
 """The list shows at most this many customers, largest amount first (the page says when it cut)."""
 
 
@@ -29,8 +30,10 @@ def customer_list(store: Store, book: RateBook | None, period: Period, now_ns: i
         if needle in row["customer"].lower():
             amounts.setdefault(row["customer"], []).append(row)
     names = sorted(amounts, key=lambda name: (-max(Decimal(row["amount"]) for row in amounts[name]), name))
+    with_grants = grants_of_customers(store)  # one query; balances only for customers that have grants
     customers = [{"customer": name, "usage": amounts[name],
-                  "credits": balance_document(store, book, BalanceRequest(name, now_ns))["balances"],
+                  "credits": balance_document(store, book, BalanceRequest(name, now_ns))["balances"]
+                  if with_grants.get(name) else {},
                   "entitlement": entitlement(name) if entitlement is not None else None}
                  for name in names[:MAX_CUSTOMERS]]
     return {"period": period.name, "search": search, "customers": customers,

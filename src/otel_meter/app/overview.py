@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 TOP = 5
 """How many customers and models the top lists show."""
+SERIES_GROUPS = 9
+"""How many group values a chart stacks one by one; the others are summed as OTHER."""
+OTHER = "(other)"
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,31 @@ def bucket_starts(request: OverviewRequest) -> list[int]:
     return starts
 
 
+def chart_groups(points: list[dict[str, Any]], group_by: str) -> list[str]:
+    """The group values a chart stacks: the largest SERIES_GROUPS by amount (then quantity), plus
+    OTHER for the rest together, so a chart by customer stays readable with thousands of them."""
+    amount: dict[str, Decimal] = {}
+    quantity: dict[str, int] = {}
+    for point in points:
+        value = point[group_by]
+        amount[value] = amount.get(value, Decimal(0)) + Decimal(point["amount"])
+        quantity[value] = quantity.get(value, 0) + int(point["quantity"])
+    if len(amount) <= SERIES_GROUPS + 1:
+        return sorted(amount)
+    largest = sorted(amount, key=lambda value: (-amount[value], -quantity[value], value))[:SERIES_GROUPS]
+    return [*sorted(largest), OTHER]
+
+
 def series_document(store: Store, request: OverviewRequest) -> dict[str, Any]:
-    """Spend (per currency) and tokens (meters named ``*_tokens``) per bucket and group value, as
-    exact text, with the bucket starts in ISO 8601 UTC."""
+    """Spend (per currency) and tokens (meters named ``*_tokens``) per bucket and group value (the
+    largest SERIES_GROUPS, the rest as OTHER), as exact text, with the bucket starts in ISO 8601 UTC."""
     points = run_usage_series(store, UsageSeriesRequest(request.start_ns, request.end_ns, request.bucket,
                                                         request.group_by, request.customer))
     buckets = sorted({point["bucket_s"] for point in points} | set(bucket_starts(request)))
-    groups = sorted({point[request.group_by] for point in points})
+    groups = chart_groups(points, request.group_by)
+    for point in points:
+        if point[request.group_by] not in groups:
+            point[request.group_by] = OTHER
     position = {bucket: index for index, bucket in enumerate(buckets)}
     spend: dict[str, dict[str, list[Decimal]]] = {}
     tokens: dict[str, list[int]] = {group: [0] * len(buckets) for group in groups}

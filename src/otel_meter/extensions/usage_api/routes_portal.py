@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from otel_meter.app.overview import iso
 from otel_meter.console.portal_links import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
 from otel_meter.extensions.usage_api.routing import ApiRequest, route
 from otel_meter.extensions.usage_api.validation import BodyInput, Integer, RequiredText
-from otel_meter.credits.credit_store import iso_time
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
@@ -39,7 +39,7 @@ def portal_link(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, A
     token, expires_s = api.portal_links.issue(body.customer, body.expires_in)
     path = f"/portal?link={token}"
     return HTTPStatus.CREATED, {"customer": body.customer, "path": path, "url": f"{api.console_url.rstrip('/')}{path}",
-                                "expires_at": iso_time(expires_s * NS)}
+                                "expires_at": iso(expires_s * NS)}
 
 
 ROUTES = (
