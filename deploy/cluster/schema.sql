@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS otel_meter.usage_ingest_local ON CLUSTER otel_meter
     cost Decimal(38, 18),
     cost_currency String,
     cost_card String,
-    cost_card_version String
+    cost_card_version String,
+    reported_cost Decimal(38, 18),
+    reported_cost_currency String,
+    reported_cost_source String
 )
 ENGINE = Null;
 
@@ -97,7 +100,10 @@ CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
     cost_currency LowCardinality(String),
     cost_card LowCardinality(String),
     cost_card_version LowCardinality(String),
-    rerate_run String
+    rerate_run String,
+    reported_cost Decimal(38, 18),
+    reported_cost_currency LowCardinality(String),
+    reported_cost_source LowCardinality(String)
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/line_items', '{replica}')
 PARTITION BY toYYYYMM(event_time)
@@ -119,16 +125,19 @@ CREATE TABLE IF NOT EXISTS otel_meter.usage_hourly_local ON CLUSTER otel_meter
     rate_card LowCardinality(String),
     rate_rule LowCardinality(String),
     cost_currency LowCardinality(String),
+    reported_cost_currency LowCardinality(String),
+    reported_cost_source LowCardinality(String),
     quantity Decimal(38, 9),
     amount Decimal(38, 18),
     cost Decimal(38, 18),
+    reported_cost Decimal(38, 18),
     line_items Int64
 )
 ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/otel_meter/usage_hourly', '{replica}',
-                                    (quantity, amount, cost, line_items))
+                                    (quantity, amount, cost, reported_cost, line_items))
 PARTITION BY toYYYYMM(hour)
 ORDER BY (hour, customer, meter, model, provider, feature, service, environment, currency, priced, rate_card,
-          rate_rule, cost_currency)
+          rate_rule, cost_currency, reported_cost_currency, reported_cost_source)
 SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
 
 CREATE TABLE IF NOT EXISTS otel_meter.usage_daily_local ON CLUSTER otel_meter
@@ -146,16 +155,19 @@ CREATE TABLE IF NOT EXISTS otel_meter.usage_daily_local ON CLUSTER otel_meter
     rate_card LowCardinality(String),
     rate_rule LowCardinality(String),
     cost_currency LowCardinality(String),
+    reported_cost_currency LowCardinality(String),
+    reported_cost_source LowCardinality(String),
     quantity Decimal(38, 9),
     amount Decimal(38, 18),
     cost Decimal(38, 18),
+    reported_cost Decimal(38, 18),
     line_items Int64
 )
 ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/otel_meter/usage_daily', '{replica}',
-                                    (quantity, amount, cost, line_items))
+                                    (quantity, amount, cost, reported_cost, line_items))
 PARTITION BY toYYYYMM(day)
 ORDER BY (day, customer, meter, model, provider, feature, service, environment, currency, priced, rate_card,
-          rate_rule, cost_currency)
+          rate_rule, cost_currency, reported_cost_currency, reported_cost_source)
 SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_events_mv ON CLUSTER otel_meter
@@ -168,26 +180,29 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.line_items_mv ON CLUSTER otel_
 TO otel_meter.line_items_local AS
 SELECT event_id, event_time, received_at AS rated_at, 'usage' AS kind, customer, feature, service, environment,
        provider, model, operation, meter, quantity, unit_price, amount, currency, priced, rate_card,
-       rate_card_version, dimensions, rate_rule, cost, cost_currency, cost_card, cost_card_version
+       rate_card_version, dimensions, rate_rule, cost, cost_currency, cost_card, cost_card_version,
+       reported_cost, reported_cost_currency, reported_cost_source
 FROM otel_meter.usage_ingest_local;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_hourly_mv ON CLUSTER otel_meter
 TO otel_meter.usage_hourly_local AS
 SELECT toStartOfHour(event_time) AS hour, customer, feature, service, environment, provider, model, meter,
-       currency, priced, rate_card, rate_rule, cost_currency, sum(quantity) AS quantity, sum(amount) AS amount,
-       sum(cost) AS cost, sum(multiIf(kind = 'reversal', -1, kind = 'rerate', 1, 1)) AS line_items
+       currency, priced, rate_card, rate_rule, cost_currency, reported_cost_currency, reported_cost_source,
+       sum(quantity) AS quantity, sum(amount) AS amount, sum(cost) AS cost, sum(reported_cost) AS reported_cost,
+       sum(multiIf(kind = 'reversal', -1, kind = 'rerate', 1, 1)) AS line_items
 FROM otel_meter.line_items_local
 GROUP BY hour, customer, feature, service, environment, provider, model, meter, currency, priced, rate_card,
-         rate_rule, cost_currency;
+         rate_rule, cost_currency, reported_cost_currency, reported_cost_source;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_daily_mv ON CLUSTER otel_meter
 TO otel_meter.usage_daily_local AS
 SELECT toDate(event_time) AS day, customer, feature, service, environment, provider, model, meter,
-       currency, priced, rate_card, rate_rule, cost_currency, sum(quantity) AS quantity, sum(amount) AS amount,
-       sum(cost) AS cost, sum(multiIf(kind = 'reversal', -1, kind = 'rerate', 1, 1)) AS line_items
+       currency, priced, rate_card, rate_rule, cost_currency, reported_cost_currency, reported_cost_source,
+       sum(quantity) AS quantity, sum(amount) AS amount, sum(cost) AS cost, sum(reported_cost) AS reported_cost,
+       sum(multiIf(kind = 'reversal', -1, kind = 'rerate', 1, 1)) AS line_items
 FROM otel_meter.line_items_local
 GROUP BY day, customer, feature, service, environment, provider, model, meter, currency, priced, rate_card,
-         rate_rule, cost_currency;
+         rate_rule, cost_currency, reported_cost_currency, reported_cost_source;
 
 -- What otel-meter reads and writes, under the names it uses. Inserts into usage_ingest and
 -- line_items (re-rating) are split by event id, so an event and its adjustments share a shard.
@@ -289,4 +304,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost');

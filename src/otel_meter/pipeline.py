@@ -126,6 +126,8 @@ class UsagePipeline:
                                     batch.duplicate_events)
         if batch.rejections:
             self._log_rejections(batch.rejections, customer)
+        if batch.ignored_costs:
+            self.counts.record_ignored_costs(batch.ignored_costs)
         return ConsumeResult(rejections=batch.rejections, stored_rows=rows, duplicate_events=batch.duplicate_events)
 
     def refuse_request(self, received: int, error: BaseException, customer: str | None) -> None:

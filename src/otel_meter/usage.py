@@ -34,6 +34,11 @@ then hold text, or tokens of no stated modality), so they too are billed exactly
 FAILED_CALLS = "failed_calls"
 
 UNATTRIBUTED = "unattributed"
+PROVIDER_COST = "provider"
+"""``gen_ai.usage.cost.source`` of a cost the provider reported (the other value is ``local``)."""
+REPORTED_COST_CARD = "(provider)"
+"""The ``cost_card`` of a row whose cost is the cost its span reported with source ``provider``
+(rating ``cost_source: provider``); no card id can take this name."""
 
 MONEY_SCALE = 18
 """Money on the hot path is exact fixed point: an int counts units of 10**-18 of the
@@ -123,8 +128,20 @@ class UsageBatch:
     cost_card: list[str] = field(default_factory=list)
     cost_card_version: list[str] = field(default_factory=list)
 
+    # Set by the genai_usage processor for spans that report what the call cost
+    # (gen_ai.usage.cost.*; see reported_cost.py). Empty when no row of the batch has one.
+    reported_cost: list[int] = field(default_factory=list)
+    """The cost the span reported, in 10**-18 units of ``reported_cost_currency``, on the first row
+    of its event only (0 on the others), so sums over rows count each call once."""
+    reported_cost_currency: list[str] = field(default_factory=list)
+    """On every row of an event with a reported cost ("" on the rows of events without one)."""
+    reported_cost_source: list[str] = field(default_factory=list)
+    """``provider`` (the provider's bill) or ``local`` (computed by the instrumentation), on every row of the event."""
+
     rejections: list[Rejection] = field(default_factory=list)
     duplicate_events: int = 0
+    ignored_costs: int = 0
+    """Spans whose reported cost was invalid and not stored (their usage was); logged by the extractor."""
     untimed_seqs: set[int] = field(default_factory=set)
     """``event_seq`` of the events sent without a time (custom events), stamped with their
     receipt time: deduplicated by id anywhere in the dedup window, not near that time, so a
@@ -146,6 +163,7 @@ class UsageBatch:
         out = UsageBatch(
             rejections=self.rejections,
             duplicate_events=self.duplicate_events,
+            ignored_costs=self.ignored_costs,
             untimed_seqs=self.untimed_seqs,
             dropped_event_ids=self.dropped_event_ids,
             on_stored=self.on_stored,
@@ -161,7 +179,7 @@ class UsageBatch:
         """The same rows and rejections in new lists, without callbacks or prerequisites: what
         each of several pipelines fed one batch works on, so that none sees another's."""
         out = UsageBatch(rejections=list(self.rejections), duplicate_events=self.duplicate_events,
-                         untimed_seqs=set(self.untimed_seqs))
+                         ignored_costs=self.ignored_costs, untimed_seqs=set(self.untimed_seqs))
         for name in ROW_COLUMNS:
             setattr(out, name, list(getattr(self, name)))
         return out
@@ -184,10 +202,23 @@ class UsageBatch:
 
     def extend(self, other: UsageBatch) -> None:
         """Append another batch's rows (used to group-commit several requests)."""
+        if (self.reported_cost or other.reported_cost) and not (self.reported_cost and other.reported_cost):
+            self.fill_reported_costs()
+            other.fill_reported_costs()
         for name in ROW_COLUMNS:
             getattr(self, name).extend(getattr(other, name))
         self.rejections.extend(other.rejections)
         self.duplicate_events += other.duplicate_events
+        self.ignored_costs += other.ignored_costs
+
+    def fill_reported_costs(self) -> None:
+        """Give a batch without reported costs its neutral columns (no row reported one), so that it
+        can be joined with one that has them; the columns stay empty otherwise (the common case)."""
+        if not self.reported_cost:
+            rows = len(self.event_id)
+            self.reported_cost = [0] * rows
+            self.reported_cost_currency = [""] * rows
+            self.reported_cost_source = [""] * rows
 
 
 ROW_COLUMNS = (
@@ -195,4 +226,5 @@ ROW_COLUMNS = (
     "resource_attributes", "event_attributes", "customer", "feature", "service", "environment",
     "unit_price", "amount", "currency", "priced", "rate_card", "rate_card_version", "rate_rule",
     "cost", "cost_currency", "cost_card", "cost_card_version",
+    "reported_cost", "reported_cost_currency", "reported_cost_source",
 )

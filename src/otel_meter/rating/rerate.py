@@ -81,7 +81,7 @@ from otel_meter.rating.rate_book import RateBook
 from otel_meter.storage import rerate_queries
 from otel_meter.storage.rerate_queries import LINE_ITEM_COLUMNS
 from otel_meter.storage.store import INSERT_SETTINGS
-from otel_meter.usage import MONEY_CONTEXT, UsageBatch, money_to_decimal
+from otel_meter.usage import MONEY_CONTEXT, REPORTED_COST_CARD, UsageBatch, money_to_decimal
 
 if TYPE_CHECKING:
     from otel_meter.storage.store import Store
@@ -278,9 +278,10 @@ def chunk_adjustments(store: Store, processor: RatingProcessor, chunk: Chunk, cu
     keys = [tuple(row) for row in store.query(rerate_queries.rating_keys(filtered), parameters)]
     if not keys:
         return ChunkAdjustments(chunk, empty_adjustments(), 0, 0, adjustment_token([]))
-    ratings = new_ratings(processor, keys, chunk.start_ns)  # type: ignore[arg-type]
+    ratings = new_ratings(processor, keys, chunk.start_ns)
     table = store.client.query_arrow(rerate_queries.adjustments(filtered), parameters={
-        **parameters, "ratings": ratings, "rerate_run": run_id, "rated_at_us": rated_at_us})
+        **parameters, "ratings": ratings, "rerate_run": run_id, "rated_at_us": rated_at_us,
+        "reported_cost_card": REPORTED_COST_CARD})
     unchanged = pc.equal(table.column("kind"), "unchanged")
     rows = table.filter(pc.invert(unchanged))
     hashes = rows.filter(pc.equal(rows.column("kind"), "reversal")).column("item_hash").to_pylist()

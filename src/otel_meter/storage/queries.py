@@ -130,7 +130,9 @@ SELECT {select_keys}currency,
        sumIf(quantity, NOT priced) AS total_unpriced_quantity,
        sum(amount) AS total_amount,
        cost_currency,
-       sum(cost) AS total_cost
+       sum(cost) AS total_cost,
+       sumMapIf(map(concat(reported_cost_source, ' ', reported_cost_currency), reported_cost),
+                reported_cost_currency != '') AS reported_costs
 FROM {source}
 WHERE {time_filter}{customer}
 GROUP BY {group_keys}currency, cost_currency
@@ -190,6 +192,22 @@ SELECT toString(customer), toString(meter), toString(currency), toString(cost_cu
 FROM {table}
 WHERE {window}{_VERIFY_CUSTOMER if customer_filter else ""}
 GROUP BY customer, meter, currency, cost_currency
+"""
+
+
+def verify_local_costs(customer_filter: bool) -> str:
+    """Line items of spans that reported a ``local`` cost (computed by the instrumentation), per
+    customer, model and reported currency: events, the reported cost, our cost card's cost in that
+    currency (net of re-rating), and the rows the cost card did not cost in that currency."""
+    return f"""
+SELECT toString(customer), toString(model), toString(reported_cost_currency), uniqExact(event_id),
+       sum(reported_cost), sumIf(cost, cost_currency = reported_cost_currency),
+       countIf(cost_currency != reported_cost_currency AND kind = 'usage')
+FROM line_items
+WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""}
+  AND reported_cost_source = 'local'
+GROUP BY customer, model, reported_cost_currency
+ORDER BY customer, model, reported_cost_currency
 """
 
 

@@ -74,14 +74,30 @@ def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]
     rows = []
     for record in store.query(sql, parameters):
         keys = dict(zip(request.group_by, record))
-        currency, quantity, unpriced, amount, cost_currency, cost = record[len(request.group_by):]
+        currency, quantity, unpriced, amount, cost_currency, cost, reported = record[len(request.group_by):]
         row = {**keys, "quantity": number(quantity), "unpriced_quantity": number(unpriced),
                "amount": decimal_text(amount), "currency": currency}
         if cost_currency:  # rated with a cost card too: what the usage cost us, and the margin
             row.update(cost=decimal_text(cost), cost_currency=cost_currency,
                        margin=decimal_text(amount - cost) if cost_currency == currency else None)
+        if reported:  # some usage of the group reported what it cost (gen_ai.usage.cost.*): shown, never billed
+            row["reported_cost"] = reported_costs(reported)
         rows.append(row)
     return rows
+
+
+UNSPECIFIED_SOURCE = "unspecified"
+"""The ``reported_cost`` key of costs sent without ``gen_ai.usage.cost.source``."""
+
+
+def reported_costs(sums: dict[str, Decimal]) -> dict[str, dict[str, str]]:
+    """{"<source> <currency>": sum} from the store as {source: {currency: amount}}, sources
+    ``provider``, ``local`` and ``unspecified``."""
+    costs: dict[str, dict[str, str]] = {}
+    for key, total in sorted(sums.items()):
+        source, _, currency = key.rpartition(" ")
+        costs.setdefault(source or UNSPECIFIED_SOURCE, {})[currency] = decimal_text(total)
+    return costs
 
 
 def number(value: Decimal) -> int | Decimal:

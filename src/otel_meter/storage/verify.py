@@ -16,6 +16,12 @@ compares them:
 - ``duplicate_ids``: no (event_id, meter) is stored twice in ``usage_events`` or among the
   ``usage`` line items.
 
+Beside the checks, ``local_cost_vs_cost_card`` reports, per customer, model and currency, how
+the costs spans reported as ``local`` (``gen_ai.usage.cost.source``, computed by the
+instrumentation from its own price list) differ from what our cost card says the same usage
+cost. A difference is information about the price lists, not an inconsistency of the store: it
+is reported, never billed, and does not fail the verification.
+
 Everything is computed in ClickHouse; Python only compares the grouped sums. A store that
 is being written to may show an insert half-way through its materialized views: verify a
 range that ended a few seconds ago, or re-run to confirm a mismatch.
@@ -43,6 +49,7 @@ REVERSALS_VS_RERATES = "reversals_vs_rerates"
 LINE_ITEMS_VS_HOURLY = "line_items_vs_hourly"
 LINE_ITEMS_VS_DAILY = "line_items_vs_daily"
 DUPLICATE_IDS = "duplicate_ids"
+LOCAL_COSTS = "local_cost_vs_cost_card"
 
 USAGE_EVENTS = "usage_events"
 LINE_ITEMS_USAGE = "line_items[usage]"
@@ -159,6 +166,8 @@ class VerifyReport:
     totals: dict[str, dict[str, Any]]
     mismatches: list[Mismatch]
     duplicates: list[Duplicates]
+    local_costs: list[dict[str, Any]] = field(default_factory=list)
+    """``local_cost_vs_cost_card`` (see the module docstring)."""
 
     @property
     def ok(self) -> bool:
@@ -170,6 +179,7 @@ class VerifyReport:
             "ok": self.ok, "checks": self.checks, "not_checked": self.not_checked, "totals": self.totals,
             "mismatches": [vars(mismatch) for mismatch in self.mismatches],
             "duplicates": [vars(duplicates) for duplicates in self.duplicates],
+            LOCAL_COSTS: self.local_costs,
         }
 
 
@@ -300,10 +310,17 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
                 [{"event_id": event_id, "meter": meter, "customer": customer, "copies": int(copies)}
                  for event_id, meter, customer, copies, _ in found]))
 
+    local_costs = [
+        {"customer": customer, "model": model, "currency": currency, "events": int(events),
+         "local_cost": decimal_text(local), "card_cost": decimal_text(card), "difference": decimal_text(local - card),
+         "rows_not_costed": int(not_costed)}
+        for customer, model, currency, events, local, card, not_costed in run_query(
+            store, queries.verify_local_costs(customer_filter), parameters, "reported local costs")]
+
     totals_json = {name: side.to_json("rows" if name in (USAGE_EVENTS, LINE_ITEMS_USAGE) else "line_items")
                    for name, side in totals.items()}
     totals_json[LINE_ITEMS_NET].update(reversal_rows=reversal_rows, rerate_rows=rerate_rows)
-    return VerifyReport(request, checks, not_checked, totals_json, mismatches, duplicates)
+    return VerifyReport(request, checks, not_checked, totals_json, mismatches, duplicates, local_costs)
 
 
 # --- the text report ------------------------------------------------------------------------------------
@@ -329,6 +346,17 @@ def format_report(report: dict[str, Any]) -> str:
             if values:
                 parts.append(f"{heading} " + ", ".join(f"{key or '(none)'} {value}" for key, value in values.items()))
         lines.append(f"  {name.ljust(width)}  " + "; ".join(parts))
+    differing = [entry for entry in report.get(LOCAL_COSTS, []) if Decimal(entry["difference"])
+                 or entry["rows_not_costed"]]
+    if differing:
+        lines += ["", "Local costs reported by the instrumentation vs the cost card (reported, not billed)"]
+        for entry in differing:
+            line = (f"  customer {entry['customer']}, model {entry['model']}: {entry['events']} calls, local "
+                    f"{entry['local_cost']} {entry['currency']}, cost card {entry['card_cost']} {entry['currency']}, "
+                    f"difference {entry['difference']}")
+            if entry["rows_not_costed"]:
+                line += f" ({entry['rows_not_costed']} usage rows not costed in {entry['currency']} by the cost card)"
+            lines.append(line)
     problems = [Mismatch(**mismatch).describe() for mismatch in report["mismatches"]]
     problems += [Duplicates(**duplicates).describe() for duplicates in report["duplicates"]]
     lines.append("")

@@ -114,6 +114,8 @@ class CountsSnapshot:
     duplicate_items: int = 0
     usage_rows: int = 0
     unpriced_rows: int = 0
+    ignored_costs: int = 0
+    """Spans whose reported cost (gen_ai.usage.cost.*) was invalid and left out; their usage was metered."""
 
 
 class PipelineCounts:
@@ -131,12 +133,18 @@ class PipelineCounts:
         self._duplicates = 0
         self._usage_rows = 0
         self._unpriced_rows = 0
+        self._ignored_costs = 0
 
     def record_queued(self, usage_rows: int, unpriced_rows: int) -> None:
         """A request's usage rows are in every exporter's local queue."""
         with self._lock:
             self._usage_rows += usage_rows
             self._unpriced_rows += unpriced_rows
+
+    def record_ignored_costs(self, spans: int) -> None:
+        """Spans of a request whose reported cost was left out as invalid (logged by the extractor)."""
+        with self._lock:
+            self._ignored_costs += spans
 
     def record_accepted(self, received: int, rejection_messages: Iterable[str], duplicates: int) -> None:
         """A request acknowledged, with partial success if some items were rejected."""
@@ -170,4 +178,4 @@ class PipelineCounts:
     def snapshot(self) -> CountsSnapshot:
         with self._lock:
             return CountsSnapshot(self._received, self._accepted, dict(self._refused), self._duplicates,
-                                  self._usage_rows, self._unpriced_rows)
+                                  self._usage_rows, self._unpriced_rows, self._ignored_costs)

@@ -75,6 +75,10 @@ class PipelineCollector(Collector):
         unpriced = CounterMetricFamily(
             f"{PREFIX}_pipeline_unpriced_rows", "Queued usage rows that no rate card priced (stored with amount 0).",
             labels=labels)
+        ignored_costs = CounterMetricFamily(
+            f"{PREFIX}_pipeline_ignored_reported_costs", "Spans whose reported cost (gen_ai.usage.cost.*) was "
+            "invalid and not stored; their usage was metered (see the WARN log for the attribute and span).",
+            labels=labels)
         for pipeline in list(self.pipelines):
             counts = pipeline.counts.snapshot()
             values = [pipeline.signal, pipeline.name]
@@ -85,7 +89,8 @@ class PipelineCollector(Collector):
             duplicates.add_metric(values, counts.duplicate_items)
             usage_rows.add_metric(values, counts.usage_rows)
             unpriced.add_metric(values, counts.unpriced_rows)
-        yield from (received, accepted, refused, duplicates, usage_rows, unpriced)
+            ignored_costs.add_metric(values, counts.ignored_costs)
+        yield from (received, accepted, refused, duplicates, usage_rows, unpriced, ignored_costs)
 
 
 class ExporterCollector(Collector):

@@ -15,10 +15,10 @@ RECEIVED_AT = pa.timestamp("us", tz="UTC")
 
 STRING_COLUMNS = ("event_id", "customer", "feature", "service", "environment", "provider", "model", "operation",
                   "meter", "currency", "rate_card", "rate_card_version", "rate_rule", "cost_currency", "cost_card",
-                  "cost_card_version")
+                  "cost_card_version", "reported_cost_currency", "reported_cost_source")
 
 COLUMNS = (*STRING_COLUMNS, "event_time", "received_at", "quantity", "dimensions", "unit_price", "amount", "priced",
-           "cost")
+           "cost", "reported_cost")
 """Column order of every block (``to_arrow``'s), so queued blocks of any version concatenate."""
 
 
@@ -79,6 +79,7 @@ def to_arrow(batch: UsageBatch, received_at_us: int) -> pa.Table:
     columns["amount"] = money_array(batch.amount if rated else [0] * rows)
     columns["priced"] = pa.array(batch.priced if rated else [False] * rows, pa.bool_())
     columns["cost"] = money_array(batch.cost if len(batch.cost) == rows else [0] * rows)
+    columns["reported_cost"] = money_array(batch.reported_cost if len(batch.reported_cost) == rows else [0] * rows)
     return pa.table(columns)
 
 
@@ -88,6 +89,7 @@ def conform(table: pa.Table) -> pa.Table:
     for name in STRING_COLUMNS:
         if name not in table.column_names:
             table = table.append_column(name, pa.array([""] * rows, pa.string()))
-    if "cost" not in table.column_names:
-        table = table.append_column("cost", money_array([0] * rows))
+    for name in ("cost", "reported_cost"):
+        if name not in table.column_names:
+            table = table.append_column(name, money_array([0] * rows))
     return table.select(COLUMNS)

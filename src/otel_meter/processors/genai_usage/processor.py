@@ -21,6 +21,8 @@ from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.logs import LogsConverter
 from otel_meter.processors.genai_usage.metrics import MetricsConverter
 from otel_meter.processors.genai_usage.modalities import split_modalities
+from otel_meter.processors.genai_usage.reported_cost import KEYS as COST_KEYS
+from otel_meter.processors.genai_usage.reported_cost import IgnoredCostLog, InvalidReportedCost, reported_cost
 from otel_meter.processors.genai_usage.token_sources import TokenSources
 from otel_meter.processors.genai_usage.values import (
     NO_EVENT_TIME,
@@ -86,6 +88,7 @@ class GenAIUsageProcessor:
         self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys,
                                         config.token_metrics, self.token_sources)
         self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
+        self.ignored_cost_log = IgnoredCostLog()
 
     @property
     def wanted_resource_keys(self) -> frozenset[str]:
@@ -104,7 +107,8 @@ class GenAIUsageProcessor:
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
         self._extra_resource_keys = frozenset(resource_keys) | self._meter_keys | {SDK_NAME, SERVICE_NAME}
         self._extra_span_keys = frozenset(span_keys)
-        self._wanted_span_keys = cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys | self._meter_keys
+        self._wanted_span_keys = (cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys | self._meter_keys
+                                  | COST_KEYS)
 
     def converter_for(self, signal: str) -> Callable[[Any], UsageBatch]:
         traces = self.extract if self.config.token_metrics != "unless_spans" else self._extract_billed_once
@@ -124,6 +128,8 @@ class GenAIUsageProcessor:
         max_length = self.config.max_attribute_value_length
         max_attributes = self.config.max_attributes_per_span
         reads_status = cv.STATUS_CODE in self._meter_keys
+        costs: list[tuple[int, int, tuple[int, str, str]]] = []
+        """(first row, rows, reported cost) of each span that reported a valid cost."""
         seq = 0
         for resource_spans in request.resource_spans:
             resource_attributes = {
@@ -216,6 +222,12 @@ class GenAIUsageProcessor:
                         batch.rejections.append(Rejection(
                             event_id, f"span {named}: {too_long(found, resource_attributes, max_length)}"))
                         continue
+                    if not COST_KEYS.isdisjoint(found):
+                        try:
+                            costs.append((len(batch.event_id), len(measured), reported_cost(found)))
+                        except InvalidReportedCost as error:
+                            batch.ignored_costs += 1
+                            self.ignored_cost_log.ignored(1, f"span {named}: {error}")
                     for meter, quantity, dimensions in measured:
                         batch.event_id.append(event_id)
                         batch.event_seq.append(seq)
@@ -228,6 +240,8 @@ class GenAIUsageProcessor:
                         batch.dimensions.append(dimensions)
                         batch.resource_attributes.append(resource_attributes)
                         batch.event_attributes.append(span_attributes)
+        if costs:
+            add_reported_costs(batch, costs)
         return batch
 
     def _texts(self, found: dict[str, AnyValue]) -> dict[str, str]:
@@ -285,6 +299,16 @@ class GenAIUsageProcessor:
                     raise InvalidCount(f"attribute {key} {error}; meter {meter} needs a non-negative number") \
                         from None
         return 0
+
+
+def add_reported_costs(batch: UsageBatch, costs: list[tuple[int, int, tuple[int, str, str]]]) -> None:
+    """The reported-cost columns of a batch some of whose spans reported a cost: the amount on each
+    such span's first row, its currency and source on all its rows (see UsageBatch.reported_cost)."""
+    batch.fill_reported_costs()
+    for first, rows, (amount, currency, source) in costs:
+        batch.reported_cost[first] = amount
+        batch.reported_cost_currency[first:first + rows] = [currency] * rows
+        batch.reported_cost_source[first:first + rows] = [source] * rows
 
 
 def too_long(found: dict[str, AnyValue], resource: dict[str, str], limit: int) -> str:

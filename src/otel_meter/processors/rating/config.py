@@ -1,3 +1,5 @@
+from typing import Literal
+
 from otel_meter.component_model import ComponentConfig, ConfigFile, Duration
 
 
@@ -11,5 +13,10 @@ class RatingConfig(ComponentConfig):
     """Id of the default card when it is not given as ``rate_card`` (e.g. applied with ``otel-meter rates apply``)."""
     cost_card: str | None = None
     """Id of the cost card (``kind: cost``): rates usage a second time, at what it costs us."""
+    cost_source: Literal["card", "provider"] = "card"
+    """Where the cost side (``cost``, and so the margin) comes from. ``card``: the cost card prices
+    all usage. ``provider``: a span that reports its cost with ``gen_ai.usage.cost.source =
+    provider`` has that cost (in its currency) instead, on its first usage row; other usage is
+    priced by the cost card. Reported costs are stored either way and never billed."""
     watch: Duration | None = None
     """Check the card files this often and apply a changed one without a restart (off when unset)."""

@@ -18,7 +18,7 @@ def create(config: RatingConfig, context: BuildContext) -> RatingProcessor:
         context.host.add_rate_cards(context.component_id, registry)
     if registry.book.default_card is None:
         logger.warning("processors.%s has no rate card: all usage is stored unpriced", context.component_id)
-    return RatingProcessor(registry)
+    return RatingProcessor(registry, config.cost_source)
 
 
 FACTORY = register(Factory(type=TYPE, kind=Kind.PROCESSOR, config_model=RatingConfig, create=create))

@@ -5,7 +5,7 @@ from typing import NamedTuple, Protocol
 
 from otel_meter.processors.rating.amount_range import refuse_unstorable_amounts
 from otel_meter.rating.rate_book import UNPRICED, RateBook
-from otel_meter.usage import MONEY_CONTEXT, UsageBatch
+from otel_meter.usage import MONEY_CONTEXT, PROVIDER_COST, REPORTED_COST_CARD, UsageBatch
 
 CACHE_LIMIT = 100_000
 
@@ -47,7 +47,9 @@ class RatingProcessor:
     applied while the server runs prices the next batch.
     """
 
-    def __init__(self, source: BookSource | RateBook | None) -> None:
+    def __init__(self, source: BookSource | RateBook | None, cost_source: str = "card") -> None:
+        """``cost_source``: ``provider`` takes a span's provider-reported cost as its cost (RatingConfig)."""
+        self.cost_source = cost_source
         if source is None:
             source = RateBook(())
         self.source: BookSource = FixedBook(source) if isinstance(source, RateBook) else source
@@ -113,4 +115,18 @@ class RatingProcessor:
         batch.rate_card, batch.rate_card_version, batch.rate_rule = cards, versions, rules
         batch.cost, batch.cost_currency, batch.cost_card, batch.cost_card_version = (
             costs, cost_currencies, cost_cards, cost_versions)
+        if self.cost_source == PROVIDER_COST and len(batch.reported_cost) == rows and rows:
+            take_provider_costs(batch)
         return refuse_unstorable_amounts(batch)
+
+
+def take_provider_costs(batch: UsageBatch) -> None:
+    """The cost of every row whose span reported a ``provider`` cost becomes that cost: the call's
+    whole cost on its first row, 0 on the others (see UsageBatch.reported_cost), in the reported
+    currency, with cost card ``REPORTED_COST_CARD``; the margin is then price - provider cost."""
+    for row, source in enumerate(batch.reported_cost_source):
+        if source == PROVIDER_COST:
+            batch.cost[row] = batch.reported_cost[row]
+            batch.cost_currency[row] = batch.reported_cost_currency[row]
+            batch.cost_card[row] = REPORTED_COST_CARD
+            batch.cost_card_version[row] = ""
