@@ -18,7 +18,7 @@ import pytest
 
 from otel_meter.api.v1.events_pb2 import IngestRequest, IngestResponse, UsageEvent
 from otel_meter.api.v1.events_pb2_grpc import EventsServiceStub
-from otel_meter.client import Event, EventsClient, EventsRejectedError
+from otel_meter.sdk import Event, EventsClient, EventsRejectedError
 from tests.integration.conftest import MeterServer
 
 CLOUDEVENTS, BATCH, JSON = "application/cloudevents+json", "application/cloudevents-batch+json", "application/json"

@@ -2,7 +2,7 @@
 
 One server has bearer tokens on both OTLP protocols (and so on the events API) and separate
 read tokens on the usage API; another serves TLS and mutual TLS. Every refusal is proven with
-the real clients (OpenTelemetry SDK exporters, otel_meter.client, the CLI), and exact totals
+the real clients (OpenTelemetry SDK exporters, otel_meter.sdk, the CLI), and exact totals
 through the usage API show that refused requests stored nothing and that a customer-bound
 token's usage is that customer's whatever the telemetry says.
 """
@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_meter import cli
-from otel_meter.client import Event, EventsClient, EventsRejectedError
+from otel_meter.sdk import Event, EventsClient, EventsRejectedError
 from tests.integration.conftest import RATE_CARD, MeterServer, SpanFactory, chat, free_port
 from tests.integration.tls_certificates import Certificates, make_certificates
 

@@ -1,4 +1,4 @@
-"""otel_meter.client against stand-in servers: retries with backoff, Retry-After, errors."""
+"""otel_meter.sdk's events client against stand-in servers: retries with backoff, Retry-After, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from otel_meter.client import Event, EventsClient, EventsRejectedError, EventsUnavailableError
+from otel_meter.sdk import Event, EventsClient, EventsRejectedError, EventsUnavailableError
 
 EVENT = Event(id="e1", source="app", subject="acme", quantities={"seats": 1})
 OK = {"accepted": 1, "duplicates": 0, "rejected": 0, "rejections": []}

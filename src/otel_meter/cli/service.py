@@ -63,8 +63,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def validate_config(args: argparse.Namespace) -> int:
     from otel_meter.config import load_config
-    from otel_meter.processors.rating.config import RatingConfig
     from otel_meter.errors import RateCardError
+    from otel_meter.processors.rating.config import RatingConfig
     from otel_meter.rating.rate_book import RateBook
     from otel_meter.rating.rate_card import load_rate_card
 
