@@ -8,6 +8,7 @@ Adding a component is adding a module; nothing else switches on type names.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import re
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ class BuildContext:
 class Factory:
     type: str
     kind: Kind
-    config_model: type[ComponentConfig]
+    config_model: builtins.type[ComponentConfig]  # builtins: the field above shadows type in the class body
     create: Callable[[Any, BuildContext], Any]
     consumes: frozenset[str] = frozenset({USAGE})
     """For processors: what they take in. A converter takes telemetry signals (traces,

@@ -171,7 +171,7 @@ def parse_config(text: str, config_dir: Path, source: str, environ: dict[str, st
         problems = validation_problems("", error)
         raise ConfigError(f"{source}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems)) from None
 
-    problems: list[str] = []
+    problems = []
     built: dict[Kind, dict[str, ComponentConfig]] = {kind: {} for kind in Kind}
     for kind in Kind:
         section: dict[str, Any] = getattr(top, kind.value)

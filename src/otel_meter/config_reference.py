@@ -120,8 +120,8 @@ def reference() -> str:
                 factory.config_model.__doc__ != BaseModel.__doc__ else ""
             parts.append(f"\n### {type_}\n\n" + (f"{summary}\n\n" if summary else "") + table(factory.config_model))
     parts.append("\n## billing targets\n")
-    for type_, factory in sorted(target_factories().items()):
-        parts.append(f"\n### {type_}\n\n" + table(factory.config_model))
+    for type_, target_factory in sorted(target_factories().items()):
+        parts.append(f"\n### {type_}\n\n" + table(target_factory.config_model))
     return "".join(parts)
 
 

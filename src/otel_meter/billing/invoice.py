@@ -52,12 +52,12 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from otel_meter.billing.config import target_factory
+from otel_meter.credits.credit_store import credit_ledger, decimal_text, exact, iso_time, money_text
 from otel_meter.errors import OtelMeterError
 from otel_meter.meters.definitions import BUILTIN_METERS
-from otel_meter.credits.credit_store import credit_ledger, decimal_text, exact, iso_time, money_text
-from otel_meter.rating.period import EXACT, ZERO, PeriodStatement, build_statement, round_invoice
+from otel_meter.rating.period import EXACT, ZERO, Period, PeriodStatement, build_statement, round_invoice
 from otel_meter.rating.rate_book import RateBook
-from otel_meter.rating.statement import Period, period_view
+from otel_meter.rating.statement import period_view
 from otel_meter.storage import queries
 from otel_meter.storage.store import Store
 
@@ -338,7 +338,7 @@ def parse_issued(text: str | None) -> date | None:
         raise InvoiceError(f"issued {text!r}: use a date such as 2026-12-01") from None
 
 
-def _usage_lines(usage_rows: list[tuple], rerate_rows: list[tuple]
+def _usage_lines(usage_rows: list[tuple[Any, ...]], rerate_rows: list[tuple[Any, ...]]
                  ) -> dict[str, tuple[tuple[UsageLine, ...], tuple[RerateLine, ...]]]:
     """Per currency: the usage lines (each with its re-rating) and the re-rating lines."""
     rerating: dict[tuple[str, str, str], RerateLine] = {}
@@ -363,7 +363,7 @@ def _usage_lines(usage_rows: list[tuple], rerate_rows: list[tuple]
     return {currency: (tuple(lines), tuple(rerates)) for currency, (lines, rerates) in found.items()}
 
 
-def _daily_usage(rows: list[tuple]) -> dict[str, tuple[DailyUsage, ...]]:
+def _daily_usage(rows: list[tuple[Any, ...]]) -> dict[str, tuple[DailyUsage, ...]]:
     per_day: dict[str, dict[str, tuple[Decimal, dict[str, Decimal]]]] = {}
     for day, currency, meter, quantity, amount in rows:
         days = per_day.setdefault(currency, {})
@@ -408,7 +408,7 @@ def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequ
         known = latest.get(entry.key)
         if known is None or entry.recorded_at_ns >= known.recorded_at_ns:
             latest[entry.key] = entry  # the latest row of a record is its state
-    sums: dict[tuple[str, str], dict[str, list]] = {}
+    sums: dict[tuple[str, str], dict[str, list[Any]]] = {}
     for entry in latest.values():
         if entry.status != "sent":
             continue
@@ -422,9 +422,10 @@ def _sent_to_targets(store: Store, customer: str, period: Period, sections: Sequ
     exported = _exported_usage(store, customer, period) if target_meters else {}
     # A mapped target that sent the customer's usage of one currency is shown for each currency of
     # usage its mappings cover, so usage it has not sent (yet) shows as differing, never left out.
-    for target in {target for target, _ in sums if target in (target_meters or {})}:
+    mapped = target_meters or {}
+    for target in {target for target, _ in sums if target in mapped}:
         for currency, usage in exported.items():
-            if any(_maps(mapping, line) and line.quantity for mapping in target_meters[target] for line in usage):
+            if any(_maps(mapping, line) and line.quantity for mapping in mapped[target] for line in usage):
                 sums.setdefault((target, currency), {})
     targets = []
     for (target, currency), meters in sorted(sums.items()):
@@ -476,7 +477,7 @@ def _expected_per_platform_meter(usage: Sequence[UsageLine], mappings: Sequence[
     """Per platform meter: the quantity and real-time amount of the usage mapped to it (unpriced
     usage included), and the value its mappings send for that usage (as the export computes it:
     quantity or amount / unit, summed; floored for a whole-number platform)."""
-    found: dict[str, list] = {}
+    found: dict[str, list[Any]] = {}
     for mapping in mappings:
         totals = found.setdefault(mapping.to, [ZERO, ZERO, ZERO, set()])
         totals[3].add(mapping.value)

@@ -6,12 +6,13 @@ import logging
 import threading
 import time
 from datetime import datetime, timezone
+from typing import Callable
 
 from croniter import croniter
 
 from otel_meter.billing.config import BillingSection, Schedule, build_target
 from otel_meter.billing.export import run_export
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import Period
 from otel_meter.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def period_for(schedule: Schedule, now_ns: int) -> Period:
 class BillingScheduler:
     """One thread; runs each schedule at its cron times (UTC), one export at a time."""
 
-    def __init__(self, section: BillingSection, store: Store, clock=time.time) -> None:
+    def __init__(self, section: BillingSection, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.section = section
         self.store = store
         self._clock = clock

@@ -14,6 +14,7 @@ second net.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -142,7 +143,6 @@ class SendResult:
 
 class BillingTarget(Protocol):
     name: str
-    config: TargetConfig
     integer_values: bool
     """The platform takes whole numbers only (Stripe meter events): a window's total is the
     whole units its usage completes, floor(cumulative / unit) at its end less at its start
@@ -150,6 +150,11 @@ class BillingTarget(Protocol):
     negative_values: bool
     """The platform takes a negative value as a correction; otherwise corrections are sent the
     way the target implements them (e.g. delete and recreate)."""
+
+    @property
+    def config(self) -> TargetConfig:
+        """Its own config (a target's narrower config model is one too)."""
+        ...
 
     def send(self, records: list[UsageRecord], progress: Callable[[int], None]) -> list[SendResult]:
         """Send the records (retrying transient failures itself, with backoff) and report each.
@@ -162,7 +167,7 @@ class BillingTarget(Protocol):
 @dataclass(frozen=True)
 class TargetFactory:
     type: str
-    config_model: type[TargetConfig]
+    config_model: builtins.type[TargetConfig]  # builtins: the field above shadows type in the class body
     create: Callable[[str, Any], BillingTarget]
     """(target name, validated config) -> target."""
     integer_values: bool = False

@@ -55,6 +55,7 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from otel_meter.errors import OtelMeterError
 
@@ -182,7 +183,7 @@ def burn_down(grants: Iterable[CreditGrant], usage: Iterable[UsageBucket], as_of
     grants = sorted(grants, key=_burn_key)
     _check_one_customer(grants)
     # (time, 0 expiry | 1 effective | 2 bucket, tie-breaker, item): rule 1's order and rule 2's boundaries
-    events: list[tuple] = []
+    events: list[tuple[Any, ...]] = []
     for g in grants:
         if g.voided:
             continue
@@ -224,9 +225,9 @@ class _Burner:
         self.expired = {g.grant_id: ZERO for g in grants}
         self.in_effect: list[CreditGrant] = []       # effective and not yet expired, in burn order
         # currency -> [[grant_id, amount, time_ns, sequence], ...], oldest first: what grants in effect gave
-        self.consumptions: dict[str, list[list]] = {}
+        self.consumptions: dict[str, list[list[Any]]] = {}
         self.sequence = 0
-        self.expired_consumptions: dict[str, list[list]] = {}  # the same, of grants that expired since (rule 6)
+        self.expired_consumptions: dict[str, list[list[Any]]] = {}  # the same, of grants that expired since (rule 6)
         self.overage: dict[str, Decimal] = {}
         self.history: list[CreditEntry] = []
 
@@ -268,7 +269,7 @@ class _Burner:
         credit -= reduced
         self._record(bucket.start_ns, "", "overage_reduced", reduced, currency)
         stack = self.consumptions.get(currency, [])
-        restored: list[list] = []  # [grant_id, amount]: one entry per run of the same grant
+        restored: list[list[Any]] = []  # [grant_id, amount]: one entry per run of the same grant
         for entry in reversed(stack):  # most recent first; only grants still in effect are on the stack
             back = min(credit, entry[1])
             if not back:
@@ -301,7 +302,7 @@ class _Burner:
         expired_ids = {id(entry) for entry in gone}
         paid = sorted((entry for entry in live + gone if entry[2] >= settlement.period_start_ns and entry[1]),
                       key=lambda entry: entry[3], reverse=True)  # most recently consumed first
-        returned: list[list] = []  # [grant_id, amount, expired]: one entry per run of the same grant
+        returned: list[list[Any]] = []  # [grant_id, amount, expired]: one entry per run of the same grant
         for entry in paid:
             back = min(credit, entry[1])
             if not back:
@@ -337,7 +338,7 @@ def _plain(value: Decimal) -> str:
     return (text.rstrip("0").rstrip(".") if "." in text else text) or "0"
 
 
-def _burn_key(grant: CreditGrant) -> tuple:
+def _burn_key(grant: CreditGrant) -> tuple[Any, ...]:
     expiry = grant.expires_at_ns
     return grant.priority, expiry is None, expiry or 0, grant.effective_from_ns, grant.granted_at_ns, grant.grant_id
 

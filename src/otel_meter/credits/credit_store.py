@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 
@@ -41,7 +41,8 @@ from otel_meter.credits.burn_down import (
     UsageBucket,
     burn_down,
 )
-from otel_meter.rating.statement import Period, period_view, prices_by_period
+from otel_meter.rating.period import Period
+from otel_meter.rating.statement import period_view, prices_by_period
 from otel_meter.storage import credit_queries
 from otel_meter.storage.store import INSERT_SETTINGS, Store
 
@@ -317,7 +318,7 @@ def exact(value: Decimal) -> Decimal:
     if not value:
         return Decimal(0)
     normal = value.normalize()
-    return normal.quantize(Decimal(1)) if normal.as_tuple().exponent > 0 else normal
+    return normal.quantize(Decimal(1)) if cast(int, normal.as_tuple().exponent) > 0 else normal
 
 
 def decimal_text(value: Decimal) -> str:
@@ -379,7 +380,7 @@ def _time_ns(value: Any, name: str, where: str) -> int | None:
     return time_ns
 
 
-def _grant_rows(rows: list[tuple]) -> list[tuple[CreditGrant, str, int]]:
+def _grant_rows(rows: list[tuple[Any, ...]]) -> list[tuple[CreditGrant, str, int]]:
     grants = []
     for (grant_id, customer, amount, currency, effective_from_ns, expires_at_ns, priority, voided, granted_at_us,
          note, updated_at_us) in rows:

@@ -4,17 +4,23 @@ an index by operation so a span is only checked against meters that can match it
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from fnmatch import translate
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
-from otel_meter.meters.definitions import MODALITY_KINDS, MatchBlock, MeterDefinition
+from otel_meter.meters.definitions import MODALITY_KINDS, MatchBlock, MeterDefinition, Quantity
 
 SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
 
 TextOf = Callable[[str], str | None]
 """An item's attribute as text, or None when absent."""
+
+
+@overload
+def glob(pattern: str | list[str]) -> re.Pattern[str]: ...
+@overload
+def glob(pattern: str | list[str] | None) -> re.Pattern[str] | None: ...
 
 
 def glob(pattern: str | list[str] | None) -> re.Pattern[str] | None:
@@ -87,6 +93,12 @@ class CompiledMeter:
     name: str
     definition: MeterDefinition
     blocks: tuple[CompiledBlock, ...]
+    if TYPE_CHECKING:  # derived from the blocks in __post_init__
+        needs_attributes: bool = field(init=False)
+        trigger_keys: frozenset[str] = field(init=False)
+        _least_required: tuple[frozenset[str], ...] = field(init=False)
+        _gates: dict[str, dict[str, tuple[CompiledBlock, ...]]] = field(init=False)
+        _ungated: tuple[CompiledBlock, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         required = tuple(tuple(key for key, _ in block.attributes) + tuple(key for key, _ in block.attribute_globs)
@@ -118,7 +130,7 @@ class CompiledMeter:
         object.__setattr__(self, "_ungated", tuple(ungated))
 
     @property
-    def quantity(self):
+    def quantity(self) -> Quantity:
         return self.definition.quantity
 
     @property
@@ -129,7 +141,7 @@ class CompiledMeter:
                    and not block.attribute_globs and not block.exists
                    for block in self.blocks)
 
-    def may_match(self, item: dict, resource: dict) -> bool:
+    def may_match(self, item: dict[str, Any], resource: dict[str, Any]) -> bool:
         """A cheap pre-check: some block's required attributes are all present (on the item or its resource)."""
         if not self.needs_attributes:
             return True
@@ -204,7 +216,9 @@ class MeterIndex:
         matching and no dimensions: the fast path."""
         plan = self._plans.get(operation)
         if plan is None:
-            tokens, modality_tokens, others = [], [], []
+            tokens: list[tuple[str, str]] = []
+            modality_tokens: list[tuple[str, str]] = []
+            others: list[CompiledMeter] = []
             for meter in self.candidates(operation):
                 if meter.quantity.tokens and meter.by_operation_only and not meter.definition.dimensions:
                     found = modality_tokens if meter.quantity.tokens in MODALITY_KINDS else tokens

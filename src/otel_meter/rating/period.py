@@ -1,4 +1,6 @@
-"""The period view of a billing period: tiers, packages, allowances, a minimum, one rounding.
+"""A billing period (:class:`Period`: a calendar month, UTC) and how its lines are priced:
+tiers, packages, allowances, a minimum, one rounding (the period view,
+:mod:`otel_meter.rating.statement`, applies them to a customer's stored usage).
 
 Real-time line items carry the base unit price: tiers and allowances depend on the whole
 period's quantity, unknown while usage streams in. Here each line is priced again from its
@@ -16,14 +18,18 @@ raises a total.
 
 from __future__ import annotations
 
+import calendar
 import decimal
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from enum import Enum
+from typing import Any
 
+from otel_meter.errors import OtelMeterError
 from otel_meter.usage import MONEY_SCALE
 
 EXACT = decimal.Context(prec=76, traps=[decimal.Inexact, decimal.Overflow, decimal.InvalidOperation])
@@ -41,6 +47,33 @@ _MINOR_UNITS = {
     **dict.fromkeys("CLF UYW".split(), 4),
 }
 CREDITS = "credits"  # prepaid credits: the deployment chooses their decimals
+NS = 10**9
+
+
+class PeriodError(OtelMeterError):
+    """A period request that cannot be answered; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class Period:
+    name: str
+    start_ns: int
+    end_ns: int
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        found = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
+        if not found or not 1 <= int(found.group(2)) <= 12:
+            raise PeriodError(f"period {text!r}: use a calendar month such as 2026-11")
+        year, month = int(found.group(1)), int(found.group(2))
+        start = calendar.timegm((year, month, 1, 0, 0, 0))
+        end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+        return cls(f"{year:04d}-{month:02d}", start * NS, end * NS)
+
+    @classmethod
+    def containing(cls, time_ns: int) -> Period:
+        moment = datetime.fromtimestamp(time_ns // NS, tz=timezone.utc)
+        return cls.parse(f"{moment.year:04d}-{moment.month:02d}")
 
 
 class TierMode(str, Enum):
@@ -270,7 +303,7 @@ class UsageSegment:
         return self.key[-1]
 
     @property
-    def price_key(self) -> tuple:
+    def price_key(self) -> tuple[Any, ...]:
         """Segments of one line with the same price key are priced together: one tier ladder."""
         if self.pricing is not None:
             return ("period", self.pricing, self.discount_factor)
@@ -288,7 +321,7 @@ def price_segments(segments: Iterable[UsageSegment], allowances: Mapping[str, De
     unit price real time used. Lines come out in key order; parts in the order first used."""
     ordered = sorted(segments, key=lambda s: (s.first_event_ns, s.currency, s.key, s.version, s.unit_price))
     left = {meter: units for meter, units in allowances.items() if units > 0}
-    found: dict[tuple[str, tuple[str, ...]], dict[tuple, list]] = {}
+    found: dict[tuple[str, tuple[str, ...]], dict[tuple[Any, ...], list[Any]]] = {}
     with decimal.localcontext(EXACT):
         for segment in ordered:
             free = ZERO

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -76,7 +76,7 @@ def unit_price_of(price: Decimal, per: Decimal | int, what: str) -> Decimal:
         unit = EXACT.divide(price, Decimal(per))
     except decimal.Inexact:
         unit = None
-    if unit is None or (unit and -unit.normalize(EXACT).as_tuple().exponent > PRICE_SCALE):
+    if unit is None or (unit and -cast(int, unit.normalize(EXACT).as_tuple().exponent) > PRICE_SCALE):
         raise ValueError(f"{what}: {price} per {per} units is not exact within {PRICE_SCALE} decimal places "
                          f"per unit")
     return unit
@@ -133,7 +133,7 @@ class PriceSpec(BaseModel):
                 if bound is None:
                     raise ValueError(f"tiers[{index}] needs up_to (only the last tier is unbounded)")
                 previous = bounds[index - 1] if index else Decimal(0)
-                if bound <= previous:
+                if previous is not None and bound <= previous:
                     raise ValueError(f"tiers[{index}].up_to ({bound}) must be greater than "
                                      f"{'tiers[%d].up_to' % (index - 1) if index else 'zero'} ({previous})")
         else:

@@ -70,7 +70,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -202,7 +202,7 @@ def run_id_for(book: RateBook, start_ns: int, end_ns: int, customer: str | None)
 
 def month_starts(start_ns: int, end_ns: int) -> list[int]:
     """UTC month starts strictly inside ``(start_ns, end_ns)``: where a ``line_items`` partition begins."""
-    found = []
+    found: list[int] = []
     moment = datetime.fromtimestamp(start_ns // 10**9, timezone.utc)
     year, month = moment.year, moment.month
     while True:
@@ -237,7 +237,8 @@ def plan_chunks(minutes: list[tuple[int, int]], start_ns: int, end_ns: int, cuts
     return chunks
 
 
-def new_ratings(processor: RatingProcessor, keys: list[tuple[str, str, str, str]], time_ns: int) -> list[tuple]:
+def new_ratings(processor: RatingProcessor, keys: list[tuple[str, str, str, str]],
+                time_ns: int) -> list[tuple[Any, ...]]:
     """The rating processor's answer for each (customer, model, provider, meter) at ``time_ns``,
     as the ``{ratings}`` tuples of ``rerate_queries.adjustments`` (unit price and unit cost as
     the amount and cost of one unit)."""

@@ -17,15 +17,12 @@ exactly; ``total`` is then rounded once to the currency's minor unit (period.rou
 
 from __future__ import annotations
 
-import calendar
-import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from otel_meter.errors import OtelMeterError
 from otel_meter.rating.period import (
+    Period,
     PeriodPricing,
     PeriodStatement,
     Tier,
@@ -43,32 +40,6 @@ NS = 10**9
 HOUR_NS = 3600 * NS
 
 
-class PeriodError(OtelMeterError):
-    """A period request that cannot be answered; the message names the parameter."""
-
-
-@dataclass(frozen=True)
-class Period:
-    name: str
-    start_ns: int
-    end_ns: int
-
-    @classmethod
-    def parse(cls, text: str) -> Period:
-        found = re.fullmatch(r"(\d{4})-(\d{2})", text.strip())
-        if not found or not 1 <= int(found.group(2)) <= 12:
-            raise PeriodError(f"period {text!r}: use a calendar month such as 2026-11")
-        year, month = int(found.group(1)), int(found.group(2))
-        start = calendar.timegm((year, month, 1, 0, 0, 0))
-        end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
-        return cls(f"{year:04d}-{month:02d}", start * NS, end * NS)
-
-    @classmethod
-    def containing(cls, time_ns: int) -> Period:
-        moment = datetime.fromtimestamp(time_ns // NS, tz=timezone.utc)
-        return cls.parse(f"{moment.year:04d}-{moment.month:02d}")
-
-
 @dataclass(frozen=True)
 class PeriodView:
     customer: str
@@ -77,7 +48,7 @@ class PeriodView:
     """One per currency the customer was rated in."""
     unpriced_quantity: dict[str, Decimal]
     """Per meter: usage no card priced (not in any amount)."""
-    costs: dict[tuple[str, str, str, str], dict[str, Decimal]]
+    costs: dict[tuple[str, ...], dict[str, Decimal]]
     """What the usage cost us (cost card), per (currency, card, rule, meter) line and cost currency."""
 
 
@@ -149,7 +120,7 @@ def period_view(store: Store, book: RateBook, customer: str, period: Period, rou
     if minimum_card is None and terms is not None and terms.minimum is not None:
         # The plan has no version in force yet: the customer's own commitment still holds, in
         # the currency of the default card that holds it (and that holds the terms read above).
-        minimum_card = book.version_at(book.default_card, at)
+        minimum_card = book.version_at(book.default_card, at) if book.default_card is not None else None
     minimum_currency = minimum_card.currency if minimum_card else None
     if minimum is not None and minimum_currency and minimum_currency not in by_currency:
         by_currency[minimum_currency] = []
@@ -157,7 +128,7 @@ def period_view(store: Store, book: RateBook, customer: str, period: Period, rou
         build_statement(currency, lines, minimum if currency == minimum_currency else None, rounding,
                         credit_decimals)
         for currency, lines in sorted(by_currency.items()))
-    costs: dict[tuple[str, str, str, str], dict[str, Decimal]] = {}
+    costs: dict[tuple[str, ...], dict[str, Decimal]] = {}
     for currency, card_id, rule, meter, cost_currency, cost in store.query(
             queries.PERIOD_COSTS, {"customer": customer, "from_s": period.start_ns // NS, "to_s": to_ns // NS}):
         costs.setdefault((currency, card_id, rule, meter), {})[cost_currency] = cost

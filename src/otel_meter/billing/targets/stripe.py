@@ -183,7 +183,7 @@ class StripeTarget:
         return done
 
     def close(self) -> None:
-        self._http_client.close()
+        self._http_client.close()  # type: ignore[no-untyped-call]  # the stripe SDK leaves it unannotated
 
     # -- one record -------------------------------------------------------------------------
 

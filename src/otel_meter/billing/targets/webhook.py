@@ -51,7 +51,7 @@ class WebhookTargetConfig(TargetConfig, WebhookConfig):
     """``url``, ``timeout``, ``max_attempts``, ``initial_backoff``, ``max_backoff`` and ``headers`` as
     for alert webhooks (:class:`otel_meter.webhooks.WebhookConfig`); ``secret`` is required here."""
 
-    secret: str = Field(min_length=1, repr=False)  # type: ignore[assignment]
+    secret: str = Field(min_length=1, repr=False)
     """HMAC-SHA256 key: billing data is always signed."""
     batch_size: int = Field(default=500, ge=1, le=10_000)
     """Records per POST."""

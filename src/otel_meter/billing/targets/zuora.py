@@ -279,7 +279,7 @@ class ZuoraTarget:
 
         header = encode(list(COLUMNS))
         files: list[tuple[bytes, list[UsageRecord]]] = []
-        content, records = bytearray(header), []
+        content, records = bytearray(header), list[UsageRecord]()
         for record, values in rows:
             line = encode(values)
             if records and len(content) + len(line) > self.config.max_file_bytes:

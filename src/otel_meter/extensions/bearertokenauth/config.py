@@ -30,7 +30,10 @@ class TokenConfig(ComponentConfig):
         return self
 
     def secret(self) -> str:
-        return self.token if self.token is not None else self.token_file.read_text().strip()
+        if self.token is not None:
+            return self.token
+        assert self.token_file is not None  # the validator above requires one of the two
+        return self.token_file.read_text().strip()
 
 
 class BearerTokenAuthConfig(ComponentConfig):

@@ -41,7 +41,7 @@ def usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """The store's state, the queue, and the items refused since start by reason (``refused_items``)."""
     healthy = api.store.ping()
-    body = {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()}
+    body: dict[str, Any] = {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()}
     body["refused_items"] = api.host.metrics().refused_items()
     return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
 

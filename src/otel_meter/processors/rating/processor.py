@@ -33,7 +33,7 @@ class PricedBook(NamedTuple):
     could pair a new book with a cache filled from the old one by another worker thread,
     which would keep pricing at the old version until the next card change."""
 
-    book: RateBook | None
+    book: RateBook
     cache: dict[tuple, tuple]
 
 
@@ -53,7 +53,7 @@ class RatingProcessor:
         if source is None:
             source = RateBook(())
         self.source: BookSource = FixedBook(source) if isinstance(source, RateBook) else source
-        self._priced: PricedBook = PricedBook(None, {})
+        self._priced = PricedBook(self.source.book, {})
 
     def _rating(self, book: RateBook, epoch_time: int, customer: str, model: str, provider: str,
                 meter: str) -> tuple:
