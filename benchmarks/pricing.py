@@ -50,17 +50,18 @@ from typing import Any
 
 import yaml
 
+from otel_meter.credits import credit_store
+from otel_meter.credits.burn_down import CreditGrant
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.extensions.budgets.config import BudgetsConfig
 from otel_meter.extensions.budgets.monitor import BudgetMonitor
 from otel_meter.processors.rating.processor import CACHE_LIMIT, RatingProcessor, fractional_amount
-from otel_meter.credits import credit_store
 from otel_meter.rating import rerate as rerate_module
-from otel_meter.credits.burn_down import CreditGrant
+from otel_meter.rating.period import Period
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import RateCard, load_rate_card, parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
-from otel_meter.rating.statement import Period, period_view
+from otel_meter.rating.statement import period_view
 from otel_meter.storage.store import Store, resolve_location
 from otel_meter.usage import UsageBatch, money_to_decimal
 

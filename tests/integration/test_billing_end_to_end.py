@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import Period
 from tests.integration.conftest import MeterServer, SpanFactory, chat, export
 
 HOUR = 3600 * 10**9

@@ -131,7 +131,7 @@ class Answers:
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
     """Each command's JSON from the API, from the CLI with ``--url``, then (server stopped) from the store."""
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     server = MeterServer(workdir=tmp_path_factory.mktemp("parity"))
     server.write_config(rate_card="id: list\ncurrency: USD\nmodels: [{match: 'gpt-4o*', prices: "

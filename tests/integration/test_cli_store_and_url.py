@@ -98,7 +98,7 @@ def test_a_read_command_where_there_is_no_store_says_so_and_creates_nothing(tmp_
 def test_usage_verify_and_rerate_default_to_this_month(tmp_path: Path) -> None:
     import time
 
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     this_month = Period.containing(time.time_ns())
     server = MeterServer(workdir=tmp_path)

@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_meter.rating.explain import iso
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import Period
 from tests.integration.conftest import MeterServer, SpanFactory, chat, export
 
 CARD = """\

@@ -19,9 +19,9 @@ from otel_meter.billing.ledger import ledger_entries
 from otel_meter.billing.target import MeterMapping, SendResult, TargetConfig, UsageRecord, record_key
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
+from otel_meter.rating.period import Period
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
-from otel_meter.rating.statement import Period
 from otel_meter.usage import UsageBatch
 from tests.chdb_worker import ChdbWorker
 

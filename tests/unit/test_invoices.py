@@ -22,9 +22,10 @@ from otel_meter.billing.invoice_render import CHARGE_SECTIONS, CSV_COLUMNS, rend
 from otel_meter.billing.target import MeterMapping
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
+from otel_meter.rating.period import Period
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
-from otel_meter.rating.statement import Period, period_view, view_as_json
+from otel_meter.rating.statement import period_view, view_as_json
 from tests.chdb_worker import ChdbWorker
 from tests.unit.test_rerate import DAY, HOUR, ns, usage
 
@@ -97,8 +98,8 @@ def _database(store, name: str):
 def seed(store, database: str) -> dict[str, Any]:
     """Rated with v1, re-rated with v1 + v2, a prepaid grant, and the billing ledger of one target."""
     from otel_meter.billing.ledger import LedgerEntry, record_states
-    from otel_meter.credits.credit_store import add_grant
     from otel_meter.credits.burn_down import CreditGrant
+    from otel_meter.credits.credit_store import add_grant
     from otel_meter.rating.rerate import rerate
 
     db = _database(store, database)
@@ -512,8 +513,8 @@ PRICE_V2 = PRICE_V1.replace('"v1"', '"v2"').replace("2026-01-01T00:00:00Z", "202
 def seed_versions(store) -> None:
     """paid and free: 10M tokens at 2.00/M (Nov 1-10), then 10M at 4.00/M (Nov 16-25); prepaid: 10M at
     2.00/M with 5M free, and a grant of 20.00 USD."""
-    from otel_meter.credits.credit_store import add_grant
     from otel_meter.credits.burn_down import CreditGrant
+    from otel_meter.credits.credit_store import add_grant
 
     db = _database(store, VERSIONS_DATABASE)
     rows = []

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otel_meter.billing.ledger import ledger_entries
-from otel_meter.rating.statement import Period, plain
+from otel_meter.rating.period import Period
+from otel_meter.rating.statement import plain
 
 if TYPE_CHECKING:
     from otel_meter.billing.export import ExportSummary

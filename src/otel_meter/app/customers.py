@@ -11,8 +11,8 @@ from otel_meter.app.overview import OverviewRequest, usage_rows
 from otel_meter.credits.credit_store import grants_of_customers
 
 if TYPE_CHECKING:
+    from otel_meter.rating.period import Period
     from otel_meter.rating.rate_book import RateBook
-    from otel_meter.rating.statement import Period
     from otel_meter.storage.store import Store
 
 MAX_CUSTOMERS = 100

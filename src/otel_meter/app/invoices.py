@@ -10,7 +10,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from otel_meter.billing.invoice import build_invoice, invoice_document
-from otel_meter.rating.statement import Period, period_view, view_as_json
+from otel_meter.rating.period import Period
+from otel_meter.rating.statement import period_view, view_as_json
 
 if TYPE_CHECKING:
     from otel_meter.rating.rate_book import RateBook

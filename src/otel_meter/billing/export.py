@@ -47,8 +47,7 @@ from otel_meter.billing.ledger import (
 )
 from otel_meter.billing.target import BillingTarget, UsageRecord, record_key
 from otel_meter.errors import BillingExportError  # re-exported: billing.config raises it too
-from otel_meter.rating.period import EXACT
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import EXACT, Period
 from otel_meter.storage import queries
 from otel_meter.storage.store import Store
 

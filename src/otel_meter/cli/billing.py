@@ -47,7 +47,7 @@ def export(args: argparse.Namespace) -> int:
     from otel_meter.billing.config import build_target
     from otel_meter.billing.export import run_export
     from otel_meter.config import load_config
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     period = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
     server = ServerApi(args)
@@ -91,7 +91,7 @@ def iso(time_ns: int) -> str:
 
 def ledger(args: argparse.Namespace) -> int:
     from otel_meter.app.billing import LedgerRequest, ledger_document
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     period = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
     server = ServerApi(args)

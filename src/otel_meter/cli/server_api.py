@@ -187,7 +187,7 @@ def resolve_time_range(args: argparse.Namespace) -> None:
     import time
 
     from otel_meter.rating.explain import iso
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     this_month = Period.containing(time.time_ns())
     args.start = args.start or iso(this_month.start_ns)

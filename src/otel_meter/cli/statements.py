@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 def period(args: argparse.Namespace) -> int:
     from otel_meter.app.invoices import PeriodRequest, period_statement
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     answer, registry = registry_answer(args, "GET", "/v1/period", {"customer": args.customer,
                                                                      "period": args.period,
@@ -76,7 +76,7 @@ def invoice(args: argparse.Namespace) -> int:
     from otel_meter.billing.invoice import parse_issued
     from otel_meter.billing.invoice_render import render
     from otel_meter.config import load_config
-    from otel_meter.rating.statement import Period
+    from otel_meter.rating.period import Period
 
     issued = parse_issued(args.issued)  # a bad date fails before anything is asked
     chosen = Period.parse(args.period) if args.period else None

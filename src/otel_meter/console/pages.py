@@ -39,7 +39,7 @@ from otel_meter.billing.invoice_render import render
 from otel_meter.console.access import COOKIE, AccessDenied, Viewer, admin_viewer, portal_viewer
 from otel_meter.errors import OtelMeterError
 from otel_meter.rating.card_diff import diff_versions
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import Period
 from otel_meter.security import AuthenticationError
 from otel_meter.storage.usage_report import NS, parse_time, to_ns
 

@@ -21,7 +21,7 @@ from otel_meter.extensions.usage_api.validation import (
     Text,
     described,
 )
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import Period
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer

@@ -18,7 +18,7 @@ from otel_meter.errors import OtelMeterError
 from otel_meter.extensions.usage_api.routes_pricing import RatingQuery, registry_of
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, RawBody, route
 from otel_meter.extensions.usage_api.validation import InvoiceFormatText, IssuedText, PeriodText, RoundingText, Text
-from otel_meter.rating.statement import Period
+from otel_meter.rating.period import Period
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer

@@ -38,9 +38,9 @@ from otel_meter.extensions.usage_api.validation import (
     Text,
     TimeText,
 )
+from otel_meter.rating.period import Period
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
-from otel_meter.rating.statement import Period
 from otel_meter.storage.usage_report import parse_time, to_ns
 
 if TYPE_CHECKING:

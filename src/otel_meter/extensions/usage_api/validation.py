@@ -29,8 +29,7 @@ from pydantic.fields import FieldInfo
 
 from otel_meter.billing.invoice import FORMATS, InvoiceError, parse_issued
 from otel_meter.extensions.usage_api.routing import ApiError, decode_json
-from otel_meter.rating.period import ROUNDING_MODES
-from otel_meter.rating.statement import Period, PeriodError
+from otel_meter.rating.period import ROUNDING_MODES, Period, PeriodError
 from otel_meter.storage.queries import DIMENSION_PREFIX, GROUP_KEYS
 from otel_meter.storage.usage_report import UsageRequestError, parse_time, to_ns
 
