@@ -106,6 +106,16 @@ class UsagePipeline:
                 wanted |= set(getattr(processor, "wanted_attributes", ()))
             converter.want_attributes(wanted, wanted)
             self._convert = converter.converter_for(signal)
+        self._converter = converter
+        attach = getattr(converter, "attach_pipeline", None)
+        if attach is not None:  # a converter that stores usage later (genai_usage's held spans)
+            attach(self)
+
+    def shutdown(self) -> None:
+        """Stop the converter's background work (before the exporters shut down)."""
+        shutdown = getattr(self._converter, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     def consume(self, payload: Any, customer: str | None = None) -> ConsumeResult:
         """Take one export request (or, in an events pipeline, one UsageBatch: a copy is

@@ -171,6 +171,9 @@ class Service:
         if extraction != "engine":
             return None
         reason = unsupported_reason(usage.signal, converter, exporters, self.config.meters)
+        if reason is None and getattr(converter, "nested", None) is not None:
+            reason = ("nested usage (genai_usage nested_usage.enabled) holds aggregate and framework-level spans, "
+                      "which only the Python path does; set nested_usage.enabled: false to use the engine")
         if reason is not None:
             logger.warning("service.pipelines.%s.extraction: engine is not used, spans are extracted in Python: %s",
                            name, reason)
@@ -248,6 +251,8 @@ class Service:
             receiver.shutdown()
         for feed in self.feeds:
             feed.shutdown()
+        for pipeline in self.pipelines:
+            pipeline.shutdown()
         for exporter in self.exporters.values():
             exporter.shutdown()
         if self.billing_scheduler is not None:

@@ -164,16 +164,20 @@ class SpanFactory:
         self.memory = InMemorySpanExporter()
         self._providers: dict[tuple, TracerProvider] = {}
 
-    def span(self, attributes: dict[str, Any], resource: dict[str, Any] | None = None,
-             name: str = "chat gpt-4o", at: int | None = None) -> ReadableSpan:
-        """``at``: when the span started and ended, in ns since the epoch (default: now)."""
+    def tracer(self, resource: dict[str, Any] | None = None):
+        """The tracer of the resource's provider: spans started under another of its spans are its children."""
         key = tuple(sorted((resource or {}).items()))
         provider = self._providers.get(key)
         if provider is None:
             provider = TracerProvider(resource=Resource.create({"service.name": "chat-app", **(resource or {})}))
             provider.add_span_processor(SimpleSpanProcessor(self.memory))
             self._providers[key] = provider
-        tracer = provider.get_tracer("tests")
+        return provider.get_tracer("tests")
+
+    def span(self, attributes: dict[str, Any], resource: dict[str, Any] | None = None,
+             name: str = "chat gpt-4o", at: int | None = None) -> ReadableSpan:
+        """``at``: when the span started and ended, in ns since the epoch (default: now)."""
+        tracer = self.tracer(resource)
         if at is None:
             with tracer.start_as_current_span(name, attributes=attributes):
                 pass

@@ -40,10 +40,13 @@ def test_malformed_token_counts_are_rejected_per_span_and_good_spans_are_taken(m
 def test_spans_no_meter_matches_are_ignored_and_agent_usage_is_not_billed_twice(meter_server: MeterServer) -> None:
     factory = SpanFactory()
     plain = factory.span({"http.request.method": "GET"}, name="GET /")
-    agent = factory.span({"gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 999,
-                          "gen_ai.usage.output_tokens": 99}, resource={"customer.id": "acme"},
-                         name="invoke_agent planner")
-    response = export_raw(meter_server, [plain, agent, chat(factory, "acme", "gpt-4o", 10, 1)])
+    tracer = factory.tracer({"customer.id": "acme"})
+    with tracer.start_as_current_span("invoke_agent planner", attributes={
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.usage.input_tokens": 999,
+            "gen_ai.usage.output_tokens": 99}):  # repeats (here: more than) the model call beneath it
+        call = chat(factory, "acme", "gpt-4o", 10, 1)
+    agent = factory.memory.get_finished_spans()[-1]
+    response = export_raw(meter_server, [plain, call, agent])
     assert not response.HasField("partial_success")
     assert totals(meter_server.usage(group_by="customer,meter"), "customer", "meter") == {
         ("acme", "input_tokens"): (10, "0.000025"), ("acme", "output_tokens"): (1, "0.00001"),

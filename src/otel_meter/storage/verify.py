@@ -22,6 +22,11 @@ instrumentation from its own price list) differ from what our cost card says the
 cost. A difference is information about the price lists, not an inconsistency of the store: it
 is reported, never billed, and does not fail the verification.
 
+``nested_usage`` reports the usage of aggregate spans (agent, workflow, chain, task), framework-level
+spans and clients' own spans (processors/genai_usage/nesting.py) by role, decision and meter:
+``covered`` (repeated the model calls' usage; billed nothing), ``billed`` (nothing covered it) and
+``adjusted`` (a late model call reversed part of a billed span; negative). Information, not a check.
+
 Everything is computed in ClickHouse; Python only compares the grouped sums. A store that
 is being written to may show an insert half-way through its materialized views: verify a
 range that ended a few seconds ago, or re-run to confirm a mismatch.
@@ -35,7 +40,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from otel_meter.errors import OtelMeterError, StoreError
-from otel_meter.storage import queries
+from otel_meter.storage import nested_usage_queries, queries
 from otel_meter.storage.store import Store
 from otel_meter.storage.usage_report import UsageRequestError, decimal_text, number, parse_time, to_ns
 
@@ -168,6 +173,8 @@ class VerifyReport:
     duplicates: list[Duplicates]
     local_costs: list[dict[str, Any]] = field(default_factory=list)
     """``local_cost_vs_cost_card`` (see the module docstring)."""
+    nested_usage: list[dict[str, Any]] = field(default_factory=list)
+    """Aggregate and framework-level usage by role, decision and meter (see the module docstring)."""
 
     @property
     def ok(self) -> bool:
@@ -180,6 +187,7 @@ class VerifyReport:
             "mismatches": [vars(mismatch) for mismatch in self.mismatches],
             "duplicates": [vars(duplicates) for duplicates in self.duplicates],
             LOCAL_COSTS: self.local_costs,
+            "nested_usage": self.nested_usage,
         }
 
 
@@ -293,9 +301,9 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
                 store, queries.verify_rollup(table, customer_filter), parameters, table):
             rollup[(customer, meter, currency, cost_currency)] = NetSums(quantity, amount, cost, int(line_items))
             table_totals.add(int(line_items), meter, quantity, currency, amount, cost_currency, cost)
-        for key in sorted(net.keys() | rollup.keys()):
-            ours, theirs = net.get(key, NetSums()), rollup.get(key, NetSums())
-            customer, meter, currency, cost_currency = key
+        for money_key in sorted(net.keys() | rollup.keys()):
+            ours, theirs = net.get(money_key, NetSums()), rollup.get(money_key, NetSums())
+            customer, meter, currency, cost_currency = money_key
             for (name, mine, show), (_, other, _) in zip(ours.fields(), theirs.fields()):
                 if mine != other:
                     mismatches.append(Mismatch(ROLLUP_CHECKS[table], customer, meter, currency, cost_currency, name,
@@ -320,7 +328,10 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
     totals_json = {name: side.to_json("rows" if name in (USAGE_EVENTS, LINE_ITEMS_USAGE) else "line_items")
                    for name, side in totals.items()}
     totals_json[LINE_ITEMS_NET].update(reversal_rows=reversal_rows, rerate_rows=rerate_rows)
-    return VerifyReport(request, checks, not_checked, totals_json, mismatches, duplicates, local_costs)
+    nested_totals = nested_usage_queries.decision_totals(store, start_ns, end_ns)
+    nested = [{"role": role, "decision": decision, "meter": meter, "spans": int(rows),
+               "quantity": quantity_text(quantity)} for role, decision, meter, rows, quantity in nested_totals]
+    return VerifyReport(request, checks, not_checked, totals_json, mismatches, duplicates, local_costs, nested)
 
 
 # --- the text report ------------------------------------------------------------------------------------
@@ -357,6 +368,11 @@ def format_report(report: dict[str, Any]) -> str:
             if entry["rows_not_costed"]:
                 line += f" ({entry['rows_not_costed']} usage rows not costed in {entry['currency']} by the cost card)"
             lines.append(line)
+    if report.get("nested_usage"):
+        lines += ["", "Nested usage: aggregate and framework-level spans, covered (billed nothing) vs billed"]
+        for entry in report["nested_usage"]:
+            lines.append(f"  {entry['role']} {entry['decision']}: {entry['meter']} {entry['quantity']} "
+                         f"({entry['spans']} span{'s' if entry['spans'] != 1 else ''})")
     problems = [Mismatch(**mismatch).describe() for mismatch in report["mismatches"]]
     problems += [Duplicates(**duplicates).describe() for duplicates in report["duplicates"]]
     lines.append("")

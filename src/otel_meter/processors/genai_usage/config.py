@@ -1,8 +1,41 @@
+from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from otel_meter.component_model import ComponentConfig
+from otel_meter.component_model import ComponentConfig, Duration
+
+
+class NestedUsageConfig(ComponentConfig):
+    """Nested usage billed once (docs/conventions.md, "Nested usage"): usage on an aggregate span
+    (agent, workflow, chain, task) or a framework-level span is held, then billed only when no
+    model-call span covers it."""
+
+    enabled: bool = True
+    """Off: aggregate spans' usage is never billed, framework-level spans are billed as model calls."""
+    decision_wait: Duration = timedelta(seconds=35)
+    """How long a held span waits for the spans that may cover it, as tail sampling's decision wait.
+    The default outlasts the OpenTelemetry SDK batch span processor's defaults (5 s schedule delay,
+    30 s export timeout), so the spans of one trace exported in later batches are seen first."""
+    retention: Duration = timedelta(hours=1)
+    """How long decided and model-call spans are remembered: a model-call span arriving this late
+    under a billed aggregate still adjusts it, and a re-sent held span is still recognised."""
+    fsync: bool = True
+    """fsync the held spans' log before acknowledging a request (off trades crash safety for speed)."""
+
+    @field_validator("decision_wait")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _longer_than_wait(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
 
 
 class GenAIUsageConfig(ComponentConfig):
@@ -19,3 +52,9 @@ class GenAIUsageConfig(ComponentConfig):
     span with token usage (its spans that ended by a point billed before are not billed again). ``always``:
     every point, also when spans of the same calls are billed. ``never``: no point (spans only). See
     meters.md, "Spans or metrics: bill one source"."""
+    nested_usage: NestedUsageConfig = NestedUsageConfig()
+
+    @field_validator("nested_usage", mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, value: object) -> object:
+        return {} if value is None else value

@@ -21,6 +21,8 @@ from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.logs import LogsConverter
 from otel_meter.processors.genai_usage.metrics import MetricsConverter
 from otel_meter.processors.genai_usage.modalities import split_modalities
+from otel_meter.processors.genai_usage.nested_usage import INSTANCE_KEY, LOG_NAME, NestedUsage, NestedUsageLog
+from otel_meter.processors.genai_usage.nesting import AGGREGATE, role_of
 from otel_meter.processors.genai_usage.reported_cost import KEYS as COST_KEYS
 from otel_meter.processors.genai_usage.reported_cost import IgnoredCostLog, InvalidReportedCost, reported_cost
 from otel_meter.processors.genai_usage.token_sources import TokenSources
@@ -88,6 +90,10 @@ class GenAIUsageProcessor:
         self.metrics = MetricsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys,
                                         config.token_metrics, self.token_sources)
         self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
+        self.nested: NestedUsage | None = None
+        """Set when the pipeline is wired (nested_usage.enabled): holds aggregate and framework-level spans."""
+        self._token_kinds = {meter.name: meter.quantity.tokens for meter in self.spans.meters
+                             if meter.quantity.tokens}
         self.ignored_cost_log = IgnoredCostLog()
 
     @property
@@ -104,8 +110,28 @@ class GenAIUsageProcessor:
     def token_meter_names(self) -> frozenset[str]:
         return self._token_meter_names
 
+    def attach_pipeline(self, pipeline: Any) -> None:
+        """Called by the traces pipeline this processor converts for: with ``nested_usage.enabled``, hold
+        aggregate and framework-level spans in a log beside the first exporter's queue and decide them
+        in the background, storing billed ones through the pipeline (nested_usage.py)."""
+        settings = self.config.nested_usage
+        if not settings.enabled or pipeline.signal != TRACES or not pipeline.exporters:
+            return
+        exporter = pipeline.exporters[0]
+        directory = exporter.journal.directory.parent / f"nested-usage-{pipeline.name.replace('/', '-')}"
+        log = NestedUsageLog(directory / LOG_NAME, fsync=settings.fsync)
+        self.nested = NestedUsage(round(settings.decision_wait.total_seconds() * 1e9),
+                                  round(settings.retention.total_seconds() * 1e9), log)
+        store = getattr(exporter, "store", None)
+        self.nested.start(pipeline.store_extracted, store.insert_nested_usage if store is not None else None)
+
+    def shutdown(self) -> None:
+        if self.nested is not None:
+            self.nested.shutdown()
+
     def want_attributes(self, resource_keys: Iterable[str], span_keys: Iterable[str]) -> None:
-        self._extra_resource_keys = frozenset(resource_keys) | self._meter_keys | {SDK_NAME, SERVICE_NAME}
+        self._extra_resource_keys = (frozenset(resource_keys) | self._meter_keys
+                                     | {SDK_NAME, SERVICE_NAME, INSTANCE_KEY})
         self._extra_span_keys = frozenset(span_keys)
         self._wanted_span_keys = (cv.USAGE_KEYS | cv.DIMENSION_KEYS | self._extra_span_keys | self._meter_keys
                                   | COST_KEYS)
@@ -120,6 +146,15 @@ class GenAIUsageProcessor:
         return self.token_sources.spans_extracted(request, self.extract(request), self._token_meter_names)
 
     def extract(self, request: ExportTraceServiceRequest) -> UsageBatch:
+        if self.nested is None:
+            return self._extract_spans(request, None)
+        nested_spans: list[tuple[int, str, int, int]] = []
+        return self.nested.hold_out(self._extract_spans(request, nested_spans), nested_spans, self._token_kinds)
+
+    def _extract_spans(self, request: ExportTraceServiceRequest,
+                       nested_spans: list[tuple[int, str, int, int]] | None) -> UsageBatch:
+        """``nested_spans``: collects (event seq, role, start, end) of each span with token usage, for
+        nested usage (nested_usage.py); None when it is off."""
         batch = UsageBatch()
         wanted = self._wanted_span_keys
         extra_span_keys = self._extra_span_keys
@@ -151,6 +186,11 @@ class GenAIUsageProcessor:
                             found[key] = kv.value
                     operation = operation_of(found)
                     token_meters, modality_meters, other_meters, others_need = plan_for(operation)
+                    if nested_spans is not None and not cv.USAGE_KEYS.isdisjoint(found):
+                        role = role_of(operation, scope)
+                        nested_spans.append((seq, role, span.start_time_unix_nano, span.end_time_unix_nano))
+                        if role == AGGREGATE:  # its usage is measured as a model call's, then held (nesting.py)
+                            token_meters, modality_meters = plan_for("")[:2]
                     if not token_meters and not modality_meters and not other_meters:
                         continue
                     if reads_status and other_meters and span.status.code and cv.STATUS_CODE not in found:

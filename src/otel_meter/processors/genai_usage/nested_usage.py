@@ -1,0 +1,380 @@
+"""Holds aggregate and framework-level usage spans durably and decides them after ``decision_wait``.
+
+The decision logic is nesting.py; this module keeps it across restarts and acts on it:
+
+- every usage span the rule looks at is appended to a log (``nested-usage.log`` beside the
+  exporter's queue) and fsync'd before the request that brought it is acknowledged; a held span's
+  rows stay out of the request's usage;
+- a worker decides each held span once it is covered or its wait is over: a billed span's rows go
+  through the rest of the pipeline (dedup, attribution, rating, the exporters' durable queue), a
+  covered one is recorded in the store's ``nested_usage`` table with the covering span ids (its
+  usage kept for audit, billed nothing); only then is the decision appended to the log;
+- adjustments (negative rows reversing a billed span's covered part) are stored the same way.
+
+On start the log is replayed into the ledger, in order, which rebuilds the same state and the
+same adjustments; those not yet stored are stored again (the dedup processor drops a copy already
+stored). Then the log is rewritten with what is still remembered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+from otel_meter.errors import OtelMeterError
+from otel_meter.processors.genai_usage.nesting import (
+    AGGREGATE,
+    MODEL_CALL,
+    Adjustment,
+    Decision,
+    HeldRow,
+    HeldSpan,
+    NestingLedger,
+    UsageSpan,
+)
+from otel_meter.usage import UsageBatch
+
+logger = logging.getLogger(__name__)
+
+LOG_NAME = "nested-usage.log"
+INSTANCE_KEY = "service.instance.id"
+SERVICE_KEY = "service.name"
+INPUT_KINDS = frozenset({"input", "cache_read", "cache_write", "input_audio", "input_image", "input_video"})
+OUTPUT_KINDS = frozenset({"output", "reasoning", "output_audio", "output_image", "output_video"})
+
+
+def _quantity_text(quantity: int | Decimal) -> str:
+    return str(quantity)
+
+
+def _quantity(text: str) -> int | Decimal:
+    return Decimal(text) if "." in text else int(text)
+
+
+def span_json(span: UsageSpan) -> dict[str, Any]:
+    return {"id": span.event_id, "role": span.role, "start": span.start_ns, "end": span.end_ns,
+            "instance": span.instance, "model": span.model, "in": span.input_total, "out": span.output_total,
+            "tokens": span.tokens, "seen": span.seen_ns}
+
+
+def span_from(data: dict[str, Any]) -> UsageSpan:
+    return UsageSpan(data["id"], data["role"], data["start"], data["end"], data["instance"], data["model"],
+                     data["in"], data["out"], data["tokens"], data["seen"])
+
+
+def held_json(held: HeldSpan) -> dict[str, Any]:
+    return {"span": span_json(held.span), "due": held.due_ns, "time": held.event_time_ns, "provider": held.provider,
+            "operation": held.operation, "resource": held.resource_attributes, "attributes": held.event_attributes,
+            "rows": [[row.meter, _quantity_text(row.quantity), row.dimensions, row.coverable] for row in held.rows]}
+
+
+def held_from(data: dict[str, Any]) -> HeldSpan:
+    return HeldSpan(span_from(data["span"]), [HeldRow(meter, _quantity(quantity), dimensions, coverable)
+                                              for meter, quantity, dimensions, coverable in data["rows"]],
+                    data["time"], data["provider"], data["operation"], data["resource"], data["attributes"],
+                    data["due"])
+
+
+class NestedUsageLog:
+    """Append-only JSON lines, fsync'd on request; rewritten whole (atomically) at start."""
+
+    def __init__(self, path: Path, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")
+
+    def lines(self) -> list[dict[str, Any]]:
+        entries = []
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:  # a line torn by a crash mid-append: never acknowledged
+                    logger.warning("%s: skipping a torn line at the end", self.path)
+        return entries
+
+    def append(self, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        self._file.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
+        self._file.flush()
+
+    def sync(self) -> None:
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def rewrite(self, entries: list[dict[str, Any]]) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        self._file.close()
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class NestedUsage:
+    """The ledger, its log and the worker that decides held spans (one per traces pipeline)."""
+
+    def __init__(self, decision_wait_ns: int, retention_ns: int, log: NestedUsageLog,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.decision_wait_ns = decision_wait_ns
+        self.ledger = NestingLedger(retention_ns)
+        self.log = log
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._stored: set[str] = set()
+        """Adjustments stored (by event id) whose log line says so."""
+        self._store_usage: Callable[[UsageBatch], Any] | None = None
+        self._record: Callable[[list[list[Any]]], None] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held_spans = 0
+        """Self-metric: spans held now."""
+        self._replay()
+
+    # -- the request path ------------------------------------------------------------------------
+
+    def hold_out(self, batch: UsageBatch, spans: list[tuple[int, str, int, int]],
+                 token_kinds: dict[str, str]) -> UsageBatch:
+        """The batch less the rows of the spans held (an aggregate's, a framework-level or client span's),
+        after recording every usage span of the request durably (:meth:`take`). ``spans``: (event seq,
+        role, start, end) of each span with token usage; one that was refused has no rows and is skipped."""
+        if not spans:
+            return batch
+        rows_of: dict[int, list[int]] = {}
+        for row, seq in enumerate(batch.event_seq):
+            rows_of.setdefault(seq, []).append(row)
+        now = self.clock()
+        seen: list[UsageSpan] = []
+        held: list[HeldSpan] = []
+        for seq, role, start_ns, end_ns in spans:
+            rows = rows_of.get(seq)
+            if not rows:
+                continue
+            first = rows[0]
+            tokens = {batch.meter[row]: batch.quantity[row] for row in rows if batch.meter[row] in token_kinds}
+            input_total = sum(int(quantity) for meter, quantity in tokens.items() if token_kinds[meter] in INPUT_KINDS)
+            output_total = sum(int(quantity) for meter, quantity in tokens.items()
+                               if token_kinds[meter] in OUTPUT_KINDS)
+            resource = batch.resource_attributes[first]
+            instance = resource.get(INSTANCE_KEY) or resource.get(SERVICE_KEY, "")
+            usage_span = UsageSpan(batch.event_id[first], role, start_ns, end_ns or batch.event_time_ns[first],
+                                   instance, batch.model[first], input_total, output_total, tokens, now)
+            if role == MODEL_CALL:
+                seen.append(usage_span)
+                continue
+            held_rows = [HeldRow(batch.meter[row], batch.quantity[row], batch.dimensions[row],
+                                 role != AGGREGATE or batch.meter[row] in token_kinds) for row in rows]
+            held.append(HeldSpan(usage_span, held_rows, batch.event_time_ns[first], batch.provider[first],
+                                 batch.operation[first], resource, batch.event_attributes[first],
+                                 now + self.decision_wait_ns))
+        _, covered = self.take(seen, held)
+        if not held:
+            return batch
+        held_ids = {one.span.event_id for one in held}
+        return batch.select([row for row, event_id in enumerate(batch.event_id) if event_id not in held_ids
+                             or (event_id in covered and batch.meter[row] not in token_kinds)])
+
+    def take(self, seen: list[UsageSpan], held: list[HeldSpan]) -> tuple[set[str], set[str]]:
+        """Record the usage spans of one request, durably. Returns the event ids of held spans known
+        already (re-sent copies: held or decided before, their rows are dropped), and of aggregates
+        covered on arrival: their rows that are not coverable (the invocation count) are stored with
+        the request, so only the coverable ones are held, for the record."""
+        entries: list[dict[str, Any]] = []
+        known: set[str] = set()
+        covered: set[str] = set()
+        with self.lock:
+            for span in seen:
+                if not self.ledger.is_known(span.event_id):
+                    self.ledger.saw(span)
+                    entries.append({"s": span_json(span)})
+            for one in held:
+                if self.ledger.is_known(one.span.event_id):
+                    known.add(one.span.event_id)
+                    continue
+                if one.span.role == AGGREGATE and self.ledger.covering_now(one.span):
+                    covered.add(one.span.event_id)
+                    one.rows = [row for row in one.rows if row.coverable]
+                self.ledger.hold(one)
+                entries.append({"h": held_json(one)})
+            self.log.append(entries)
+            self.held_spans = len(self.ledger.held)
+        if entries:
+            self.log.sync()  # outside the lock: one fsync covers every line written before it
+        return known, covered
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def start(self, store_usage: Callable[[UsageBatch], Any],
+              record: Callable[[list[list[Any]]], None] | None) -> None:
+        """``store_usage``: the pipeline's path for usage extracted elsewhere (dedup, attribution, rating,
+        the exporters); ``record``: inserts decision rows into the store's ``nested_usage`` table."""
+        self._store_usage = store_usage
+        self._record = record
+        interval = min(1.0, max(0.05, self.decision_wait_ns / 4e9))
+        self._thread = threading.Thread(target=self._run, args=(interval,), name="nested-usage", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.log.close()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.run_once()
+            except Exception:  # the store or queue refused: everything stays held and is tried again
+                logger.exception("nested usage: deciding held spans failed; they stay held and are retried")
+
+    def run_once(self) -> int:
+        """Decide what is due, store it, record it; the number of decisions and adjustments stored."""
+        with self.lock:
+            now = self.clock()
+            decisions = self.ledger.decide(now)
+            adjustments = [adjustment for adjustment in self.ledger.adjustments
+                           if adjustment.event_id not in self._stored]
+            if not decisions and not adjustments:
+                self.ledger.expire(now)
+                return 0
+            stored = usage_batch(decisions, adjustments)
+            if len(stored) and self._store_usage is not None:
+                self._store_usage(stored)
+            if self._record is not None:
+                self._record(decision_rows(decisions, adjustments, now))
+            entries: list[dict[str, Any]] = []
+            for decision in decisions:
+                self.ledger.settle(decision)
+                entries.append({"d": decision.held.span.event_id, "c": decision.covered_by})
+            for adjustment in adjustments:
+                self._stored.add(adjustment.event_id)
+                entries.append({"x": adjustment.event_id})
+            self.ledger.adjustments = []
+            self.log.append(entries)
+            self.log.sync()
+            self.held_spans = len(self.ledger.held)
+            self.ledger.expire(now)
+        covered = sum(1 for decision in decisions if not decision.billed)
+        logger.debug("nested usage: %d held span(s) covered, %d billed, %d adjustment(s)",
+                     covered, len(decisions) - covered, len(adjustments))
+        return len(decisions) + len(adjustments)
+
+    # -- restart ---------------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        try:
+            entries = self.log.lines()
+        except OSError as error:
+            raise OtelMeterError(f"cannot read the nested usage log {self.log.path}: {error.strerror}") from None
+        stored: set[str] = set()
+        for entry in entries:
+            if "s" in entry:
+                self.ledger.saw(span_from(entry["s"]))
+            elif "h" in entry:
+                self.ledger.hold(held_from(entry["h"]))
+            elif "d" in entry:
+                held = self.ledger.held.get(entry["d"])
+                if held is not None:
+                    self.ledger.settle(Decision(held, entry["c"]))
+            elif "x" in entry:
+                stored.add(entry["x"])
+            elif "p" in entry:
+                pending = entry["p"]
+                billed = self.ledger.billed.get(pending["billed"])
+                if billed is not None:
+                    self.ledger.adjustments.append(Adjustment(billed.held, pending["late"], {
+                        meter: _quantity(text) for meter, text in pending["q"].items()}))
+        self.ledger.adjustments = [adjustment for adjustment in self.ledger.adjustments
+                                   if adjustment.event_id not in stored]
+        self.ledger.expire(self.clock())
+        self.log.rewrite(self._compacted())
+        self.held_spans = len(self.ledger.held)
+        if self.ledger.held:
+            logger.info("nested usage: %d held span(s) from the last run are decided as they fall due",
+                        len(self.ledger.held))
+
+    def _compacted(self) -> list[dict[str, Any]]:
+        """Log lines that rebuild the present ledger: spans seen, held spans, billed spans (as held with
+        what is left of their usage, then decided, so a later span still adjusts them) and the
+        adjustments not stored yet."""
+        ledger = self.ledger
+        entries: list[dict[str, Any]] = []
+        decided: list[dict[str, Any]] = []
+        for span in ledger.spans():
+            if span.event_id in ledger.held:
+                entries.append({"h": held_json(ledger.held[span.event_id])})
+            elif span.event_id in ledger.billed:
+                billed = ledger.billed[span.event_id]
+                held = billed.held
+                rows = [HeldRow(row.meter, billed.remaining.get(row.meter, row.quantity), row.dimensions, row.coverable)
+                        for row in held.rows]
+                remaining = HeldSpan(held.span, rows, held.event_time_ns, held.provider, held.operation,
+                                     held.resource_attributes, held.event_attributes, held.due_ns)
+                entries.append({"h": held_json(remaining)})
+                decided.append({"d": span.event_id, "c": []})
+            else:
+                entries.append({"s": span_json(span)})
+        pending = [{"p": {"billed": adjustment.billed.span.event_id, "late": adjustment.late_event_id,
+                          "q": {meter: _quantity_text(quantity) for meter, quantity in adjustment.quantities.items()}}}
+                   for adjustment in ledger.adjustments]
+        return entries + decided + pending
+
+
+def usage_batch(decisions: list[Decision], adjustments: list[Adjustment]) -> UsageBatch:
+    """The rows decided spans bill (every row of a billed span, the rows that are not coverable of a
+    covered one), and the negated rows of adjustments, as one batch."""
+    batch = UsageBatch()
+    seq = 0
+    for decision in decisions:
+        held = decision.held
+        rows = [row for row in held.rows if decision.billed or not row.coverable]
+        if not rows:
+            continue
+        seq += 1
+        for row in rows:
+            batch.append(held.span.event_id, seq, held.event_time_ns, row.meter, row.quantity, held.provider,
+                         held.span.model, held.operation, row.dimensions, held.resource_attributes,
+                         held.event_attributes)
+    for adjustment in adjustments:
+        seq += 1
+        held = adjustment.billed
+        dimensions = {row.meter: row.dimensions for row in held.rows}
+        for meter, quantity in adjustment.quantities.items():
+            batch.append(adjustment.event_id, seq, held.event_time_ns, meter, -quantity, held.provider,
+                         held.span.model, held.operation, dimensions.get(meter, {}), held.resource_attributes,
+                         held.event_attributes)
+    return batch
+
+
+def decision_rows(decisions: list[Decision], adjustments: list[Adjustment], now_ns: int) -> list[list[Any]]:
+    """Rows of the ``nested_usage`` table: one per meter of each decided span and each adjustment."""
+    rows = []
+    for decision in decisions:
+        held = decision.held
+        outcome = "billed" if decision.billed else "covered"
+        for row in held.rows:
+            if not row.coverable:
+                continue
+            rows.append([held.span.event_id, held.span.role, outcome, row.meter, Decimal(row.quantity),
+                         held.operation, held.provider, held.span.model, held.resource_attributes.get(SERVICE_KEY, ""),
+                         held.event_time_ns, decision.covered_by, now_ns // 1000])
+    for adjustment in adjustments:
+        held = adjustment.billed
+        for meter, quantity in adjustment.quantities.items():
+            rows.append([adjustment.event_id, held.span.role, "adjusted", meter, -Decimal(quantity), held.operation,
+                         held.provider, held.span.model, held.resource_attributes.get(SERVICE_KEY, ""),
+                         held.event_time_ns, [adjustment.late_event_id], now_ns // 1000])
+    return rows

@@ -1,0 +1,112 @@
+"""The nested-usage rule (processors/genai_usage/nesting.py) and its durable log (nested_usage.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from otel_meter.processors.genai_usage.nested_usage import NestedUsage, NestedUsageLog
+from otel_meter.processors.genai_usage.nesting import (
+    AGGREGATE,
+    FRAMEWORK,
+    MODEL_CALL,
+    SELF_TRACED,
+    HeldRow,
+    HeldSpan,
+    NestingLedger,
+    UsageSpan,
+    role_of,
+)
+
+TRACE = "a" * 32
+OTHER_TRACE = "b" * 32
+WAIT = 1_000
+
+
+def usage_span(span: str, role: str, start: int, end: int, input_total: int = 100, output_total: int = 20,
+               trace: str = TRACE, model: str = "gpt-4o-2024-08-06", instance: str = "app-1") -> UsageSpan:
+    return UsageSpan(trace + span * 16, role, start, end, instance, model, input_total, output_total,
+                     {"input_tokens": input_total, "output_tokens": output_total}, seen_ns=0)
+
+
+def held(span: UsageSpan) -> HeldSpan:
+    rows = [HeldRow(meter, quantity, {}) for meter, quantity in span.tokens.items()]
+    if span.role == AGGREGATE:
+        rows.append(HeldRow("agent_invocations", 1, {}, coverable=False))
+    return HeldSpan(span, rows, span.end_ns, "openai", "invoke_agent", {}, {}, due_ns=WAIT)
+
+
+def test_roles_follow_the_operation_then_the_instrumentation_scope() -> None:
+    assert role_of("invoke_agent", "openinference.instrumentation.openai") == AGGREGATE
+    assert role_of("chain", "openinference.instrumentation.langchain") == AGGREGATE
+    assert role_of("chat", "openinference.instrumentation.langchain") == FRAMEWORK
+    assert role_of("chat", "com.anthropic.sdk.python") == SELF_TRACED
+    assert role_of("chat", "openinference.instrumentation.openai") == MODEL_CALL
+
+
+def test_an_aggregate_is_covered_by_a_usage_span_beneath_it_in_its_trace_only() -> None:
+    ledger = NestingLedger(retention_ns=10**12)
+    ledger.saw(usage_span("1", MODEL_CALL, 20, 30))
+    ledger.saw(usage_span("2", MODEL_CALL, 20, 30, trace=OTHER_TRACE))
+    ledger.hold(held(usage_span("3", AGGREGATE, 10, 40, 200, 40)))
+    ledger.hold(held(usage_span("4", AGGREGATE, 41, 50, 200, 40)))  # after the call, in the same trace
+    decisions = {decision.held.span.event_id[32:]: decision.covered_by for decision in ledger.decide(now_ns=WAIT)}
+    assert decisions == {"3" * 16: [TRACE + "1" * 16], "4" * 16: []}
+
+
+def test_a_framework_span_is_covered_once_by_a_provider_span_reporting_the_same_call() -> None:
+    ledger = NestingLedger(retention_ns=10**12)
+    ledger.saw(usage_span("1", MODEL_CALL, 20, 30, trace=OTHER_TRACE))  # the openai span, its own trace
+    for span in ("2", "3"):  # two LangChain spans of identical calls: the one provider span covers one
+        ledger.hold(held(usage_span(span, FRAMEWORK, 10, 40, model="gpt-4o")))
+    ledger.hold(held(usage_span("4", FRAMEWORK, 10, 40, output_total=21)))  # other counts
+    ledger.hold(held(usage_span("5", FRAMEWORK, 10, 40, instance="app-2")))  # another service instance
+    first = ledger.decide(now_ns=0)
+    assert [(d.held.span.event_id[32:], d.covered_by) for d in first] == [("2" * 16, [OTHER_TRACE + "1" * 16])]
+    ledger.settle(first[0])
+    assert sorted(d.held.span.event_id[32:] for d in ledger.decide(now_ns=WAIT) if d.billed) == [
+        "3" * 16, "4" * 16, "5" * 16]
+
+
+def test_a_model_call_after_its_aggregate_was_billed_reverses_the_covered_part_once() -> None:
+    ledger = NestingLedger(retention_ns=10**12)
+    ledger.hold(held(usage_span("9", AGGREGATE, 10, 40, 300, 60)))
+    [decision] = ledger.decide(now_ns=WAIT)
+    assert decision.billed
+    ledger.settle(decision)
+    late = usage_span("1", MODEL_CALL, 20, 30, 200, 40)
+    [adjustment] = ledger.saw(late)
+    assert adjustment.quantities == {"input_tokens": 200, "output_tokens": 40}
+    assert adjustment.event_id == TRACE + "9" * 16 + ":" + "1" * 16
+    assert ledger.saw(late) == []  # a re-sent copy adjusts nothing
+    [second] = ledger.saw(usage_span("2", MODEL_CALL, 31, 39, 200, 40))
+    assert second.quantities == {"input_tokens": 100, "output_tokens": 20}  # at most what is left
+
+
+def test_held_spans_survive_a_restart_and_are_decided_once(tmp_path: Path) -> None:
+    clock = [0]
+    stored: list = []
+    recorded: list = []
+
+    def nested() -> NestedUsage:
+        usage = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: clock[0])
+        usage._store_usage, usage._record = stored.append, recorded.extend
+        return usage
+
+    first = nested()
+    span = usage_span("3", AGGREGATE, 10, 40)
+    assert first.take([], [held(span)]) == (set(), set())
+    assert first.run_once() == 0  # not due, nothing beneath
+    second = nested()  # a restart: the held span is read back from the log
+    assert set(second.ledger.held) == {span.event_id}
+    assert second.take([], [held(span)]) == ({span.event_id}, set())  # a re-sent copy is dropped
+    clock[0] = WAIT
+    assert second.run_once() == 1
+    [batch] = stored
+    assert list(zip(batch.meter, batch.quantity)) == [("input_tokens", 100), ("output_tokens", 20),
+                                                      ("agent_invocations", 1)]
+    assert [(row[2], row[3]) for row in recorded] == [("billed", "input_tokens"), ("billed", "output_tokens")]
+    third = nested()  # decided before the restart: not decided again, but a late call still adjusts it
+    assert third.ledger.held == {} and third.run_once() == 0
+    third.take([usage_span("1", MODEL_CALL, 20, 30, 40, 10)], [])
+    assert third.run_once() == 1
+    assert list(zip(stored[-1].meter, stored[-1].quantity)) == [("input_tokens", -40), ("output_tokens", -10)]
