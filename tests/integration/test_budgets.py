@@ -17,10 +17,10 @@ from typing import Any, Iterator
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_meter.extensions.budgets.config import BudgetsConfig
-from otel_meter.extensions.budgets.monitor import BudgetMonitor, alert_id
 from otel_meter.credits import credit_store
 from otel_meter.credits.burn_down import CreditGrant
+from otel_meter.extensions.budgets.config import BudgetsConfig
+from otel_meter.extensions.budgets.monitor import BudgetMonitor, alert_id
 from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.webhooks import SIGNATURE_HEADER, verify
 from tests.chdb_worker import ChdbWorker

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from otel_meter import faults
 from otel_meter.errors import ConfigError
-from otel_meter.receivers.otlp.memory_limiter import MIB, MemoryLimiter, MemoryLimiterConfig, resident_bytes
 from otel_meter.receivers.otlp.admission import Admission, Overloaded
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
+from otel_meter.receivers.otlp.memory_limiter import MIB, MemoryLimiter, MemoryLimiterConfig, resident_bytes
 
 
 class Clock:

@@ -18,6 +18,7 @@ import pytest
 
 from otel_meter.component_model import BuildContext, Kind, factories
 from otel_meter.config import parse_config
+from otel_meter.credits.burn_down import CreditGrant, UsageBucket, burn_down
 from otel_meter.errors import ConfigError
 from otel_meter.extensions.budgets.config import BudgetsConfig
 from otel_meter.extensions.budgets.monitor import (
@@ -29,7 +30,6 @@ from otel_meter.extensions.budgets.monitor import (
     customer_limits,
     evaluate,
 )
-from otel_meter.credits.burn_down import CreditGrant, UsageBucket, burn_down
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import Budget, parse_rate_card
 from otel_meter.service import ServiceHost

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_meter.errors import OtelMeterError
 from otel_meter.credits.burn_down import CreditEntry, CreditError, CreditGrant, PeriodSettlement, UsageBucket, burn_down
+from otel_meter.errors import OtelMeterError
 
 HOUR = 3_600_000_000_000
 AS_OF = 1_000 * HOUR

@@ -10,10 +10,10 @@ from typing import Iterator
 
 import pytest
 
-from otel_meter.errors import OtelMeterError
 from otel_meter.credits import credit_store
-from otel_meter.credits.credit_store import DuplicateGrantError, UnknownGrantError, check_grant, parse_grant
 from otel_meter.credits.burn_down import CreditError, CreditGrant, UsageBucket
+from otel_meter.credits.credit_store import DuplicateGrantError, UnknownGrantError, check_grant, parse_grant
+from otel_meter.errors import OtelMeterError
 from tests.chdb_worker import ChdbWorker
 
 HOUR = 3_600 * 10**9

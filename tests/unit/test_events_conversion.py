@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from otel_meter.api.v1.events_pb2 import IngestRequest, UsageEvent
-from otel_meter.sdk.events_client import Event, cloud_event, quantity_text
-from otel_meter.sdk.events_client import proto_event as client_proto_event
 from otel_meter.pipeline import ConsumeResult, UsagePipeline
 from otel_meter.processors.dedup.index import DedupIndex
 from otel_meter.processors.dedup.processor import DedupProcessor
@@ -28,6 +26,8 @@ from otel_meter.receivers.otlp.events import (
     ingest_http,
     json_items,
 )
+from otel_meter.sdk.events_client import Event, cloud_event, quantity_text
+from otel_meter.sdk.events_client import proto_event as client_proto_event
 from otel_meter.usage import UsageBatch
 
 RECEIVED = 1_750_000_000_123_456_789

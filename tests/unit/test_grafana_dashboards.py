@@ -221,8 +221,8 @@ def usage_batch(rows: list[Row]) -> UsageBatch:
 
 
 def seed(store) -> None:
-    from otel_meter.credits.credit_store import add_grant
     from otel_meter.credits.burn_down import CreditGrant
+    from otel_meter.credits.credit_store import add_grant
 
     rating = RatingProcessor(rate_book())
     inside = [row for row in ROWS if not row[0].startswith("x")]

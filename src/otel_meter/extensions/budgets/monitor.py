@@ -53,11 +53,11 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from otel_meter.credits import credit_store
+from otel_meter.credits.burn_down import CreditGrant, CreditLedger, burn_down
+from otel_meter.credits.credit_store import decimal_text, exact, iso_time, money_text
 from otel_meter.errors import ConfigError, OtelMeterError, QueueFullError
 from otel_meter.extensions.budgets.config import BudgetsConfig
-from otel_meter.credits import credit_store
-from otel_meter.credits.credit_store import decimal_text, exact, iso_time, money_text
-from otel_meter.credits.burn_down import CreditGrant, CreditLedger, burn_down
 from otel_meter.rating.rate_card import CREDITS, Budget
 from otel_meter.storage import credit_queries
 from otel_meter.storage.store import INSERT_SETTINGS, Store

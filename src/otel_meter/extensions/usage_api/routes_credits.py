@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, Field
 
 from otel_meter.app.credits import BalanceRequest, balance_document, grant_document
+from otel_meter.credits import credit_store
 from otel_meter.extensions.usage_api.routes_pricing import time_param
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import (
@@ -24,7 +25,6 @@ from otel_meter.extensions.usage_api.validation import (
     Text,
     TimeText,
 )
-from otel_meter.credits import credit_store
 
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer

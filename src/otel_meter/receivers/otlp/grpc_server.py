@@ -26,7 +26,6 @@ from otel_meter.api.v1.events_pb2 import IngestResponse
 from otel_meter.component_model import EVENTS
 from otel_meter.errors import ExportError, OtelMeterError
 from otel_meter.faults import crash_point
-from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.pipeline import SignalConsumers
 from otel_meter.receivers.otlp import events
 from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
@@ -40,6 +39,7 @@ from otel_meter.receivers.otlp.export import (
     refusal_code,
     retry_info,
 )
+from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.security import AuthenticationError, Authenticator, grpc_server_credentials
 
 logger = logging.getLogger(__name__)

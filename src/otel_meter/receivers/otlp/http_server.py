@@ -42,7 +42,6 @@ from otel_meter.asgi_server import AsgiServer
 from otel_meter.component_model import EVENTS, LOGS, METRICS, TRACES
 from otel_meter.errors import ExportError
 from otel_meter.faults import crash_point
-from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.pipeline import SignalConsumers
 from otel_meter.receivers.otlp import events, otlp_json
 from otel_meter.receivers.otlp.admission import OVERLOAD_RETRY_SECONDS, Admission, Overloaded, Ticket
@@ -55,6 +54,7 @@ from otel_meter.receivers.otlp.export import (
     export,
     refusal_code,
 )
+from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.security import AuthenticationError, Authenticator
 
 logger = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from otel_meter.errors import OtelMeterError
-from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.pipeline import Consumer, SignalConsumers  # SignalConsumers re-exported: it lives with the pipeline
 from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.receivers.otlp.grpc_server import OtlpGrpcServer
 from otel_meter.receivers.otlp.http_server import OtlpHttpServer
+from otel_meter.receivers.otlp.memory_limiter import MemoryLimiter
 from otel_meter.security import Authenticator, resolve_authenticator
 
 __all__ = ["OtlpReceiver", "SignalConsumers"]
