@@ -1,4 +1,8 @@
-"""Every SQL query the service runs, with bound parameters."""
+"""The service's general SQL, with bound parameters: schema migrations, dedup lookups, rate-card
+versions, the period view, billing exports, the usage report, verify and invoices. Subjects with
+SQL of their own have a module beside this one: ``rerate_queries`` (re-rating),
+``credit_queries`` (prepaid credits) and ``nested_usage_queries`` (nested usage decisions).
+"""
 
 CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations
