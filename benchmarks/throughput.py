@@ -445,9 +445,12 @@ def write_config(workdir: Path, grpc_port: int, api_port: int, flush_interval: s
     sets how many inserts, so parts to write and merge, ClickHouse gets per second.
     ``meters_off`` switches built-in meters off (``{enabled: false}``), e.g. one that
     wrongly counts the mixed load's non-GenAI spans. ``extraction``: the traces pipeline's
-    (``engine`` needs every span meter but the five token meters switched off: ENGINE_METERS_OFF).
+    (``engine`` needs every span meter but the five token meters switched off: ENGINE_METERS_OFF,
+    and nested usage off).
     """
     flush = f", flush_interval: {flush_interval}" if flush_interval else ""
+    # nested usage holds aggregate spans, which only the Python extraction does
+    genai_usage = "{nested_usage: {enabled: false}}" if extraction == "engine" else "{}"
     meters = "".join(f"\n  {name}: {{enabled: false}}" for name in meters_off)
     (workdir / "rate-card.yaml").write_text(rate_card_text())
     path = workdir / "collector-config.yaml"
@@ -457,7 +460,7 @@ def write_config(workdir: Path, grpc_port: int, api_port: int, flush_interval: s
             protocols:
               grpc: {{endpoint: 127.0.0.1:{grpc_port}}}
         processors:
-          genai_usage: {{}}
+          genai_usage: {genai_usage}
           dedup: {{}}
           attribution:
             customer: [customer.id, tenant.id]
@@ -939,6 +942,8 @@ def stage_seconds(payloads: Sequence[bytes], config_path: Path) -> dict[str, flo
     from otel_meter.exporters.clickhouse.arrow import to_arrow
     from otel_meter.pipeline import UsagePipeline
     from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
+    from otel_meter.service import ServiceHost
+    from otel_meter.telemetry.registry import ServiceMetrics
     from otel_meter.usage import UsageBatch
 
     class Stored:
@@ -961,9 +966,10 @@ def stage_seconds(payloads: Sequence[bytes], config_path: Path) -> dict[str, flo
     def build(config_path: Path) -> tuple[GenAIUsageProcessor, UsagePipeline]:
         config = load_config(config_path)
         pipeline = next(iter(config.service.pipelines.values()))
-        context: dict[str, Any] = {"stores": {}, "store": None, "meters": config.meters}
+        host = ServiceHost(config, lambda extension_id: None, ServiceMetrics([], {}), lambda: (True, "ready"),
+                           lambda: 0)  # no store: the stage measures the processors alone
         processors = [factories(Kind.PROCESSOR)[component_type(pid)].create(
-            config.component(Kind.PROCESSOR, pid), BuildContext(config.config_dir, pid, dict(context)))
+            config.component(Kind.PROCESSOR, pid), BuildContext(config.config_dir, pid, host))
             for pid in pipeline.processors]
         return processors[0], UsagePipeline("bench", "traces", processors[0], processors[1:], [ArrowOnlyExporter()])
 

@@ -153,12 +153,18 @@ class UsagePipeline:
         caller keeps the requests and tries again."""
         batch = self._process(batch)
         rows = len(batch)
-        self.counts.record_queued(rows, batch.priced.count(False) if len(batch.priced) == rows else rows)
         self._await_prerequisites(batch)
-        self.counts.record_settled((rejection.reason for rejection in batch.rejections), batch.duplicate_events)
-        if batch.rejections:
-            self._log_rejections(batch.rejections, None)
+        self.record_stored(rows, batch.priced.count(False) if len(batch.priced) == rows else rows,
+                           batch.rejections, batch.duplicate_events)
         return batch
+
+    def record_stored(self, rows: int, unpriced: int, rejections: list[Rejection], duplicates: int) -> None:
+        """Counts usage stored after its requests were acknowledged, with their refused and duplicate
+        items, and logs the refusals (the engine extraction's stores, compiled or not)."""
+        self.counts.record_queued(rows, unpriced)
+        self.counts.record_settled((rejection.reason for rejection in rejections), duplicates)
+        if rejections:
+            self._log_rejections(rejections, None)
 
     def _store(self, payload: Any, customer: str | None) -> UsageBatch:
         """The processed batch, once every exporter holds it durably."""

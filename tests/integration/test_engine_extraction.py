@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as OTLPHttpSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_meter.storage.store import Store, resolve_location
 from tests.integration.conftest import MeterServer, SpanFactory, chat, export, totals
 
 NON_TOKEN_SPAN_METERS = ("input_audio_tokens", "input_image_tokens", "input_video_tokens", "output_audio_tokens",
@@ -24,9 +26,14 @@ NON_TOKEN_SPAN_METERS = ("input_audio_tokens", "input_image_tokens", "input_vide
 TRACES_PIPELINE = "traces: {receivers: [otlp], processors: [genai_usage, dedup, attribution, rating], exporters: [clickhouse]}"
 
 
-def engine_config(server: MeterServer, meters_off: tuple[str, ...] = NON_TOKEN_SPAN_METERS) -> None:
-    server.write_config()
+def engine_config(server: MeterServer, meters_off: tuple[str, ...] = NON_TOKEN_SPAN_METERS,
+                  configured: bool = False) -> None:
+    """``configured``: the server's config is written already (else the default one is)."""
+    if not configured:
+        server.write_config()
     text = server.config_path.read_text().replace(TRACES_PIPELINE, TRACES_PIPELINE[:-1] + ", extraction: engine}")
+    # nested usage holds aggregate spans, which only the Python extraction does
+    text = text.replace("genai_usage: {}", "genai_usage: {nested_usage: {enabled: false}}", 1)
     switches = "".join(f"  {meter}: {{enabled: false}}\n" for meter in meters_off)
     server.config_path.write_text(text + (f"meters:\n{switches}" if switches else ""))
 
@@ -57,6 +64,7 @@ def test_spans_extracted_in_the_engine_are_priced_exactly_and_a_retried_request_
     refused = chat(factory, "acme", "gpt-4o", "abc", 5)
     over_http = chat(factory, "initech", "gpt-4o", 10, 1)
     assert engine_server.log().count("spans are extracted in the embedded ClickHouse engine") == 1
+    assert "dedup, attribution and rating run in the engine too" in engine_server.log()
     assert export(engine_server, spans + [refused]) == SpanExportResult.SUCCESS
     assert export(engine_server, spans[:2]) == SpanExportResult.SUCCESS  # a retry, in a new request
     http_exporter = OTLPHttpSpanExporter(endpoint=f"{engine_server.http_url}/v1/traces", timeout=30)
@@ -78,6 +86,11 @@ def test_spans_extracted_in_the_engine_are_priced_exactly_and_a_retried_request_
     }
     assert healthz(engine_server)["refused_items"] == {"invalid_quantity": 1}
     assert "a token count is not a whole number" in engine_server.log()
+    deadline = time.monotonic() + 10
+    while healthz(engine_server)["queued_records"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert healthz(engine_server)["queued_records"] == 0  # every block checkpointed once stored
+    assert "Traceback" not in engine_server.log()
 
 
 def test_usage_stored_but_not_checkpointed_when_the_server_dies_is_not_counted_again(tmp_path: Path) -> None:
@@ -123,3 +136,85 @@ def test_a_pipeline_with_meters_the_engine_does_not_compute_stays_in_python_and_
     finally:
         server.process.kill()
         server.process.wait()
+
+
+VERSIONED_CARD = """\
+id: list
+currency: USD
+versions:
+  - version: "v1"
+    models:
+      - {match: "gpt-4o-mini*", prices: {input_tokens: "0.15", output_tokens: "0.60", cache_read_tokens: "0.075"}}
+      - {match: "gpt-4o*", provider: openai, prices: {input_tokens: "2.50", output_tokens: "10.00"}}
+      - {match: "claude-*", prices: {input_tokens: "3.00", output_tokens: "15.00", cache_write_tokens: "3.75"}}
+    customers:
+      globex: {discount_percent: 10}
+      initech: {models: [{match: "gpt-4o*", prices: {input_tokens: "1.111111111111", output_tokens: "7"}}]}
+  - version: "v2"
+    effective_from: 2030-01-01T00:00:00Z
+    models:
+      - {match: "gpt-4o*", prices: {input_tokens: "2.00", output_tokens: "8.00", reasoning_tokens: "8.00"}}
+"""
+COST_CARD = """\
+id: costs
+kind: cost
+currency: USD
+models:
+  - {match: "gpt-4o*", prices: {input_tokens: "1.25", output_tokens: "5.00"}}
+"""
+LINE_ITEM_COLUMNS = ("event_id, event_time, customer, feature, service, environment, provider, model, operation, "
+                     "meter, quantity, unit_price, amount, currency, priced, rate_card, rate_card_version, rate_rule, "
+                     "cost, cost_currency, cost_card, cost_card_version, dimensions")
+
+
+def line_items(server: MeterServer) -> list[tuple]:
+    store = Store(resolve_location(f"chdb://{server.workdir / 'data'}", "otel_meter"))
+    try:
+        return [tuple(row) for row in store.client.query(
+            f"SELECT {LINE_ITEM_COLUMNS} FROM line_items ORDER BY event_id, meter").result_rows]
+    finally:
+        store.close()
+
+
+def test_the_engine_stores_the_same_line_items_as_the_python_processors(tmp_path: Path) -> None:
+    """Attribution (resource before span, key order, the unattributed customer), every rating rule
+    (globs, providers, customer terms and discounts, versions by event time, unpriced models) and
+    the cost card: the compiled pipeline's line items equal the Python processors', column by column."""
+    factory = SpanFactory()
+    later = 1_900_000_000 * 10**9  # 2030-03-17: the card's second version
+    spans = [
+        chat(factory, "acme", "gpt-4o", 1_000, 200, gen_ai__usage__cache_read__input_tokens=300),
+        chat(factory, "acme", "gpt-4o-mini", 5_000, 700, feature="search"),
+        chat(factory, "globex", "claude-3-5-sonnet", 900, 90, gen_ai__usage__cache_creation__input_tokens=50),
+        chat(factory, "initech", "gpt-4o", 7, 3),
+        chat(factory, None, "gpt-4o", 11, 13, **{"tenant.id": "from-span", "app.feature": "chat"}),
+        chat(factory, None, "gpt-4o", 17, 19),  # unattributed
+        chat(factory, "acme", "unknown-model", 23, 29),  # unpriced
+        chat(factory, "acme", "gpt-4o", 31, 37, at=later, gen_ai__usage__reasoning__output_tokens=5),
+        chat(factory, "initech", "gpt-4o", 41, 43, at=later),
+        factory.span({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "azure.ai.openai",
+                      "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 47,
+                      "gen_ai.usage.output_tokens": 53},
+                     resource={"customer.id": "umbrella", "deployment.environment.name": "prod",
+                               "feature": "from-resource"}, name="chat gpt-4o"),
+    ]
+    servers = []
+    for extraction in ("python", "engine"):
+        server = MeterServer(workdir=tmp_path / extraction)
+        server.workdir.mkdir()
+        server.write_config(rate_card=VERSIONED_CARD, rating_settings="rate_cards: [costs.yaml]\n" + " " * 16 + "cost_card: costs")
+        (server.workdir / "costs.yaml").write_text(COST_CARD)
+        if extraction == "engine":
+            engine_config(server, configured=True)
+        else:
+            text = server.config_path.read_text()
+            server.config_path.write_text(text.replace("genai_usage: {}", "genai_usage: {nested_usage: {enabled: false}}"))
+        server.start()
+        servers.append(server)
+        assert export(server, spans) == SpanExportResult.SUCCESS
+        server.wait_until_stored(within=10)
+        server.stop()
+    python_items, engine_items = (line_items(server) for server in servers)
+    assert "dedup, attribution and rating run in the engine too" in servers[1].log()
+    assert len(python_items) == 23
+    assert engine_items == python_items

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_meter.processors.dedup.index import HOUR_NS, DedupIndex, Reservation
+from otel_meter.usage import UsageBatch
 
 DAY_NS = 24 * HOUR_NS
 WINDOW_NS = 7 * DAY_NS
@@ -338,7 +339,6 @@ def test_each_id_is_admitted_exactly_once_across_committed_batches(data):
 
 def usage_batch(*events: tuple[str, int, list[str]]) -> UsageBatch:
     """Rows for events given as (event id, seq, meters); every row has quantity 1."""
-    from otel_meter.usage import UsageBatch
 
     batch = UsageBatch()
     for event_id, seq, meter_names in events:
@@ -396,3 +396,48 @@ def test_an_untimed_custom_event_sent_again_hours_later_is_dropped_as_a_duplicat
         callback(True)
     again = processor.process(convert([event], received_ns=RECENT).batch)
     assert (len(again), again.duplicate_events) == (0, 1)
+
+
+# --- claiming a whole block at once (the engine extraction) ----------------------------------------
+
+block_ids = st.lists(st.sampled_from([f"span-{n}" for n in range(12)]), min_size=1, max_size=8)
+block_hours = st.lists(st.integers(min_value=0, max_value=2), min_size=8, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=st.lists(st.tuples(block_ids, block_hours, st.booleans()), min_size=1, max_size=6))
+def test_claiming_a_block_at_once_decides_as_admitting_it_one_event_at_a_time(blocks) -> None:
+    """claim_all claims a block exactly when admit would find every event new, and leaves the index
+    as admit would; otherwise it claims nothing."""
+    one_by_one, at_once = index(), index()
+    for ids, hours, stored in blocks:
+        times = [RECENT + hours[position] * HOUR_NS for position in range(len(ids))]
+        decisions, expected = one_by_one.admit(ids, times, RECENT)
+        claimed = at_once.claim_all(ids, times, RECENT)
+        if claimed is None:
+            assert not all(decisions)
+            decisions_at_once, claimed = at_once.admit(ids, times, RECENT)
+            assert decisions_at_once == decisions
+        else:
+            assert all(decisions)
+            assert claimed.keys == expected.keys
+        one_by_one.resolve(expected, stored)
+        at_once.resolve(claimed, stored)
+        assert at_once._buckets == one_by_one._buckets and len(at_once) == len(one_by_one)
+        assert at_once._pending == {} == one_by_one._pending
+
+
+def test_a_block_whose_events_need_a_look_in_the_store_is_not_claimed_at_once() -> None:
+    store = FakeStore({"old": RECENT - 2 * HOUR_NS})
+    idx = index(lookup=store.lookup, horizon_ns=RECENT)
+    assert idx.claim_all(["old", "new"], [RECENT - 2 * HOUR_NS, RECENT], RECENT) is None
+    decisions, _ = idx.admit(["old", "new"], [RECENT - 2 * HOUR_NS, RECENT], RECENT)
+    assert decisions == [False, True]
+
+
+def test_a_block_with_an_event_held_by_another_block_is_not_claimed_at_once() -> None:
+    idx = index()
+    held = idx.claim_all(["a", "b"], [RECENT, RECENT], RECENT)
+    assert held is not None
+    assert idx.claim_all(["b", "c"], [RECENT, RECENT], RECENT) is None
+    assert idx._pending.keys() == {"a", "b"}  # nothing of the refused block stays claimed

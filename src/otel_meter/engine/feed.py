@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from otel_meter.engine.compiled import CompiledPipeline, compile_reason
 from otel_meter.engine.landing import (
     INSERT_SETTINGS,
     ROOT_MESSAGE,
@@ -39,13 +40,17 @@ from otel_meter.pipeline import ConsumeResult, UsagePipeline
 from otel_meter.processors.genai_usage import engine_view
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.processors.genai_usage.values import NO_EVENT_TIME
-from otel_meter.storage.store import Store
+from otel_meter.storage.store import Store, new_token
 from otel_meter.telemetry.counts import count_items
 from otel_meter.usage import Rejection, UsageBatch
 
 logger = logging.getLogger(__name__)
 
 NO_DIMENSIONS: dict[str, str] = {}
+ROW_COLUMNS = ("event_id, toUnixTimestamp64Nano(event_time) AS time_ns, bound_customer, instance, "
+               f"resource_attributes, span_attributes, provider, model, operation, refusal, "
+               f"{', '.join(engine_view.METERS)}")
+"""What the Python processors need of the engine's rows."""
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Waits between attempts to load a block while the store or the exporters refuse it."""
 
@@ -78,7 +83,9 @@ class EngineTraceFeed:
         go into one insert. ``linger``: how long the loader waits for more requests before it
         inserts a block smaller than ``requests_per_insert`` (each insert costs a fixed ~0.1 s of
         query analysis in the engine, so small blocks are slow). ``extractors``: blocks extracted at
-        once, each by its own thread and tables (chDB releases the GIL while the engine works)."""
+        once, each by its own thread and tables (chDB releases the GIL while the engine works).
+        The pipeline's processors are compiled for the engine when they can be (compiled.py); else
+        every block's usage goes through them in Python."""
         self.pipeline = pipeline
         self.extractor = extractor
         self.store = store
@@ -86,8 +93,13 @@ class EngineTraceFeed:
         self.requests_per_insert = requests_per_insert
         self.linger = linger
         prefix = "engine_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline.name)
-        self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}") for n in range(extractors)]
-        """(landing table, rows table, view) of each extractor thread."""
+        self.not_compiled = compile_reason(pipeline)
+        """Why the pipeline's processors run in Python (None: they are compiled)."""
+        self.compiled = None if self.not_compiled else CompiledPipeline(
+            pipeline, store, extractor.token_sources if extractor.config.token_metrics == "unless_spans" else None)
+        self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}", f"{prefix}_prices_{n}")
+                       for n in range(extractors)]
+        """(landing table, rows table, view, price table) of each extractor thread."""
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._synced = self.journal.last_id
@@ -100,9 +112,14 @@ class EngineTraceFeed:
         """The last journaled request claimed by an extractor."""
         self._generation = 0
         """Advanced when a block fails: every block claimed before is claimed and extracted again."""
-        self._extracted: dict[int, tuple[int, int, UsageBatch, float]] = {}
-        """Blocks extracted and not yet stored, by first request: (generation, last request, usage,
-        seconds). The storer takes them in journal order while the engine extracts the next ones."""
+        self._extracted: dict[int, tuple[int, int, UsageBatch | None, float]] = {}
+        """Blocks extracted and not yet checkpointed, by first request: (generation, last request,
+        usage, seconds). The storer takes them in journal order while the engine extracts the next
+        ones: it stores the usage, or only checkpoints a block whose usage (None) the compiled
+        pipeline stored already."""
+        self.compiled_blocks = 0
+        self.fallback_blocks = 0
+        """Blocks whose usage the compiled pipeline stored, and blocks it gave the Python processors."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,7 +129,9 @@ class EngineTraceFeed:
         config = self.extractor.config
         messages = parse_subset_proto(SUBSET_PROTO.read_text())
         statements = []
-        for landing, rows, view in self.tables:
+        for landing, rows, view, prices in self.tables:
+            if self.compiled is not None:
+                statements += [f"DROP TABLE IF EXISTS {prices}", self.compiled.prices_table_sql(prices)]
             statements += [f"DROP VIEW IF EXISTS {view}", f"DROP TABLE IF EXISTS {landing}",
                            f"DROP TABLE IF EXISTS {rows}", landing_table_sql(messages, landing),
                            engine_view.wide_table_sql(rows, engine="Memory"),
@@ -135,6 +154,11 @@ class EngineTraceFeed:
             logger.info("pipeline %s: %d journaled request(s) not yet stored; they are loaded first",
                         self.pipeline.name, self.journal.pending_records)
         self._cursor = self.journal.checkpoint
+        if self.compiled is not None:
+            logger.info("pipeline %s: dedup, attribution and rating run in the engine too", self.pipeline.name)
+        else:
+            logger.info("pipeline %s: usage extracted by the engine goes through the processors in Python, as %s",
+                        self.pipeline.name, self.not_compiled)
         self._threads = [threading.Thread(target=self._run_extractor, args=tables,
                                           name=f"engine-extract-{self.pipeline.name}-{number}", daemon=True)
                          for number, tables in enumerate(self.tables)]
@@ -209,42 +233,56 @@ class EngineTraceFeed:
                 if waiting < self.requests_per_insert and not self._stopping.is_set():
                     self._changed.wait(self.linger)  # let a block fill: each insert costs a fixed analysis
                 first = self._cursor + 1
+                while first in self._extracted and self._extracted[first][2] is None:
+                    first = self._extracted[first][1] + 1  # stored by the compiled pipeline before a start over
                 last = min(self.journal.last_id, first + self.requests_per_insert - 1)
+                stored_after = [start for start, (_, _, usage, _) in self._extracted.items()
+                                if usage is None and start > first]
+                if stored_after:
+                    last = min(last, min(stored_after) - 1)
                 if last >= first:  # else another extractor claimed them while this one waited
                     self._cursor = last
                     return self._generation, first, last
 
-    def _run_extractor(self, landing: str, rows: str, view: str) -> None:
+    def _run_extractor(self, landing: str, rows: str, view: str, prices: str) -> None:
         failures = 0
         client = None
         while (claim := self._claim()) is not None:
             generation, first, last = claim
-            try:
+            token = new_token()  # the compiled insert's: a retry of the block inserts nothing twice
+            while True:
                 started = time.perf_counter()
-                if client is None:
-                    client = self.store.own_client()
-                records = [payload for _, payload in self.journal.read(first, last)]
-                batch = self._extract(client, landing, rows, records)
-                failures = 0
-            except Exception as error:  # the engine refused the block: keep it, try again
-                failures += 1
-                client = None  # a new handle for the next attempt
-                self._start_over(generation)
-                if not self._retry_after(failures, error, "extracting", first, last):
-                    return
+                try:
+                    if client is None:
+                        client = self.store.own_client()
+                    records = [payload for _, payload in self.journal.read(first, last)]
+                    self._load(client, landing, rows, records)
+                    batch = self._store_compiled(client, rows, prices, token)
+                    failures = 0
+                    break
+                except Exception as error:  # the engine or the store refused the block: keep it, try again
+                    failures += 1
+                    client = None  # a new handle for the next attempt
+                    if not self._retry_after(failures, error, "extracting", first, last):
+                        return
+                    if self.compiled is None:  # nothing was inserted: every block not stored starts over
+                        self._start_over(generation)
+                        break
+            if failures:
                 continue
             with self._changed:
-                if generation == self._generation:
+                if batch is None or generation == self._generation:
                     self._extracted[first] = (generation, last, batch, time.perf_counter() - started)
                     self._changed.notify_all()
 
     def _start_over(self, generation: int) -> None:
-        """After a failed block: every block not stored is claimed and extracted again, in order."""
+        """After a failed block: every block not stored is claimed and extracted again, in order (the
+        blocks the compiled pipeline stored stay, to be checkpointed)."""
         with self._changed:
             if generation == self._generation:
                 self._generation += 1
                 self._cursor = self.journal.checkpoint
-                self._extracted.clear()
+                self._extracted = {first: block for first, block in self._extracted.items() if block[2] is None}
                 self._changed.notify_all()
 
     def _run_storer(self) -> None:
@@ -263,8 +301,9 @@ class EngineTraceFeed:
                 self._changed.notify_all()
             started = time.perf_counter()
             try:
-                self.pipeline.store_extracted(batch)
-                crash_point("after_engine_store_before_checkpoint")
+                if batch is not None:
+                    self.pipeline.store_extracted(batch)
+                    crash_point("after_engine_store_before_checkpoint")
                 self.journal.commit(InsertPlan(first, last, ""))
                 failures = 0
             except Exception as error:  # an exporter or the store refused: the journal keeps the block
@@ -273,8 +312,9 @@ class EngineTraceFeed:
                 if not self._retry_after(failures, error, "storing", first, last):
                     return
                 continue
-            logger.debug("pipeline %s: loaded requests %d..%d (%d usage rows): extracted in %.3f s, stored in "
-                         "%.3f s", self.pipeline.name, first, last, len(batch), extraction_seconds,
+            logger.debug("pipeline %s: loaded requests %d..%d (%s): extracted in %.3f s, stored in %.3f s",
+                         self.pipeline.name, first, last,
+                         "stored by the engine" if batch is None else f"{len(batch)} usage rows", extraction_seconds,
                          time.perf_counter() - started)
 
     def _retry_after(self, failures: int, error: Exception, doing: str, first: int, last: int) -> bool:
@@ -285,15 +325,32 @@ class EngineTraceFeed:
             first, last, error, wait)
         return not (self._stopping.wait(wait) and failures >= len(RETRY_SECONDS))
 
-    def _extract(self, client: Any, landing: str, rows: str, records: list[bytes]) -> UsageBatch:
+    def _load(self, client: Any, landing: str, rows: str, records: list[bytes]) -> None:
+        """The block's requests through the engine's view: one row per span with usage, in ``rows``."""
         client.command(f"TRUNCATE TABLE {rows}")
         settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
         client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
-        table = client.query_arrow(
-            f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, bound_customer, instance, "
-            f"resource_attributes, span_attributes, provider, model, operation, refusal, "
-            f"{', '.join(engine_view.METERS)} FROM {rows}")
-        return self._batch({name: table.column(name).to_pylist() for name in table.column_names})
+
+    def _store_compiled(self, client: Any, rows: str, prices: str, token: str) -> UsageBatch | None:
+        """None once the compiled pipeline stored the block's usage (its refusals counted and
+        logged); else the block's usage for the Python processors."""
+        if self.compiled is not None:
+            outcome = self.compiled.store_block(client, rows, prices, token)
+            if not outcome.fallback:
+                crash_point("after_engine_store_before_checkpoint")
+                self.compiled_blocks += 1
+                refused = self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows} WHERE refusal != ''"))
+                self.pipeline.record_stored(outcome.stored, outcome.unpriced, refused.rejections, 0)
+                return None
+            self.fallback_blocks += 1
+            logger.debug("pipeline %s: a block goes through the Python processors: %s", self.pipeline.name,
+                         outcome.fallback)
+        return self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows}"))
+
+    @staticmethod
+    def _columns(client: Any, query: str) -> dict[str, list]:
+        table = client.query_arrow(query)
+        return {name: table.column(name).to_pylist() for name in table.column_names}
 
     def _batch(self, columns: dict[str, list]) -> UsageBatch:
         """Usage rows (one per span and meter with a quantity) and rejections, from the engine's rows

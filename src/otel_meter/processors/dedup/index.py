@@ -93,6 +93,29 @@ class DedupIndex:
                 raise
         return decisions, reservation
 
+    def claim_all(self, event_ids: list[str], event_times: list[int], now_ns: int) -> Reservation | None:
+        """Claims every event at once when each is new, none is repeated and none needs a look in the
+        store; else claims nothing and returns None (then :meth:`admit` decides one by one).
+
+        The same decision as :meth:`admit` for such a list, taken with set operations over whole
+        hours instead of a lookup per id: the engine extraction admits blocks of ~50,000 spans."""
+        if not event_ids or len(set(event_ids)) != len(event_ids):
+            return None
+        if self._lookup is not None and (self.shared_store or min(event_times) < self.horizon_ns) \
+                and max(event_times) >= now_ns - self.window_ns:
+            return None  # some must be looked for in the store
+        by_hour = _by_hour(event_ids, event_times)
+        with self._lock:
+            if not self._pending.keys().isdisjoint(event_ids):
+                return None
+            for hour, ids in by_hour.items():
+                bucket = self._buckets.get(hour)
+                if bucket is not None and not bucket.isdisjoint(ids):
+                    return None
+            reservation = Reservation(keys=list(zip(event_ids, event_times)))
+            self._pending.update(dict.fromkeys(event_ids, reservation))
+        return reservation
+
     def _admit_from_store(self, positions: list[int], event_ids: list[str], event_times: list[int],
                           decisions: list[bool], reservation: Reservation, anywhere: Collection[int],
                           oldest_checked: int) -> None:
@@ -124,12 +147,17 @@ class DedupIndex:
         """Commit (stored) or release (failed) the ids a batch claimed; ``not_stored`` ids
         (refused after the claim) are released whatever ``stored`` says."""
         with self._lock:
-            for event_id, event_time in reservation.keys:
-                if self._pending.get(event_id) is reservation:
-                    del self._pending[event_id]
-                if stored and event_id not in not_stored:
-                    self._add(event_id, event_time)
+            pending = self._pending
+            for event_id, _ in reservation.keys:
+                if pending.get(event_id) is reservation:
+                    del pending[event_id]
             if stored:
+                kept = [key for key in reservation.keys if key[0] not in not_stored] if not_stored else reservation.keys
+                for hour, ids in _by_hour([key[0] for key in kept], [key[1] for key in kept]).items():
+                    bucket = self._buckets.setdefault(hour, set())
+                    size = len(bucket)
+                    bucket.update(ids)
+                    self._size += len(bucket) - size
                 self._evict()
         reservation.stored = stored
         reservation.done.set()
@@ -167,3 +195,16 @@ class DedupIndex:
             self.horizon_ns = max(self.horizon_ns, (hour + 1) * HOUR_NS)
             logger.info("dedup cache full: event ids before %s now checked against the store",
                         self.horizon_ns, extra={"cached_keys": self._size})
+
+
+def _by_hour(event_ids: list[str], event_times: list[int]) -> dict[int, list[str]]:
+    """The ids grouped by the hour of their event time (one group, without a loop, when they share it)."""
+    if not event_ids:
+        return {}
+    first, last = min(event_times) // HOUR_NS, max(event_times) // HOUR_NS
+    if first == last:
+        return {first: event_ids}
+    groups: dict[int, list[str]] = {}
+    for event_id, event_time in zip(event_ids, event_times):
+        groups.setdefault(event_time // HOUR_NS, []).append(event_id)
+    return groups

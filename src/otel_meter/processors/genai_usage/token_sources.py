@@ -122,16 +122,22 @@ class TokenSources:
             return batch
         return self._covered_out(batch, token_rows, [instances[row] for row in token_rows])
 
-    def _covered_out(self, batch: UsageBatch, token_rows: list[int], row_instances: list[str]) -> UsageBatch:
-        """Registers each instance once per batch; per row only when some instance has billed points."""
+    def register_span_senders(self, instances: set[str]) -> dict[str, int | None]:
+        """Records that these instances sent spans with token usage; for each, the time up to which
+        its token metric points were billed (None: none were)."""
         with self._lock:
             billed: dict[str, int | None] = {}
-            for instance in set(row_instances):
+            for instance in instances:
                 if instance not in self._span_senders:
                     self._span_senders[instance] = False
                     forget_oldest(self._span_senders)
                 self._span_senders.move_to_end(instance)
                 billed[instance] = self._metrics_billed_to.get(instance)
+        return billed
+
+    def _covered_out(self, batch: UsageBatch, token_rows: list[int], row_instances: list[str]) -> UsageBatch:
+        """Registers each instance once per batch; per row only when some instance has billed points."""
+        billed = self.register_span_senders(set(row_instances))
         if all(billed_to is None for billed_to in billed.values()):
             return batch
         times = batch.event_time_ns

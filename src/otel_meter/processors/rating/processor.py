@@ -33,7 +33,8 @@ class PricedBook(NamedTuple):
     could pair a new book with a cache filled from the old one by another worker thread,
     which would keep pricing at the old version until the next card change."""
 
-    book: RateBook
+    book: RateBook | None
+    """None until the first batch reads the source's book."""
     cache: dict[tuple, tuple]
 
 
@@ -53,7 +54,7 @@ class RatingProcessor:
         if source is None:
             source = RateBook(())
         self.source: BookSource = FixedBook(source) if isinstance(source, RateBook) else source
-        self._priced = PricedBook(self.source.book, {})
+        self._priced = PricedBook(None, {})
 
     def _rating(self, book: RateBook, epoch_time: int, customer: str, model: str, provider: str,
                 meter: str) -> tuple:
@@ -63,12 +64,35 @@ class RatingProcessor:
                 quote.rule, cost.unit_price_units if cost.priced else None, cost.currency, cost.card_id,
                 cost.version)
 
-    def process(self, batch: UsageBatch) -> UsageBatch:
+    def priced_book(self) -> PricedBook:
+        """The book in force and its quotes, read once for a batch (they belong together)."""
         book = self.source.book
-        priced = self._priced  # one read: this batch's book and cache belong together
+        priced = self._priced
         if priced.book is not book:
             priced = PricedBook(book, {})
             self._priced = priced
+        return priced
+
+    def rating(self, priced: PricedBook, epoch: int, customer: str, model: str, provider: str, meter: str) -> tuple:
+        """(unit price units or None, currency, card, version, rule, unit cost units or None, cost currency,
+        cost card, cost card version) of a row in ``epoch`` of the book: every version of every card is
+        fixed within an epoch, so rows of one key share one quote."""
+        key = (epoch, customer, model, provider, meter)
+        rating = priced.cache.get(key)
+        if rating is None:
+            book = priced.book
+            assert book is not None, "a PricedBook from priced_book() holds the book in force"
+            boundaries = book.boundaries
+            start = boundaries[epoch - 1] if epoch else (boundaries[0] - 1 if boundaries else 0)
+            rating = self._rating(book, start, customer, model, provider, meter)
+            if len(priced.cache) < CACHE_LIMIT:
+                priced.cache[key] = rating
+        return rating
+
+    def process(self, batch: UsageBatch) -> UsageBatch:
+        priced = self.priced_book()  # one read: this batch's book and cache belong together
+        book = priced.book
+        assert book is not None
         rows = len(batch.meter)
         customers = batch.customer if len(batch.customer) == rows else [""] * rows
         times = batch.event_time_ns if len(batch.event_time_ns) == rows else [0] * rows
@@ -78,28 +102,25 @@ class RatingProcessor:
         epoch_of = book.epoch
         first_epoch = epoch_of(times[0]) if rows and boundaries else 0
         cache = priced.cache
-        unit_prices, amounts, priced, currencies, cards, versions, rules = [], [], [], [], [], [], []
+        rating_of = self.rating
+        unit_prices, amounts, priced_rows, currencies, cards, versions, rules = [], [], [], [], [], [], []
         costs, cost_currencies, cost_cards, cost_versions = [], [], [], []
         for time_ns, customer, model, provider, meter, quantity in zip(
                 times, customers, batch.model, batch.provider, batch.meter, batch.quantity):
             epoch = first_epoch if single_epoch else epoch_of(time_ns)
-            key = (epoch, customer, model, provider, meter)
-            rating = cache.get(key)
+            rating = cache.get((epoch, customer, model, provider, meter))
             if rating is None:
-                start = boundaries[epoch - 1] if epoch else (boundaries[0] - 1 if boundaries else 0)
-                rating = self._rating(book, start, customer, model, provider, meter)
-                if len(cache) < CACHE_LIMIT:
-                    cache[key] = rating
+                rating = rating_of(priced, epoch, customer, model, provider, meter)
             unit, currency, card, version, rule, unit_cost, cost_currency, cost_card, cost_version = rating
             whole = type(quantity) is int
             if unit is None:
                 unit_prices.append(0)
                 amounts.append(0)
-                priced.append(False)
+                priced_rows.append(False)
             else:
                 unit_prices.append(unit)
                 amounts.append(unit * quantity if whole else fractional_amount(unit, quantity))
-                priced.append(True)
+                priced_rows.append(True)
             currencies.append(currency)
             cards.append(card)
             versions.append(version)
@@ -111,7 +132,7 @@ class RatingProcessor:
             cost_currencies.append(cost_currency)
             cost_cards.append(cost_card)
             cost_versions.append(cost_version)
-        batch.unit_price, batch.amount, batch.priced, batch.currency = unit_prices, amounts, priced, currencies
+        batch.unit_price, batch.amount, batch.priced, batch.currency = unit_prices, amounts, priced_rows, currencies
         batch.rate_card, batch.rate_card_version, batch.rate_rule = cards, versions, rules
         batch.cost, batch.cost_currency, batch.cost_card, batch.cost_card_version = (
             costs, cost_currencies, cost_cards, cost_versions)
