@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import ssl
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -80,6 +80,9 @@ class ServerSecurityConfig(ComponentConfig):
     """Keys of every listening server (``protocols.grpc``, ``protocols.http``, ``usage_api``).
     A subclass defines ``endpoint``."""
 
+    if TYPE_CHECKING:
+        endpoint: str
+
     auth: AuthConfig | None = None
     tls: TlsConfig | None = None
     insecure_no_auth: bool = False
@@ -87,7 +90,7 @@ class ServerSecurityConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _auth_beyond_loopback(self) -> ServerSecurityConfig:
-        endpoint: str = self.endpoint
+        endpoint = self.endpoint
         if self.auth is not None and self.insecure_no_auth:
             raise ValueError("auth and insecure_no_auth: true exclude each other; remove one")
         if self.auth is None and not self.insecure_no_auth and not is_loopback(endpoint_host(endpoint)):
@@ -100,7 +103,7 @@ class ServerSecurityConfig(ComponentConfig):
 
     def warn_if_open(self, where: str) -> None:
         """At start: say loudly that anyone who reaches this endpoint is accepted."""
-        endpoint: str = self.endpoint
+        endpoint = self.endpoint
         if self.insecure_no_auth and self.auth is None and not is_loopback(endpoint_host(endpoint)):
             logger.warning("%s: insecure_no_auth is set: %s accepts requests without credentials from anyone "
                            "who can reach it", where, endpoint)

@@ -165,8 +165,8 @@ class Service:
                 else:
                     self.receivers[receiver_id].add_consumer(signal, feed.consume, takes_body=True)
 
-    def _engine_feed(self, name: str, extraction: str, usage: UsagePipeline, converter: object,
-                     exporters: list) -> EngineTraceFeed | None:
+    def _engine_feed(self, name: str, extraction: str, usage: UsagePipeline, converter: Any,
+                     exporters: list[Any]) -> EngineTraceFeed | None:
         """The engine feed of a pipeline with ``extraction: engine`` that the engine supports."""
         if extraction != "engine":
             return None

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Callable, Generic, TypeVar, cast
+from typing import Callable, Generic, TypeVar
 
 import httpx
 from tenacity import (
@@ -41,6 +41,7 @@ from tenacity import (
     stop_after_attempt,
     stop_before_delay,
 )
+from tenacity.stop import stop_base
 
 from otel_meter.http.client import HttpAnswer, HttpRequest, exchange
 
@@ -180,6 +181,16 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return None if math.isnan(seconds) else max(0.0, seconds)
 
 
+class StopWhenInterrupted(stop_base):
+    """Stops the attempts once ``interrupted()`` says so (e.g. the process is shutting down)."""
+
+    def __init__(self, interrupted: Callable[[], bool]) -> None:
+        self.interrupted = interrupted
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.interrupted()
+
+
 def call_with_retries(attempt: Callable[[], T], policy: RetryPolicy, *, sleep: Callable[[float], object] = time.sleep,
                       clock: Callable[[], float] = time.time, interrupted: Callable[[], bool] | None = None,
                       before_retry: Callable[[T | TransientError, int, float], None] | None = None) -> Outcome[T]:
@@ -229,11 +240,11 @@ def call_with_retries(attempt: Callable[[], T], policy: RetryPolicy, *, sleep: C
         before_retry(failure if isinstance(failure, TransientError) else state.outcome.result(),
                      state.attempt_number + 1, state.upcoming_sleep)
 
-    stop = stop_after_attempt(policy.max_attempts)
+    stop: stop_base = stop_after_attempt(policy.max_attempts)
     if policy.deadline is not None:
         stop = stop | stop_before_delay(policy.deadline)
     if interrupted is not None:
-        stop = stop | (lambda state: interrupted())
+        stop = stop | StopWhenInterrupted(interrupted)
     retrying = Retrying(sleep=pause, stop=stop, wait=wait,
                         retry=retry_if_exception_type(TransientError) | retry_if_result(retryable),
                         before_sleep=announce if before_retry is not None else None,
@@ -245,7 +256,7 @@ def call_with_retries(attempt: Callable[[], T], policy: RetryPolicy, *, sleep: C
         except _Interrupted:
             if isinstance(last[0], TransientError):
                 raise last[0] from None
-            result = cast(T, last[0])
+            result = last[0]
     except TransientError as error:
         error.attempts = attempts
         raise

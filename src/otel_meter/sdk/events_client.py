@@ -300,7 +300,7 @@ class EventsClient:
             try:
                 response = self._stub.Ingest(request, timeout=self.timeout, metadata=metadata)
             except grpc.RpcError as error:
-                code, details = error.code(), error.details()  # type: ignore[attr-defined]
+                code, details = error.code(), error.details()
                 if code in retryable:
                     raise TransientError(f"{code.name}: {details}") from None
                 raise EventsRejectedError(code.name, details or "") from None

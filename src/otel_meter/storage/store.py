@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, cast
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -260,7 +260,8 @@ class Store:
                     f"{location.describe()} refused the connection's user or rights: "
                     f"{text.splitlines()[0] if text else error!r}; check the user and password in the endpoint "
                     f"and that the user may create the database and tables") from None
-            raise StoreError(f"cannot open {location.describe()}: {text.splitlines()[0] if text else error!r}") from None
+            first_line = text.splitlines()[0] if text else repr(error)
+            raise StoreError(f"cannot open {location.describe()}: {first_line}") from None
 
     def _call(self, what: str, operation: Callable[[Client], T]) -> T:
         """Run a read the service cannot answer without: any failure is the store being
@@ -485,7 +486,8 @@ class Store:
         nested_usage_queries.insert_decisions(self, rows)
 
     def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple]:
-        return self.client.query(sql, parameters=parameters).result_rows
+        # clickhouse-connect answers each row as a tuple (its annotations say Sequence)
+        return cast(list[tuple], self.client.query(sql, parameters=parameters).result_rows)
 
     def ping(self) -> bool:
         """Whether the store answers now; never waits more than about two seconds (a

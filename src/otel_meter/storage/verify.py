@@ -153,8 +153,8 @@ class Totals:
             self.cost[cost_currency] = self.cost.get(cost_currency, ZERO) + cost
 
     def to_json(self, rows_name: str) -> dict[str, Any]:
-        out: dict[str, Any] = {rows_name: self.rows,
-                               "quantity": {meter: quantity_text(value) for meter, value in sorted(self.quantity.items())}}
+        quantity = {meter: quantity_text(value) for meter, value in sorted(self.quantity.items())}
+        out: dict[str, Any] = {rows_name: self.rows, "quantity": quantity}
         if self.amount:
             out["amount"] = {currency: decimal_text(value) for currency, value in sorted(self.amount.items())}
         if self.cost:

@@ -108,10 +108,10 @@ class ExporterCollector(Collector):
                 family.add_metric([exporter_id], float(getattr(exporter, attribute, 0) or 0))
             yield family
         for attribute, name, documentation in EXPORTER_COUNTERS:
-            family = CounterMetricFamily(name, documentation, labels=["exporter"])
+            counter = CounterMetricFamily(name, documentation, labels=["exporter"])
             for exporter_id, exporter in exporters:
-                family.add_metric([exporter_id], float(getattr(exporter, attribute, 0) or 0))
-            yield family
+                counter.add_metric([exporter_id], float(getattr(exporter, attribute, 0) or 0))
+            yield counter
 
 
 class ReceiverCollector(Collector):

@@ -48,7 +48,7 @@ def quantity_array(quantities: list[int | Decimal]) -> pa.Array:
 
 
 def dimensions_array(dimensions: list[dict[str, str]]) -> pa.Array:
-    offsets, keys, values = [0], [], []
+    offsets, keys, values = [0], list[str](), list[str]()
     for entry in dimensions:
         if entry:
             keys.extend(entry)

@@ -27,7 +27,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from otel_meter.errors import StoreError
 
@@ -65,7 +65,7 @@ class Journal:
         self._pending_bytes = 0
         self._previous_scanned: int | None = None
         self._segments: list[tuple[int, Path]] = []
-        self._file = None
+        self._file: BinaryIO | None = None
         self._last_start = 0
         self._lock = threading.Lock()
         """Guards the record index and segment list, shared by the appending and the draining thread."""

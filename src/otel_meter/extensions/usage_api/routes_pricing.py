@@ -26,7 +26,7 @@ from otel_meter.app.pricing import (
     rerate_summary,
 )
 from otel_meter.errors import OtelMeterError
-from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
+from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, Route, route
 from otel_meter.extensions.usage_api.validation import (
     BodyInput,
     FlagText,
@@ -163,7 +163,7 @@ def period(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, document
 
 
-ROUTES = (
+ROUTES: tuple[Route, ...] = (
     # Cards hold every customer's terms: only unrestricted tokens read them.
     route("GET", "/v1/rate-cards", cards, admin=True, query=RatingQuery),
     route("POST", "/v1/rate-cards", apply_card, admin=True, query=ApplyCardQuery),

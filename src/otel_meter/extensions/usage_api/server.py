@@ -62,7 +62,8 @@ class UsageApiServer:
         tls = self.config.tls
         logger.info("usage API listening on %s (%s, %s)", self.config.endpoint,
                     "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file
-                    else "TLS", "no auth" if self.authenticator is None else f"auth: {self.config.auth.authenticator}")
+                    else "TLS", "no auth" if self.authenticator is None or self.config.auth is None
+                    else f"auth: {self.config.auth.authenticator}")
 
     def shutdown(self) -> None:
         self._server.stop_listening()

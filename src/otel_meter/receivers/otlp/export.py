@@ -75,7 +75,7 @@ def export(consumers: SignalConsumers, signal: OtlpSignal, request: Message, cus
     result = consumers.consume(signal.name, request, customer, body)
     response = signal.response_type()
     if result.rejections:
-        partial_success = response.partial_success  # type: ignore[attr-defined]
+        partial_success = response.partial_success
         setattr(partial_success, signal.rejected_field, len(result.rejections))
         partial_success.error_message = partial_success_message(result, signal.items)
     return response

@@ -91,7 +91,8 @@ class OtlpGrpcServer:
         self._server.start()
         logger.info("OTLP/gRPC receiver listening on %s (%s, %s)", self.config.endpoint,
                     "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file
-                    else "TLS", "no auth" if self.authenticator is None else f"auth: {self.config.auth.authenticator}")
+                    else "TLS", "no auth" if self.authenticator is None or self.config.auth is None
+                    else f"auth: {self.config.auth.authenticator}")
 
     def stop(self, grace: float) -> None:
         """Stop taking requests; those in flight get ``grace`` seconds to finish (and be stored)."""
@@ -169,3 +170,4 @@ def refuse(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
         ("google.rpc.retryinfo-bin", retry_info(retry_after).SerializeToString()),
     ))
     context.abort(code, message)
+    raise AssertionError("unreachable: ServicerContext.abort raises")  # says so to the type checker

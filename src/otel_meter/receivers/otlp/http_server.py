@@ -435,7 +435,8 @@ class OtlpHttpServer:
         self._server.start()
         logger.info("OTLP/HTTP receiver listening on %s (%s, %s)", self.config.endpoint,
                     "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file
-                    else "TLS", "no auth" if self.authenticator is None else f"auth: {self.config.auth.authenticator}")
+                    else "TLS", "no auth" if self.authenticator is None or self.config.auth is None
+                    else f"auth: {self.config.auth.authenticator}")
 
     def stop(self, grace: float) -> None:
         """Stop taking requests: new connections are refused, requests on open ones get 503;
