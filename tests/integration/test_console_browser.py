@@ -37,6 +37,18 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 IMAGES = Path(__file__).parents[2] / "docs" / "images"
 READ_ALL = "console-read-all-8e2c4a6f1b3d5e7a"
 READ_ACME = "console-read-acme-3f5a7c9e1b2d4f6a"
+TWO_VERSIONS = """\
+id: list
+currency: USD
+versions:
+  - version: "2026-10"
+    models:
+""" + textwrap.indent(RATE_CARD.split("models:\n", 1)[1], "    ") + """\
+  - version: "2026-11"
+    effective_from: 2026-11-01T00:00:00Z
+    models:
+""" + textwrap.indent(RATE_CARD.split("models:\n", 1)[1].replace('input_tokens: "0.15"', 'input_tokens: "0.12"'), "    ")
+"""The test card with a second version that lowers gpt-4o-mini's input price."""
 HOUR_NS = 3600 * 10**9
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -76,7 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeterServer]:
     """Read tokens on the usage API (one unrestricted, one bound to acme), usage over three days."""
     browser_or_skip()
     server = MeterServer(workdir=Path(tmp_path_factory.mktemp("console")))
-    (server.workdir / "rate-card.yaml").write_text(RATE_CARD)
+    (server.workdir / "rate-card.yaml").write_text(TWO_VERSIONS)
     server.config_path.write_text(textwrap.dedent(f"""\
         receivers:
           otlp:
@@ -188,7 +200,8 @@ def api_totals(server: MeterServer, start: str, end: str, **query: str) -> dict[
 
 
 PAGES = {"overview": "/", "customers": "/customers", "customer": "/customers/acme",
-         "rate-cards": "/rate-cards?model=gpt-4o", "billing": "/billing", "ingest": "/ingest"}
+         "rate-cards": "/rate-cards?card=list&version=2026-11&against=2026-10&model=gpt-4o-mini",
+         "billing": "/billing", "ingest": "/ingest"}
 
 
 @pytest.mark.parametrize("name", list(PAGES))
@@ -263,6 +276,15 @@ def test_explain_box_answers_as_rates_explain(admin: Console, server: MeterServe
     assert shown == json.loads(done.stdout)
     assert admin.page.locator("[data-unit-price=input_tokens]").inner_text() == \
         next(m["unit_price"] for m in shown["meters"] if m["meter"] == "input_tokens")
+
+
+def test_rate_card_versions_and_their_diff(admin: Console) -> None:
+    admin.open("/rate-cards?card=list&version=2026-11&against=2026-10")
+    versions = admin.page.locator("ol.timeline li")
+    assert versions.count() == 2 and "(in force)" in versions.nth(1).inner_text()
+    assert "gpt-4o-mini*" in admin.page.locator("#prices").inner_text()
+    assert admin.page.locator("#diff").inner_text().strip().splitlines() == [  # as rating/card_diff.py words it
+        "+ effective_from: 2026-11-01T00:00:00Z", "~ models[glob:gpt-4o-mini*].prices.input_tokens.price: 0.15 -> 0.12"]
 
 
 def test_phone_width_overview_has_no_horizontal_scroll(browser: Any, server: MeterServer) -> None:

@@ -21,6 +21,15 @@
                                            minute: "2-digit", timeZoneName: "short"});
   }
 
+  function tick(seconds, span) {
+    // an axis label in the chosen zone, 24-hour: month-day over more than two days, else hour:minute
+    var date = new Date(seconds * 1000), utc = zone === "utc";
+    if (span > 2 * 86400) {
+      return pad((utc ? date.getUTCMonth() : date.getMonth()) + 1) + "-" + pad(utc ? date.getUTCDate() : date.getDate());
+    }
+    return pad(utc ? date.getUTCHours() : date.getHours()) + ":" + pad(utc ? date.getUTCMinutes() : date.getMinutes());
+  }
+
   function showTimes() {
     document.querySelectorAll("time[datetime]").forEach(function (element) {
       var date = new Date(element.getAttribute("datetime"));
@@ -56,7 +65,10 @@
         var step = times.length > 1 ? times[times.length - 1] - times[times.length - 2] : 3600;
         return [times[0], times[times.length - 1] + step];
       }}},
-      axes: [{}, {size: 70}]
+      axes: [{values: function (chart, splits) {
+        var span = splits.length ? splits[splits.length - 1] - splits[0] : 0;
+        return splits.map(function (seconds) { return tick(seconds, span); });
+      }}, {size: 70}]
     };
     charts.push(new uPlot(options, [times].concat(stack.data), element));
   }
