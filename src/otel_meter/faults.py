@@ -26,7 +26,8 @@ Points, in the order a request meets them:
     ClickHouse took the block, the queue's checkpoint is not advanced yet;
 ``after_engine_store_before_checkpoint``
     (``extraction: engine``) the usage of a block of journaled requests is in the exporters'
-    queues, the request journal's checkpoint is not advanced yet.
+    queues, or (compiled pipeline) inserted in the store with its insert still written down as
+    under way; the request journal's checkpoint is not advanced yet.
 """
 
 from __future__ import annotations

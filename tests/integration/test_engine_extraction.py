@@ -108,7 +108,8 @@ def test_usage_stored_but_not_checkpointed_when_the_server_dies_is_not_counted_a
         assert server.process is not None
         server.process.wait(30)  # the loader stored the block, then the process was killed
         assert "fault injection: SIGKILL at after_engine_store_before_checkpoint" in server.log()
-        server.start()  # the journaled requests are loaded again; dedup drops what was stored
+        server.start()  # the interrupted insert is made again with its token: every table drops the copy
+        assert "1 insert(s) interrupted by a stop are made again with their deduplication tokens" in server.log()
         rows = totals(server.usage(group_by="customer,meter"), "customer", "meter")
         assert rows == {("acme", "input_tokens"): (1_000, "0.0025"), ("acme", "output_tokens"): (200, "0.002"),
                         ("initech", "input_tokens"): (3_000, "0.00045"),

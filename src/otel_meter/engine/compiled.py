@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from otel_meter.engine.sql_text import quoted
 from otel_meter.pipeline import UsagePipeline
@@ -142,10 +142,13 @@ SETTINGS join_algorithm = 'hash'"""
 
     # -- a block ---------------------------------------------------------------------------
 
-    def store_block(self, client: Any, rows: str, prices: str, token: str) -> BlockOutcome:
+    def store_block(self, client: Any, rows: str, prices: str, token: str, begin: Callable[[], None],
+                    again: bool = False) -> BlockOutcome:
         """Admit, price and insert the usage of the block in ``rows`` (its refused spans are not
-        inserted: the caller reports them). Raises when the store fails: then nothing of the
-        block's ids stays claimed, and a retry with the same ``token`` inserts nothing twice."""
+        inserted: the caller reports them). ``begin`` is called right before the insert (to write
+        it down, inflight.py). ``again``: the block's insert was interrupted by a crash: every span
+        is taken, as when it began. Raises when the store fails: then nothing of the block's ids
+        stays claimed, and a retry with the same ``token`` inserts nothing twice."""
         spans = client.query_arrow(f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, instance "
                                    f"FROM {rows} WHERE refusal = ''")
         ids = spans.column("event_id").to_pylist()
@@ -154,10 +157,11 @@ SETTINGS join_algorithm = 'hash'"""
         times = spans.column("time_ns").to_pylist()
         if self.token_sources is not None:
             instances = set(spans.column("instance").unique().to_pylist())
-            if any(billed is not None for billed in self.token_sources.register_span_senders(instances).values()):
+            billed = self.token_sources.register_span_senders(instances).values()
+            if not again and any(billed_to is not None for billed_to in billed):
                 return BlockOutcome(fallback="a service instance of the block had token metric points billed")
         now_ns = time.time_ns()
-        reservation = self.index.claim_all(ids, times, now_ns)
+        reservation = self.index.claim_again(ids, times) if again else self.index.claim_all(ids, times, now_ns)
         if reservation is None:
             decisions, reservation = self.index.admit(ids, times, now_ns)
             if not all(decisions):
@@ -174,7 +178,7 @@ SETTINGS join_algorithm = 'hash'"""
             for epoch, customer, model, provider, meter, largest, rows_of_key in keys:
                 (unit, currency, card, version, rule, unit_cost, cost_currency, cost_card,
                  cost_version) = self.rating.rating(priced_book, epoch, customer, model, provider, meter)
-                if max(abs(unit or 0), abs(unit_cost or 0)) * largest >= MAX_AMOUNT_UNITS:  # quantities are >= 1
+                if not again and max(abs(unit or 0), abs(unit_cost or 0)) * largest >= MAX_AMOUNT_UNITS:
                     return BlockOutcome(fallback="an amount of the block is beyond the storable range")
                 count += rows_of_key
                 unpriced += 0 if unit is not None else rows_of_key
@@ -183,6 +187,7 @@ SETTINGS join_algorithm = 'hash'"""
             client.command(f"TRUNCATE TABLE {prices}")
             client.insert(prices, table, column_names=list(PRICE_COLUMNS),
                           column_type_names=list(PRICE_COLUMNS.values()))
+            begin()
             self.store.insert_usage_select(client, INSERTED_COLUMNS,
                                            self.insert_select_sql(rows, prices, boundaries), token)
             stored = True

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_meter.engine.compiled import CompiledPipeline, compile_reason
+from otel_meter.engine.inflight import InflightInserts
 from otel_meter.engine.landing import (
     INSERT_SETTINGS,
     ROOT_MESSAGE,
@@ -90,6 +91,9 @@ class EngineTraceFeed:
         self.extractor = extractor
         self.store = store
         self.journal = Journal(directory, max_bytes)
+        self.inflight = InflightInserts(directory.parent / f"{directory.name}-inflight")
+        self._again: dict[int, tuple[int, str]] = {}
+        """Compiled inserts a crash interrupted, to be made again first: first request -> (last, token)."""
         self.requests_per_insert = requests_per_insert
         self.linger = linger
         prefix = "engine_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline.name)
@@ -154,6 +158,10 @@ class EngineTraceFeed:
             logger.info("pipeline %s: %d journaled request(s) not yet stored; they are loaded first",
                         self.pipeline.name, self.journal.pending_records)
         self._cursor = self.journal.checkpoint
+        self._again = self.inflight.pending(self.journal.checkpoint)
+        if self._again:
+            logger.info("pipeline %s: %d insert(s) interrupted by a stop are made again with their deduplication "
+                        "tokens", self.pipeline.name, len(self._again))
         if self.compiled is not None:
             logger.info("pipeline %s: dedup, attribution and rating run in the engine too", self.pipeline.name)
         else:
@@ -219,9 +227,10 @@ class EngineTraceFeed:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _claim(self) -> tuple[int, int, int] | None:
-        """The next block of journaled requests for an extractor: (generation, first, last); None
-        when it is time to stop. Waits while enough blocks are extracted and not stored yet."""
+    def _claim(self) -> tuple[int, int, int, str | None] | None:
+        """The next block of journaled requests for an extractor: (generation, first, last, token of
+        an interrupted insert to make again or None); None when it is time to stop. Waits while
+        enough blocks are extracted and not stored yet."""
         with self._changed:
             while True:
                 if self._stopping.is_set() and self._cursor >= self.journal.last_id:
@@ -235,21 +244,25 @@ class EngineTraceFeed:
                 first = self._cursor + 1
                 while first in self._extracted and self._extracted[first][2] is None:
                     first = self._extracted[first][1] + 1  # stored by the compiled pipeline before a start over
+                if first in self._again:
+                    last, token = self._again.pop(first)
+                    self._cursor = last
+                    return self._generation, first, last, token
                 last = min(self.journal.last_id, first + self.requests_per_insert - 1)
-                stored_after = [start for start, (_, _, usage, _) in self._extracted.items()
-                                if usage is None and start > first]
-                if stored_after:
-                    last = min(last, min(stored_after) - 1)
+                taken_after = [start for start, (_, _, usage, _) in self._extracted.items()
+                               if usage is None and start > first] + [start for start in self._again if start > first]
+                if taken_after:
+                    last = min(last, min(taken_after) - 1)
                 if last >= first:  # else another extractor claimed them while this one waited
                     self._cursor = last
-                    return self._generation, first, last
+                    return self._generation, first, last, None
 
     def _run_extractor(self, landing: str, rows: str, view: str, prices: str) -> None:
         failures = 0
         client = None
         while (claim := self._claim()) is not None:
-            generation, first, last = claim
-            token = new_token()  # the compiled insert's: a retry of the block inserts nothing twice
+            generation, first, last, interrupted = claim
+            token = interrupted or new_token()  # the compiled insert's: a retry of the block inserts nothing twice
             while True:
                 started = time.perf_counter()
                 try:
@@ -257,7 +270,7 @@ class EngineTraceFeed:
                         client = self.store.own_client()
                     records = [payload for _, payload in self.journal.read(first, last)]
                     self._load(client, landing, rows, records)
-                    batch = self._store_compiled(client, rows, prices, token)
+                    batch = self._store_compiled(client, rows, prices, token, first, last, interrupted is not None)
                     failures = 0
                     break
                 except Exception as error:  # the engine or the store refused the block: keep it, try again
@@ -331,13 +344,16 @@ class EngineTraceFeed:
         settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
         client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
 
-    def _store_compiled(self, client: Any, rows: str, prices: str, token: str) -> UsageBatch | None:
+    def _store_compiled(self, client: Any, rows: str, prices: str, token: str, first: int, last: int,
+                        again: bool) -> UsageBatch | None:
         """None once the compiled pipeline stored the block's usage (its refusals counted and
         logged); else the block's usage for the Python processors."""
         if self.compiled is not None:
-            outcome = self.compiled.store_block(client, rows, prices, token)
+            outcome = self.compiled.store_block(client, rows, prices, token,
+                                                lambda: self.inflight.begin(first, last, token), again)
             if not outcome.fallback:
                 crash_point("after_engine_store_before_checkpoint")
+                self.inflight.done(first, last)
                 self.compiled_blocks += 1
                 refused = self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows} WHERE refusal != ''"))
                 self.pipeline.record_stored(outcome.stored, outcome.unpriced, refused.rejections, 0)

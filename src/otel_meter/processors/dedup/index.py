@@ -116,6 +116,14 @@ class DedupIndex:
             self._pending.update(dict.fromkeys(event_ids, reservation))
         return reservation
 
+    def claim_again(self, event_ids: list[str], event_times: list[int]) -> Reservation:
+        """Claims events whatever the index holds: those of a block whose insert a crash interrupted,
+        which were all new when it began (some may be stored now, by the interrupted insert)."""
+        with self._lock:
+            reservation = Reservation(keys=list(zip(event_ids, event_times)))
+            self._pending.update(dict.fromkeys(event_ids, reservation))
+        return reservation
+
     def _admit_from_store(self, positions: list[int], event_ids: list[str], event_times: list[int],
                           decisions: list[bool], reservation: Reservation, anywhere: Collection[int],
                           oldest_checked: int) -> None:
