@@ -171,3 +171,19 @@ def test_with_the_default_cost_source_the_cost_card_costs_everything_and_reporte
     batch = rated(extract(chat(**{AMOUNT: "0.0009", CURRENCY: "USD", SOURCE: "provider"})), "card")
     assert batch.cost == [5 * 10**14, 4 * 10**14] and batch.cost_card == ["costs", "costs"]
     assert batch.reported_cost == [9 * 10**14, 0]
+
+
+def test_the_usage_table_and_csv_show_reported_costs_as_text_and_json_keeps_them_structured(capsys):
+    from otel_meter.cli.usage import print_rows
+
+    rows = [{"customer": "acme", "quantity": 240, "unpriced_quantity": 0, "amount": "0.0036", "currency": "USD",
+             "reported_cost": {"local": {"USD": "0.0012"}, "provider": {"USD": "0.0009"}}},
+            {"customer": "globex", "quantity": 10, "unpriced_quantity": 0, "amount": "0.01", "currency": "USD"}]
+    print_rows(rows, ["customer"], "csv")
+    assert capsys.readouterr().out.splitlines() == [
+        "customer,quantity,unpriced_quantity,amount,currency,reported_cost",
+        "acme,240,0,0.0036,USD,local 0.0012 USD; provider 0.0009 USD", "globex,10,0,0.01,USD,"]
+    print_rows(rows, ["customer"], "table")
+    assert capsys.readouterr().out.splitlines()[1].endswith("local 0.0012 USD; provider 0.0009 USD")
+    print_rows(rows, ["customer"], "json")
+    assert '"provider": {\n' in capsys.readouterr().out

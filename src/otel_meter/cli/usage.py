@@ -77,10 +77,19 @@ def verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def reported_cost_text(costs: dict[str, dict[str, str]]) -> str:
+    return "; ".join(f"{source} {amount} {currency}" for source, by_currency in costs.items()
+                     for currency, amount in by_currency.items())
+
+
 def print_rows(rows: list[dict[str, Any]], keys: list[str], output: str) -> None:
     columns = keys + ["quantity", "unpriced_quantity", "amount", "currency"]
     if any("cost" in row for row in rows):
         columns += ["cost", "margin"]
+    if output != "json" and any("reported_cost" in row for row in rows):
+        columns.append("reported_cost")  # costs the spans reported, as text: "provider 0.0123 USD; local 0.02 USD"
+        rows = [{**row, "reported_cost": reported_cost_text(row["reported_cost"])} if "reported_cost" in row else row
+                for row in rows]
     if output == "json":
         print(json.dumps({"rows": rows}, default=str, indent=2))
         return

@@ -39,7 +39,12 @@ USAGE_ROW = {"type": "object", "required": ["quantity", "unpriced_quantity", "am
              "description": "One group: its group_by keys (customer, model, ...) and these",
              "properties": {"quantity": QUANTITY, "unpriced_quantity": QUANTITY, "amount": DECIMAL,
                             "currency": {"type": "string"}, "cost": DECIMAL, "cost_currency": {"type": "string"},
-                            "margin": {"anyOf": [DECIMAL, {"type": "null"}]}}}
+                            "margin": {"anyOf": [DECIMAL, {"type": "null"}]},
+                            "reported_cost": {
+                                "type": "object", "additionalProperties": {"type": "object",
+                                                                          "additionalProperties": DECIMAL},
+                                "description": "costs the spans reported (gen_ai.usage.cost.*) by source (provider, "
+                                               "local, unspecified) and currency; shown, never billed"}}}
 SUCCESS_SCHEMAS = {
     ("GET", "/v1/usage"): {"type": "object", "required": ["rows"],
                            "properties": {"rows": {"type": "array", "items": USAGE_ROW}}},
