@@ -11,7 +11,7 @@ from pathlib import Path
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests.integration.conftest import MeterServer, SpanFactory, chat, totals
-from tests.unit.test_cli_operations import otlp_json
+from tests.integration.test_cli_replay_and_doctor import otlp_json
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -14,8 +14,8 @@ from otel_meter.meters.definitions import BUILTIN_METERS, MeterDefinition
 from otel_meter.processors.genai_usage.config import GenAIUsageConfig
 from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.usage import UsageBatch
+from tests.contract.test_docs_examples import yaml_blocks
 from tests.unit.otlp_builders import make_span, request_of
-from tests.unit.test_docs_examples import yaml_blocks
 
 PIPELINE = """\
 receivers: {otlp: {}}

@@ -18,7 +18,7 @@ from otel_meter.storage.usage_report import decimal_text
 from otel_meter.storage.verify import VerifyRequest, format_report, verify
 from otel_meter.usage import money_to_decimal
 from tests.chdb_worker import ChdbWorker
-from tests.unit.test_rerate import COSTS_C1, COSTS_C2, DEC_1, HOUR, NOV_1, V1, V2, book, daily_rows, ns, usage
+from tests.integration.test_rerate import COSTS_C1, COSTS_C2, DEC_1, HOUR, NOV_1, V1, V2, book, daily_rows, ns, usage
 
 NOV = ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")
 NOV_3_NOON = ns("2026-11-03T12:00:00")

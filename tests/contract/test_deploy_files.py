@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.chdb_worker import ChdbWorker
 
 from otel_meter.component_model import Kind
 from otel_meter.config import parse_config
 from otel_meter.storage.store import split_statements
-from tests.chdb_worker import ChdbWorker
 
 CLUSTER = Path(__file__).resolve().parents[2] / "deploy" / "cluster"
 LOCAL_NAMES = {"usage_ingest_local": "usage_ingest", "usage_events_local": "usage_events",
@@ -136,7 +136,7 @@ def dedup_settings(sql: str) -> dict[str, tuple[int, int]]:
 
 def flush_intervals(tmp_path) -> dict[str, float]:
     """The exporter's flush_interval in every config that runs against the cluster schema."""
-    from tests.unit.test_deploy_manifests import KUBERNETES, load_otel_meter_config
+    from tests.contract.test_deploy_manifests import KUBERNETES, load_otel_meter_config
 
     replica = (CLUSTER / "otel-meter-replica.yaml").read_text()
     configmap = yaml.safe_load((KUBERNETES / "configmap.yaml").read_text())["data"]["collector-config.yaml"]

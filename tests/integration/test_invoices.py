@@ -27,7 +27,7 @@ from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.statement import period_view, view_as_json
 from tests.chdb_worker import ChdbWorker
-from tests.unit.test_rerate import DAY, HOUR, ns, usage
+from tests.integration.test_rerate import DAY, HOUR, ns, usage
 
 SEP_1 = ns("2026-09-01T00:00:00")
 SEP_20 = ns("2026-09-20T00:00:00")
@@ -292,7 +292,7 @@ def export_rerate_and_invoice(store) -> dict[str, Any]:
     from otel_meter.billing.export import run_export
     from otel_meter.billing.target import TargetConfig
     from otel_meter.rating.rerate import rerate
-    from tests.unit.test_billing_export import RecordingTarget
+    from tests.integration.test_billing_export import RecordingTarget
 
     db = _database(store, EXPORTS_DATABASE)
     rows = [("i-mini-10", SEP_1 + 9 * DAY, "initech", "mini-x", "input_tokens", 1_000_000, {}),
@@ -331,7 +331,7 @@ def export_unpriced_and_invoice(store) -> dict[str, Any]:
     target that sends them as a quantity and as an amount; its invoice."""
     from otel_meter.billing.export import run_export
     from otel_meter.billing.target import TargetConfig
-    from tests.unit.test_billing_export import RecordingTarget
+    from tests.integration.test_billing_export import RecordingTarget
 
     db = _database(store, EXPORTS_DATABASE)
     rows = [("u-4o", SEP_1 + 4 * DAY, "umbrella", "gpt-4o", "input_tokens", 1_000, {}),

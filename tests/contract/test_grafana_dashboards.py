@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.chdb_worker import ChdbWorker
 
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
@@ -23,7 +24,6 @@ from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.storage.credit_queries import ALERT_COLUMNS
 from otel_meter.usage import UNATTRIBUTED, UsageBatch
-from tests.chdb_worker import ChdbWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
