@@ -108,6 +108,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeterServer]:
             tokens:
               - {{token: {READ_ALL}, name: console}}
               - {{token: {READ_ACME}, customer: acme, name: acme-portal}}
+        billing:
+          targets:
+            jsonl/finance:
+              directory: exports
+              customers: {{acme: acme, globex: globex}}
+              meters: [{{meter: input_tokens, to: input_tokens, value: amount}}]
+          schedules:
+            - {{target: jsonl/finance, cron: "0 0 1 * *"}}
         service:
           extensions: [usage_api, bearertokenauth/read]
           pipelines:
@@ -199,9 +207,21 @@ def api_totals(server: MeterServer, start: str, end: str, **query: str) -> dict[
     return {row["currency"]: (row["amount"], str(row["quantity"])) for row in body["rows"]}
 
 
+def test_billing_page_counts_the_ledger_of_each_target(admin: Console, server: MeterServer) -> None:
+    status, summary = api_post(server, "/v1/billing/export", {"target": "jsonl/finance"})
+    assert status == 200 and summary["sent"] > 0, summary
+    status, ledger = api_get(server, "/v1/billing/ledger", target="jsonl/finance")
+    assert status == 200
+    admin.open("/billing")
+    sent = admin.page.locator("[data-target='jsonl/finance'] [data-status=sent]").inner_text()
+    assert int(sent) == sum(1 for entry in ledger["entries"] if entry["status"] == "sent") == summary["sent"]
+    assert "0 0 1 * *" in admin.page.locator("[data-target='jsonl/finance'] .schedules").inner_text()
+    admin.screenshot("billing")
+
+
 PAGES = {"overview": "/", "customers": "/customers", "customer": "/customers/acme",
          "rate-cards": "/rate-cards?card=list&version=2026-11&against=2026-10&model=gpt-4o-mini",
-         "billing": "/billing", "ingest": "/ingest"}
+         "ingest": "/ingest"}
 
 
 @pytest.mark.parametrize("name", list(PAGES))

@@ -65,3 +65,14 @@ def test_the_scheduler_runs_each_schedule_at_its_cron_times():
 def test_only_five_field_valid_cron_is_taken(cron):
     with pytest.raises(ValueError):
         Schedule(target="t", cron=cron)
+
+
+def test_the_scheduler_keeps_each_schedules_last_run_and_its_error():
+    schedule = Schedule(target="gone", cron="15 * * * *")
+    scheduler = BillingScheduler(BillingSection(schedules=(schedule,)), store=None,  # type: ignore[arg-type]
+                                 clock=lambda: at("2026-11-27T10:15:00"))
+    assert scheduler.last_runs == {}
+    scheduler.run_once(schedule)  # the target is not configured: the run fails before it reads the store
+    run = scheduler.last_runs[schedule]
+    assert (run.started_ns, run.period, run.ok) == (int(at("2026-11-27T10:15:00") * 1e9), "2026-11", False)
+    assert "gone" in run.message

@@ -5,7 +5,7 @@ cron in UTC). Read from the same ledger as ``GET /v1/billing/ledger``."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from croniter import croniter
 
@@ -13,17 +13,25 @@ from otel_meter.app.billing import LedgerRequest, ledger_document
 from otel_meter.app.overview import iso
 
 if TYPE_CHECKING:
-    from otel_meter.billing.config import BillingSection
+    from otel_meter.billing.config import BillingSection, Schedule
+    from otel_meter.billing.scheduler import ScheduledRun
     from otel_meter.storage.store import Store
 
 NS = 10**9
 STATUSES = ("sent", "pending", "failed", "parked", "held")
 
 
-def billing_status(store: Store, section: BillingSection | None, request: LedgerRequest,
-                   now_ns: int) -> dict[str, Any]:
+def last_run_document(run: ScheduledRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {"started": iso(run.started_ns), "period": run.period, "ok": run.ok, "message": run.message}
+
+
+def billing_status(store: Store, section: BillingSection | None, request: LedgerRequest, now_ns: int,
+                   last_runs: Mapping[Schedule, ScheduledRun] | None = None) -> dict[str, Any]:
     """Each configured target (and any the ledger names) with its windows' records counted by
-    status, its failed records' errors, and its schedules' next run times."""
+    status, its failed records' errors, and its schedules' last run (``last_runs``, the
+    scheduler's since start) and next run time."""
     entries = ledger_document(store, request)["entries"]
     names = sorted(set(section.targets if section is not None else ()) | {entry["target"] for entry in entries})
     now = datetime.fromtimestamp(now_ns / NS, tz=timezone.utc)
@@ -47,5 +55,7 @@ def billing_status(store: Store, section: BillingSection | None, request: Ledger
                                     default=None),
             "schedules": [{"cron": schedule.cron, "period": schedule.period, "customer": schedule.customer,
                            "next_run": croniter(schedule.cron, now).get_next(datetime).strftime(
-                               "%Y-%m-%dT%H:%M:%SZ")} for schedule in schedules]})
+                               "%Y-%m-%dT%H:%M:%SZ"),
+                           "last_run": last_run_document((last_runs or {}).get(schedule))}
+                          for schedule in schedules]})
     return {"period": request.period.name, "targets": targets}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -23,6 +24,17 @@ def period_for(schedule: Schedule, now_ns: int) -> Period:
     return current if schedule.period == "current" else Period.containing(current.start_ns - 1)
 
 
+@dataclass(frozen=True)
+class ScheduledRun:
+    """A schedule's last run: when it started, the month it exported, and what it reported
+    (``ok`` false: the export's errors, or why the run failed)."""
+
+    started_ns: int
+    period: str
+    ok: bool
+    message: str
+
+
 class BillingScheduler:
     """One thread; runs each schedule at its cron times (UTC), one export at a time."""
 
@@ -35,6 +47,8 @@ class BillingScheduler:
         """Held while an export runs; the API's exports take it too, so two never overlap."""
         self._thread = threading.Thread(target=self._run, name="billing-scheduler", daemon=True)
         self.runs = 0
+        self.last_runs: dict[Schedule, ScheduledRun] = {}
+        """Each schedule's last run (the console's Billing page shows them)."""
 
     @property
     def export_lock(self) -> threading.Lock:
@@ -64,7 +78,8 @@ class BillingScheduler:
             self._stop.wait(max(0.05, min(min(next_times) - self._clock(), 1.0)))  # wakes each second: cheap
 
     def run_once(self, schedule: Schedule) -> None:
-        period = period_for(schedule, int(self._clock() * 1e9))
+        started_ns = int(self._clock() * 1e9)
+        period = period_for(schedule, started_ns)
         try:
             target = build_target(self.section, schedule.target)
             try:
@@ -75,5 +90,8 @@ class BillingScheduler:
             self.runs += 1
             level = logging.INFO if summary.ok else logging.ERROR
             logger.log(level, "scheduled billing export: %s", summary.describe())
-        except Exception:  # a failed run is logged; the next one tries again
+            self.last_runs[schedule] = ScheduledRun(started_ns, period.name, summary.ok, summary.describe())
+        except Exception as error:  # a failed run is logged; the next one tries again
             logger.exception("scheduled billing export to %s for %s failed", schedule.target, period.name)
+            self.last_runs[schedule] = ScheduledRun(started_ns, period.name, False,
+                                                    f"{type(error).__name__}: {error}")

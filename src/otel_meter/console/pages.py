@@ -5,6 +5,7 @@ a worker thread (they query the store); none holds SQL or a business rule."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -37,7 +38,7 @@ from otel_meter.app.pricing import (
 )
 from otel_meter.billing.invoice_render import render
 from otel_meter.console.access import COOKIE, AccessDenied, Viewer, admin_viewer, portal_viewer
-from otel_meter.errors import OtelMeterError
+from otel_meter.errors import OtelMeterError, StoreError
 from otel_meter.rating.card_diff import diff_versions
 from otel_meter.rating.period import Period
 from otel_meter.security import AuthenticationError
@@ -46,6 +47,8 @@ from otel_meter.storage.usage_report import NS, parse_time, to_ns
 if TYPE_CHECKING:
     from otel_meter.extensions.usage_api.server import UsageApiServer
     from otel_meter.rating.registry import RateCardRegistry
+
+logger = logging.getLogger(__name__)
 
 STATIC = files("otel_meter.console") / "static"
 TEMPLATES = Environment(loader=PackageLoader("otel_meter.console", "templates"),
@@ -116,12 +119,21 @@ def bad_request(message: str) -> HTMLResponse:
     return page("refused.html", 400, message=message, code=400)
 
 
+def store_unavailable(error: StoreError) -> HTMLResponse:
+    """The store failed: say so (503, as the API answers), never a page of partial numbers."""
+    logger.warning("console: %s", error)
+    return page("refused.html", 503, message=f"the store did not answer: {error}; the page shows nothing "
+                                                 "rather than partial numbers, try again", code=503)
+
+
 def admin_page(api: UsageApiServer, build: Callable[[Request, Viewer], Response]) -> Callable[[Request], Response]:
     def handler(request: Request) -> Response:
         try:
             return build(request, admin_viewer(api, request))
         except AccessDenied as error:
             return refused(error)
+        except StoreError as error:
+            return store_unavailable(error)
         except (OtelMeterError, ValueError) as error:
             return bad_request(str(error))
     return handler
@@ -188,7 +200,9 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
         now_ns = time.time_ns()
         name = request.query_params.get("period")
         period = Period.parse(name) if name else Period.containing(now_ns)
-        document = billing_status(api.store, api.host.billing(), LedgerRequest(period), now_ns)
+        scheduler = api.host.billing_scheduler()
+        document = billing_status(api.store, api.host.billing(), LedgerRequest(period), now_ns,
+                                  scheduler.last_runs if scheduler is not None else None)
         return page("billing.html", current="/billing", document=document)
 
     def ingest(request: Request, viewer: Viewer) -> Response:
@@ -201,6 +215,8 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
             context = customer_context(api, request, name, True, viewer.link)
         except AccessDenied as error:
             return refused(error)
+        except StoreError as error:
+            return store_unavailable(error)
         except (OtelMeterError, ValueError) as error:
             return bad_request(str(error))
         return page("customer.html", navigation=(), portal=True, **context)
