@@ -173,7 +173,22 @@ class UsageBatch:
             column = getattr(self, name)
             if column:
                 setattr(out, name, [column[i] for i in keep])
+        if any(self.reported_cost):
+            out.reported_cost = self._reported_costs_kept(keep)
         return out
+
+    def _reported_costs_kept(self, keep: list[int]) -> list[int]:
+        """``reported_cost`` of the rows at ``keep``: each event's cost on the first of its rows kept,
+        so a processor taking out an event's first row (its token rows billed from a metric, say)
+        keeps its cost, still counted once."""
+        per_event: dict[str, int] = {}
+        for event_id, amount in zip(self.event_id, self.reported_cost):
+            if amount:
+                per_event[event_id] = amount
+        kept = []
+        for row in keep:
+            kept.append(per_event.pop(self.event_id[row], 0))
+        return kept
 
     def copy(self) -> UsageBatch:
         """The same rows and rejections in new lists, without callbacks or prerequisites: what

@@ -187,3 +187,11 @@ def test_the_usage_table_and_csv_show_reported_costs_as_text_and_json_keeps_them
     assert capsys.readouterr().out.splitlines()[1].endswith("local 0.0012 USD; provider 0.0009 USD")
     print_rows(rows, ["customer"], "json")
     assert '"provider": {\n' in capsys.readouterr().out
+
+
+def test_a_selection_without_the_first_row_of_a_span_moves_its_reported_cost_to_the_first_row_kept():
+    batch = extract(chat(**{AMOUNT: "0.0009", CURRENCY: "USD", SOURCE: "provider"}), chat())
+    kept = batch.select([1, 2, 3])  # e.g. the span's input_tokens row billed by a metric point instead
+    assert list(zip(kept.meter, kept.reported_cost, kept.reported_cost_currency)) == [
+        ("output_tokens", 9 * 10**14, "USD"), ("input_tokens", 0, ""), ("output_tokens", 0, "")]
+    assert batch.select([2, 3]).reported_cost == [0, 0]
