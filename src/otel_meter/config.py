@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -79,6 +79,9 @@ class TopLevel(BaseModel):
     service: ServiceSection
 
 
+ConfigModel = TypeVar("ConfigModel", bound=ComponentConfig)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """A validated configuration, ready to build the pipelines from."""
@@ -91,6 +94,12 @@ class ServiceConfig:
     """The built-in meters overlaid with the config's ``meters`` section (enabled ones only)."""
     billing: BillingSection = field(default_factory=BillingSection)
     """Billing export targets and schedules."""
+
+    def components_of(self, kind: Kind, model: type[ConfigModel]) -> dict[str, ConfigModel]:
+        """The configured components of one model (e.g. every ``RatingConfig``), by id, in config
+        order: what the command line reads of a config it does not build a service from."""
+        return {component_id: component for component_id, component in self.components[kind].items()
+                if isinstance(component, model)}
 
     def component(self, kind: Kind, component_id: str) -> ComponentConfig:
         return self.components[kind][component_id]
@@ -107,7 +116,8 @@ def substitute_env(value: Any, environ: dict[str, str] | None = None, path: str 
     An unset name without a default is an error naming the key path.
     """
     if isinstance(value, dict):
-        return {key: substitute_env(item, environ, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+        return {key: substitute_env(item, environ, f"{path}.{key}" if path else str(key))
+                for key, item in value.items()}
     if isinstance(value, list):
         return [substitute_env(item, environ, f"{path}[{index}]") for index, item in enumerate(value)]
     if not isinstance(value, str) or "${env:" not in value:

@@ -9,10 +9,9 @@ import os
 import platform
 import shutil
 import socket
-import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,6 @@ def check_versions() -> Check:
     if missing:
         return Check("versions", "FAIL", ", ".join(found) + f"; missing: {', '.join(missing)}",
                      "reinstall otel-meter with its dependencies (pip install otel-meter)")
-    if sys.version_info < (3, 11):
-        return Check("versions", "WARN", ", ".join(found), "use Python 3.11 or newer")
     return Check("versions", "OK", ", ".join(found))
 
 
@@ -94,16 +91,16 @@ def listen_endpoints(config: Any) -> list[tuple[str, str]]:
 
     found = []
     used = {r for p in config.service.pipelines.values() for r in p.receivers}
-    for receiver_id, component in config.components[Kind.RECEIVER].items():
-        if isinstance(component, OtlpReceiverConfig) and receiver_id in used:
+    for receiver_id, component in config.components_of(Kind.RECEIVER, OtlpReceiverConfig).items():
+        if receiver_id in used:
             for protocol in ("grpc", "http"):
                 settings = getattr(component.protocols, protocol)
                 if settings is not None:
                     found.append((f"receivers.{receiver_id}.protocols.{protocol}.endpoint", settings.endpoint))
+    usage_apis = config.components_of(Kind.EXTENSION, UsageApiConfig)
     for extension_id in config.service.extensions:
-        component = config.components[Kind.EXTENSION].get(extension_id)
-        if isinstance(component, UsageApiConfig):
-            found.append((f"extensions.{extension_id}.endpoint", component.endpoint))
+        if extension_id in usage_apis:
+            found.append((f"extensions.{extension_id}.endpoint", usage_apis[extension_id].endpoint))
     return found
 
 
@@ -130,20 +127,19 @@ def check_rate_cards(config: Any) -> Check:
     from otel_meter.rating.rate_card import load_rate_card
 
     names = []
-    for component_id, component in config.components[Kind.PROCESSOR].items():
-        if isinstance(component, RatingConfig):
-            files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)
-            try:
-                cards = [load_rate_card(file) for file in files]
-                default_card = component.default_card or (cards[0].id if component.rate_card else None)
-                RateBook([v for card in cards for v in card.versions], default_card, component.cost_card)
-            except OtelMeterError as error:
-                return Check("rate cards", "FAIL", f"processors.{component_id}: {error}",
-                             "fix the rate card; check it with otel-meter config validate")
-            if not files:
-                return Check("rate cards", "WARN", f"processors.{component_id} has no rate card: all usage is "
-                             f"stored unpriced", "set rate_card, or apply one through the usage API")
-            names += [str(file) for file in files]
+    for component_id, component in config.components_of(Kind.PROCESSOR, RatingConfig).items():
+        files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)
+        try:
+            cards = [load_rate_card(file) for file in files]
+            default_card = component.default_card or (cards[0].id if component.rate_card else None)
+            RateBook([v for card in cards for v in card.versions], default_card, component.cost_card)
+        except OtelMeterError as error:
+            return Check("rate cards", "FAIL", f"processors.{component_id}: {error}",
+                         "fix the rate card; check it with otel-meter config validate")
+        if not files:
+            return Check("rate cards", "WARN", f"processors.{component_id} has no rate card: all usage is "
+                         f"stored unpriced", "set rate_card, or apply one through the usage API")
+        names += [str(file) for file in files]
     if not names:
         return Check("rate cards", "WARN", "no rating processor: usage is stored unpriced")
     return Check("rate cards", "OK", f"valid: {', '.join(names)}")
@@ -173,8 +169,7 @@ def check_store(config: Any, health: dict[str, Any] | None, api_url: str | None)
     from otel_meter.exporters.clickhouse.factory import queue_directory
     from otel_meter.storage.store import resolve_location
 
-    exporter = next((c for c in config.components[Kind.EXPORTER].values()
-                     if isinstance(c, ClickHouseExporterConfig)), None)
+    exporter = next(iter(config.components_of(Kind.EXPORTER, ClickHouseExporterConfig).values()), None)
     if exporter is None:
         return [Check("store", "FAIL", f"{config.source}: no clickhouse exporter", "add one (docs/configuration.md)")]
     try:
@@ -269,6 +264,8 @@ def add_commands(commands: Any, token: str | None) -> None:
         "doctor", help="check config, rate cards, store, migrations, ports, versions and disk space",
         description="One line per check: OK, WARN or FAIL, with advice. Exit status 1 when a check fails.")
     doctor.add_argument("--config", metavar="PATH")
+    doctor.add_argument("--format", choices=["text", "json"], default="text",
+                        help="json: {ok, checks: [{name, status, message, advice}]} (exit status as for text)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
 
 def doctor(args: argparse.Namespace) -> int:
     checks = doctor_checks(args.config)
-    for check in checks:
-        print(check.line())
-    return 1 if any(check.status == "FAIL" for check in checks) else 0
+    failed = any(check.status == "FAIL" for check in checks)
+    if args.format == "json":
+        print(json.dumps({"ok": not failed, "checks": [asdict(check) for check in checks]}, indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+    return 1 if failed else 0

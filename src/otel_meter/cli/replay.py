@@ -101,8 +101,8 @@ def otlp_http_target(config_path: str | None, endpoint: str | None, token: str |
     http: HttpProtocolConfig | None = None
     if endpoint is None or config_path is not None:
         config = load_config(config_path)
-        for component in config.components[Kind.RECEIVER].values():
-            if isinstance(component, OtlpReceiverConfig) and component.protocols.http is not None:
+        for component in config.components_of(Kind.RECEIVER, OtlpReceiverConfig).values():
+            if component.protocols.http is not None:
                 http = component.protocols.http
                 break
         if http is None and endpoint is None:
@@ -156,8 +156,7 @@ def dedup_window_seconds(config_path: str | None) -> float | None:
     from otel_meter.processors.dedup.config import DedupConfig
 
     config = load_config(config_path)
-    windows = [c.window.total_seconds() for c in config.components[Kind.PROCESSOR].values()
-               if isinstance(c, DedupConfig)]
+    windows = [c.window.total_seconds() for c in config.components_of(Kind.PROCESSOR, DedupConfig).values()]
     return min(windows) if windows else None
 
 

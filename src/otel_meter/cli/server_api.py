@@ -115,8 +115,7 @@ def store_location(config_path: str | None):
     from otel_meter.storage.store import resolve_location
 
     config = load_config(config_path)
-    exporter = next((component for component in config.components[Kind.EXPORTER].values()
-                     if isinstance(component, ClickHouseExporterConfig)), None)
+    exporter = next(iter(config.components_of(Kind.EXPORTER, ClickHouseExporterConfig).values()), None)
     if exporter is None:
         raise OtelMeterError(f"{config.source}: no clickhouse exporter configured")
     return resolve_location(exporter.endpoint, exporter.database)
@@ -164,9 +163,10 @@ def usage_api_url(config_path: str | None) -> str | None:
     from otel_meter.extensions.usage_api.config import UsageApiConfig
 
     config = load_config(config_path)
+    usage_apis = config.components_of(Kind.EXTENSION, UsageApiConfig)
     for extension_id in config.service.extensions:
-        component = config.components[Kind.EXTENSION].get(extension_id)
-        if isinstance(component, UsageApiConfig):
+        component = usage_apis.get(extension_id)
+        if component is not None:
             host, _, port = component.endpoint.rpartition(":")
             host = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
             return f"{'https' if component.tls is not None else 'http'}://{host}:{port}"
@@ -202,10 +202,9 @@ def local_registry(config_path: str | None, store):
     from otel_meter.rating.registry import RateCardRegistry
 
     config = load_config(config_path)
-    for component in config.components[Kind.PROCESSOR].values():
-        if isinstance(component, RatingConfig):
-            files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)
-            configured = tuple(load_rate_card(file).id for file in files)
-            default_card = component.default_card or (configured[0] if component.rate_card else None)
-            return RateCardRegistry(store, default_card, component.cost_card, configured_cards=configured)
+    for component in config.components_of(Kind.PROCESSOR, RatingConfig).values():
+        files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)
+        configured = tuple(load_rate_card(file).id for file in files)
+        default_card = component.default_card or (configured[0] if component.rate_card else None)
+        return RateCardRegistry(store, default_card, component.cost_card, configured_cards=configured)
     return RateCardRegistry(store)

@@ -69,15 +69,14 @@ def validate_config(args: argparse.Namespace) -> int:
     from otel_meter.rating.rate_card import load_rate_card
 
     config = load_config(args.config)
-    for component_id, component in config.components[Kind.PROCESSOR].items():
-        if isinstance(component, RatingConfig):
-            cards = [load_rate_card(file) for file in ([component.rate_card] if component.rate_card else [])
-                     + list(component.rate_cards)]
-            default_card = component.default_card or (cards[0].id if component.rate_card else None)
-            try:  # the files together: plans they name exist, discounts stay exact
-                RateBook([v for card in cards for v in card.versions], default_card, component.cost_card)
-            except RateCardError as error:
-                raise RateCardError(f"processors.{component_id}: {error}") from None
+    for component_id, component in config.components_of(Kind.PROCESSOR, RatingConfig).items():
+        cards = [load_rate_card(file) for file in ([component.rate_card] if component.rate_card else [])
+                 + list(component.rate_cards)]
+        default_card = component.default_card or (cards[0].id if component.rate_card else None)
+        try:  # the files together: plans they name exist, discounts stay exact
+            RateBook([v for card in cards for v in card.versions], default_card, component.cost_card)
+        except RateCardError as error:
+            raise RateCardError(f"processors.{component_id}: {error}") from None
     print(f"{config.source}: valid")
     return 0
 
