@@ -207,6 +207,10 @@ def api_totals(server: MeterServer, start: str, end: str, **query: str) -> dict[
     return {row["currency"]: (row["amount"], str(row["quantity"])) for row in body["rows"]}
 
 
+def test_serve_prints_the_console_address(server: MeterServer) -> None:
+    assert f"console: http://localhost:{server.api_port}/\n" in server.log()
+
+
 def test_billing_page_counts_the_ledger_of_each_target(admin: Console, server: MeterServer) -> None:
     status, summary = api_post(server, "/v1/billing/export", {"target": "jsonl/finance"})
     assert status == 200 and summary["sent"] > 0, summary

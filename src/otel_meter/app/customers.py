@@ -4,13 +4,14 @@ period-to-date amount (the usage report grouped by customer), credit balances an
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from otel_meter.app.credits import BalanceRequest, balance_document
 from otel_meter.app.overview import OverviewRequest, usage_rows
 from otel_meter.credits.credit_store import grants_of_customers
 
 if TYPE_CHECKING:
+    from otel_meter.extensions.budgets.monitor import AlertRecord
     from otel_meter.rating.period import Period
     from otel_meter.rating.rate_book import RateBook
     from otel_meter.storage.store import Store
@@ -38,3 +39,12 @@ def customer_list(store: Store, book: RateBook | None, period: Period, now_ns: i
                  for name in names[:MAX_CUSTOMERS]]
     return {"period": period.name, "search": search, "customers": customers,
             "truncated": max(0, len(names) - MAX_CUSTOMERS)}
+
+
+def budget_alerts(alerts: Mapping[str, AlertRecord], customer: str) -> list[dict[str, Any]]:
+    """The customer's budget and credit alerts as the budgets extension last recorded them (sent,
+    pending or failed), newest period first."""
+    return [{"kind": alert.kind, "period": alert.period, "threshold": format(alert.threshold, "f"),
+             "state": alert.state, "detail": alert.detail}
+            for alert in sorted(alerts.values(), key=lambda alert: (alert.period, alert.kind, alert.threshold),
+                                reverse=True) if alert.customer == customer]

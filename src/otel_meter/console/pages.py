@@ -23,7 +23,7 @@ from otel_meter import __version__
 from otel_meter.app.billing import LedgerRequest, ledger_document
 from otel_meter.app.billing_status import billing_status
 from otel_meter.app.credits import BalanceRequest, balance_document
-from otel_meter.app.customers import customer_list
+from otel_meter.app.customers import budget_alerts, customer_list
 from otel_meter.app.ingest import ingest_document
 from otel_meter.app.invoices import InvoiceRequest, PeriodRequest, customer_invoice, period_statement
 from otel_meter.app.overview import OverviewRequest, overview_document
@@ -303,7 +303,8 @@ def customer_context(api: UsageApiServer, request: Request, name: str, portal: b
             "groups": ("model", "meter", "provider"), "document": overview,
             "series_json": json.dumps(overview["series"]), "statement": statement, "period": period.name,
             "credits": balance_document(api.store, book, BalanceRequest(name, now_ns)),
-            "entitlement": monitor.entitlement(name) if monitor else None, "ledger": ledger, "base": base,
+            "entitlement": monitor.entitlement(name) if monitor else None,
+            "alerts": budget_alerts(monitor.alerts(), name) if monitor else None, "ledger": ledger, "base": base,
             "keep": keep, "invoice_base": f"{'/portal/invoice' if portal else base + '/invoice'}?"
                                           + urlencode({**keep, "period": period.name})}
 
