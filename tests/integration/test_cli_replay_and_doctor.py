@@ -301,6 +301,16 @@ def test_doctor_fails_a_config_that_does_not_load(tmp_path: Path, capsys) -> Non
     assert any(line.startswith("FAIL  config") for line in capsys.readouterr().out.splitlines())
 
 
+def test_doctor_format_json_prints_each_check_and_keeps_the_exit_status(tmp_path: Path, capsys) -> None:
+    (tmp_path / "broken.yaml").write_text("receivers: [\n")
+    assert cli.main(["doctor", "--config", str(tmp_path / "broken.yaml"), "--format", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is False
+    config = next(check for check in document["checks"] if check["name"] == "config")
+    assert config["status"] == "FAIL" and set(config) == {"name", "status", "message", "advice"}
+    assert [check["name"] for check in document["checks"]][0] == "versions"
+
+
 def test_backfill_refuses_items_older_than_the_dedup_window_unless_told(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path, dedup="{window: 24h}")
     old = time.time_ns() - 3 * 86400 * 10**9
