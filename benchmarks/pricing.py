@@ -299,8 +299,8 @@ def build_cards(customers: Customers) -> Cards:
                    "models": [rule_document(*rule) for rule in PLAN_RULES],
                    "meters": {"tool_calls": {"price": "0.60", "per": 1000}, "gpu_seconds": "0.0003"},
                    "minimum": "1000.00"}, "enterprise.yaml"),
-        costs=card({"id": COSTS, "kind": "cost", "currency": CURRENCY, "version": COST_VERSION, "effective_from": V1_FROM,
-                    "models": [rule_document(*rule) for rule in COST_RULES],
+        costs=card({"id": COSTS, "kind": "cost", "currency": CURRENCY, "version": COST_VERSION,
+                    "effective_from": V1_FROM, "models": [rule_document(*rule) for rule in COST_RULES],
                     "meters": {"gpu_seconds": "0.00025"}}, "provider-costs.yaml"),
     )
 
@@ -686,7 +686,8 @@ def rerate_timed(store: Store, book: RateBook, **kwargs: Any) -> tuple[float, di
     """``rerate()`` over the stored month: total seconds, seconds per step, its result."""
     steps: dict[str, float] = {}
     with stopwatch(rerate_module, ("chunk_adjustments", "insert_adjustments"), steps):
-        seconds, result = timed(lambda: rerate_module.rerate(store, book, STORED_MONTH.start_ns, STORED_MONTH.end_ns, **kwargs))
+        seconds, result = timed(lambda: rerate_module.rerate(store, book, STORED_MONTH.start_ns, STORED_MONTH.end_ns,
+                                                             **kwargs))
     return seconds, steps, result
 
 

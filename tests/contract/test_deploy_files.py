@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.chdb_worker import ChdbWorker
 
 from otel_meter.component_model import Kind
 from otel_meter.config import parse_config
 from otel_meter.storage.store import split_statements
+from tests.chdb_worker import ChdbWorker
 
 CLUSTER = Path(__file__).resolve().parents[2] / "deploy" / "cluster"
 LOCAL_NAMES = {"usage_ingest_local": "usage_ingest", "usage_events_local": "usage_events",

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.chdb_worker import ChdbWorker
 
 from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
@@ -24,6 +23,7 @@ from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.storage.credit_queries import ALERT_COLUMNS
 from otel_meter.usage import UNATTRIBUTED, UsageBatch
+from tests.chdb_worker import ChdbWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -271,7 +271,9 @@ def query(worker: ChdbWorker, sql: str, variables: dict[str, list[str] | str] | 
 
 def api(worker: ChdbWorker, group_by: str, customer: str | None = None, start: int = FROM_S,
         end: int = TO_S) -> list[dict[str, Any]]:
-    iso = lambda s: datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    def iso(seconds: int) -> str:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     return worker.call(usage_api, iso(start), iso(end), group_by, customer)
 
 

@@ -13,9 +13,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
-from tests.integration.conftest import MeterServer, SpanFactory, chat, export
 
 from otel_meter.extensions.usage_api.server import ROUTES
+from tests.integration.conftest import MeterServer, SpanFactory, chat, export
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 EXAMPLES_PER_OPERATION = 12

@@ -215,7 +215,8 @@ def usage_buckets(store: Store, customer: str, until_ns: int, *, since_ns: int =
     return [UsageBucket(applied_at(start_s, until_ns), currency, exact(total)) for start_s, currency, total in rows]
 
 
-def usage_buckets_of_customers(store: Store, since_ns: Mapping[str, int], until_ns: int) -> dict[str, list[UsageBucket]]:
+def usage_buckets_of_customers(store: Store, since_ns: Mapping[str, int],
+                               until_ns: int) -> dict[str, list[UsageBucket]]:
     """:func:`usage_buckets` for several customers in one query, each from its own ``since_ns``."""
     if not since_ns:
         return {}

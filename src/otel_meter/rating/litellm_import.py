@@ -220,7 +220,8 @@ def _parse_price_list(data: bytes | str) -> dict[str, Any]:
                             f"{error.colno} (character {error.pos}); expected the text of "
                             f"{DEFAULT_SOURCE} from BerriAI/litellm") from None
     except UnicodeDecodeError as error:
-        raise RateCardError(f"LiteLLM price list is not UTF-8 text: {error.reason} at byte offset {error.start}") from None
+        raise RateCardError(f"LiteLLM price list is not UTF-8 text: {error.reason} at byte offset "
+                            f"{error.start}") from None
     except RecursionError:
         raise RateCardError("LiteLLM price list is nested too deeply to be a price list") from None
     if not isinstance(parsed, dict):

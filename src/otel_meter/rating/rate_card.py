@@ -135,7 +135,7 @@ class PriceSpec(BaseModel):
                 previous = bounds[index - 1] if index else Decimal(0)
                 if previous is not None and bound <= previous:
                     raise ValueError(f"tiers[{index}].up_to ({bound}) must be greater than "
-                                     f"{'tiers[%d].up_to' % (index - 1) if index else 'zero'} ({previous})")
+                                     f"{f'tiers[{index - 1}].up_to' if index else 'zero'} ({previous})")
         else:
             if self.tiers:
                 raise ValueError(f"tiers need mode graduated or volume, not {self.mode}")

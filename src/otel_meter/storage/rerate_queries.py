@@ -6,8 +6,6 @@ one customer; the two variants of each query are fixed strings, chosen by ``cust
 
 from __future__ import annotations
 
-from otel_meter.usage import REPORTED_COST_CARD
-
 LINE_ITEM_COLUMNS = (
     "event_id", "event_time", "rated_at", "kind", "customer", "feature", "service", "environment", "provider",
     "model", "operation", "meter", "quantity", "unit_price", "amount", "currency", "priced", "rate_card",

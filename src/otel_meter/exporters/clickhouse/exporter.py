@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.exporters.clickhouse.arrow import conform, to_arrow
@@ -44,6 +45,12 @@ MAX_RETRY_DELAY = 5.0
 """Longest pause between two attempts of a failing insert, in seconds."""
 FAILURE_LOG_INTERVAL = 30.0
 """While inserts keep failing, one warning per this many seconds (the first failure is always logged)."""
+
+
+def store_lag_seconds(table: pa.Table, now_s: float) -> float:
+    """Receipt of the table's oldest usage to ``now_s``: how long usage waited to become queryable."""
+    oldest = pc.min(table.column("received_at")).as_py() if table.num_rows else None
+    return max(0.0, now_s - oldest.timestamp()) if oldest is not None else 0.0
 
 
 @dataclass
@@ -96,6 +103,8 @@ class ClickHouseExporter:
         """Insert attempts that raised (each is retried with the same block and token)."""
         self.last_flush_seconds = 0.0
         """How long the last successful insert took."""
+        self.last_store_lag_seconds = 0.0
+        """From receipt of the oldest usage in the last successful insert to that insert's end."""
         attach = getattr(store, "attach_queue", None)
         if attach is not None:
             attach(self.queued_usage)
@@ -273,7 +282,7 @@ class ClickHouseExporter:
                 plan, self._resume_plan = self._resume_plan, None
                 if plan is None:
                     plan = self._plan_records()
-            if not self._write_queue_state(lambda: self.journal.begin(plan), "the inflight plan"):
+            if not self._write_queue_state(lambda plan=plan: self.journal.begin(plan), "the inflight plan"):
                 return
             if not self._insert(plan, deadline=None):
                 return
@@ -357,6 +366,7 @@ class ClickHouseExporter:
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
         self.last_flush_seconds = time.monotonic() - started
+        self.last_store_lag_seconds = store_lag_seconds(table, time.time())
         if failures:
             logger.info("usage insert succeeded after %d failed attempt(s) over %.1fs; %d record(s) queued",
                         failures, time.monotonic() - first_failure, self.queued_records)

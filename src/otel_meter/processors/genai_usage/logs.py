@@ -45,7 +45,7 @@ class LogsConverter:
                     attributes = {key: text_value(value) for key, value in values.items()}
                     name = record.event_name or attributes.get(EVENT_NAME_ATTRIBUTE, "")
                     facts = ItemFacts(name=name, kind=0, scope=scope, service=resource.get(SERVICE_NAME, ""),
-                                      text_of=lambda key, a=attributes: a.get(key, resource.get(key)))
+                                      text_of=lambda key, a=attributes, r=resource: a.get(key, r.get(key)))
                     event_id = "log:" + hashlib.sha1(record.SerializeToString(deterministic=True)
                                                      + repr(sorted(resource.items())).encode()).hexdigest()
                     time_ns = record.time_unix_nano or record.observed_time_unix_nano

@@ -290,7 +290,8 @@ def json_event(item: Any) -> Event:
     if not isinstance(raw_quantities, dict):
         raise InvalidEvent("data.quantities is missing; it maps meter names to quantities"
                            if raw_quantities is None else
-                           f"data.quantities must be an object (meter name -> quantity), not {json_kind(raw_quantities)}")
+                           f"data.quantities must be an object (meter name -> quantity), not "
+                           f"{json_kind(raw_quantities)}")
     sent_time = item.get("time")
     if sent_time is not None and not isinstance(sent_time, str):
         raise InvalidEvent(f"time must be an RFC 3339 string, not {json_kind(sent_time)}")
