@@ -91,6 +91,8 @@ def test_spans_extracted_in_the_engine_are_priced_exactly_and_a_retried_request_
         time.sleep(0.1)
     assert healthz(engine_server)["queued_records"] == 0  # every block checkpointed once stored
     assert "Traceback" not in engine_server.log()
+    assert ("a block went through the Python processors, as the block holds spans already counted or held by "
+            "another block") in engine_server.log()  # the retry
 
 
 def test_usage_stored_but_not_checkpointed_when_the_server_dies_is_not_counted_again(tmp_path: Path) -> None:

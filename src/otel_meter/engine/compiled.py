@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
-from otel_meter.engine.sql_text import quoted
+from otel_meter.engine.sql_text import literal, quoted
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.processors.attribution.processor import AttributionProcessor
 from otel_meter.processors.dedup.processor import DedupProcessor
@@ -44,12 +44,13 @@ INSERTED_COLUMNS = ["event_id", "event_time", "received_at", "customer", "featur
 """The ``usage_ingest`` columns the compiled insert writes (the others keep their defaults)."""
 
 KEY_COLUMNS = ("epoch", "customer", "model", "provider", "meter")
-PRICE_COLUMNS = {"epoch": "UInt64", "customer": "String", "model": "String", "provider": "String",
+PRICE_STRUCTURE = {"epoch": "UInt64", "customer": "String", "model": "String", "provider": "String",
                  "meter": "String", "unit_price": "Decimal(38, 18)", "priced": "Bool", "currency": "String",
                  "rate_card": "String", "rate_card_version": "String", "rate_rule": "String",
                  "unit_cost": "Decimal(38, 18)", "cost_currency": "String", "cost_card": "String",
                  "cost_card_version": "String"}
-"""The block's price table: one row per distinct rating key of its usage."""
+"""The block's prices: one row per distinct rating key of its usage, given to the insert as a
+``values`` table (a few hundred rows; decimals as text, which the engine parses exactly)."""
 
 
 def compile_reason(pipeline: UsagePipeline) -> str | None:
@@ -73,6 +74,8 @@ class BlockOutcome:
 
     stored: int = 0
     unpriced: int = 0
+    refused: int = 0
+    """Spans the engine's view refused (not inserted; the caller reads and reports them)."""
     fallback: str = ""
 
 
@@ -90,10 +93,6 @@ class CompiledPipeline:
         self.token_sources = token_sources
 
     # -- SQL -------------------------------------------------------------------------------
-
-    def prices_table_sql(self, table: str) -> str:
-        columns = ", ".join(f"{name} {kind}" for name, kind in PRICE_COLUMNS.items())
-        return f"CREATE TABLE {table} ({columns}) ENGINE = Memory"
 
     def _first_value(self, keys: list[str]) -> str:
         """``attribution.first_value`` in SQL: every key on the resource, then on the span; the first
@@ -129,7 +128,9 @@ WHERE refusal = ''"""
         return (f"SELECT {keys}, max(quantity) AS largest, count() AS count "
                 f"FROM ({self.usage_sql(rows, boundaries)}) GROUP BY {keys}")
 
-    def insert_select_sql(self, rows: str, prices: str, boundaries: list[int]) -> str:
+    def insert_select_sql(self, rows: str, prices: list[tuple[Any, ...]], boundaries: list[int]) -> str:
+        structure = ", ".join(f"{name} {kind}" for name, kind in PRICE_STRUCTURE.items())
+        values = ", ".join("(" + ", ".join(map(literal, row)) + ")" for row in prices)
         return f"""
 SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at), 'UTC'), u.customer, u.feature,
        u.service, u.environment, u.provider, u.model, u.operation, u.meter, toDecimal128(u.quantity, 9),
@@ -137,23 +138,25 @@ SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at),
        p.rate_card, p.rate_card_version, p.rate_rule, p.unit_cost * u.quantity, p.cost_currency, p.cost_card,
        p.cost_card_version
 FROM ({self.usage_sql(rows, boundaries)}) AS u
-INNER JOIN {prices} AS p USING ({', '.join(KEY_COLUMNS)})
+INNER JOIN (SELECT * FROM values({quoted(structure)}, {values})) AS p USING ({', '.join(KEY_COLUMNS)})
 SETTINGS join_algorithm = 'hash'"""
 
     # -- a block ---------------------------------------------------------------------------
 
-    def store_block(self, client: Any, rows: str, prices: str, token: str, begin: Callable[[], None],
+    def store_block(self, client: Any, rows: str, token: str, begin: Callable[[], None],
                     again: bool = False) -> BlockOutcome:
         """Admit, price and insert the usage of the block in ``rows`` (its refused spans are not
         inserted: the caller reports them). ``begin`` is called right before the insert (to write
         it down, inflight.py). ``again``: the block's insert was interrupted by a crash: every span
         is taken, as when it began. Raises when the store fails: then nothing of the block's ids
         stays claimed, and a retry with the same ``token`` inserts nothing twice."""
-        spans = client.query_arrow(f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, instance "
-                                   f"FROM {rows} WHERE refusal = ''")
+        every = client.query_arrow(f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, instance, "
+                                   f"toBool(refusal = '') AS taken FROM {rows}")
+        spans = every.filter(every.column("taken"))
+        refused = every.num_rows - spans.num_rows
         ids = spans.column("event_id").to_pylist()
         if not ids:
-            return BlockOutcome()
+            return BlockOutcome(refused=refused)
         times = spans.column("time_ns").to_pylist()
         if self.token_sources is not None:
             instances = set(spans.column("instance").unique().to_pylist())
@@ -173,7 +176,7 @@ SETTINGS join_algorithm = 'hash'"""
             assert priced_book.book is not None
             boundaries = list(priced_book.book.boundaries)
             keys = client.query(self.keys_sql(rows, boundaries)).result_rows
-            table: list[list[Any]] = []
+            prices: list[tuple[Any, ...]] = []
             unpriced = count = 0
             for epoch, customer, model, provider, meter, largest, rows_of_key in keys:
                 (unit, currency, card, version, rule, unit_cost, cost_currency, cost_card,
@@ -182,16 +185,13 @@ SETTINGS join_algorithm = 'hash'"""
                     return BlockOutcome(fallback="an amount of the block is beyond the storable range")
                 count += rows_of_key
                 unpriced += 0 if unit is not None else rows_of_key
-                table.append([epoch, customer, model, provider, meter, _money(unit), unit is not None, currency,
-                              card, version, rule, _money(unit_cost), cost_currency, cost_card, cost_version])
-            client.command(f"TRUNCATE TABLE {prices}")
-            client.insert(prices, table, column_names=list(PRICE_COLUMNS),
-                          column_type_names=list(PRICE_COLUMNS.values()))
+                prices.append((epoch, customer, model, provider, meter, _money(unit), unit is not None, currency,
+                               card, version, rule, _money(unit_cost), cost_currency, cost_card, cost_version))
             begin()
             self.store.insert_usage_select(client, INSERTED_COLUMNS,
                                            self.insert_select_sql(rows, prices, boundaries), token)
             stored = True
-            return BlockOutcome(stored=count, unpriced=unpriced)
+            return BlockOutcome(stored=count, unpriced=unpriced, refused=refused)
         finally:
             self.index.resolve(reservation, stored)
 

@@ -53,6 +53,7 @@ ROW_COLUMNS = ("event_id, toUnixTimestamp64Nano(event_time) AS time_ns, bound_cu
                f"{', '.join(engine_view.METERS)}")
 """What the Python processors need of the engine's rows."""
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+FALLBACK_LOG_INTERVAL = 60.0
 """Waits between attempts to load a block while the store or the exporters refuse it."""
 
 
@@ -101,9 +102,8 @@ class EngineTraceFeed:
         """Why the pipeline's processors run in Python (None: they are compiled)."""
         self.compiled = None if self.not_compiled else CompiledPipeline(
             pipeline, store, extractor.token_sources if extractor.config.token_metrics == "unless_spans" else None)
-        self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}", f"{prefix}_prices_{n}")
-                       for n in range(extractors)]
-        """(landing table, rows table, view, price table) of each extractor thread."""
+        self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}") for n in range(extractors)]
+        """(landing table, rows table, view) of each extractor thread."""
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._synced = self.journal.last_id
@@ -123,6 +123,7 @@ class EngineTraceFeed:
         pipeline stored already."""
         self.compiled_blocks = 0
         self.fallback_blocks = 0
+        self._fallback_logged = -FALLBACK_LOG_INTERVAL
         """Blocks whose usage the compiled pipeline stored, and blocks it gave the Python processors."""
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -133,9 +134,7 @@ class EngineTraceFeed:
         config = self.extractor.config
         messages = parse_subset_proto(SUBSET_PROTO.read_text())
         statements = []
-        for landing, rows, view, prices in self.tables:
-            if self.compiled is not None:
-                statements += [f"DROP TABLE IF EXISTS {prices}", self.compiled.prices_table_sql(prices)]
+        for landing, rows, view in self.tables:
             statements += [f"DROP VIEW IF EXISTS {view}", f"DROP TABLE IF EXISTS {landing}",
                            f"DROP TABLE IF EXISTS {rows}", landing_table_sql(messages, landing),
                            engine_view.wide_table_sql(rows, engine="Memory"),
@@ -257,7 +256,7 @@ class EngineTraceFeed:
                     self._cursor = last
                     return self._generation, first, last, None
 
-    def _run_extractor(self, landing: str, rows: str, view: str, prices: str) -> None:
+    def _run_extractor(self, landing: str, rows: str, view: str) -> None:
         failures = 0
         client = None
         while (claim := self._claim()) is not None:
@@ -270,7 +269,7 @@ class EngineTraceFeed:
                         client = self.store.own_client()
                     records = [payload for _, payload in self.journal.read(first, last)]
                     self._load(client, landing, rows, records)
-                    batch = self._store_compiled(client, rows, prices, token, first, last, interrupted is not None)
+                    batch = self._store_compiled(client, rows, token, first, last, interrupted is not None)
                     failures = 0
                     break
                 except Exception as error:  # the engine or the store refused the block: keep it, try again
@@ -344,23 +343,30 @@ class EngineTraceFeed:
         settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
         client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
 
-    def _store_compiled(self, client: Any, rows: str, prices: str, token: str, first: int, last: int,
+    def _store_compiled(self, client: Any, rows: str, token: str, first: int, last: int,
                         again: bool) -> UsageBatch | None:
         """None once the compiled pipeline stored the block's usage (its refusals counted and
         logged); else the block's usage for the Python processors."""
         if self.compiled is not None:
-            outcome = self.compiled.store_block(client, rows, prices, token,
-                                                lambda: self.inflight.begin(first, last, token), again)
+            outcome = self.compiled.store_block(client, rows, token, lambda: self.inflight.begin(first, last, token),
+                                                again)
             if not outcome.fallback:
                 crash_point("after_engine_store_before_checkpoint")
                 self.inflight.done(first, last)
                 self.compiled_blocks += 1
-                refused = self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows} WHERE refusal != ''"))
-                self.pipeline.record_stored(outcome.stored, outcome.unpriced, refused.rejections, 0)
+                rejections = []
+                if outcome.refused:
+                    refused = self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows} WHERE refusal != ''")
+                    rejections = self._batch(refused).rejections
+                self.pipeline.record_stored(outcome.stored, outcome.unpriced, rejections, 0)
                 return None
             self.fallback_blocks += 1
-            logger.debug("pipeline %s: a block goes through the Python processors: %s", self.pipeline.name,
-                         outcome.fallback)
+            now = time.monotonic()
+            if now - self._fallback_logged >= FALLBACK_LOG_INTERVAL:
+                self._fallback_logged = now
+                logger.info("pipeline %s: a block went through the Python processors, as %s (%d of %d blocks so far; "
+                            "logged at most once a minute)", self.pipeline.name, outcome.fallback,
+                            self.fallback_blocks, self.fallback_blocks + self.compiled_blocks)
         return self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows}"))
 
     @staticmethod
