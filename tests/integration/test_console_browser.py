@@ -207,6 +207,17 @@ def api_totals(server: MeterServer, start: str, end: str, **query: str) -> dict[
     return {row["currency"]: (row["amount"], str(row["quantity"])) for row in body["rows"]}
 
 
+def test_ingest_health_shows_the_store_lag_of_the_metrics(admin: Console, server: MeterServer) -> None:
+    with urllib.request.urlopen(f"{server.api_url}/metrics", timeout=30) as response:
+        exposition = response.read().decode()
+    lag = float(next(line.split()[-1] for line in exposition.splitlines()
+                     if line.startswith('otel_meter_exporter_store_lag_seconds{exporter="clickhouse"}')))
+    assert 0 < lag < 30  # the usage was stored within seconds of its receipt
+    admin.open("/ingest")
+    assert admin.page.locator(".store-lag").inner_text() == f"{lag:.3f} s"
+    assert float(admin.page.locator("[data-metric=otel_meter_exporter_store_lag_seconds]").inner_text()) == lag
+
+
 def test_serve_prints_the_console_address(server: MeterServer) -> None:
     assert f"console: http://localhost:{server.api_port}/\n" in server.log()
 

@@ -45,6 +45,9 @@ EXPORTER_GAUGES = (
      "Records acknowledged to clients and not yet in the store."),
     ("last_flush_seconds", f"{PREFIX}_exporter_last_flush_duration_seconds",
      "How long the exporter's last insert into the store took, in seconds."),
+    ("last_store_lag_seconds", f"{PREFIX}_exporter_store_lag_seconds",
+     "Seconds from receipt of the oldest usage in the exporter's last insert to that insert's end: how long "
+     "acknowledged usage took to become queryable."),
 )
 
 
