@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy the console's chart library from the npm registry into the package (committed), and
 # record its name, version and each file's sha256 in static/vendor/manifest.json
-# (tests/unit/test_console_assets.py checks the files against it). Needs npm only here:
+# (tests/contract/test_console_assets.py checks the files against it). Needs npm only here:
 # installing or running otel-meter needs no Node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
