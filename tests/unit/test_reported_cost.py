@@ -115,10 +115,12 @@ def test_ignored_cost_warnings_are_rate_limited_and_count_what_they_held_back(ca
 
 
 def test_a_pipeline_counts_spans_whose_cost_it_ignored_in_its_metrics():
+    from otel_meter.pipeline import UsagePipeline
     from otel_meter.telemetry.registry import ServiceMetrics
-    from tests.unit.test_self_metrics import Exporter, samples, traces_pipeline
+    from tests.unit.test_self_metrics import Exporter, samples
 
-    pipeline = traces_pipeline(Exporter())
+    extractor = GenAIUsageProcessor(GenAIUsageConfig(nested_usage={"enabled": False}))  # holds no spans
+    pipeline = UsagePipeline("traces/billing", "traces", extractor, [], [Exporter()])
     pipeline.consume(request_of(make_span(1, chat(**{AMOUNT: -1, CURRENCY: "USD"})),
                                 make_span(2, chat(**{AMOUNT: 1, CURRENCY: "USD", SOURCE: "provider"}))))
     found = samples(ServiceMetrics([pipeline], {}).exposition()[0].decode())
