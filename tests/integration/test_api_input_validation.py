@@ -56,13 +56,14 @@ VALID_BODY: dict[str, dict[str, Any]] = {
     "RerateBody": RANGE,
     "GrantBody": {"amount": "1.50", "currency": "USD"},
     "ExportBody": {"target": "jsonl/finance", "dry_run": True},
+    "PortalLinkBody": {"customer": "acme", "expires_in": 60},
 }
 """A valid body per body model, the base that one wrong-typed key is put into."""
 JSON_TYPES: dict[str, set[type]] = {
     "from": {str}, "to": {str}, "customer": {str, type(None)}, "amount": {str, int}, "currency": {str},
     "effective_from": {str, type(None)}, "expires_at": {str, type(None)}, "priority": {int},
     "grant_id": {str, type(None)}, "note": {str}, "target": {str}, "period": {str, type(None)},
-    "dry_run": {bool, type(None)}, "retry_parked": {bool, type(None)},
+    "dry_run": {bool, type(None)}, "retry_parked": {bool, type(None)}, "expires_in": {int},
 }
 """The JSON types each body key takes (bool is not an int here)."""
 
@@ -201,7 +202,8 @@ def test_every_route_answers_its_valid_example_with_200(server: MeterServer) -> 
             body = (server.workdir / "rate-card.yaml").read_bytes()
         status, _, answer = send(server, candidate.method, path_of(candidate, VALID_PATH),
                                  VALID_QUERY.get(candidate.path), body)
-        expected = 400 if candidate.path.endswith("/void") else 201 if candidate.path.endswith("/grants") else 200
+        created = candidate.path.endswith("/grants") or candidate.path == "/v1/portal-links"
+        expected = 400 if candidate.path.endswith("/void") else 201 if created else 200
         assert status == expected, (route_id(candidate), answer)
 
 
