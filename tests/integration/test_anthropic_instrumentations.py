@@ -40,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -113,9 +114,12 @@ EMITTERS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeterServer]:
-    """One server for the module: each emitter sends as its own customer."""
+    """One server for the module: each emitter sends as its own customer. The SDK's own spans are held
+    until an instrumentation's span covers them or the (here short) decision wait is over."""
     meter_server = MeterServer(workdir=tmp_path_factory.mktemp("anthropic-meter"))
     meter_server.write_config()
+    meter_server.config_path.write_text(meter_server.config_path.read_text().replace(
+        "genai_usage: {}", "genai_usage: {nested_usage: {decision_wait: 300ms}}"))
     meter_server.start()
     yield meter_server
     if meter_server.process is not None:
@@ -152,6 +156,7 @@ def run_app(emitter: Emitter, server: MeterServer, fake: FakeAnthropic, env: dic
 
 
 def metered(server: MeterServer, customer: str) -> dict[str, int]:
+    time.sleep(1.0)  # past the decision wait: a held span is billed or recorded as covered by now
     rows = [row for row in server.usage(group_by="customer,provider,model,meter", customer=customer)
             if row["meter"].endswith("_tokens")]
     assert {(row["provider"], row["model"]) for row in rows} == {("anthropic", MODEL)}, rows

@@ -17,9 +17,12 @@ class NestedUsageConfig(ComponentConfig):
     """How long a held span waits for the spans that may cover it, as tail sampling's decision wait.
     The default outlasts the OpenTelemetry SDK batch span processor's defaults (5 s schedule delay,
     30 s export timeout), so the spans of one trace exported in later batches are seen first."""
-    retention: Duration = timedelta(hours=1)
-    """How long decided and model-call spans are remembered: a model-call span arriving this late
-    under a billed aggregate still adjusts it, and a re-sent held span is still recognised."""
+    retention: Duration = timedelta(minutes=5)
+    """How long usage spans are remembered (in memory and in the log): an aggregate whose model calls
+    arrived up to this long before it is covered by them, a model-call span arriving this late under a
+    billed aggregate still adjusts it, and a re-sent held span is still recognised. Memory grows with
+    it: about 1 KiB per usage span remembered, so usage spans per second x retention x 1 KiB
+    (benchmarks/held_spans.py)."""
     fsync: bool = True
     """fsync the held spans' log before acknowledging a request (off trades crash safety for speed)."""
 

@@ -43,6 +43,8 @@ from otel_meter.usage import UsageBatch
 logger = logging.getLogger(__name__)
 
 LOG_NAME = "nested-usage.log"
+COMPACT_AFTER_BYTES = 64 * 1024 * 1024
+"""The log is rewritten with what is remembered once it reaches this size (or twice its last compacted size)."""
 INSTANCE_KEY = "service.instance.id"
 SERVICE_KEY = "service.name"
 INPUT_KINDS = frozenset({"input", "cache_read", "cache_write", "input_audio", "input_image", "input_video"})
@@ -89,36 +91,47 @@ class NestedUsageLog:
         self.fsync = fsync
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", encoding="utf-8")
+        self._file_lock = threading.Lock()
+        """Keeps an fsync and a rewrite apart (the rewrite replaces the file)."""
 
     def lines(self) -> list[dict[str, Any]]:
-        entries = []
+        entries: list[dict[str, Any]] = []
         with open(self.path, encoding="utf-8") as handle:
             for line in handle:
                 try:
-                    entries.append(json.loads(line))
+                    entry = json.loads(line)
+                    entries.extend(entry["batch"] if "batch" in entry else [entry])
                 except ValueError:  # a line torn by a crash mid-append: never acknowledged
                     logger.warning("%s: skipping a torn line at the end", self.path)
         return entries
 
     def append(self, entries: list[dict[str, Any]]) -> None:
+        """One line for all the entries (a request's), so that a torn line loses none of another's."""
         if not entries:
             return
-        self._file.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
+        self._file.write(json.dumps({"batch": entries}, separators=(",", ":")) + "\n")
         self._file.flush()
 
     def sync(self) -> None:
         if self.fsync:
-            os.fsync(self._file.fileno())
+            with self._file_lock:
+                os.fsync(self._file.fileno())
+
+    @property
+    def size(self) -> int:
+        return self._file.tell()
 
     def rewrite(self, entries: list[dict[str, Any]]) -> None:
+        """Replace the log by these lines (atomically: a crash leaves the old log or the new one)."""
         temporary = self.path.with_suffix(".tmp")
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
-        self._file.close()
-        self._file = open(self.path, "a", encoding="utf-8")
+        with self._file_lock:
+            os.replace(temporary, self.path)
+            self._file.close()
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
         self._file.close()
@@ -164,10 +177,16 @@ class NestedUsage:
             if not rows:
                 continue
             first = rows[0]
-            tokens = {batch.meter[row]: batch.quantity[row] for row in rows if batch.meter[row] in token_kinds}
-            input_total = sum(int(quantity) for meter, quantity in tokens.items() if token_kinds[meter] in INPUT_KINDS)
-            output_total = sum(int(quantity) for meter, quantity in tokens.items()
-                               if token_kinds[meter] in OUTPUT_KINDS)
+            tokens: dict[str, int | Decimal] = {}
+            input_total = output_total = 0
+            for row in rows:
+                kind = token_kinds.get(batch.meter[row])
+                if kind is not None:
+                    quantity = tokens[batch.meter[row]] = batch.quantity[row]
+                    if kind in INPUT_KINDS:
+                        input_total += int(quantity)
+                    elif kind in OUTPUT_KINDS:
+                        output_total += int(quantity)
             resource = batch.resource_attributes[first]
             instance = resource.get(INSTANCE_KEY) or resource.get(SERVICE_KEY, "")
             usage_span = UsageSpan(batch.event_id[first], role, start_ns, end_ns or batch.event_time_ns[first],
@@ -249,6 +268,7 @@ class NestedUsage:
                            if adjustment.event_id not in self._stored]
             if not decisions and not adjustments:
                 self.ledger.expire(now)
+                self._compact_if_grown()
                 return 0
             stored = usage_batch(decisions, adjustments)
             if len(stored) and self._store_usage is not None:
@@ -267,6 +287,7 @@ class NestedUsage:
             self.log.sync()
             self.held_spans = len(self.ledger.held)
             self.ledger.expire(now)
+            self._compact_if_grown()
         covered = sum(1 for decision in decisions if not decision.billed)
         logger.debug("nested usage: %d held span(s) covered, %d billed, %d adjustment(s)",
                      covered, len(decisions) - covered, len(adjustments))
@@ -301,10 +322,19 @@ class NestedUsage:
                                    if adjustment.event_id not in stored]
         self.ledger.expire(self.clock())
         self.log.rewrite(self._compacted())
+        self._compact_at = max(COMPACT_AFTER_BYTES, 2 * self.log.size)
         self.held_spans = len(self.ledger.held)
         if self.ledger.held:
             logger.info("nested usage: %d held span(s) from the last run are decided as they fall due",
                         len(self.ledger.held))
+
+    def _compact_if_grown(self) -> None:
+        """Rewrite the log with what is remembered once it has grown to twice its last compacted size
+        (at least COMPACT_AFTER_BYTES): forgotten spans leave the disk too. Called under the lock."""
+        if self.log.size < self._compact_at:
+            return
+        self.log.rewrite(self._compacted())
+        self._compact_at = max(COMPACT_AFTER_BYTES, 2 * self.log.size)
 
     def _compacted(self) -> list[dict[str, Any]]:
         """Log lines that rebuild the present ledger: spans seen, held spans, billed spans (as held with

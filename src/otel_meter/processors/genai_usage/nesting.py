@@ -36,6 +36,8 @@ FRAMEWORK = "framework"
 SELF_TRACED = "self_traced"
 MODEL_CALL = "model_call"
 HELD_ROLES = frozenset({AGGREGATE, FRAMEWORK, SELF_TRACED})
+NO_TOKENS: dict[str, int | Decimal] = {}
+"""The token quantities of a remembered model-call span: no longer needed once it has arrived."""
 
 FRAMEWORK_SCOPES: dict[str, str] = {
     # OpenInference (Arize)
@@ -224,11 +226,14 @@ class NestingLedger:
     # -- what arrives ----------------------------------------------------------------------------
 
     def saw(self, span: UsageSpan) -> list[Adjustment]:
-        """Remember a usage span that is not held; adjust billed spans it covers."""
+        """Remember a usage span that is not held; adjust billed spans it covers. Its token quantities
+        are needed for that only: they are not kept (a remembered span costs less memory)."""
         if span.event_id in self.known:
             return []
+        made = self._adjust_for(span)
+        span.tokens = NO_TOKENS
         self._remember(span)
-        return self._adjust_for(span)
+        return made
 
     def hold(self, held: HeldSpan) -> list[Adjustment]:
         """Hold a span (no effect when it is known already: a re-sent copy); adjustments it makes."""
@@ -291,8 +296,15 @@ class NestingLedger:
     def _adjust_for(self, late: UsageSpan) -> list[Adjustment]:
         """Billed spans the late span covers: aggregates above it in its trace (any usage span), and,
         for a provider-level span, framework or client spans reporting the same call."""
-        made = []
-        for billed in list(self.billed.values()):
+        made: list[Adjustment] = []
+        if not self.billed:
+            return made
+        nearby = [*self._by_trace.get(late.trace_id, ()),
+                  *self._by_counts.get((late.instance, late.input_total, late.output_total), ())]
+        for event_id in dict.fromkeys(span.event_id for span in nearby):  # in order of arrival, once each
+            billed = self.billed.get(event_id)
+            if billed is None:
+                continue
             span = billed.held.span
             if late.event_id in billed.adjusted_by or span.event_id == late.event_id:
                 continue
@@ -320,17 +332,28 @@ class NestingLedger:
     # -- forgetting ------------------------------------------------------------------------------
 
     def expire(self, now_ns: int) -> None:
-        """Forget spans seen more than ``retention_ns`` ago (held spans stay until decided)."""
+        """Forget spans seen more than ``retention_ns`` ago (held spans stay until decided). ``known`` is
+        in order of arrival, so this looks at the spans it forgets and one more."""
         cutoff = now_ns - self.retention_ns
-        old = {event_id for event_id, seen in self.known.items() if seen < cutoff and event_id not in self.held}
-        if not old:
-            return
-        for event_id in old:
+        while self.known:
+            event_id, seen = next(iter(self.known.items()))
+            if seen >= cutoff:
+                return
             del self.known[event_id]
+            if event_id in self.held:  # still waiting for its decision: remembered anew
+                self.known[event_id] = seen
+                if len(self.held) == len(self.known):
+                    return
+                continue
             self.billed.pop(event_id, None)
             self._covering.pop(event_id, None)
-        _forget(self._by_trace, old)
-        _forget(self._by_counts, old)
+            trace = self._by_trace.get(event_id[:32], [])
+            span = next((one for one in trace if one.event_id == event_id), None)
+            if span is None:
+                continue
+            _forget(self._by_trace, span.trace_id, span)
+            if span.role != AGGREGATE:
+                _forget(self._by_counts, (span.instance, span.input_total, span.output_total), span)
 
     def spans(self) -> Iterator[UsageSpan]:
         """Every usage span remembered (for a compacted log)."""
@@ -338,10 +361,10 @@ class NestingLedger:
             yield from spans
 
 
-def _forget(index: dict[Any, list[UsageSpan]], event_ids: set[str]) -> None:
-    for key in list(index):
-        kept = [span for span in index[key] if span.event_id not in event_ids]
-        if kept:
-            index[key] = kept
-        else:
-            del index[key]
+def _forget(index: dict[Any, list[UsageSpan]], key: Any, span: UsageSpan) -> None:
+    spans = index.get(key)
+    if spans is None:
+        return
+    spans.remove(span)
+    if not spans:
+        del index[key]
