@@ -101,3 +101,4 @@ def credit_void(args: argparse.Namespace) -> int:
     if store is not None:
         credit_store.void_grant(store, args.customer, args.grant_id)
     print(f"voided grant {args.grant_id} of {args.customer}")
+    return 0

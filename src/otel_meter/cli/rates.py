@@ -148,7 +148,7 @@ def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:
     if registry is not None:
         return [version for version in registry.versions() if version.card_id == card_id]
     listed = next((entry for entry in answer["cards"] if entry["id"] == card_id), None)
-    versions = []
+    versions: list[Any] = []
     for entry in listed["versions"] if listed else []:
         server = ServerApi(args)
         shown = server.call("GET", f"/v1/rate-cards/{quote(card_id, safe='')}", {"version": entry["version"]})

@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Mapping
 
 from otel_meter.component_model import Kind
 from otel_meter.errors import OtelMeterError, StoreLockedError
@@ -40,7 +40,7 @@ class ServerApi:
         self.token = args.token
         self.context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
 
-    def call(self, method: str, path: str, query: dict[str, str] | None = None, body: bytes | None = None,
+    def call(self, method: str, path: str, query: Mapping[str, str | None] | None = None, body: bytes | None = None,
              content_type: str = "application/json", timeout: float = 300) -> Any | None:
         """The decoded JSON answer, or None when no server listens at the configured address.
         Raises when an explicit ``--url`` does not answer."""
@@ -61,15 +61,17 @@ class ServerApi:
             if isinstance(error.reason, ssl.SSLError):
                 raise OtelMeterError(f"usage API at {self.base}: TLS failed ({error.reason}); pass --cacert with "
                                      f"the CA that signed its certificate") from None
-            return self._no_answer(error.reason)
+            self._no_answer(error.reason)
+            return None
         except (OSError, ValueError) as error:  # refused, reset or timed out; or an answer that is not JSON
-            return self._no_answer(error)
+            self._no_answer(error)
+            return None
 
     def _no_answer(self, reason: object) -> None:
+        """Raises when an explicit ``--url`` did not answer."""
         if self.explicit:
             raise OtelMeterError(f"usage API at {self.base} did not answer ({reason}); check the address, or leave "
                                  f"out --url to read the local store when no server runs")
-        return None
 
     def store_or_explain(self, config_path: str | None, *, write: bool = False):
         """The store, for when no server answered; says what to do when a server owns it, or
@@ -83,7 +85,7 @@ class ServerApi:
                                  f"server's usage API address") from None
 
 
-def registry_answer(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
+def registry_answer(args: argparse.Namespace, method: str, path: str, query: Mapping[str, str | None] | None = None,
                     body: bytes | None = None, content_type: str = "application/json", *,
                     write: bool = False) -> tuple[Any, Any]:
     """The server's answer, or (None, a local registry over the store) when no server runs."""
@@ -91,7 +93,7 @@ def registry_answer(args: argparse.Namespace, method: str, path: str, query: dic
     return (answer, None) if store is None else (None, local_registry(args.config, store))
 
 
-def server_or_store(args: argparse.Namespace, method: str, path: str, query: dict[str, str] | None = None,
+def server_or_store(args: argparse.Namespace, method: str, path: str, query: Mapping[str, str | None] | None = None,
                     body: bytes | None = None, content_type: str = "application/json", *,
                     write: bool = False) -> tuple[Any, Any]:
     """The server's answer, or (None, the store) when no server runs. ``write``: the command

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -282,7 +283,7 @@ class ClickHouseExporter:
                 plan, self._resume_plan = self._resume_plan, None
                 if plan is None:
                     plan = self._plan_records()
-            if not self._write_queue_state(lambda plan=plan: self.journal.begin(plan), "the inflight plan"):
+            if not self._write_queue_state(partial(self.journal.begin, plan), "the inflight plan"):
                 return
             if not self._insert(plan, deadline=None):
                 return

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal
-from typing import Callable
+from functools import partial
+from typing import Callable, Mapping
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
@@ -45,7 +46,7 @@ class LogsConverter:
                     attributes = {key: text_value(value) for key, value in values.items()}
                     name = record.event_name or attributes.get(EVENT_NAME_ATTRIBUTE, "")
                     facts = ItemFacts(name=name, kind=0, scope=scope, service=resource.get(SERVICE_NAME, ""),
-                                      text_of=lambda key, a=attributes, r=resource: a.get(key, r.get(key)))
+                                      text_of=partial(attribute_or_resource, attributes, resource))
                     event_id = "log:" + hashlib.sha1(record.SerializeToString(deterministic=True)
                                                      + repr(sorted(resource.items())).encode()).hexdigest()
                     time_ns = record.time_unix_nano or record.observed_time_unix_nano
@@ -60,6 +61,7 @@ class LogsConverter:
                         if problem:
                             break
                         rule = meter.quantity
+                        quantity: int | Decimal
                         if rule.constant is not None:
                             quantity = rule.constant
                         else:
@@ -82,6 +84,11 @@ class LogsConverter:
                         append_row(batch, event_id, seq, time_ns, meter_name, quantity, attributes, dimensions,
                                    wanted_resource, item_attributes)
         return batch
+
+
+def attribute_or_resource(attributes: Mapping[str, str], resource: Mapping[str, str], key: str) -> str | None:
+    """A log record's attribute, else its resource's (a meter's conditions read both)."""
+    return attributes.get(key, resource.get(key))
 
 
 def time_problem(time_ns: int) -> str | None:

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
@@ -105,7 +105,7 @@ class MetricsConverter:
                  token_metrics: str = "unless_spans", token_sources: TokenSources | None = None) -> None:
         index = MeterIndex(meters, "metrics")
         self.value_meters = [meter for meter in index.meters if meter.quantity.value]
-        self.token_meters = {meter.quantity.tokens: meter.name
+        self.token_meters: dict[str, str] = {meter.quantity.tokens: meter.name
                              for meter in MeterIndex(meters, "spans").meters if meter.quantity.tokens}
         self.token_metrics = token_metrics
         """The genai_usage ``token_metrics`` setting: ``unless_spans``, ``always`` or ``never``."""
@@ -156,11 +156,13 @@ class MetricsConverter:
             with self._lock:
                 counted: list[tuple[MetricPoint, Decimal]] = []
                 for point in points:
-                    delta: Decimal | None = point.value
+                    delta = point.value
                     if point.cumulative:
-                        delta = self._delta(point, changes, batch)
-                        if delta is None:
+                        assert changes is not None  # claimed above for every cumulative point's series
+                        increase = self._delta(point, changes, batch)
+                        if increase is None:
                             continue
+                        delta = increase
                     counted.append((point, delta))
             token_rows = self._token_rows(counted, batch)
             for point, delta in counted:
@@ -206,6 +208,7 @@ class MetricsConverter:
             for point, delta in points:
                 taken = min(parts, delta)
                 parts -= taken
+                assert point.token is not None  # only points with a token role are in totals
                 rows[point.seq] = [(self.token_meters[point.token.bucket], delta - taken)]
         for instance, time_ns in billed_to.items():
             if self.token_metrics == "unless_spans":
@@ -438,7 +441,7 @@ def has_cumulative_points(request: ExportMetricsServiceRequest) -> bool:
     return False
 
 
-def points_of(metric) -> Iterable[tuple[object, Decimal, int]]:
+def points_of(metric: Any) -> Iterable[tuple[Any, Decimal, int]]:
     """(point, value, temporality) of a sum or histogram; gauges and summaries are not additive."""
     kind = metric.WhichOneof("data")
     if kind == "sum":

@@ -85,10 +85,10 @@ def split_modalities(found: dict[str, AnyValue], tokens: dict[str, int], maximum
                         f"cache read and write ({tokens['input']})")
     tokens["input"] = max(0, tokens["input"] - parts)
     parts = 0
-    for kind, keys in OUTPUT_MODALITIES:
+    for kind, output_keys in OUTPUT_MODALITIES:
         if kind not in kinds:
             continue
-        count = tokens[kind] = first_count(found, keys, maximum)
+        count = tokens[kind] = first_count(found, output_keys, maximum)
         parts += count
     if parts > tokens["output"]:
         problems.append(f"audio, image and video output tokens ({parts}) exceed the output tokens left after "

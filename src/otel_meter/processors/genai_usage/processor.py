@@ -92,7 +92,7 @@ class GenAIUsageProcessor:
         self.logs = LogsConverter(meters, lambda: self._extra_span_keys | self._extra_resource_keys)
         self.nested: NestedUsage | None = None
         """Set when the pipeline is wired (nested_usage.enabled): holds aggregate and framework-level spans."""
-        self._token_kinds = {meter.name: meter.quantity.tokens for meter in self.spans.meters
+        self._token_kinds: dict[str, str] = {meter.name: meter.quantity.tokens for meter in self.spans.meters
                              if meter.quantity.tokens}
         self.ignored_cost_log = IgnoredCostLog()
 
@@ -204,7 +204,7 @@ class GenAIUsageProcessor:
                     provider = cv.PROVIDER_SPELLINGS.get(provider, provider)
                     emitter = (sdk_name, scope, provider)
                     try:
-                        measured = []
+                        measured: list[tuple[str, int | Decimal, dict[str, str]]] = []
                         if (token_meters or modality_meters) and not cv.USAGE_KEYS.isdisjoint(found):
                             tokens = token_quantities(found, self.config.max_tokens_per_span, emitter, span,
                                                       self._modality_kinds)
