@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_meter.processors.genai_usage import conventions as cv
+from otel_meter.storage.verify import format_report
 from tests.integration.conftest import MeterServer, export
 from tests.integration.fake_openai import ChatUsage, EmbeddingUsage, FakeOpenAI
 
@@ -119,6 +120,9 @@ def test_an_agent_span_repeating_its_model_calls_usage_is_covered_and_billed_not
     assert report["nested_usage"] == [
         {"role": "aggregate", "decision": "covered", "meter": "input_tokens", "spans": 1, "quantity": "2000"},
         {"role": "aggregate", "decision": "covered", "meter": "output_tokens", "spans": 1, "quantity": "400"}]
+    text = format_report(report)  # what otel-meter verify prints
+    assert "Nested usage: aggregate and framework-level spans, covered (billed nothing) vs billed" in text
+    assert "  aggregate covered: input_tokens 2000 (1 span)" in text
 
 
 def test_an_agent_span_with_no_model_call_beneath_is_billed_and_a_late_call_adjusts_it(

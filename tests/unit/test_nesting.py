@@ -110,3 +110,29 @@ def test_held_spans_survive_a_restart_and_are_decided_once(tmp_path: Path) -> No
     third.take([usage_span("1", MODEL_CALL, 20, 30, 40, 10)], [])
     assert third.run_once() == 1
     assert list(zip(stored[-1].meter, stored[-1].quantity)) == [("input_tokens", -40), ("output_tokens", -10)]
+
+
+def test_a_provider_span_after_its_framework_span_was_billed_reverses_that_span_whole() -> None:
+    ledger = NestingLedger(retention_ns=10**12)
+    framework = usage_span("2", FRAMEWORK, 10, 40, model="gpt-4o")
+    ledger.hold(held(framework))
+    [decision] = ledger.decide(now_ns=WAIT)
+    ledger.settle(decision)
+    [adjustment] = ledger.saw(usage_span("1", MODEL_CALL, 20, 30, trace=OTHER_TRACE))
+    assert adjustment.billed.span is framework
+    assert adjustment.quantities == {"input_tokens": 100, "output_tokens": 20}
+    assert ledger.saw(usage_span("3", MODEL_CALL, 20, 30, trace=OTHER_TRACE)) == []  # nothing left to reverse
+
+
+def test_forgotten_after_the_retention_in_order_of_arrival_while_held_spans_stay() -> None:
+    ledger = NestingLedger(retention_ns=100)
+    waiting = usage_span("9", AGGREGATE, 0, 50)
+    waiting.seen_ns = 0
+    ledger.hold(held(waiting))
+    for number, seen in (("1", 10), ("2", 150)):
+        span = usage_span(number, MODEL_CALL, 20, 30, trace=OTHER_TRACE)
+        span.seen_ns = seen
+        ledger.saw(span)
+    ledger.expire(now_ns=200)
+    assert list(ledger.known) == [OTHER_TRACE + "2" * 16, TRACE + "9" * 16]
+    assert [span.event_id for span in ledger.spans()] == [TRACE + "9" * 16, OTHER_TRACE + "2" * 16]

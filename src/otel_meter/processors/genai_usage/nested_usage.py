@@ -43,6 +43,8 @@ from otel_meter.usage import UsageBatch
 logger = logging.getLogger(__name__)
 
 LOG_NAME = "nested-usage.log"
+FAILURE_LOG_INTERVAL = 30
+"""While storing decisions fails (the store or the queue refuses), one warning per this many seconds."""
 COMPACT_AFTER_BYTES = 64 * 1024 * 1024
 """The log is rewritten with what is remembered once it reaches this size (or twice its last compacted size)."""
 INSTANCE_KEY = "service.instance.id"
@@ -253,11 +255,17 @@ class NestedUsage:
         self.log.close()
 
     def _run(self, interval: float) -> None:
+        last_failure_log = 0.0
         while not self._stop.wait(interval):
             try:
                 self.run_once()
-            except Exception:  # the store or queue refused: everything stays held and is tried again
-                logger.exception("nested usage: deciding held spans failed; they stay held and are retried")
+            except Exception as error:  # the store or queue refused: everything stays held and is tried again
+                if time.monotonic() - last_failure_log >= FAILURE_LOG_INTERVAL:
+                    last_failure_log = time.monotonic()
+                    logger.warning("nested usage: storing the decisions on %d held span(s) failed (%s); they stay "
+                                   "held and are tried again every %.2gs (logged once per %ds)", self.held_spans,
+                                   error, interval, FAILURE_LOG_INTERVAL,
+                                   exc_info=not isinstance(error, OtelMeterError))
 
     def run_once(self) -> int:
         """Decide what is due, store it, record it; the number of decisions and adjustments stored."""
