@@ -22,9 +22,10 @@
   }
 
   function tick(seconds, span) {
-    // an axis label in the chosen zone, 24-hour: month-day over more than two days, else hour:minute
+    // an axis label in the chosen zone, 24-hour: month-day at midnight over more than two days, else hour:minute
     var date = new Date(seconds * 1000), utc = zone === "utc";
-    if (span > 2 * 86400) {
+    var midnight = (utc ? date.getUTCHours() : date.getHours()) === 0 && (utc ? date.getUTCMinutes() : date.getMinutes()) === 0;
+    if (span > 2 * 86400 && midnight) {
       return pad((utc ? date.getUTCMonth() : date.getMonth()) + 1) + "-" + pad(utc ? date.getUTCDate() : date.getDate());
     }
     return pad(utc ? date.getUTCHours() : date.getHours()) + ":" + pad(utc ? date.getUTCMinutes() : date.getMinutes());
