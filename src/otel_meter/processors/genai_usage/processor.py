@@ -7,6 +7,7 @@ operation, and appends straight into the batch's columns.
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
@@ -35,6 +36,8 @@ from otel_meter.processors.genai_usage.values import (
     text_value,
 )
 from otel_meter.usage import Rejection, UsageBatch
+
+logger = logging.getLogger(__name__)
 
 MAX_TIME_NS = 2**63 - 1
 """Event times are stored as DateTime64(9), a signed 64-bit count of nanoseconds."""
@@ -118,7 +121,13 @@ class GenAIUsageProcessor:
         if not settings.enabled or pipeline.signal != TRACES or not pipeline.exporters:
             return
         exporter = pipeline.exporters[0]
-        directory = exporter.journal.directory.parent / f"nested-usage-{pipeline.name.replace('/', '-')}"
+        journal = getattr(exporter, "journal", None)
+        if journal is None:
+            logger.warning("pipeline %s: nested usage is not applied: its first exporter has no local queue "
+                           "to keep held spans beside (aggregate spans' tokens are not billed, framework-level "
+                           "spans are billed as model calls)", pipeline.name)
+            return
+        directory = journal.directory.parent / f"nested-usage-{pipeline.name.replace('/', '-')}"
         log = NestedUsageLog(directory / LOG_NAME, fsync=settings.fsync)
         self.nested = NestedUsage(round(settings.decision_wait.total_seconds() * 1e9),
                                   round(settings.retention.total_seconds() * 1e9), log)
