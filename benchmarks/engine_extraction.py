@@ -71,7 +71,8 @@ class Engine:
         self.path = path
         self.connection = chdb.connect(str(path))
         messages = parse_subset_proto(SUBSET_PROTO.read_text())
-        for statement in (landing_table_sql(messages), wide_table_sql(), view_sql(maximum, resource_keys=(CUSTOMER_KEY,))):
+        for statement in (landing_table_sql(messages), wide_table_sql(),
+                          view_sql(maximum, resource_keys=(CUSTOMER_KEY,))):
             self.connection.query(statement)
 
     def inserter(self, path: str) -> Callable[[bytes], None]:
@@ -435,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     maximum = GenAIUsageConfig().max_tokens_per_span
     if args.print_sql:
-        print(landing_table_sql(messages) + ";\n" + wide_table_sql() + ";\n" + view_sql(maximum, resource_keys=(CUSTOMER_KEY,)) + ";")
+        print(landing_table_sql(messages) + ";\n" + wide_table_sql() + ";\n"
+              + view_sql(maximum, resource_keys=(CUSTOMER_KEY,)) + ";")
         return 0
     fractions = args.genai_fraction or [1.0, 0.1]
     per_insert = [int(n) for n in args.requests_per_insert.split(",")]

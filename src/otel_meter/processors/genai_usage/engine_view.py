@@ -80,6 +80,13 @@ TEXT_KEYS = tuple(dict.fromkeys((cv.OPERATION, *(key for key, _ in cv.OPERATION_
 """The attributes read as text (operation, its fallbacks, provider, model), each once."""
 
 
+def span_attribute_values(part: str) -> str:
+    """The column of one part of the span attributes' values (the bytes part read as Array(Int8))."""
+    if part == "value":
+        return "CAST(sp.attributes.value.value, " + quoted("Array(Int8)") + ")"
+    return f"sp.attributes.value.{part}"
+
+
 def text_of_sql(kind: str, integer: str, double: str, string: str, boolean: str) -> str:
     """``values.text_value`` over one value's parts: the string, else ints, doubles and bools as text, else ''."""
     return (f"multiIf({kind} = {ONEOF['string_value']}, {string}, {kind} = {ONEOF['int_value']}, toString({integer}), "
@@ -120,7 +127,8 @@ def count_sql(maximum: int) -> tuple[str, str]:
     valid = (f"p = 0 OR multiIf(t = {integer}, i BETWEEN 0 AND {limit}, "
              f"t = {double}, isFinite(d) AND d >= 0 AND d <= {limit} AND d = floor(d), "
              f"t = {string}, x IS NOT NULL AND x >= 0 AND x <= {limit} AND x = floor(assumeNotNull(x)), false)")
-    count = (f"multiIf(t = {integer}, toUInt64(greatest(i, 0)), t = {double}, toUInt64(greatest(least(d, {limit}), 0)), "
+    count = (f"multiIf(t = {integer}, toUInt64(greatest(i, 0)), "
+             f"t = {double}, toUInt64(greatest(least(d, {limit}), 0)), "
              f"t = {string}, toUInt64(greatest(least(ifNull(x, 0), {limit}), 0)), toUInt64(0))")
     return valid, count
 
@@ -191,10 +199,10 @@ def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequ
     separator = ",\n     "
     zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
     reversed_arrays = ",\n        ".join(
-        f"reverse({'CAST(sp.attributes.value.value, ' + quoted('Array(Int8)') + ')' if part == 'value' else f'sp.attributes.value.{part}'}) AS {alias}"
-        for alias, part in VALUE_ARRAYS.items())
+        f"reverse({span_attribute_values(part)}) AS {alias}" for alias, part in VALUE_ARRAYS.items())
     resource_texts = ("arrayMap((t, s, i, d, b) -> " + text_of_sql("t", "i", "d", "s", "b")
-                      + ", CAST(rs.resource.attributes.value.value, 'Array(Int8)'), rs.resource.attributes.value.string_value, "
+                      + ", CAST(rs.resource.attributes.value.value, 'Array(Int8)'), "
+                        "rs.resource.attributes.value.string_value, "
                         "rs.resource.attributes.value.int_value, rs.resource.attributes.value.double_value, "
                         "rs.resource.attributes.value.bool_value)")
     all_resource_keys = list(dict.fromkeys(resource_keys + [SDK_NAME]))
