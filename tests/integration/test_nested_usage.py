@@ -148,7 +148,7 @@ def test_an_agent_span_with_no_model_call_beneath_is_billed_and_a_late_call_adju
         ("adjusted", "input_tokens"): "-1000", ("adjusted", "output_tokens"): "-200"}
 
 
-def test_held_agent_spans_survive_a_restart_and_are_decided_once(nested_server: MeterServer) -> None:
+def test_held_agent_spans_survive_a_crash_and_are_decided_once(nested_server: MeterServer) -> None:
     meter_server = nested_server
     meter_server.stop()
     configure(meter_server, "genai_usage: {nested_usage: {decision_wait: 3s}}")
@@ -159,7 +159,9 @@ def test_held_agent_spans_survive_a_restart_and_are_decided_once(nested_server: 
         pass
     assert export(meter_server, list(memory.get_finished_spans())) == SpanExportResult.SUCCESS
     assert token_rows(meter_server, "initech") == {}  # held
-    meter_server.stop()
+    assert meter_server.process is not None
+    meter_server.process.kill()  # a crash while the span is held: acknowledged, so it must not be lost
+    meter_server.process.wait()
     meter_server.start()
     assert export(meter_server, list(memory.get_finished_spans())) == SpanExportResult.SUCCESS  # a re-sent copy
     expected = {"input_tokens": (500, "0.00125"), "output_tokens": (100, "0.001")}
