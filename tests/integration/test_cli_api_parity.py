@@ -180,8 +180,9 @@ def test_a_read_command_with_url_prints_the_usage_api_answer(answers: Answers, c
     assert answers.with_url[command] == ({"rows": api["rows"]} if command.startswith("usage") else api)
 
 
-LOCAL_ONLY = {("doctor",)}
-"""Commands that print JSON but never ask a server: doctor checks this machine's installation."""
+LOCAL_ONLY = {("doctor",), ("rates", "validate")}
+"""Commands that print JSON but never ask a server: doctor checks this machine's installation, rates
+validate checks card files."""
 
 
 def test_every_command_that_prints_json_is_run_both_ways() -> None:

@@ -6,12 +6,15 @@ both call these functions, so a document is the same whichever of them computes 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otel_meter.errors import OtelMeterError
 from otel_meter.rating.card_diff import diff_versions
 from otel_meter.rating.explain import explain, iso
+from otel_meter.rating.rate_book import RateBook
+from otel_meter.rating.rate_card import load_rate_card
 from otel_meter.rating.statement import plain
 
 if TYPE_CHECKING:
@@ -48,6 +51,19 @@ class PriceExplanationRequest:
 def meter_names(text: str | None) -> tuple[str, ...]:
     """The meters of a comma-separated list (``--meter`` or ``?meter=``); empty entries are dropped."""
     return tuple(name for name in (text or "").split(",") if name)
+
+
+def card_files(paths: Sequence[str]) -> dict[str, Any]:
+    """Card files checked together, as applying them would (plans they name resolve, discounts
+    stay exact; the first price card is the default, the first cost card the cost card): each
+    file's card and versions. A bad file raises ``RateCardError`` naming it."""
+    cards = [load_rate_card(path) for path in paths]
+    defaults = [card.id for card in cards if card.latest.kind == "price"]
+    costs = [card.id for card in cards if card.latest.kind == "cost"]
+    RateBook([version for card in cards for version in card.versions], defaults[0] if defaults else None,
+             costs[0] if costs else None)
+    return {"files": [{"file": path, "card": card.id, "versions": [version.version for version in card.versions]}
+                      for path, card in zip(paths, cards)]}
 
 
 def card_list(registry: RateCardRegistry, now_ns: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ def add_commands(commands: Any, token: str | None) -> None:
 
     validate = sub.add_parser("validate", help="check card files without applying them")
     validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--format", choices=["text", "json"], default="text")
 
     diff = sub.add_parser("diff", help="what applying a card file would change (exit 1 when something would)",
                           description="Each version in the file is compared with the applied version of the same "
@@ -89,18 +90,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
-    from otel_meter.rating.rate_book import RateBook
-    from otel_meter.rating.rate_card import load_rate_card
+    from otel_meter.app.pricing import card_files
 
-    loaded = [load_rate_card(path) for path in args.files]
-    versions = [version for card in loaded for version in card.versions]
-    defaults = [card.id for card in loaded if card.latest.kind == "price"]
-    costs = [card.id for card in loaded if card.latest.kind == "cost"]
-    RateBook(versions, defaults[0] if defaults else None, costs[0] if costs else None)  # plans resolve, discounts exact
-    for path, card in zip(args.files, loaded):
-        print(f"{path}: valid: card {card.id}, {len(card.versions)} version(s): "
-              + ", ".join(v.version for v in card.versions))
+    document = card_files(args.files)
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+        return 0
+    for entry in document["files"]:
+        print(f"{entry['file']}: valid: card {entry['card']}, {len(entry['versions'])} version(s): "
+              + ", ".join(entry["versions"]))
     return 0
+
 
 def diff(args: argparse.Namespace) -> int:
     """Each version of the file against the version of the same name already applied (or in
