@@ -152,12 +152,17 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=90, help="days before now they spread over (default 90)")
     parser.add_argument("--rounds", type=int, default=20, help="loads of each page (default 20)")
     parser.add_argument("--workdir", type=Path, help="keep the store here (default: a temporary directory)")
+    parser.add_argument("--reuse", action="store_true", help="measure the store already in --workdir")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="console-pages-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    progress(f"making {args.rows:,} usage rows in {workdir / 'data'}")
-    insert_s = fill_store(workdir, args.rows, args.days)
-    progress(f"inserted in {insert_s:.1f} s")
+    if args.reuse:
+        insert_s = 0.0
+        progress(f"measuring the store in {workdir / 'data'} as it is")
+    else:
+        progress(f"making {args.rows:,} usage rows in {workdir / 'data'}")
+        insert_s = fill_store(workdir, args.rows, args.days)
+        progress(f"inserted in {insert_s:.1f} s")
     api_port = free_port()
     server = start_server(workdir, api_port)
     try:

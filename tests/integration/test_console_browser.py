@@ -257,7 +257,8 @@ def test_overview_totals_equal_the_usage_api_for_the_shown_range(admin: Console,
     series = admin.series()  # the chart's buckets add up to the range's total, exactly
     assert sum(Decimal(value) for values in series["spend"]["USD"].values() for value in values) == \
         Decimal(shown["USD"][0])
-    assert len(series["buckets"]) == 8  # every day of the range, those without usage too
+    assert len(series["buckets"]) == 7  # every day of the range (whole days), those without usage too
+    assert start.endswith("T00:00:00Z") and end.endswith("T00:00:00Z")
     assert admin.page.locator(".callout").inner_text().count("llama-3-70b") == 1  # unpriced usage called out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from otel_meter.app.overview import OTHER, OverviewRequest, bucket_starts, chart_groups
+from otel_meter.storage.usage_series import UsageSeriesRequest, series_sql
 
 NS = 10**9
 
@@ -34,3 +35,15 @@ def test_a_chart_stacks_the_largest_groups_and_sums_the_others() -> None:
     points = [{"customer": f"c{index:02d}", "amount": f"{index}.5", "quantity": index} for index in range(12)]
     assert chart_groups(points, "customer") == [f"c{index:02d}" for index in range(3, 12)] + [OTHER]
     assert chart_groups(points[:10], "customer") == [f"c{index:02d}" for index in range(10)]
+
+
+def test_a_series_reads_the_smallest_rollup_that_answers_exactly() -> None:
+    def source(start: str, end: str, bucket: str) -> str:
+        sql = series_sql(UsageSeriesRequest(ns(start), ns(end), bucket))
+        return sql.split("FROM ", 1)[1].split()[0]
+
+    assert source("2026-12-01T00:00:00", "2026-12-08T00:00:00", "day") == "usage_daily"
+    assert source("2026-12-01T00:00:00", "2026-12-08T00:00:00", "month") == "usage_daily"
+    assert source("2026-12-01T00:00:00", "2026-12-08T00:00:00", "hour") == "usage_hourly"
+    assert source("2026-12-01T05:00:00", "2026-12-08T00:00:00", "day") == "usage_hourly"
+    assert source("2026-12-01T05:30:00", "2026-12-08T00:00:00", "day") == "line_items"

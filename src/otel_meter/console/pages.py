@@ -65,7 +65,8 @@ INVOICE_TYPES = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=u
 @dataclass(frozen=True)
 class RangeChoice:
     """The range picker's state: a preset (``24h`` ...) or ``custom`` days, the bucket and grouping.
-    Ranges are whole hours (the preset ends at the next full hour), so they read the hourly rollup."""
+    ``24h`` ends at the next full hour; the longer presets end at the next midnight (UTC) and
+    are whole days, as custom ranges are; so every range reads a rollup."""
 
     name: str
     start_ns: int
@@ -87,7 +88,8 @@ def range_choice(request: Request, now_ns: int, group_default: str = "model") ->
             raise ValueError(f"to ({end_day}) must not be before from ({start_day})")
     else:
         name = name if name in RANGES else "7d"
-        end = datetime.fromtimestamp(now_ns // NS // 3600 * 3600 + 3600, tz=timezone.utc)
+        unit = 3600 if RANGES[name] < timedelta(days=2) else 86400  # whole days: a day's bar is the whole day
+        end = datetime.fromtimestamp(now_ns // NS // unit * unit + unit, tz=timezone.utc)
         start = end - RANGES[name]
     default_bucket = "hour" if end - start <= timedelta(days=2) else "day"
     bucket = query.get("bucket", "")

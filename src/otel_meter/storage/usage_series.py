@@ -24,7 +24,7 @@ GROUP BY bucket_s, group_value, meter, currency
 HAVING sum(quantity) != 0 OR sum(amount) != 0
 ORDER BY bucket_s, group_value, meter, currency
 """
-"""Formatted only with names from BUCKETS, queries.GROUP_KEYS and the two fixed sources; every
+"""Formatted only with names from BUCKETS, queries.GROUP_KEYS and the three fixed sources; every
 value is a bound parameter."""
 
 
@@ -49,8 +49,14 @@ class UsageSeriesRequest:
 
 
 def series_sql(request: UsageSeriesRequest) -> str:
-    hour = 3600 * NS
-    if request.start_ns % hour == 0 and request.end_ns % hour == 0:
+    """The cheapest source that answers exactly: the daily rollup for day or month buckets over
+    whole days, the hourly rollup over whole hours, else the line items."""
+    hour, day = 3600 * NS, 86400 * NS
+    if request.bucket != "hour" and request.start_ns % day == 0 and request.end_ns % day == 0:
+        source, time_column = "usage_daily", "toDateTime(day, 'UTC')"
+        time_filter = ("day >= toDate(toDateTime({from_s:Int64}, 'UTC')) "
+                       "AND day < toDate(toDateTime({to_s:Int64}, 'UTC'))")
+    elif request.start_ns % hour == 0 and request.end_ns % hour == 0:
         source, time_column = "usage_hourly", "hour"
         time_filter = "hour >= toDateTime({from_s:Int64}, 'UTC') AND hour < toDateTime({to_s:Int64}, 'UTC')"
     else:
