@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from otel_meter.component_model import EVENTS
 from otel_meter.errors import ExportError
-from otel_meter.processors.attribution.processor import AttributionProcessor, first_value
 from otel_meter.telemetry.counts import PipelineCounts, count_items, refusal_reason, rejection_reason
 from otel_meter.telemetry.refusals import RefusalLog
 from otel_meter.usage import Rejection, UsageBatch
@@ -22,6 +21,14 @@ from otel_meter.usage import Rejection, UsageBatch
 
 class UsageProcessor(Protocol):
     def process(self, batch: UsageBatch) -> UsageBatch: ...
+
+
+@runtime_checkable
+class CustomerAttribution(Protocol):
+    """A processor that decides whose usage an item is (the attribution processor): the pipeline
+    asks it about refused items, to name their customers in the refusal log."""
+
+    def customer_of(self, resource: dict[str, str], attributes: dict[str, str]) -> str: ...
 
 
 class PendingWrite(Protocol):
@@ -96,7 +103,7 @@ class UsagePipeline:
         self.counts = PipelineCounts()
         """Items received, accepted, refused; rows queued and unpriced (read by ``GET /metrics``)."""
         self.refusals = RefusalLog(f"pipeline {name}", signal)
-        self._attribution = next((p for p in processors if isinstance(p, AttributionProcessor)), None)
+        self._attribution = next((p for p in processors if isinstance(p, CustomerAttribution)), None)
         self._convert: Callable[[Any], UsageBatch] | None = None
         if signal != EVENTS:
             if converter is None:
@@ -204,7 +211,7 @@ class UsagePipeline:
         """The customer the attribution processor would give the refused item's usage, if it says."""
         if self._attribution is None:
             return ""
-        return first_value(self._attribution.config.customer, rejection.resource, rejection.attributes)
+        return self._attribution.customer_of(rejection.resource, rejection.attributes)
 
     def _await_prerequisites(self, batch: UsageBatch) -> None:
         """Copies of events this batch dropped as duplicates, held by other requests, must be stored too."""

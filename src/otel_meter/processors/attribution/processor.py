@@ -26,6 +26,10 @@ class AttributionProcessor:
     def __init__(self, config: AttributionConfig) -> None:
         self.config = config
 
+    def customer_of(self, resource: dict[str, str], attributes: dict[str, str]) -> str:
+        """The customer this processor gives an item with these attributes ("" when none says)."""
+        return first_value(self.config.customer, resource, attributes)
+
     @property
     def wanted_attributes(self) -> set[str]:
         c = self.config
