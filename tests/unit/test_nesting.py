@@ -136,3 +136,14 @@ def test_forgotten_after_the_retention_in_order_of_arrival_while_held_spans_stay
     ledger.expire(now_ns=200)
     assert list(ledger.known) == [OTHER_TRACE + "2" * 16, TRACE + "9" * 16]
     assert [span.event_id for span in ledger.spans()] == [TRACE + "9" * 16, OTHER_TRACE + "2" * 16]
+
+
+def test_a_resent_aggregate_covered_on_arrival_keeps_its_invocation_count_for_dedup_to_decide(
+        tmp_path: Path) -> None:
+    usage = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: 0)
+    call = usage_span("1", MODEL_CALL, 20, 30)
+    agent = usage_span("3", AGGREGATE, 10, 40)
+    assert usage.take([call], [held(agent)]) == (set(), {agent.event_id})
+    assert [row.meter for row in usage.ledger.held[agent.event_id].rows] == ["input_tokens", "output_tokens"]
+    again = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: 0)  # a restart
+    assert again.take([call], [held(agent)]) == ({agent.event_id}, {agent.event_id})

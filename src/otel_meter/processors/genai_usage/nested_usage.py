@@ -212,7 +212,9 @@ class NestedUsage:
         """Record the usage spans of one request, durably. Returns the event ids of held spans known
         already (re-sent copies: held or decided before, their rows are dropped), and of aggregates
         covered on arrival: their rows that are not coverable (the invocation count) are stored with
-        the request, so only the coverable ones are held, for the record."""
+        the request, so only the coverable ones are held, for the record. A re-sent copy of such an
+        aggregate is among them too: if the first request was not stored, its count is stored now
+        (and dropped by the dedup processor if it was)."""
         entries: list[dict[str, Any]] = []
         known: set[str] = set()
         covered: set[str] = set()
@@ -224,12 +226,15 @@ class NestedUsage:
             for one in held:
                 if self.ledger.is_known(one.span.event_id):
                     known.add(one.span.event_id)
+                    if one.span.event_id in self.ledger.covered_on_arrival:
+                        covered.add(one.span.event_id)
                     continue
                 if one.span.role == AGGREGATE and self.ledger.covering_now(one.span):
                     covered.add(one.span.event_id)
                     one.rows = [row for row in one.rows if row.coverable]
+                    self.ledger.covered_on_arrival.add(one.span.event_id)
                 self.ledger.hold(one)
-                entries.append({"h": held_json(one)})
+                entries.append({"h": held_json(one), "early": one.span.event_id in covered})
             self.log.append(entries)
             self.held_spans = len(self.ledger.held)
         if entries:
@@ -314,12 +319,16 @@ class NestedUsage:
                 self.ledger.saw(span_from(entry["s"]))
             elif "h" in entry:
                 self.ledger.hold(held_from(entry["h"]))
+                if entry.get("early"):
+                    self.ledger.covered_on_arrival.add(entry["h"]["span"]["id"])
             elif "d" in entry:
                 held = self.ledger.held.get(entry["d"])
                 if held is not None:
                     self.ledger.settle(Decision(held, entry["c"]))
             elif "x" in entry:
                 stored.add(entry["x"])
+            elif "e" in entry:
+                self.ledger.covered_on_arrival.add(entry["e"])
             elif "p" in entry:
                 pending = entry["p"]
                 billed = self.ledger.billed.get(pending["billed"])
@@ -368,7 +377,8 @@ class NestedUsage:
         pending = [{"p": {"billed": adjustment.billed.span.event_id, "late": adjustment.late_event_id,
                           "q": {meter: _quantity_text(quantity) for meter, quantity in adjustment.quantities.items()}}}
                    for adjustment in ledger.adjustments]
-        return entries + decided + pending
+        early = [{"e": event_id} for event_id in ledger.covered_on_arrival]
+        return entries + decided + pending + early
 
 
 def usage_batch(decisions: list[Decision], adjustments: list[Adjustment]) -> UsageBatch:

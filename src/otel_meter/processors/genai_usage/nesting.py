@@ -222,6 +222,8 @@ class NestingLedger:
         """Covering span's event id -> roles it already covers a span of (one span each)."""
         self.adjustments: list[Adjustment] = []
         """Adjustments made and not yet recorded in the audit table."""
+        self.covered_on_arrival: set[str] = set()
+        """Aggregates covered when they arrived: their invocation count went with their request."""
 
     # -- what arrives ----------------------------------------------------------------------------
 
@@ -347,6 +349,7 @@ class NestingLedger:
                 continue
             self.billed.pop(event_id, None)
             self._covering.pop(event_id, None)
+            self.covered_on_arrival.discard(event_id)
             trace = self._by_trace.get(event_id[:32], [])
             span = next((one for one in trace if one.event_id == event_id), None)
             if span is None:
