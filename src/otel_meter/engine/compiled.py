@@ -15,7 +15,8 @@ block's rated line items are computed and inserted by the engine too, with no Py
   versions) and the prices are joined to the rows; amount = unit price x quantity exactly, in
   ``Decimal(38, 18)``.
 
-A block the compiled form cannot take exactly (a duplicate or a span held by another block, a
+Spans counted before (client retries) are left out by id. A block the compiled form cannot take
+exactly (a span held by another block being stored or twice in the block, a
 metric-billed service instance, an amount beyond the storable range) goes through the Python
 processors instead (:class:`BlockOutcome` says why), so every rule and every refusal stays the
 Python path's.
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
-from otel_meter.engine.sql_text import literal, quoted
+from otel_meter.engine.sql_text import literal, quoted, sql_array
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.processors.attribution.processor import AttributionProcessor
 from otel_meter.processors.dedup.processor import DedupProcessor
@@ -76,6 +77,8 @@ class BlockOutcome:
     unpriced: int = 0
     refused: int = 0
     """Spans the engine's view refused (not inserted; the caller reads and reports them)."""
+    duplicates: int = 0
+    """Spans already counted, left out."""
     fallback: str = ""
 
 
@@ -101,9 +104,10 @@ class CompiledPipeline:
         lookups += [f"span_attributes[{quoted(key)}]" for key in keys]
         return f"arrayFirst(v -> v != '', [{', '.join(lookups)}])"
 
-    def usage_sql(self, rows: str, boundaries: list[int]) -> str:
+    def usage_sql(self, rows: str, boundaries: list[int], duplicates: list[str]) -> str:
         """One row per span and meter with a quantity, attributed, with the rate book's epoch of its
-        time (``bisect_right`` of the book's version boundaries, as ``RateBook.epoch``)."""
+        time (``bisect_right`` of the book's version boundaries, as ``RateBook.epoch``); spans whose id
+        is in ``duplicates`` are left out."""
         config = self.attribution
         derived = self._first_value(config.customer)
         customer = (f"if(bound_customer != '', bound_customer, "
@@ -120,15 +124,16 @@ SELECT event_id, event_time, received_at, toUInt64({epochs}) AS epoch, {customer
        toString(model) AS model, toString(operation) AS operation,
        arrayJoin(arrayFilter(pair -> pair.2 > 0, [{pairs}])) AS pair, pair.1 AS meter, pair.2 AS quantity
 FROM {rows}
-WHERE refusal = ''"""
+WHERE refusal = ''{f" AND event_id NOT IN {sql_array(duplicates)}" if duplicates else ""}"""
 
-    def keys_sql(self, rows: str, boundaries: list[int]) -> str:
+    def keys_sql(self, rows: str, boundaries: list[int], duplicates: list[str]) -> str:
         """The block's distinct rating keys, each with its largest quantity and its row count."""
         keys = ", ".join(KEY_COLUMNS)
         return (f"SELECT {keys}, max(quantity) AS largest, count() AS count "
-                f"FROM ({self.usage_sql(rows, boundaries)}) GROUP BY {keys}")
+                f"FROM ({self.usage_sql(rows, boundaries, duplicates)}) GROUP BY {keys}")
 
-    def insert_select_sql(self, rows: str, prices: list[tuple[Any, ...]], boundaries: list[int]) -> str:
+    def insert_select_sql(self, rows: str, prices: list[tuple[Any, ...]], boundaries: list[int],
+                          duplicates: list[str]) -> str:
         structure = ", ".join(f"{name} {kind}" for name, kind in PRICE_STRUCTURE.items())
         values = ", ".join("(" + ", ".join(map(literal, row)) + ")" for row in prices)
         return f"""
@@ -137,7 +142,7 @@ SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at),
        CAST(map(), 'Map(String, String)'), p.unit_price, p.unit_price * u.quantity, p.currency, p.priced,
        p.rate_card, p.rate_card_version, p.rate_rule, p.unit_cost * u.quantity, p.cost_currency, p.cost_card,
        p.cost_card_version
-FROM ({self.usage_sql(rows, boundaries)}) AS u
+FROM ({self.usage_sql(rows, boundaries, duplicates)}) AS u
 INNER JOIN (SELECT * FROM values({quoted(structure)}, {values})) AS p USING ({', '.join(KEY_COLUMNS)})
 SETTINGS join_algorithm = 'hash'"""
 
@@ -165,17 +170,21 @@ SETTINGS join_algorithm = 'hash'"""
                 return BlockOutcome(fallback="a service instance of the block had token metric points billed")
         now_ns = time.time_ns()
         reservation = self.index.claim_again(ids, times) if again else self.index.claim_all(ids, times, now_ns)
+        duplicates: list[str] = []
         if reservation is None:
             decisions, reservation = self.index.admit(ids, times, now_ns)
-            if not all(decisions):
+            duplicates = [event_id for event_id, new in zip(ids, decisions) if not new]
+            if reservation.waits_on or not set(duplicates).isdisjoint(key[0] for key in reservation.keys):
+                # the Python processors wait for the other block; the SQL leaves spans out by id
                 self.index.resolve(reservation, stored=False)
-                return BlockOutcome(fallback="the block holds spans already counted or held by another block")
+                return BlockOutcome(fallback="a span of the block is held by another block being stored, or is in "
+                                             "the block twice")
         stored = False
         try:
             priced_book = self.rating.priced_book()
             assert priced_book.book is not None
             boundaries = list(priced_book.book.boundaries)
-            keys = client.query(self.keys_sql(rows, boundaries)).result_rows
+            keys = client.query(self.keys_sql(rows, boundaries, duplicates)).result_rows
             prices: list[tuple[Any, ...]] = []
             unpriced = count = 0
             for epoch, customer, model, provider, meter, largest, rows_of_key in keys:
@@ -187,11 +196,14 @@ SETTINGS join_algorithm = 'hash'"""
                 unpriced += 0 if unit is not None else rows_of_key
                 prices.append((epoch, customer, model, provider, meter, _money(unit), unit is not None, currency,
                                card, version, rule, _money(unit_cost), cost_currency, cost_card, cost_version))
+            if not prices:  # every span of the block was counted before
+                stored = True
+                return BlockOutcome(refused=refused, duplicates=len(duplicates))
             begin()
             self.store.insert_usage_select(client, INSERTED_COLUMNS,
-                                           self.insert_select_sql(rows, prices, boundaries), token)
+                                           self.insert_select_sql(rows, prices, boundaries, duplicates), token)
             stored = True
-            return BlockOutcome(stored=count, unpriced=unpriced, refused=refused)
+            return BlockOutcome(stored=count, unpriced=unpriced, refused=refused, duplicates=len(duplicates))
         finally:
             self.index.resolve(reservation, stored)
 
