@@ -294,6 +294,26 @@ ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel_meter/billing
                                       recorded_at)
 ORDER BY (target, customer, meter, currency, window_start, revision);
 
+-- Decisions on nested usage (0007_nested_usage.sql): written by every replica, read by verify.
+CREATE TABLE IF NOT EXISTS otel_meter.nested_usage ON CLUSTER otel_meter
+(
+    event_id String,
+    role LowCardinality(String),
+    decision LowCardinality(String),
+    meter LowCardinality(String),
+    quantity Decimal(38, 9),
+    operation LowCardinality(String),
+    provider LowCardinality(String),
+    model LowCardinality(String),
+    service LowCardinality(String),
+    event_time DateTime64(9, 'UTC'),
+    covered_by Array(String),
+    decided_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel_meter/nested_usage', '{shard}-{replica}',
+                                      decided_at)
+ORDER BY (event_id, decision, meter);
+
 CREATE TABLE IF NOT EXISTS otel_meter.schema_migrations ON CLUSTER otel_meter
 (
     version UInt32,
@@ -304,4 +324,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage');

@@ -63,7 +63,7 @@ def cluster_tables(sql: str) -> dict[str, list[tuple[str, str]]]:
 def test_every_statement_of_the_cluster_schema_parses(store):
     statements = split_statements((CLUSTER / "schema.sql").read_text())
     trees = store.call(parse, statements)
-    assert len(trees) == len(statements) == 21
+    assert len(trees) == len(statements) == 22
     engines = " ".join(trees)
     for engine in ("ReplicatedMergeTree", "ReplicatedSummingMergeTree", "ReplicatedReplacingMergeTree",
                    "Distributed", "Null"):
