@@ -228,3 +228,47 @@ def test_the_engine_stores_the_same_line_items_as_the_python_processors(tmp_path
     assert "dedup, attribution and rating run in the engine too" in servers[1].log()
     assert len(python_items) == 23
     assert engine_items == python_items
+
+
+def with_field_of_another_wire_type(spans: list) -> bytes:
+    """An OTLP request whose last span carries trace_id (field 1) once more as a varint before the
+    real one: the protobuf runtime keeps it as an unknown field, the engine's reader refuses it."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from otel_meter.engine.landing import varint
+
+    def field(number: int, payload: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    request = encode_spans(spans)
+    resource_spans = request.resource_spans[-1]
+    scope_spans = resource_spans.scope_spans[-1]
+    odd_span = b"\x08\x05" + scope_spans.spans[-1].SerializeToString()
+    del scope_spans.spans[-1]
+    scope_bytes = scope_spans.SerializeToString() + field(2, odd_span)
+    del resource_spans.scope_spans[-1]
+    resource_bytes = resource_spans.SerializeToString() + field(2, scope_bytes)
+    del request.resource_spans[-1]
+    return request.SerializeToString() + field(1, resource_bytes)
+
+
+def test_a_request_the_engine_cannot_read_is_extracted_in_python_and_holds_nothing_up(
+        engine_server: MeterServer) -> None:
+    factory = SpanFactory()
+    odd = with_field_of_another_wire_type([chat(factory, "acme", "gpt-4o", 1_000, 200),
+                                           chat(factory, "acme", "gpt-4o-mini", 3_000, 500)])
+    request = urllib.request.Request(f"{engine_server.http_url}/v1/traces", data=odd,
+                                     headers={"Content-Type": "application/x-protobuf"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    assert export(engine_server, [chat(factory, "globex", "gpt-4o", 10, 1)]) == SpanExportResult.SUCCESS
+    engine_server.wait_until_stored(within=10)
+    rows = totals(engine_server.usage(group_by="customer,model,meter"), "customer", "model", "meter")
+    assert rows == {("acme", "gpt-4o", "input_tokens"): (1_000, "0.0025"),
+                    ("acme", "gpt-4o", "output_tokens"): (200, "0.002"),
+                    ("acme", "gpt-4o-mini", "input_tokens"): (3_000, "0.00045"),
+                    ("acme", "gpt-4o-mini", "output_tokens"): (500, "0.0003"),
+                    ("globex", "gpt-4o", "input_tokens"): (10, "0.000025"),
+                    ("globex", "gpt-4o", "output_tokens"): (1, "0.00001")}
+    assert "do not match the schema the engine reads" in engine_server.log()
+    assert "Traceback" not in engine_server.log()

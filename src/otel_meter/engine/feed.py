@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from otel_meter.component_model import TRACES
 from otel_meter.engine.compiled import CompiledPipeline, compile_reason
 from otel_meter.engine.inflight import InflightInserts
 from otel_meter.engine.landing import (
@@ -32,6 +33,7 @@ from otel_meter.engine.landing import (
     framed,
     landing_table_sql,
     parse_subset_proto,
+    read_journaled,
     receipt_fields,
 )
 from otel_meter.errors import ExportError, QueueFullError
@@ -54,6 +56,8 @@ ROW_COLUMNS = ("event_id, toUnixTimestamp64Nano(event_time) AS time_ns, bound_cu
 """What the Python processors need of the engine's rows."""
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 FALLBACK_LOG_INTERVAL = 60.0
+UNREADABLE = "Protobuf messages are corrupted or don't match the provided schema"
+"""What the engine says of a request its ``Protobuf`` reader cannot read against the subset schema."""
 """Waits between attempts to load a block while the store or the exporters refuse it."""
 
 
@@ -268,8 +272,10 @@ class EngineTraceFeed:
                     if client is None:
                         client = self.store.own_client()
                     records = [payload for _, payload in self.journal.read(first, last)]
-                    self._load(client, landing, rows, records)
+                    unreadable = self._load(client, landing, rows, records)
                     batch = self._store_compiled(client, rows, token, first, last, interrupted is not None)
+                    if unreadable:
+                        batch = self._extract_in_python(unreadable, first, last, batch)
                     failures = 0
                     break
                 except Exception as error:  # the engine or the store refused the block: keep it, try again
@@ -337,11 +343,54 @@ class EngineTraceFeed:
             first, last, error, wait)
         return not (self._stopping.wait(wait) and failures >= len(RETRY_SECONDS))
 
-    def _load(self, client: Any, landing: str, rows: str, records: list[bytes]) -> None:
-        """The block's requests through the engine's view: one row per span with usage, in ``rows``."""
+    def _load(self, client: Any, landing: str, rows: str, records: list[bytes]) -> list[bytes]:
+        """The block's requests through the engine's view: one row per span with usage, in ``rows``.
+        Returns the requests the engine cannot read, left out of ``rows``."""
         client.command(f"TRUNCATE TABLE {rows}")
+        return self._insert_readable(client, landing, records)
+
+    def _insert_readable(self, client: Any, landing: str, records: list[bytes]) -> list[bytes]:
+        """Inserts the requests; when the engine refuses them as not matching its schema, halves
+        the block until each refused request stands alone, inserts the others, and returns those.
+
+        The receiver's protobuf runtime accepts some requests the engine's ``Protobuf`` reader does
+        not (a known field sent with another wire type is an unknown field to the first and an
+        error to the second); one such request must not hold up its block for good."""
         settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
-        client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
+        try:
+            client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
+            return []
+        except Exception as error:
+            if UNREADABLE not in str(error):
+                raise
+            if len(records) == 1:
+                return records
+        middle = len(records) // 2
+        return (self._insert_readable(client, landing, records[:middle])
+                + self._insert_readable(client, landing, records[middle:]))
+
+    def _extract_in_python(self, unreadable: list[bytes], first: int, last: int,
+                           batch: UsageBatch | None) -> UsageBatch:
+        """The usage of requests the engine cannot read, extracted by the Python extractor (which
+        reads them as the receiver did), after the block's own usage when it has some."""
+        logger.warning("pipeline %s: %d request(s) of journaled requests %d..%d do not match the schema the "
+                       "engine reads (a field sent with another wire type than OTLP's?); their spans are extracted "
+                       "in Python", self.pipeline.name, len(unreadable), first, last)
+        convert = self.extractor.converter_for(TRACES)
+        result = batch if batch is not None else UsageBatch()
+        for payload in unreadable:
+            request, customer = read_journaled(payload)
+            usage = convert(request)
+            offset = max(result.event_seq, default=0)  # events are told apart by their seq (dedup)
+            usage.event_seq = [seq + offset for seq in usage.event_seq]
+            usage.untimed_seqs = {seq + offset for seq in usage.untimed_seqs}
+            rows = len(usage)
+            if customer is not None or result.customer:
+                usage.customer = [customer or ""] * rows
+                result.customer = result.customer or [""] * len(result)
+            result.extend(usage)
+            result.untimed_seqs |= usage.untimed_seqs
+        return result
 
     def _store_compiled(self, client: Any, rows: str, token: str, first: int, last: int,
                         again: bool) -> UsageBatch | None:
@@ -358,7 +407,7 @@ class EngineTraceFeed:
                 if outcome.refused:
                     refused = self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows} WHERE refusal != ''")
                     rejections = self._batch(refused).rejections
-                self.pipeline.record_stored(outcome.stored, outcome.unpriced, rejections, 0)
+                self.pipeline.record_stored(outcome.stored, outcome.unpriced, rejections, outcome.duplicates)
                 return None
             self.fallback_blocks += 1
             now = time.monotonic()

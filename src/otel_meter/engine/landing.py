@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_meter.engine.sql_text import quoted
@@ -25,7 +26,8 @@ RECEIPT_PREFIX = "otel_meter_"
 """Fields of the subset's root message that are not OTLP: what the receiver knew of the request."""
 RECEIVED_AT_TAG = bytes([14 << 3 | 1])
 """``otel_meter_received_at``: field 14, fixed64 (wire type 1)."""
-BOUND_CUSTOMER_TAG = bytes([15 << 3 | 2])
+BOUND_CUSTOMER_FIELD = 15
+BOUND_CUSTOMER_TAG = bytes([BOUND_CUSTOMER_FIELD << 3 | 2])
 """``otel_meter_bound_customer``: field 15, length-delimited (wire type 2)."""
 ROOT_MESSAGE = "ExportTraceServiceRequest"
 LANDING_TABLE = "otlp_traces_landing"
@@ -180,6 +182,18 @@ def receipt_fields(received_at_ns: int, bound_customer: str | None) -> bytes:
         encoded = bound_customer.encode()
         fields += BOUND_CUSTOMER_TAG + varint(len(encoded)) + encoded
     return fields
+
+
+def read_journaled(payload: bytes) -> tuple[ExportTraceServiceRequest, str | None]:
+    """A journaled request parsed by the protobuf runtime, and the customer its credentials were
+    bound to (the receipt fields are unknown fields to ``ExportTraceServiceRequest``; the last
+    one appended wins, as in the engine)."""
+    request = ExportTraceServiceRequest.FromString(payload)
+    customer = None
+    for field in UnknownFieldSet(request):
+        if field.field_number == BOUND_CUSTOMER_FIELD and field.wire_type == 2:
+            customer = bytes(field.data).decode()
+    return request, customer
 
 
 def framed(payloads: Sequence[bytes]) -> bytes:
