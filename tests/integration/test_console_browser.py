@@ -260,6 +260,12 @@ def test_overview_totals_equal_the_usage_api_for_the_shown_range(admin: Console,
     assert len(series["buckets"]) == 7  # every day of the range (whole days), those without usage too
     assert start.endswith("T00:00:00Z") and end.endswith("T00:00:00Z")
     assert admin.page.locator(".callout").inner_text().count("llama-3-70b") == 1  # unpriced usage called out
+    by_meter = admin.page.locator("table:has(caption:text-is('Usage by meter')) tbody tr")
+    shown_meters = {row.locator("th").inner_text(): (row.locator("td").nth(0).inner_text(),
+                                                     row.locator("td").nth(2).inner_text())
+                    for row in by_meter.all()}
+    status, body = api_get(server, "/v1/usage", **{"from": start, "to": end, "group_by": "meter"})
+    assert shown_meters == {row["meter"]: (str(row["quantity"]), row["amount"]) for row in body["rows"]}
 
 
 def test_range_picker_and_grouping_change_the_chart_and_totals(admin: Console, server: MeterServer) -> None:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from otel_meter.app.usage import usage_document
-from otel_meter.storage.usage_report import NS, UsageRequest, decimal_text
+from otel_meter.storage.usage_report import NS, UsageRequest, decimal_text, number
 from otel_meter.storage.usage_series import UsageSeriesRequest, run_usage_series
 
 if TYPE_CHECKING:
@@ -47,6 +47,39 @@ def usage_rows(store: Store, request: OverviewRequest, group_by: tuple[str, ...]
                                        request.customer)
     rows: list[dict[str, Any]] = usage_document(store, usage_request)["rows"]
     return rows
+
+
+SUMMED = ("quantity", "unpriced_quantity", "amount", "cost")
+"""The usage row's sums; ``margin`` follows from amount and cost."""
+
+
+def summed_over(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The usage report's rows (grouped by more keys) summed down to ``keys``: what the report
+    answers for ``group_by=keys`` over the same range, one query instead of one per grouping.
+    Exact: each sum adds the rows' decimal text as Decimals and is written as the report writes it
+    (``number``, ``decimal_text``), and rows stay apart by currency and cost currency as there."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (*(row[name] for name in keys), row["currency"], row.get("cost_currency", ""))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {**{name: row[name] for name in keys}, "currency": row["currency"],
+                                   "cost_currency": row.get("cost_currency", "")}
+            group.update({name: Decimal(0) for name in SUMMED})
+        for name in SUMMED:
+            group[name] += Decimal(str(row.get(name, 0)))
+    answer = []
+    for key in sorted(groups):
+        group = groups[key]
+        row = {**{name: group[name] for name in keys}, "quantity": number(group["quantity"]),
+               "unpriced_quantity": number(group["unpriced_quantity"]), "amount": decimal_text(group["amount"]),
+               "currency": group["currency"]}
+        if group["cost_currency"]:
+            row.update(cost=decimal_text(group["cost"]), cost_currency=group["cost_currency"],
+                       margin=decimal_text(group["amount"] - group["cost"])
+                       if group["cost_currency"] == group["currency"] else None)
+        answer.append(row)
+    return answer
 
 
 def by_amount(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,11 +153,12 @@ def overview_document(store: Store, request: OverviewRequest,
                       refused_items: dict[str, int] | None = None) -> dict[str, Any]:
     """The range's totals (the usage report without grouping), its usage by meter, top customers and
     models by amount, unpriced usage by model, items refused since start by reason, and the series."""
-    by_model = usage_rows(store, request, ("model",))
+    rows = usage_rows(store, request, ("customer", "model", "meter"))  # the API's default grouping
+    by_model = summed_over(rows, ("model",))
     return {"from": iso(request.start_ns), "to": iso(request.end_ns), "customer": request.customer,
-            "totals": usage_rows(store, request, ()),
-            "by_meter": usage_rows(store, request, ("meter",)),
-            "top_customers": by_amount(usage_rows(store, request, ("customer",))) if request.customer is None else [],
+            "totals": summed_over(rows, ()),
+            "by_meter": summed_over(rows, ("meter",)),
+            "top_customers": by_amount(summed_over(rows, ("customer",))) if request.customer is None else [],
             "top_models": by_amount(by_model),
             "unpriced": [row for row in by_model if row["unpriced_quantity"]],
             "refused_items": dict(sorted((refused_items or {}).items())),
