@@ -124,6 +124,12 @@ class UsagePipeline:
         if shutdown is not None:
             shutdown()
 
+    @property
+    def nested_usage(self) -> Any:
+        """The converter's held spans and decisions (genai_usage's nested usage), or None; read by
+        ``GET /metrics``."""
+        return getattr(self._converter, "nested", None)
+
     def consume(self, payload: Any, customer: str | None = None) -> ConsumeResult:
         """Take one export request (or, in an events pipeline, one UsageBatch: a copy is
         processed, as the receiver may hand the same batch to several pipelines).

@@ -120,6 +120,10 @@ def test_an_agent_span_repeating_its_model_calls_usage_is_covered_and_billed_not
     assert report["nested_usage"] == [
         {"role": "aggregate", "decision": "covered", "meter": "input_tokens", "spans": 1, "quantity": "2000"},
         {"role": "aggregate", "decision": "covered", "meter": "output_tokens", "spans": 1, "quantity": "400"}]
+    with urllib.request.urlopen(f"{meter_server.api_url}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'otel_meter_nested_usage_decisions_total{decision="covered",pipeline="traces"} 1.0' in metrics
+    assert 'otel_meter_nested_usage_held_spans{pipeline="traces"} 0.0' in metrics
     text = format_report(report)  # what otel-meter verify prints
     assert "Nested usage: aggregate and framework-level spans, covered (billed nothing) vs billed" in text
     assert "  aggregate covered: input_tokens 2000 (1 span)" in text

@@ -94,6 +94,26 @@ class PipelineCollector(Collector):
             unpriced.add_metric(values, counts.unpriced_rows)
             ignored_costs.add_metric(values, counts.ignored_costs)
         yield from (received, accepted, refused, duplicates, usage_rows, unpriced, ignored_costs)
+        yield from nested_usage_metrics(list(self.pipelines))
+
+
+def nested_usage_metrics(pipelines: list[CountedPipeline]) -> Iterator[Metric]:
+    """Held spans and decisions of the traces pipelines with nested usage on (genai_usage)."""
+    held = GaugeMetricFamily(
+        f"{PREFIX}_nested_usage_held_spans", "Aggregate and framework-level usage spans held for their "
+        "decision (nested usage).", labels=["pipeline"])
+    decided = CounterMetricFamily(
+        f"{PREFIX}_nested_usage_decisions", "Held usage spans decided since start, by decision: covered (billed "
+        "nothing), billed; and adjustments stored (a late model call reversed part of a billed span).",
+        labels=["pipeline", "decision"])
+    for pipeline in pipelines:
+        nested = getattr(pipeline, "nested_usage", None)
+        if nested is None:
+            continue
+        held.add_metric([pipeline.name], nested.held_spans)
+        for decision, count in nested.decided.items():
+            decided.add_metric([pipeline.name, decision], count)
+    yield from (held, decided)
 
 
 class ExporterCollector(Collector):

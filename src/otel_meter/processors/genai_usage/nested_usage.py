@@ -157,6 +157,8 @@ class NestedUsage:
         self._thread: threading.Thread | None = None
         self.held_spans = 0
         """Self-metric: spans held now."""
+        self.decided: dict[str, int] = {"covered": 0, "billed": 0, "adjusted": 0}
+        """Self-metric: held spans decided covered or billed, and adjustments stored, since start."""
         self._replay()
 
     # -- the request path ------------------------------------------------------------------------
@@ -302,6 +304,9 @@ class NestedUsage:
             self.ledger.expire(now)
             self._compact_if_grown()
         covered = sum(1 for decision in decisions if not decision.billed)
+        self.decided["covered"] += covered
+        self.decided["billed"] += len(decisions) - covered
+        self.decided["adjusted"] += len(adjustments)
         logger.debug("nested usage: %d held span(s) covered, %d billed, %d adjustment(s)",
                      covered, len(decisions) - covered, len(adjustments))
         return len(decisions) + len(adjustments)

@@ -35,7 +35,6 @@ AGGREGATE = "aggregate"
 FRAMEWORK = "framework"
 SELF_TRACED = "self_traced"
 MODEL_CALL = "model_call"
-HELD_ROLES = frozenset({AGGREGATE, FRAMEWORK, SELF_TRACED})
 NO_TOKENS: dict[str, int | Decimal] = {}
 """The token quantities of a remembered model-call span: no longer needed once it has arrived."""
 
