@@ -25,7 +25,8 @@ is reported, never billed, and does not fail the verification.
 ``nested_usage`` reports the usage of aggregate spans (agent, workflow, chain, task), framework-level
 spans and clients' own spans (processors/genai_usage/nesting.py) by role, decision and meter:
 ``covered`` (repeated the model calls' usage; billed nothing), ``billed`` (nothing covered it) and
-``adjusted`` (a late model call reversed part of a billed span; negative). Information, not a check.
+``adjusted`` (a late model call reversed part of a billed span; negative). Information, not a check,
+and over all customers (a decision is recorded before attribution), also when a customer is given.
 
 Everything is computed in ClickHouse; Python only compares the grouped sums. A store that
 is being written to may show an insert half-way through its materialized views: verify a
