@@ -44,6 +44,8 @@ INSERTED_COLUMNS = ["event_id", "event_time", "received_at", "customer", "featur
                     "cost_card", "cost_card_version"]
 """The ``usage_ingest`` columns the compiled insert writes (the others keep their defaults)."""
 
+QUERY_SETTINGS = {"compile_expressions": 0}
+"""As for the landing insert (landing.INSERT_SETTINGS): a JIT compilation per block costs more than it saves."""
 KEY_COLUMNS = ("epoch", "customer", "model", "provider", "meter")
 PRICE_STRUCTURE = {"epoch": "UInt64", "customer": "String", "model": "String", "provider": "String",
                  "meter": "String", "unit_price": "Decimal(38, 18)", "priced": "Bool", "currency": "String",
@@ -184,7 +186,7 @@ SETTINGS join_algorithm = 'hash'"""
             priced_book = self.rating.priced_book()
             assert priced_book.book is not None
             boundaries = list(priced_book.book.boundaries)
-            keys = client.query(self.keys_sql(rows, boundaries, duplicates)).result_rows
+            keys = client.query(self.keys_sql(rows, boundaries, duplicates), settings=QUERY_SETTINGS).result_rows
             prices: list[tuple[Any, ...]] = []
             unpriced = count = 0
             for epoch, customer, model, provider, meter, largest, rows_of_key in keys:
@@ -201,7 +203,8 @@ SETTINGS join_algorithm = 'hash'"""
                 return BlockOutcome(refused=refused, duplicates=len(duplicates))
             begin()
             self.store.insert_usage_select(client, INSERTED_COLUMNS,
-                                           self.insert_select_sql(rows, prices, boundaries, duplicates), token)
+                                           self.insert_select_sql(rows, prices, boundaries, duplicates), token,
+                                           QUERY_SETTINGS)
             stored = True
             return BlockOutcome(stored=count, unpriced=unpriced, refused=refused, duplicates=len(duplicates))
         finally:

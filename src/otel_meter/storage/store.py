@@ -332,14 +332,16 @@ class Store:
             self._insert_pending_cards(client)
         client.insert_arrow("usage_ingest", table, settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
 
-    def insert_usage_select(self, client: Client, columns: list[str], select: str, token: str) -> None:
+    def insert_usage_select(self, client: Client, columns: list[str], select: str, token: str,
+                            settings: dict[str, Any] | None = None) -> None:
         """Insert the rows a SELECT computes in the engine (``columns`` of ``usage_ingest``, in the
         SELECT's order) as one block, on ``client`` (a thread's own, see :meth:`own_client`); the
-        same guarantees as :meth:`insert_usage`: pending rate card versions first, and the token."""
+        same guarantees as :meth:`insert_usage`: pending rate card versions first, and the token.
+        ``settings``: the SELECT's own."""
         if self._pending_cards:
             self._insert_pending_cards(self._ready_client())
         client.command(f"INSERT INTO usage_ingest ({', '.join(columns)}) {select}",
-                       settings={**INSERT_SETTINGS, "insert_deduplication_token": token})
+                       settings={**(settings or {}), **INSERT_SETTINGS, "insert_deduplication_token": token})
 
     def recent_event_ids(self, since_ns: int) -> list[tuple[str, int]]:
         """Ids of the events stored since ``since_ns``, and of every event in the local queues.
