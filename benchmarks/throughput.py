@@ -903,7 +903,7 @@ def verify(api_url: str, windows: dict[str, tuple[str, str]], usage: Counter[tup
 
 # --------------------------------------------------------------------------- single-core ceilings (in-process)
 
-STAGES = ("parse", "extract", "pipeline_no_store")
+STAGES = ("parse", "extract", "pipeline_no_store", "engine_extract")
 
 
 def best_seconds(items: Sequence[Any], make_work: Callable[[], Callable[[Any], object]], passes: int = 2) -> float:
@@ -934,6 +934,30 @@ def without_chat_spans(payload: bytes) -> tuple[bytes, int]:
             scope_spans.spans.extend(kept)
             left += len(kept)
     return request.SerializeToString(), left
+
+
+def engine_extraction_seconds(payloads: Sequence[bytes], extractor: Any, pipeline: Any) -> float:
+    """The engine's view over the payloads on one thread, in the server's blocks of 100 requests
+    (landing insert -> one row per span with usage), in a store of its own: the best of two passes."""
+    from otel_meter.engine.feed import EngineTraceFeed
+    from otel_meter.engine.landing import receipt_fields
+    from otel_meter.storage.store import Store, resolve_location
+
+    directory = Path(tempfile.mkdtemp(prefix="otel-meter-bench-engine-"))
+    store = Store(resolve_location(f"chdb://{directory / 'data'}", "otel_meter"))
+    try:
+        feed = EngineTraceFeed(pipeline, extractor, store, directory / "journal", 1 << 30)
+        client = store.own_client()
+        for statement in feed.statements():
+            client.command(statement)
+        landing, rows, _ = feed.tables[0]
+        journaled = [payload + receipt_fields(time.time_ns(), None) for payload in payloads]
+        blocks = [journaled[start:start + feed.requests_per_insert]
+                  for start in range(0, len(journaled), feed.requests_per_insert)]
+        return best_seconds(blocks, lambda: lambda block: feed.load(client, landing, rows, block))
+    finally:
+        store.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def stage_seconds(payloads: Sequence[bytes], config_path: Path) -> dict[str, float | None]:
@@ -984,6 +1008,10 @@ def stage_seconds(payloads: Sequence[bytes], config_path: Path) -> dict[str, flo
     except Exception as error:  # an extra stage on internal APIs: report its breakage, keep the required figures
         progress(f"pipeline-without-ClickHouse stage failed: {error!r}")
         seconds["pipeline_no_store"] = None
+    seconds["engine_extract"] = None
+    if load_config(config_path).service.pipelines["traces"].extraction == "engine":
+        extractor, pipeline = build(config_path)
+        seconds["engine_extract"] = engine_extraction_seconds(payloads, extractor, pipeline)
     return seconds
 
 
@@ -1115,7 +1143,7 @@ def probe_summary(samples: list[ProbeSample], window_start: float) -> dict[str, 
 LATE_NOTE_MS = 50.0
 """Sends this late at p99 mean the offered rate was not kept; a few ms is a busy machine's scheduling."""
 STAGE_LABELS = {"parse": "protobuf parse only", "extract": "extract (genai_usage)",
-                "pipeline_no_store": "pipeline without ClickHouse"}
+                "pipeline_no_store": "pipeline without ClickHouse", "engine_extract": "engine extraction (view)"}
 
 
 def number(value: float | None, width: int, decimals: int = 0) -> str:
@@ -1127,6 +1155,8 @@ def ceiling_lines(ceiling: dict[str, Any], end_to_end: float) -> list[str]:
     lines = [f"single core, in-process, over the same {ceiling['spans']:,} spans ({ceiling['genai_spans']:,} GenAI)",
              f"  {'':<30}{'spans/s':>12}{'GenAI spans/s':>15}{'us/span':>10}{'us/GenAI span':>15}"]
     for stage, label in STAGE_LABELS.items():
+        if stage == "engine_extract" and ceiling[stage] is None:
+            continue  # the Python extraction's run
         lines.append(f"  {label:<30}{number(ceiling[stage], 12)}{number(ceiling['genai_spans_per_second'][stage], 15)}"
                      f"{number(ceiling['us_per_span'][stage], 10, 2)}"
                      f"{number(ceiling['us_per_genai_span'][stage], 15, 2)}")
@@ -1138,6 +1168,8 @@ def ceiling_lines(ceiling: dict[str, Any], end_to_end: float) -> list[str]:
         lines.append(f"the same requests without their chat spans ({others['spans']:,} non-GenAI spans)")
         lines.append(f"  {'':<30}{'spans/s':>12}{'us/non-GenAI span':>20}{'us a chat span adds':>22}")
         for stage, label in STAGE_LABELS.items():
+            if stage == "engine_extract" and others["spans_per_second"][stage] is None:
+                continue
             lines.append(f"  {label:<30}{number(others['spans_per_second'][stage], 12)}"
                          f"{number(others['us_per_non_genai_span'][stage], 20, 2)}"
                          f"{number(others['us_added_per_genai_span'][stage], 22, 2)}")

@@ -272,7 +272,7 @@ class EngineTraceFeed:
                     if client is None:
                         client = self.store.own_client()
                     records = [payload for _, payload in self.journal.read(first, last)]
-                    unreadable = self._load(client, landing, rows, records)
+                    unreadable = self.load(client, landing, rows, records)
                     batch = self._store_compiled(client, rows, token, first, last, interrupted is not None)
                     if unreadable:
                         batch = self._extract_in_python(unreadable, first, last, batch)
@@ -343,7 +343,7 @@ class EngineTraceFeed:
             first, last, error, wait)
         return not (self._stopping.wait(wait) and failures >= len(RETRY_SECONDS))
 
-    def _load(self, client: Any, landing: str, rows: str, records: list[bytes]) -> list[bytes]:
+    def load(self, client: Any, landing: str, rows: str, records: list[bytes]) -> list[bytes]:
         """The block's requests through the engine's view: one row per span with usage, in ``rows``.
         Returns the requests the engine cannot read, left out of ``rows``."""
         client.command(f"TRUNCATE TABLE {rows}")
