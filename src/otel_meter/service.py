@@ -110,8 +110,8 @@ class Service:
         self.pipelines: list[UsagePipeline] = []
         self.feeds: list[EngineTraceFeed] = []
         """Pipelines whose extraction runs in the engine (``extraction: engine``)."""
-        self.host = ServiceHost(config, self._extension, ServiceMetrics(self.pipelines, self.exporters, self.receivers),
-                                self.readiness, self.queued_records)
+        metrics = ServiceMetrics(self.pipelines, self.exporters, self.receivers, self.feeds)
+        self.host = ServiceHost(config, self._extension, metrics, self.readiness, self.queued_records)
         self._stop_requested = threading.Event()
         self._shut_down = False
         self._started = False

@@ -218,6 +218,18 @@ def test_ingest_health_shows_the_store_lag_of_the_metrics(admin: Console, server
     assert float(admin.page.locator("[data-metric=otel_meter_exporter_store_lag_seconds]").inner_text()) == lag
 
 
+def test_ingest_health_shows_the_queue_age_of_each_local_queue(admin: Console, server: MeterServer) -> None:
+    admin.open("/ingest")
+    with urllib.request.urlopen(f"{server.api_url}/metrics", timeout=30) as response:
+        exposition = response.read().decode()
+    ages = {line.split('"')[1]: float(line.split()[-1]) for line in exposition.splitlines()
+            if line.startswith("otel_meter_exporter_queue_oldest_age_seconds{")}
+    assert ages == {"clickhouse": 0.0}  # everything acknowledged is stored: nothing waits
+    shown = admin.page.locator(".queue-age")
+    assert {shown.nth(i).get_attribute("data-queue"): shown.nth(i).inner_text()
+            for i in range(shown.count())} == {"clickhouse": "0.000 s"}
+
+
 def test_serve_prints_the_console_address(server: MeterServer) -> None:
     assert f"console: http://localhost:{server.api_port}/\n" in server.log()
 

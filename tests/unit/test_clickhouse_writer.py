@@ -8,6 +8,7 @@ exercised by the integration tests."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import timedelta
@@ -314,3 +315,32 @@ def test_queued_usage_reads_the_records_not_stored_yet(tmp_path: Path) -> None:
     writer.shutdown()
     assert [table.column_names for table in tables] == [["event_id", "event_time"]] * len(tables)
     assert sorted(id_ for table in tables for id_ in table["event_id"].to_pylist()) == ["a-0", "a-1", "b-0"]
+
+
+def test_the_queue_age_is_how_long_the_oldest_record_not_stored_has_waited(tmp_path: Path) -> None:
+    down = TokenDedupStore(failures=10**9)
+    writer = exporter(down, tmp_path, shutdown_timeout=timedelta(milliseconds=100))
+    assert writer.queue_oldest_age_seconds == 0
+    writer.submit(rows(2, "a")).wait()
+    time.sleep(0.3)
+    writer.submit(rows(1, "b")).wait()
+    assert 0.3 <= writer.queue_oldest_age_seconds < 5
+    writer.shutdown()
+
+    restarted = exporter(TokenDedupStore(), tmp_path)
+    wait_for(lambda: restarted.queued_records == 0)
+    assert restarted.queue_oldest_age_seconds == 0
+    restarted.shutdown()
+
+
+def test_records_found_at_start_are_aged_from_their_segments_last_write(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=10**9)
+    journal.append(b"first")
+    journal.sync()
+    journal.close()
+    segment = next(tmp_path.glob("*.seg"))
+    written = time.time() - 60
+    os.utime(segment, (written, written))
+    reopened = Journal(tmp_path, max_bytes=10**9)
+    assert 60 <= reopened.oldest_pending_age_seconds(time.time()) < 65
+    reopened.close()

@@ -3,6 +3,8 @@ exposition of a service's own registry."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_meter import __version__
 from otel_meter.config import parse_config
 from otel_meter.errors import ExportError, QueueFullError
+from otel_meter.exporters.clickhouse.journal import Journal
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.processors.dedup.index import DedupIndex
 from otel_meter.processors.dedup.processor import DedupProcessor
@@ -279,6 +282,33 @@ def test_the_registry_exposes_pipelines_and_exporters_at_scrape_time() -> None:
         "otel_meter_exporter_last_flush_duration_seconds")] == [0, 0, 0, 0, 0]
     assert found[("otel_meter_build_info", (("version", __version__),))] == 1
     assert any(name == "process_resident_memory_bytes" for name, _ in found)
+
+
+class EngineFeed:
+    """What the registry reads of an engine feed: its pipeline and its journal (a real one)."""
+
+    def __init__(self, pipeline: UsagePipeline, journal: Journal) -> None:
+        self.pipeline = pipeline
+        self.journal = journal
+
+
+def test_queue_age_is_exposed_per_exporter_and_per_engine_feed_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, max_bytes=10**9)
+    journal.append(b"request")
+    journal.close()
+    written = time.time() - 30
+    os.utime(next(tmp_path.glob("*.seg")), (written, written))
+    feed = EngineFeed(traces_pipeline(Exporter()), Journal(tmp_path, max_bytes=10**9))
+    exporter = FlushingExporter()
+    exporter.queue_oldest_age_seconds = 4.5  # type: ignore[attr-defined]
+    found = samples(ServiceMetrics([], {"clickhouse": exporter, "clickhouse/old": object()}, {},
+                                   [feed]).exposition()[0].decode())
+    feed.journal.close()
+    ages = {dict(labels)["exporter"]: value for (name, labels), value in found.items()
+            if name == "otel_meter_exporter_queue_oldest_age_seconds"}
+    assert ages.keys() == {"clickhouse", "clickhouse/old", "engine:traces/billing"}
+    assert (ages["clickhouse"], ages["clickhouse/old"]) == (4.5, 0)
+    assert 30 <= ages["engine:traces/billing"] < 35
 
 
 class Admission:

@@ -12,6 +12,7 @@ no metrics library on it, and components need not know the registry.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, Info, ProcessCollector
@@ -31,6 +32,18 @@ class CountedPipeline(Protocol):
     counts: PipelineCounts
 
 
+class PendingJournal(Protocol):
+    def oldest_pending_age_seconds(self, now_s: float) -> float: ...
+
+
+class EngineFeed(Protocol):
+    """A pipeline whose extraction runs in the engine: its own journal of acknowledged requests."""
+
+    pipeline: CountedPipeline
+    journal: PendingJournal
+
+
+QUEUE_AGE = f"{PREFIX}_exporter_queue_oldest_age_seconds"
 EXPORTER_COUNTERS = (
     # (exporter attribute, metric name without _total, help)
     ("flushed_records", f"{PREFIX}_exporter_flushed_records",
@@ -45,6 +58,9 @@ EXPORTER_GAUGES = (
      "Records acknowledged to clients and not yet in the store."),
     ("last_flush_seconds", f"{PREFIX}_exporter_last_flush_duration_seconds",
      "How long the exporter's last insert into the store took, in seconds."),
+    ("queue_oldest_age_seconds", QUEUE_AGE,
+     "Seconds the oldest record acknowledged to clients and not yet in the store has waited (0: the queue is "
+     "empty); exporter engine:PIPELINE is the journal of a pipeline with extraction: engine."),
     ("last_store_lag_seconds", f"{PREFIX}_exporter_store_lag_seconds",
      "Seconds from receipt of the oldest usage in the exporter's last insert to that insert's end: how long "
      "acknowledged usage took to become queryable."),
@@ -118,10 +134,12 @@ def nested_usage_metrics(pipelines: list[CountedPipeline]) -> Iterator[Metric]:
 
 class ExporterCollector(Collector):
     """The exporters' queue and flush figures, read from their attributes at scrape time
-    (an exporter without an attribute reports 0)."""
+    (an exporter without an attribute reports 0); and the queue age of each engine feed's
+    journal, as exporter ``engine:PIPELINE``."""
 
-    def __init__(self, exporters: Mapping[str, Any]) -> None:
+    def __init__(self, exporters: Mapping[str, Any], feeds: Iterable[EngineFeed] = ()) -> None:
         self.exporters = exporters
+        self.feeds = feeds
 
     def collect(self) -> Iterator[Metric]:
         exporters = list(self.exporters.items())
@@ -129,6 +147,10 @@ class ExporterCollector(Collector):
             family = GaugeMetricFamily(name, documentation, labels=["exporter"])
             for exporter_id, exporter in exporters:
                 family.add_metric([exporter_id], float(getattr(exporter, attribute, 0) or 0))
+            if name == QUEUE_AGE:
+                now_s = time.time()
+                for feed in list(self.feeds):
+                    family.add_metric([f"engine:{feed.pipeline.name}"], feed.journal.oldest_pending_age_seconds(now_s))
             yield family
         for attribute, name, documentation in EXPORTER_COUNTERS:
             counter = CounterMetricFamily(name, documentation, labels=["exporter"])
@@ -160,17 +182,17 @@ class ReceiverCollector(Collector):
 class ServiceMetrics:
     """The registry of one service.
 
-    ``pipelines``, ``exporters`` and ``receivers`` are the service's own containers, read at
-    every scrape, so they may be filled after this object is made."""
+    ``pipelines``, ``exporters``, ``receivers`` and ``feeds`` are the service's own containers,
+    read at every scrape, so they may be filled after this object is made."""
 
     def __init__(self, pipelines: Iterable[CountedPipeline], exporters: Mapping[str, Any],
-                 receivers: Mapping[str, Any] | None = None) -> None:
+                 receivers: Mapping[str, Any] | None = None, feeds: Iterable[EngineFeed] = ()) -> None:
         self.pipelines = pipelines
         self.registry = CollectorRegistry(auto_describe=False)
         Info(f"{PREFIX}_build", "The running otel-meter.", registry=self.registry).info({"version": __version__})
         self.registry.register(PipelineCollector(pipelines))
         self.registry.register(ReceiverCollector(receivers if receivers is not None else {}))
-        self.registry.register(ExporterCollector(exporters))
+        self.registry.register(ExporterCollector(exporters, feeds))
         ProcessCollector(registry=self.registry)
 
     def refused_items(self) -> dict[str, int]:

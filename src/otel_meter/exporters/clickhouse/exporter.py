@@ -160,6 +160,11 @@ class ClickHouseExporter:
     def queued_records(self) -> int:
         return self.journal.last_id - self.journal.checkpoint
 
+    @property
+    def queue_oldest_age_seconds(self) -> float:
+        """How long the oldest record acknowledged and not yet stored has waited (0: none waits)."""
+        return self.journal.oldest_pending_age_seconds(time.time())
+
     def queued_usage(self, columns: list[str]) -> Iterator[pa.Table]:
         """The given columns of each record acknowledged and not yet stored, oldest first
         (read from disk; a record stored meanwhile may still be included)."""

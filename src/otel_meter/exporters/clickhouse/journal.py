@@ -24,6 +24,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ class Journal:
         self.last_id = 0
         """Highest record id appended."""
         self._record_sizes: dict[int, int] = {}
+        self._appended_at: dict[int, float] = {}
+        """Wall-clock seconds each pending record was appended at (for one found at start: the last
+        write of its segment file, so its age is a lower bound)."""
         self._pending_bytes = 0
         self._previous_scanned: int | None = None
         self._segments: list[tuple[int, Path]] = []
@@ -109,7 +113,8 @@ class Journal:
     def _scan(self, path: Path, is_last: bool) -> int:
         """Index the records of one segment; returns the offset after the last good record."""
         offset = 0
-        size = path.stat().st_size
+        status = path.stat()
+        size = status.st_size
         with open(path, "rb") as handle:
             while True:
                 header = handle.read(HEADER.size)
@@ -129,6 +134,7 @@ class Journal:
                 self._previous_scanned = record_id
                 if record_id > self.checkpoint:
                     self._record_sizes[record_id] = HEADER.size + length
+                    self._appended_at[record_id] = status.st_mtime
                     self._pending_bytes += HEADER.size + length
                 self.last_id = max(self.last_id, record_id)
         return offset
@@ -142,6 +148,13 @@ class Journal:
     @property
     def pending_records(self) -> int:
         return len(self._record_sizes)
+
+    def oldest_pending_age_seconds(self, now_s: float) -> float:
+        """Seconds since the oldest record not yet stored was appended; 0 when none waits."""
+        with self._lock:
+            oldest = next(iter(self._record_sizes), None)
+            appended_at = self._appended_at.get(oldest) if oldest is not None else None
+        return max(0.0, now_s - appended_at) if appended_at is not None else 0.0
 
     def bytes_of(self, record_id: int) -> int:
         return self._record_sizes.get(record_id, 0)
@@ -177,6 +190,7 @@ class Journal:
         self._last_start = start
         self.last_id = record_id
         self._record_sizes[record_id] = size
+        self._appended_at[record_id] = time.time()
         self._pending_bytes += size
         return record_id
 
@@ -188,6 +202,7 @@ class Journal:
             self._file.truncate(self._last_start)
             self.last_id -= 1
             self._pending_bytes -= self._record_sizes.pop(record_id)
+            self._appended_at.pop(record_id, None)
 
     def sync(self) -> None:
         if self.fsync and self._file is not None:
@@ -246,6 +261,7 @@ class Journal:
         self.checkpoint = last
         for record_id in [r for r in self._record_sizes if r <= last]:
             self._pending_bytes -= self._record_sizes.pop(record_id)
+            self._appended_at.pop(record_id, None)
         while len(self._segments) > 1 and self._segments[1][0] <= self.checkpoint + 1:
             _, path = self._segments.pop(0)
             path.unlink(missing_ok=True)
