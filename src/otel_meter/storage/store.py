@@ -481,12 +481,6 @@ class Store:
         except OSError as error:
             logger.warning("cannot write the local copy of the rate cards %s: %s", path, error.strerror)
 
-    def insert_nested_usage(self, rows: list[list[Any]]) -> None:
-        """Record decisions on nested usage (storage/nested_usage_queries.py); a copy inserted again replaces
-        the first."""
-        from otel_meter.storage import nested_usage_queries
-        nested_usage_queries.insert_decisions(self, rows)
-
     def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple]:
         # clickhouse-connect answers each row as a tuple (its annotations say Sequence)
         return cast(list[tuple], self.client.query(sql, parameters=parameters).result_rows)

@@ -7,6 +7,7 @@ operation, and appends straight into the batch's columns.
 
 from __future__ import annotations
 
+import functools
 import logging
 from decimal import Decimal
 from typing import Any, Callable, Iterable
@@ -35,6 +36,7 @@ from otel_meter.processors.genai_usage.values import (
     number_value,
     text_value,
 )
+from otel_meter.storage import nested_usage_queries
 from otel_meter.usage import Rejection, UsageBatch
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,8 @@ class GenAIUsageProcessor:
         self.nested = NestedUsage(round(settings.decision_wait.total_seconds() * 1e9),
                                   round(settings.retention.total_seconds() * 1e9), log)
         store = getattr(exporter, "store", None)
-        self.nested.start(pipeline.store_extracted, store.insert_nested_usage if store is not None else None)
+        record = functools.partial(nested_usage_queries.insert_decisions, store) if store is not None else None
+        self.nested.start(pipeline.store_extracted, record)
 
     def shutdown(self) -> None:
         if self.nested is not None:
