@@ -403,3 +403,78 @@ def test_portal_link_opens_one_customer_until_it_expires(browser: Any, server: M
     finally:
         visitor.close()
     assert api_post(server, "/v1/portal-links", {"customer": "acme", "expires_in": 0})[0] == 400
+
+
+FUTURE_VERSION = """\
+id: list
+currency: USD
+versions:
+  - version: "2030-01"
+    effective_from: 2030-01-01T00:00:00Z
+    models:
+      - match: "gpt-4o*"
+        prices: {input_tokens: "2.00", output_tokens: "10.00"}
+"""
+"""A version of the test card that starts long after the usage, so the other tests' prices hold."""
+
+
+def list_versions(server: MeterServer) -> list[str]:
+    status, body = api_get(server, "/v1/rate-cards")
+    assert status == 200, body
+    return [version["version"] for card in body["cards"] if card["id"] == "list" for version in card["versions"]]
+
+
+def apply_in_console(admin: Console, card: str, dry_run: bool = False) -> int:
+    admin.open("/rate-cards")
+    admin.page.fill("#apply-file", "list-2030.yaml")
+    admin.page.fill("#apply-card", card)
+    admin.page.set_checked("#apply-dry-run", dry_run)
+    with admin.page.expect_navigation() as navigation:
+        admin.page.click("#apply-form button[type=submit]")
+    return navigation.value.status
+
+
+def test_an_admin_token_applies_a_rate_card_as_rates_apply_checks_it(admin: Console, server: MeterServer,
+                                                                      tmp_path: Path) -> None:
+    bad = FUTURE_VERSION.replace('input_tokens: "2.00"', 'input_tokens: "-2.00"')
+    (tmp_path / "list-2030.yaml").write_text(bad)
+    cli = subprocess.run([sys.executable, "-m", "otel_meter", "rates", "apply", "list-2030.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and cli.stderr.startswith("otel-meter: invalid rate card")
+    admin.errors.clear()
+    assert apply_in_console(admin, bad) == 400
+    assert [error for error in admin.errors if "status of 400" not in error] == []  # the browser logs the 400
+    admin.errors.clear()
+    assert admin.page.locator("#apply-error").inner_text() == cli.stderr.removeprefix("otel-meter: ").rstrip("\n")
+    assert admin.page.locator("#apply-card").input_value() == bad  # kept to correct it
+    assert "2030-01" not in list_versions(server)
+
+    assert apply_in_console(admin, FUTURE_VERSION, dry_run=True) == 200
+    assert admin.page.locator("#apply-answer").inner_text().startswith("dry run: ")
+    assert "2030-01" not in list_versions(server)
+
+    assert apply_in_console(admin, FUTURE_VERSION) == 200
+    assert "2030-01" in admin.page.locator("#apply-answer").inner_text()
+    assert list_versions(server) == ["2026-10", "2026-11", "2030-01"]
+    assert "2030-01" in admin.page.locator("ol.timeline").first.inner_text()
+    assert admin.errors == []
+
+
+def post_form(server: MeterServer, token: str, origin: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-www-form-urlencoded"}
+    if origin:
+        headers["Origin"] = origin
+    body = urllib.parse.urlencode({"file": "list.yaml", "card": FUTURE_VERSION.replace("2030-01", "2031-01")})
+    request = urllib.request.Request(f"{server.api_url}/rate-cards", data=body.encode(), headers=headers,
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_customer_bound_token_or_another_sites_page_cannot_apply_a_rate_card(server: MeterServer) -> None:
+    assert post_form(server, READ_ACME) == 403
+    assert post_form(server, READ_ALL, origin="http://elsewhere.example") == 403
+    assert "2031-01" not in list_versions(server)

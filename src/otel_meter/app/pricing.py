@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from otel_meter.errors import OtelMeterError
+from otel_meter.errors import OtelMeterError, RateCardError
 from otel_meter.rating.card_diff import diff_versions
 from otel_meter.rating.explain import explain, iso
 from otel_meter.rating.rate_book import RateBook
-from otel_meter.rating.rate_card import load_rate_card
+from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
 from otel_meter.rating.statement import plain
 
 if TYPE_CHECKING:
@@ -34,6 +34,19 @@ class CardVersionRequest:
     card_id: str
     at_ns: int
     version: str | None = None
+
+
+@dataclass(frozen=True)
+class CardFile:
+    """A rate card file to apply: its text (YAML or JSON), the name errors and the stored version
+    name it by, and the card id used when the file has no ``id:`` (the file name's stem)."""
+
+    text: str
+    source: str
+    default_id: str = "rate-card"
+    dry_run: bool = False
+    force: bool = False
+    """Apply a card that no rating processor, plan or customer uses."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,18 @@ def price_explanation(registry: RateCardRegistry, request: PriceExplanationReque
     """The rule, unit price and card version that price each meter of the model's usage."""
     return explain(registry.book, request.model, request.provider, request.customer, list(request.meters),
                    request.at_ns)
+
+
+def apply_card_file(registry: RateCardRegistry, card_file: CardFile) -> dict[str, Any]:
+    """Check and apply a card file's text as new versions (``POST /v1/rate-cards`` and the
+    console's apply form; ``rates apply`` parses the file itself, then applies the same way): a
+    bad card raises ``RateCardError`` naming the file, the key path and the fix."""
+    try:
+        card = parse_rate_card(card_file.text, card_file.source, default_id=card_file.default_id)
+    except RecursionError:  # YAML or JSON nested deeper than the parser goes
+        raise RateCardError(f"rate card {card_file.source} is nested too deep to be a rate card") from None
+    result = registry.apply(card, card_file.source, dry_run=card_file.dry_run, require_in_use=not card_file.force)
+    return applied_card(result, card_file.dry_run)
 
 
 def applied_card(result: ApplyResult, dry_run: bool) -> dict[str, Any]:

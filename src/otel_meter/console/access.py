@@ -2,13 +2,16 @@
 header or the cookie the sign-in form sets, or a signed portal link (portal page only).
 
 A server without auth shows every page to everyone, as its API answers everyone. A token bound
-to a customer opens that customer's portal page only; every other page answers 403."""
+to a customer opens that customer's portal page only; every other page answers 403. Changes
+(applying a rate card) need an admin: a valid token not bound to a customer, so a server without
+auth takes none from the console."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
@@ -30,6 +33,8 @@ class Viewer:
     """The customer the viewer may see only; None: an unrestricted viewer."""
     link: str | None = None
     """The portal link that admitted the viewer (kept in the portal's own links)."""
+    token: bool = False
+    """A valid token of the usage API admitted the viewer (never on a server without auth)."""
 
 
 class AccessDenied(Exception):
@@ -53,7 +58,7 @@ def viewer_of(api: UsageApiServer, request: Request) -> Viewer:
     if api.authenticator is None:
         return Viewer(None)
     try:
-        return Viewer(api.authenticator.authenticate(token_of(request)).customer)
+        return Viewer(api.authenticator.authenticate(token_of(request)).customer, token=True)
     except AuthenticationError as error:
         logger.debug("console request refused: %s", error)
         raise AccessDenied(401, f"sign in with a token of the usage API: {error}") from None
@@ -66,6 +71,25 @@ def admin_viewer(api: UsageApiServer, request: Request) -> Viewer:
         raise AccessDenied(403, f"this token is bound to customer {viewer.customer!r} and opens only its portal "
                                 "page (/portal); the other pages need an unrestricted token")
     return viewer
+
+
+def change_refusal(api: UsageApiServer, viewer: Viewer) -> str | None:
+    """Why this viewer may not change anything from the console (None: an admin may). Without
+    auth any web page the browser opens could post to this server, so changes need a token."""
+    if api.authenticator is None:
+        return ("the usage API has no auth, so the console makes no changes (any web page open in the browser "
+                "could post them); use otel-meter rates apply, or give usage_api an auth: authenticator and "
+                "sign in with a token not bound to a customer")
+    if not viewer.token or viewer.customer is not None:
+        return "changes need a token of the usage API that is not bound to a customer"
+    return None
+
+
+def same_origin(request: Request) -> bool:
+    """A form post from a page of this server (a browser sends ``Origin`` with every POST; a
+    client without one, e.g. curl with its token, is not a browser tricked into posting)."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("Host")
 
 
 def portal_viewer(api: UsageApiServer, request: Request) -> tuple[Viewer, str]:

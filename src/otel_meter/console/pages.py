@@ -10,11 +10,13 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from importlib.resources import files
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -28,17 +30,27 @@ from otel_meter.app.ingest import ingest_document
 from otel_meter.app.invoices import InvoiceRequest, PeriodRequest, customer_invoice, period_statement
 from otel_meter.app.overview import OverviewRequest, overview_document
 from otel_meter.app.pricing import (
+    CardFile,
     CardVersionNotFoundError,
     CardVersionRequest,
     PriceExplanationRequest,
+    apply_card_file,
     card_list,
     card_version,
     meter_names,
     price_explanation,
 )
 from otel_meter.billing.invoice_render import render
-from otel_meter.console.access import COOKIE, AccessDenied, Viewer, admin_viewer, portal_viewer
-from otel_meter.errors import OtelMeterError, StoreError
+from otel_meter.console.access import (
+    COOKIE,
+    AccessDenied,
+    Viewer,
+    admin_viewer,
+    change_refusal,
+    portal_viewer,
+    same_origin,
+)
+from otel_meter.errors import OtelMeterError, RateCardError, StoreError
 from otel_meter.rating.card_diff import diff_versions
 from otel_meter.rating.period import Period
 from otel_meter.security import AuthenticationError
@@ -172,7 +184,8 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
     def invoice_download(request: Request, viewer: Viewer) -> Response:
         return invoice_file(api, request, request.path_params["customer"])
 
-    def rate_cards(request: Request, viewer: Viewer) -> Response:
+    def rate_cards(request: Request, viewer: Viewer, applying: dict[str, Any] | None = None,
+                   status: int = 200) -> Response:
         registry = registry_of(api)
         if registry is None:
             return page("rate_cards.html", current="/rate-cards", cards=None)
@@ -194,9 +207,33 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
             explanation = price_explanation(registry, PriceExplanationRequest(
                 query["model"], at_ns, provider=query.get("provider", ""), customer=query.get("customer", ""),
                 meters=meter_names(query.get("meter"))))
-        return page("rate_cards.html", current="/rate-cards", cards=cards, chosen=chosen, shown=shown, diff=diff,
-                    against=query.get("against", ""), explain_query=dict(query), explanation=explanation,
-                    explanation_json=json.dumps(explanation, indent=2) if explanation is not None else None)
+        return page("rate_cards.html", status, current="/rate-cards", cards=cards, chosen=chosen, shown=shown,
+                    diff=diff, against=query.get("against", ""), explain_query=dict(query), explanation=explanation,
+                    explanation_json=json.dumps(explanation, indent=2) if explanation is not None else None,
+                    apply_refusal=change_refusal(api, viewer), applying=applying or {})
+
+    def apply_card(request: Request, viewer: Viewer, form: dict[str, list[str]]) -> Response:
+        """The apply form: the card file's text checked and applied as ``rates apply`` does; the
+        page again, with what was added or the error naming the problem (400)."""
+        refusal = change_refusal(api, viewer)
+        if refusal is not None:
+            raise AccessDenied(403, refusal)
+        if not same_origin(request):
+            raise AccessDenied(403, "the form was posted from another site's page; apply cards from this console")
+        registry = registry_of(api)
+        if registry is None:
+            return bad_request("no rating processor is configured, so no rate card can be applied")
+        field = {name: values[-1] for name, values in form.items()}
+        source = field.get("file", "").strip() or "console.yaml"
+        card_file = CardFile(field.get("card", ""), source, PurePosixPath(source).stem or "rate-card",
+                             dry_run="dry_run" in field, force="force" in field)
+        applying = {"card": card_file.text, "file": source, "dry_run": card_file.dry_run, "force": card_file.force}
+        try:
+            answer = apply_card_file(registry, card_file)
+        except RateCardError as error:
+            return rate_cards(request, viewer, {**applying, "error": str(error)}, 400)
+        logger.info("console: rate card %s applied from %s: %s", answer["card"], source, answer["message"])
+        return rate_cards(request, viewer, {**applying, "answer": answer})
 
     def billing(request: Request, viewer: Viewer) -> Response:
         now_ns = time.time_ns()
@@ -210,6 +247,11 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
     def ingest(request: Request, viewer: Viewer) -> Response:
         return page("ingest.html", current="/ingest", document=ingest_document(api.host.metrics()),
                     queued_records=api.queued_records())
+
+    async def apply_card_form(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        return await run_in_threadpool(admin_page(api, lambda request, viewer: apply_card(request, viewer, form)),
+                                       request)
 
     def portal(request: Request) -> Response:
         try:
@@ -260,6 +302,7 @@ def mount_console(app: FastAPI, api: UsageApiServer) -> None:
     add("/customers/{customer}", admin_page(api, customer))
     add("/customers/{customer}/invoice", admin_page(api, invoice_download))
     add("/rate-cards", admin_page(api, rate_cards))
+    add("/rate-cards", apply_card_form, ("POST",))
     add("/billing", admin_page(api, billing))
     add("/ingest", admin_page(api, ingest))
     add("/portal", portal)

@@ -15,10 +15,11 @@ from pydantic import Field
 
 from otel_meter.app.invoices import PeriodRequest, period_statement
 from otel_meter.app.pricing import (
+    CardFile,
     CardVersionNotFoundError,
     CardVersionRequest,
     PriceExplanationRequest,
-    applied_card,
+    apply_card_file,
     card_list,
     card_version,
     meter_names,
@@ -39,8 +40,8 @@ from otel_meter.extensions.usage_api.validation import (
     TimeText,
 )
 from otel_meter.rating.period import Period
-from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.rating.registry import RateCardRegistry
+from otel_meter.rating.rerate import rerate as run_rerate
 from otel_meter.storage.usage_report import parse_time, to_ns
 
 if TYPE_CHECKING:
@@ -131,12 +132,8 @@ def apply_card(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, An
         text = request.body.decode()
     except UnicodeDecodeError:
         raise ApiError(HTTPStatus.BAD_REQUEST, "the card must be UTF-8 text (YAML or JSON)") from None
-    try:
-        card = parse_rate_card(text, source, default_id=request.single("id") or "rate-card")
-    except RecursionError:  # YAML or JSON nested deeper than the parser goes
-        raise ApiError(HTTPStatus.BAD_REQUEST, "the card is nested too deep to be a rate card") from None
-    result = registry.apply(card, source, dry_run=dry_run, require_in_use=not force)
-    return HTTPStatus.OK, applied_card(result, dry_run)
+    card_file = CardFile(text, source, request.single("id") or "rate-card", dry_run, force)
+    return HTTPStatus.OK, apply_card_file(registry, card_file)
 
 
 def explain_price(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
@@ -176,8 +173,6 @@ ROUTES: tuple[Route, ...] = (
 def rerate(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """Price the stored usage of ``from``..``to`` again with the current rate cards (after a backdated
     price change), without editing anything already written."""
-    from otel_meter.rating.rerate import rerate as run_rerate
-
     body: RerateBody = request.body_input
     start, end = to_ns(parse_time("from", body.from_)), to_ns(parse_time("to", body.to))
     if end <= start:
