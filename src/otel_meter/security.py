@@ -138,7 +138,7 @@ def _read(path: Path, where: str) -> bytes:
 
 def grpc_server_credentials(tls: TlsConfig, where: str) -> Any:
     """Credentials for ``add_secure_port``; client certificates required with ``client_ca_file``."""
-    import grpc
+    import grpc  # lazy: every server config model imports this module; only a gRPC receiver with TLS needs grpcio
 
     server_ssl_context(tls, where)  # gRPC itself would only fail at the first handshake: check the files now
     key = _read(tls.key_file, f"{where}.tls.key_file")

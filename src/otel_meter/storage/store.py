@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from otel_meter.errors import StoreAccessError, StoreError, StoreLockedError, StoreUnavailableError
+from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.storage import queries
 
 if TYPE_CHECKING:
@@ -378,8 +379,6 @@ class Store:
         From the store, keeping a local copy (with a state directory); while a server is
         unreachable, from that copy plus the versions applied meanwhile. Raises
         StoreUnavailableError when neither is there."""
-        from otel_meter.rating.rate_card import parse_rate_card
-
         try:
             rows = [list(row) for row in self._call(
                 "reading rate cards", lambda client: client.query(queries.RATE_CARD_VERSIONS).result_rows)]
