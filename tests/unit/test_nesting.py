@@ -147,3 +147,58 @@ def test_a_resent_aggregate_covered_on_arrival_keeps_its_invocation_count_for_de
     assert [row.meter for row in usage.ledger.held[agent.event_id].rows] == ["input_tokens", "output_tokens"]
     again = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: 0)  # a restart
     assert again.take([call], [held(agent)]) == ({agent.event_id}, {agent.event_id})
+
+
+class CountedSyncs(NestedUsageLog):
+    """The real log, counting its fsyncs."""
+
+    syncs = 0
+
+    def sync(self) -> None:
+        self.syncs += 1
+        super().sync()
+
+
+def test_model_call_spans_alone_are_remembered_without_an_fsync_of_their_own_and_across_a_restart(
+        tmp_path: Path) -> None:
+    log = CountedSyncs(tmp_path / "nested.log")
+    usage = NestedUsage(WAIT, 10**12, log, clock=lambda: 0)
+    assert usage.take([usage_span("1", MODEL_CALL, 20, 30), usage_span("2", MODEL_CALL, 20, 30, trace=OTHER_TRACE)],
+                      []) == (set(), set())
+    assert log.syncs == 0  # billed at once: the exporter's queue keeps the request, the log only remembers it
+    assert usage.ledger.remembered == 2
+    assert usage.run_once() == 0 and log.syncs == 1  # the worker makes the log durable within its interval
+    again = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: 0)  # a restart
+    agent = usage_span("3", AGGREGATE, 10, 40)
+    assert again.take([], [held(agent)]) == (set(), {agent.event_id})  # covered on arrival by the call before
+    assert [d.covered_by for d in again.ledger.decide(now_ns=0)] == [[TRACE + "1" * 16]]
+
+
+def test_a_span_held_or_an_adjustment_made_is_fsynced_before_its_request_is_acknowledged(tmp_path: Path) -> None:
+    log = CountedSyncs(tmp_path / "nested.log")
+    usage = NestedUsage(WAIT, 10**12, log, clock=lambda: 0)
+    usage._store_usage, usage._record = lambda batch: None, lambda rows: None
+    usage.take([], [held(usage_span("9", AGGREGATE, 10, 40, 300, 60))])
+    assert log.syncs == 1
+    usage.clock = lambda: WAIT
+    assert usage.run_once() == 1  # billed: nothing beneath it
+    syncs = log.syncs
+    usage.take([usage_span("1", MODEL_CALL, 20, 30, 200, 40)], [])  # a late call adjusts it
+    assert log.syncs == syncs + 1
+
+
+def test_an_adjustment_not_stored_before_a_crash_is_made_again_from_the_log(tmp_path: Path) -> None:
+    stored: list = []
+
+    def nested() -> NestedUsage:
+        usage = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: WAIT)
+        usage._store_usage, usage._record = stored.append, lambda rows: None
+        return usage
+
+    first = nested()
+    first.take([], [held(usage_span("9", AGGREGATE, 10, 40, 300, 60))])
+    assert first.run_once() == 1  # billed
+    first.take([usage_span("1", MODEL_CALL, 20, 30, 200, 40)], [])  # acknowledged, then a crash before storing
+    second = nested()
+    assert second.run_once() == 1
+    assert list(zip(stored[-1].meter, stored[-1].quantity)) == [("input_tokens", -200), ("output_tokens", -40)]

@@ -3,8 +3,13 @@
 The decision logic is nesting.py; this module keeps it across restarts and acts on it:
 
 - every usage span the rule looks at is appended to a log (``nested-usage.log`` beside the
-  exporter's queue) and fsync'd before the request that brought it is acknowledged; a held span's
-  rows stay out of the request's usage;
+  exporter's queue), one line per request; a held span's rows stay out of the request's usage. The
+  line is fsync'd before the request is acknowledged when it holds a span or adjusts a billed one.
+  Model-call spans alone (most requests) are billed at once, their usage made durable by the
+  exporter's queue: their line is written before the acknowledgement (a process crash keeps it) and
+  fsync'd with the next line that is, or by the worker within its interval (``take``);
+- model-call spans are remembered as their request's columns (nesting.ModelCalls, a compact log
+  entry too) and indexed only once a held span or an adjustment needs them;
 - a worker decides each held span once it is covered or its wait is over: a billed span's rows go
   through the rest of the pipeline (dedup, attribution, rating, the exporters' durable queue), a
   covered one is recorded in the store's ``nested_usage`` table with the covering span ids (its
@@ -35,6 +40,7 @@ from otel_meter.processors.genai_usage.nesting import (
     Decision,
     HeldRow,
     HeldSpan,
+    ModelCalls,
     NestingLedger,
     UsageSpan,
 )
@@ -65,6 +71,15 @@ def span_json(span: UsageSpan) -> dict[str, Any]:
     return {"id": span.event_id, "role": span.role, "start": span.start_ns, "end": span.end_ns,
             "instance": span.instance, "model": span.model, "in": span.input_total, "out": span.output_total,
             "tokens": span.tokens, "seen": span.seen_ns}
+
+
+def calls_json(calls: ModelCalls) -> list[Any]:
+    return [calls.seen_ns, calls.event_ids, calls.starts, calls.ends, calls.instances, calls.models,
+            calls.input_totals, calls.output_totals]
+
+
+def calls_from(data: list[Any]) -> ModelCalls:
+    return ModelCalls(*data)
 
 
 def span_from(data: dict[str, Any]) -> UsageSpan:
@@ -151,6 +166,8 @@ class NestedUsage:
         self.lock = threading.Lock()
         self._stored: set[str] = set()
         """Adjustments stored (by event id) whose log line says so."""
+        self._unsynced = False
+        """Log lines of model-call spans only were written since the last fsync (:meth:`take`)."""
         self._store_usage: Callable[[UsageBatch], Any] | None = None
         self._record: Callable[[list[list[Any]]], None] | None = None
         self._stop = threading.Event()
@@ -166,80 +183,110 @@ class NestedUsage:
     def hold_out(self, batch: UsageBatch, spans: list[tuple[int, str, int, int]],
                  token_kinds: dict[str, str]) -> UsageBatch:
         """The batch less the rows of the spans held (an aggregate's, a framework-level or client span's),
-        after recording every usage span of the request durably (:meth:`take`). ``spans``: (event seq,
-        role, start, end) of each span with token usage; one that was refused has no rows and is skipped."""
+        after recording every usage span of the request (:meth:`take`). ``spans``: (event seq, role,
+        start, end) of each span with token usage; one that was refused has no rows and is skipped."""
         if not spans:
             return batch
-        rows_of: dict[int, list[int]] = {}
-        for row, seq in enumerate(batch.event_seq):
-            rows_of.setdefault(seq, []).append(row)
+        role_of = {seq: (role, start_ns, end_ns) for seq, role, start_ns, end_ns in spans}
         now = self.clock()
-        seen: list[UsageSpan] = []
+        calls = ModelCalls(now)
+        call_rows: list[range] = []
         held: list[HeldSpan] = []
-        for seq, role, start_ns, end_ns in spans:
-            rows = rows_of.get(seq)
-            if not rows:
+        event_seq, meters, quantities = batch.event_seq, batch.meter, batch.quantity
+        first = 0
+        rows = len(event_seq)
+        while first < rows:  # the rows of one span are adjacent, in order of extraction
+            seq = event_seq[first]
+            end = first + 1
+            while end < rows and event_seq[end] == seq:
+                end += 1
+            span_rows = range(first, end)
+            first = end
+            found = role_of.get(seq)
+            if found is None:
                 continue
-            first = rows[0]
-            tokens: dict[str, int | Decimal] = {}
+            role, start_ns, end_ns = found
             input_total = output_total = 0
-            for row in rows:
-                kind = token_kinds.get(batch.meter[row])
-                if kind is not None:
-                    quantity = tokens[batch.meter[row]] = batch.quantity[row]
-                    if kind in INPUT_KINDS:
-                        input_total += int(quantity)
-                    elif kind in OUTPUT_KINDS:
-                        output_total += int(quantity)
-            resource = batch.resource_attributes[first]
+            for row in span_rows:
+                kind = token_kinds.get(meters[row])
+                if kind in INPUT_KINDS:
+                    input_total += int(quantities[row])
+                elif kind in OUTPUT_KINDS:
+                    output_total += int(quantities[row])
+            row = span_rows[0]
+            resource = batch.resource_attributes[row]
             instance = resource.get(INSTANCE_KEY) or resource.get(SERVICE_KEY, "")
-            usage_span = UsageSpan(batch.event_id[first], role, start_ns, end_ns or batch.event_time_ns[first],
-                                   instance, batch.model[first], input_total, output_total, tokens, now)
+            end_ns = end_ns or batch.event_time_ns[row]
             if role == MODEL_CALL:
-                seen.append(usage_span)
+                calls.append(batch.event_id[row], start_ns, end_ns, instance, batch.model[row], input_total,
+                             output_total)
+                call_rows.append(span_rows)
                 continue
-            held_rows = [HeldRow(batch.meter[row], batch.quantity[row], batch.dimensions[row],
-                                 role != AGGREGATE or batch.meter[row] in token_kinds) for row in rows]
-            held.append(HeldSpan(usage_span, held_rows, batch.event_time_ns[first], batch.provider[first],
-                                 batch.operation[first], resource, batch.event_attributes[first],
+            tokens = {meters[row]: quantities[row] for row in span_rows if meters[row] in token_kinds}
+            usage_span = UsageSpan(batch.event_id[row], role, start_ns, end_ns, instance, batch.model[row],
+                                   input_total, output_total, tokens, now)
+            held_rows = [HeldRow(meters[row], quantities[row], batch.dimensions[row],
+                                 role != AGGREGATE or meters[row] in token_kinds) for row in span_rows]
+            held.append(HeldSpan(usage_span, held_rows, batch.event_time_ns[row], batch.provider[row],
+                                 batch.operation[row], resource, batch.event_attributes[row],
                                  now + self.decision_wait_ns))
-        _, covered = self.take(seen, held)
+        calls.tokens_of = lambda index: {meters[row]: quantities[row] for row in call_rows[index]
+                                         if meters[row] in token_kinds}
+        _, covered = self.take(calls, held)
         if not held:
             return batch
         held_ids = {one.span.event_id for one in held}
         return batch.select([row for row, event_id in enumerate(batch.event_id) if event_id not in held_ids
                              or (event_id in covered and batch.meter[row] not in token_kinds)])
 
-    def take(self, seen: list[UsageSpan], held: list[HeldSpan]) -> tuple[set[str], set[str]]:
-        """Record the usage spans of one request, durably. Returns the event ids of held spans known
-        already (re-sent copies: held or decided before, their rows are dropped), and of aggregates
-        covered on arrival: their rows that are not coverable (the invocation count) are stored with
-        the request, so only the coverable ones are held, for the record. A re-sent copy of such an
-        aggregate is among them too: if the first request was not stored, its count is stored now
-        (and dropped by the dedup processor if it was)."""
+    def take(self, seen: ModelCalls | list[UsageSpan], held: list[HeldSpan]) -> tuple[set[str], set[str]]:
+        """Record the usage spans of one request. Returns the event ids of held spans known already
+        (re-sent copies: held or decided before, their rows are dropped), and of aggregates covered on
+        arrival: their rows that are not coverable (the invocation count) are stored with the request, so
+        only the coverable ones are held, for the record. A re-sent copy of such an aggregate is among
+        them too: if the first request was not stored, its count is stored now (and dropped by the dedup
+        processor if it was).
+
+        The log line is fsync'd before this returns when the request holds a span or adjusts a billed
+        one: what a restart must not lose. A request of model-call spans only is written to the log (a
+        process crash keeps it) and fsync'd with the next line that is, or by the worker within its
+        interval: its usage is billed at once and durable in the exporter's queue; the log only keeps it
+        remembered for spans arriving after it."""
+        calls = seen if isinstance(seen, ModelCalls) else ModelCalls.of(seen)
         entries: list[dict[str, Any]] = []
         known: set[str] = set()
         covered: set[str] = set()
+        adjusted = False
         with self.lock:
-            for span in seen:
-                if not self.ledger.is_known(span.event_id):
-                    self.ledger.saw(span)
-                    entries.append({"s": span_json(span)})
+            ledger = self.ledger
+            if calls and ledger.billed:  # each may adjust a billed span: logged with its tokens, to do so again
+                for index in range(len(calls)):
+                    span = calls.span(index)
+                    if ledger.is_known(span.event_id):
+                        continue
+                    entries.append({"s": span_json(span)})  # before saw() lets go of its tokens
+                    adjusted = bool(ledger.saw(span)) or adjusted
+            elif calls:
+                ledger.saw_calls(calls)
+                entries.append({"m": calls_json(calls)})
             for one in held:
-                if self.ledger.is_known(one.span.event_id):
+                if ledger.is_known(one.span.event_id):
                     known.add(one.span.event_id)
-                    if one.span.event_id in self.ledger.covered_on_arrival:
+                    if one.span.event_id in ledger.covered_on_arrival:
                         covered.add(one.span.event_id)
                     continue
-                if one.span.role == AGGREGATE and self.ledger.covering_now(one.span):
+                if one.span.role == AGGREGATE and ledger.covering_now(one.span):
                     covered.add(one.span.event_id)
                     one.rows = [row for row in one.rows if row.coverable]
-                    self.ledger.covered_on_arrival.add(one.span.event_id)
-                self.ledger.hold(one)
+                    ledger.covered_on_arrival.add(one.span.event_id)
+                ledger.hold(one)
                 entries.append({"h": held_json(one), "early": one.span.event_id in covered})
             self.log.append(entries)
-            self.held_spans = len(self.ledger.held)
-        if entries:
+            durable_now = adjusted or any("h" in entry for entry in entries)
+            if entries and not durable_now:
+                self._unsynced = True
+            self.held_spans = len(ledger.held)
+        if durable_now:
             self.log.sync()  # outside the lock: one fsync covers every line written before it
         return known, covered
 
@@ -259,6 +306,7 @@ class NestedUsage:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.log.sync()
         self.log.close()
 
     def _run(self, interval: float) -> None:
@@ -281,28 +329,18 @@ class NestedUsage:
             decisions = self.ledger.decide(now)
             adjustments = [adjustment for adjustment in self.ledger.adjustments
                            if adjustment.event_id not in self._stored]
+            unsynced, self._unsynced = self._unsynced, False
             if not decisions and not adjustments:
                 self.ledger.expire(now)
                 self._compact_if_grown()
-                return 0
-            stored = usage_batch(decisions, adjustments)
-            if len(stored) and self._store_usage is not None:
-                self._store_usage(stored)
-            if self._record is not None:
-                self._record(decision_rows(decisions, adjustments, now))
-            entries: list[dict[str, Any]] = []
-            for decision in decisions:
-                self.ledger.settle(decision)
-                entries.append({"d": decision.held.span.event_id, "c": decision.covered_by})
-            for adjustment in adjustments:
-                self._stored.add(adjustment.event_id)
-                entries.append({"x": adjustment.event_id})
-            self.ledger.adjustments = []
-            self.log.append(entries)
-            self.log.sync()
-            self.held_spans = len(self.ledger.held)
-            self.ledger.expire(now)
-            self._compact_if_grown()
+            else:
+                if unsynced:  # the spans a decision rests on are durable before it is stored
+                    self.log.sync()
+                self._decide(decisions, adjustments, now)
+        if not decisions and not adjustments:
+            if unsynced:
+                self.log.sync()  # outside the lock: one fsync covers every line written before it
+            return 0
         covered = sum(1 for decision in decisions if not decision.billed)
         self.decided["covered"] += covered
         self.decided["billed"] += len(decisions) - covered
@@ -310,6 +348,27 @@ class NestedUsage:
         logger.debug("nested usage: %d held span(s) covered, %d billed, %d adjustment(s)",
                      covered, len(decisions) - covered, len(adjustments))
         return len(decisions) + len(adjustments)
+
+    def _decide(self, decisions: list[Decision], adjustments: list[Adjustment], now: int) -> None:
+        """Store the decisions and adjustments, then log them as stored. Called under the lock."""
+        stored = usage_batch(decisions, adjustments)
+        if len(stored) and self._store_usage is not None:
+            self._store_usage(stored)
+        if self._record is not None:
+            self._record(decision_rows(decisions, adjustments, now))
+        entries: list[dict[str, Any]] = []
+        for decision in decisions:
+            self.ledger.settle(decision)
+            entries.append({"d": decision.held.span.event_id, "c": decision.covered_by})
+        for adjustment in adjustments:
+            self._stored.add(adjustment.event_id)
+            entries.append({"x": adjustment.event_id})
+        self.ledger.adjustments = []
+        self.log.append(entries)
+        self.log.sync()
+        self.held_spans = len(self.ledger.held)
+        self.ledger.expire(now)
+        self._compact_if_grown()
 
     # -- restart ---------------------------------------------------------------------------------
 
@@ -320,7 +379,9 @@ class NestedUsage:
             raise OtelMeterError(f"cannot read the nested usage log {self.log.path}: {error.strerror}") from None
         stored: set[str] = set()
         for entry in entries:
-            if "s" in entry:
+            if "m" in entry:
+                self.ledger.saw_calls(calls_from(entry["m"]))
+            elif "s" in entry:
                 self.ledger.saw(span_from(entry["s"]))
             elif "h" in entry:
                 self.ledger.hold(held_from(entry["h"]))
@@ -379,6 +440,7 @@ class NestedUsage:
                 decided.append({"d": span.event_id, "c": []})
             else:
                 entries.append({"s": span_json(span)})
+        entries += [{"m": calls_json(calls)} for calls in ledger.unindexed_calls()]
         pending = [{"p": {"billed": adjustment.billed.span.event_id, "late": adjustment.late_event_id,
                           "q": {meter: _quantity_text(quantity) for meter, quantity in adjustment.quantities.items()}}}
                    for adjustment in ledger.adjustments]

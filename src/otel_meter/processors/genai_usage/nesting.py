@@ -25,9 +25,10 @@ persists it and runs the decisions. docs/conventions.md ("Nested usage") states 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from otel_meter.processors.genai_usage import conventions as cv
 
@@ -145,6 +146,52 @@ class UsageSpan:
 
 
 @dataclass(slots=True)
+class ModelCalls:
+    """The model-call spans of one request, as columns. Most traffic has no aggregate or framework span
+    to decide, so the ledger keeps these columns as they are and indexes their spans only once a span
+    that they may cover, or adjust, needs them (:meth:`NestingLedger.saw_calls`)."""
+
+    seen_ns: int
+    event_ids: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    input_totals: list[int] = field(default_factory=list)
+    output_totals: list[int] = field(default_factory=list)
+    tokens_of: Callable[[int], dict[str, int | Decimal]] | None = None
+    """The token quantities of the span at an index, while its request is handled (an adjustment needs
+    them); not remembered."""
+
+    @classmethod
+    def of(cls, spans: list[UsageSpan]) -> ModelCalls:
+        calls = cls(spans[0].seen_ns if spans else 0, tokens_of=lambda index: spans[index].tokens)
+        for span in spans:
+            calls.append(span.event_id, span.start_ns, span.end_ns, span.instance, span.model,
+                         span.input_total, span.output_total)
+        return calls
+
+    def append(self, event_id: str, start_ns: int, end_ns: int, instance: str, model: str,
+               input_total: int, output_total: int) -> None:
+        self.event_ids.append(event_id)
+        self.starts.append(start_ns)
+        self.ends.append(end_ns)
+        self.instances.append(instance)
+        self.models.append(model)
+        self.input_totals.append(input_total)
+        self.output_totals.append(output_total)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def span(self, index: int) -> UsageSpan:
+        tokens = self.tokens_of(index) if self.tokens_of is not None else NO_TOKENS
+        return UsageSpan(self.event_ids[index], MODEL_CALL, self.starts[index], self.ends[index],
+                         self.instances[index], self.models[index], self.input_totals[index],
+                         self.output_totals[index], tokens, self.seen_ns)
+
+
+@dataclass(slots=True)
 class HeldRow:
     meter: str
     quantity: int | Decimal
@@ -223,12 +270,40 @@ class NestingLedger:
         """Adjustments made and not yet recorded in the audit table."""
         self.covered_on_arrival: set[str] = set()
         """Aggregates covered when they arrived: their invocation count went with their request."""
+        self._unindexed: deque[ModelCalls] = deque()
+        """Model-call spans remembered as their requests' columns, in order of arrival, all after the
+        spans in ``known``: indexed (:meth:`_index`) before anything reads the indexes."""
 
     # -- what arrives ----------------------------------------------------------------------------
+
+    def saw_calls(self, calls: ModelCalls) -> list[Adjustment]:
+        """Remember the model-call spans of a request. With a billed span that they may adjust, one by one
+        (:meth:`saw`); else as columns, indexed when a held span or a later adjustment needs them: until
+        then a model-call span costs no more than its columns."""
+        if self.billed:
+            return [adjustment for index in range(len(calls)) for adjustment in self.saw(calls.span(index))]
+        calls.tokens_of = None
+        self._unindexed.append(calls)
+        return []
+
+    @property
+    def remembered(self) -> int:
+        """Usage spans remembered, indexed or not."""
+        return len(self.known) + sum(len(calls) for calls in self._unindexed)
+
+    def _index(self) -> None:
+        """Index the model-call spans remembered as columns (a re-sent copy once)."""
+        while self._unindexed:
+            calls = self._unindexed.popleft()
+            for index, event_id in enumerate(calls.event_ids):
+                if event_id not in self.known:
+                    self._remember(calls.span(index))
 
     def saw(self, span: UsageSpan) -> list[Adjustment]:
         """Remember a usage span that is not held; adjust billed spans it covers. Its token quantities
         are needed for that only: they are not kept (a remembered span costs less memory)."""
+        if self._unindexed:
+            self._index()
         if span.event_id in self.known:
             return []
         made = self._adjust_for(span)
@@ -239,6 +314,8 @@ class NestingLedger:
     def hold(self, held: HeldSpan) -> list[Adjustment]:
         """Hold a span (no effect when it is known already: a re-sent copy); adjustments it makes."""
         span = held.span
+        if self._unindexed:
+            self._index()
         if span.event_id in self.known:
             return []
         self._remember(span)
@@ -246,6 +323,8 @@ class NestingLedger:
         return self._adjust_for(span) if span.role != AGGREGATE else []
 
     def is_known(self, event_id: str) -> bool:
+        if self._unindexed:
+            self._index()
         return event_id in self.known
 
     def _remember(self, span: UsageSpan) -> None:
@@ -259,6 +338,8 @@ class NestingLedger:
     def decide(self, now_ns: int) -> list[Decision]:
         """Decisions for the held spans that are covered already or whose wait is over (not applied:
         :meth:`settle` applies them once they are stored)."""
+        if self.held and self._unindexed:
+            self._index()
         decisions = []
         claimed: set[tuple[str, str]] = set()
         """(covering span, role) taken by a decision of this pass: a span covers one span of each role."""
@@ -270,6 +351,8 @@ class NestingLedger:
 
     def covering_now(self, span: UsageSpan) -> bool:
         """Whether an aggregate is covered by what is known now (a covered aggregate stays covered)."""
+        if self._unindexed:
+            self._index()
         return bool(self._covering_of(span, set()))
 
     def settle(self, decision: Decision) -> None:
@@ -336,6 +419,8 @@ class NestingLedger:
         """Forget spans seen more than ``retention_ns`` ago (held spans stay until decided). ``known`` is
         in order of arrival, so this looks at the spans it forgets and one more."""
         cutoff = now_ns - self.retention_ns
+        while self._unindexed and self._unindexed[0].seen_ns < cutoff:
+            self._unindexed.popleft()
         while self.known:
             event_id, seen = next(iter(self.known.items()))
             if seen >= cutoff:
@@ -358,9 +443,13 @@ class NestingLedger:
                 _forget(self._by_counts, (span.instance, span.input_total, span.output_total), span)
 
     def spans(self) -> Iterator[UsageSpan]:
-        """Every usage span remembered (for a compacted log)."""
+        """Every usage span remembered and indexed (for a compacted log)."""
         for spans in self._by_trace.values():
             yield from spans
+
+    def unindexed_calls(self) -> Iterator[ModelCalls]:
+        """The model-call spans remembered as columns, after :meth:`spans` in order of arrival."""
+        yield from self._unindexed
 
 
 def _forget(index: dict[Any, list[UsageSpan]], key: Any, span: UsageSpan) -> None:
