@@ -42,13 +42,22 @@ id: list
 currency: USD
 versions:
   - version: "2026-10"
+    customers: {initech: {plan: eu}}
     models:
 """ + textwrap.indent(RATE_CARD.split("models:\n", 1)[1], "    ") + """\
   - version: "2026-11"
     effective_from: 2026-11-01T00:00:00Z
+    customers: {initech: {plan: eu}}
     models:
 """ + textwrap.indent(RATE_CARD.split("models:\n", 1)[1].replace('input_tokens: "0.15"', 'input_tokens: "0.12"'), "    ")
-"""The test card with a second version that lowers gpt-4o-mini's input price."""
+"""The test card with a second version that lowers gpt-4o-mini's input price; initech's plan is in euros."""
+EURO_PLAN = """\
+id: eu
+currency: EUR
+models:
+  - match: "claude-*"
+    prices: {input_tokens: "2.80", output_tokens: "14.00"}
+"""
 HOUR_NS = 3600 * 10**9
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -89,6 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeterServer]:
     browser_or_skip()
     server = MeterServer(workdir=Path(tmp_path_factory.mktemp("console")))
     (server.workdir / "rate-card.yaml").write_text(TWO_VERSIONS)
+    (server.workdir / "eu.yaml").write_text(EURO_PLAN)
     server.config_path.write_text(textwrap.dedent(f"""\
         receivers:
           otlp:
@@ -99,7 +109,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeterServer]:
           genai_usage: {{}}
           dedup: {{}}
           attribution: {{customer: [customer.id, tenant.id]}}
-          rating: {{rate_card: rate-card.yaml}}
+          rating: {{rate_card: rate-card.yaml, rate_cards: [eu.yaml]}}
         exporters:
           clickhouse: {{endpoint: chdb://{server.workdir / 'data'}}}
         extensions:
@@ -294,11 +304,36 @@ def test_range_picker_and_grouping_change_the_chart_and_totals(admin: Console, s
     series = admin.series()
     assert series["group_by"] == "customer" and series["bucket"] == "hour"
     assert set(series["groups"]) == {"acme", "globex", "initech"}
-    legend = admin.page.locator("#chart-spend .u-legend").inner_text()
+    legend = admin.page.locator("#chart-spend-USD .u-legend").inner_text()
     assert "acme" in legend and "gpt-4o" not in legend
     admin.page.click("button[data-view=table]")  # the table view holds the chart's numbers
     assert admin.page.locator(".table-view").is_visible() and not admin.page.locator(".chart-view").is_visible()
     admin.screenshot("overview-table")
+
+
+def test_each_currency_has_its_own_spend_chart_and_table(admin: Console, server: MeterServer) -> None:
+    admin.open("/?range=7d&group_by=model")
+    start, end = admin.shown_range()
+    totals = admin.totals()
+    assert totals == api_totals(server, start, end) and {"EUR", "USD"} <= totals.keys()
+    series = admin.series()
+    assert list(series["spend"]) == ["EUR", "USD"]
+    for currency in ("EUR", "USD"):  # each chart's buckets add up to that currency's total, exactly
+        assert sum(Decimal(value) for values in series["spend"][currency].values() for value in values) == \
+            Decimal(totals[currency][0])
+    charts = admin.page.locator(".chart[data-spend-currency]")
+    assert [charts.nth(i).get_attribute("data-spend-currency") for i in range(charts.count())] == ["EUR", "USD"]
+    euro_legend = admin.page.locator("#chart-spend-EUR .u-legend").inner_text()
+    dollar_legend = admin.page.locator("#chart-spend-USD .u-legend").inner_text()
+    assert "claude-sonnet-4" in euro_legend and "gpt-4o" not in euro_legend
+    assert "gpt-4o" in dollar_legend and "claude-sonnet-4" not in dollar_legend
+    assert admin.page.locator("figcaption:has-text('Spend in EUR per day')").count() == 1
+    admin.page.click("button[data-view=table]")
+    for currency in ("EUR", "USD"):
+        table = admin.page.locator(f"table.series[data-spend-currency={currency}]")
+        assert set(table.locator("td[data-currency]").all_inner_texts()) == {currency}
+        assert table.locator("tbody tr").count() == len(series["buckets"])
+    assert admin.errors == []
 
 
 def test_custom_days_and_the_time_zone_switch(admin: Console, server: MeterServer) -> None:
@@ -334,7 +369,7 @@ def test_explain_box_answers_as_rates_explain(admin: Console, server: MeterServe
 
 def test_rate_card_versions_and_their_diff(admin: Console) -> None:
     admin.open("/rate-cards?card=list&version=2026-11&against=2026-10")
-    versions = admin.page.locator("ol.timeline li")
+    versions = admin.page.locator("h3:has(a:text-is('list')) + ol.timeline li")
     assert versions.count() == 2 and "(in force)" in versions.nth(1).inner_text()
     assert "gpt-4o-mini*" in admin.page.locator("#prices").inner_text()
     assert admin.page.locator("#diff").inner_text().strip().splitlines() == [  # as rating/card_diff.py words it
@@ -456,7 +491,7 @@ def test_an_admin_token_applies_a_rate_card_as_rates_apply_checks_it(admin: Cons
     assert apply_in_console(admin, FUTURE_VERSION) == 200
     assert "2030-01" in admin.page.locator("#apply-answer").inner_text()
     assert list_versions(server) == ["2026-10", "2026-11", "2030-01"]
-    assert "2030-01" in admin.page.locator("ol.timeline").first.inner_text()
+    assert "2030-01" in admin.page.locator("h3:has(a:text-is('list')) + ol.timeline").inner_text()
     assert admin.errors == []
 
 

@@ -80,8 +80,10 @@
     charts = [];
     if (!source) { return; }
     var series = JSON.parse(source.textContent);
-    var currencies = Object.keys(series.spend);
-    drawChart(document.getElementById("chart-spend"), series.buckets, currencies.length ? series.spend[currencies[0]] : {});
+    // one spend chart per currency: amounts in different currencies are never stacked together
+    document.querySelectorAll("[data-spend-currency].chart").forEach(function (element) {
+      drawChart(element, series.buckets, series.spend[element.dataset.spendCurrency] || {});
+    });
     drawChart(document.getElementById("chart-tokens"), series.buckets, series.tokens);
   }
 
