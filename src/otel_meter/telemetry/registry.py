@@ -39,8 +39,11 @@ class PendingJournal(Protocol):
 class EngineFeed(Protocol):
     """A pipeline whose extraction runs in the engine: its own journal of acknowledged requests."""
 
-    pipeline: CountedPipeline
-    journal: PendingJournal
+    @property
+    def pipeline(self) -> CountedPipeline: ...
+
+    @property
+    def journal(self) -> PendingJournal: ...
 
 
 QUEUE_AGE = f"{PREFIX}_exporter_queue_oldest_age_seconds"
