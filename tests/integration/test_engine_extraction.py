@@ -98,6 +98,7 @@ def test_spans_extracted_in_the_engine_are_priced_exactly_and_a_retried_request_
         metrics = response.read().decode()
     # the retry's two spans and the copy of spans[2] sent again over HTTP
     assert 'otel_meter_dedup_duplicate_items_total{pipeline="traces",signal="traces"} 3.0' in metrics
+    assert 'otel_meter_exporter_queue_oldest_age_seconds{exporter="engine:traces"} 0.0' in metrics  # none waits
     assert "went through the Python processors" not in engine_server.log()  # left out by id in the engine
 
 
