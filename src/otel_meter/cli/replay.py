@@ -55,6 +55,7 @@ class OtlpHttpTarget:
     def send(self, document: ExportDocument) -> int:
         """POST one request as protobuf; the number of items the server refused for good
         (``partial_success``). Retries 429 and 503 after their ``Retry-After``."""
+        # lazy, keeps --help fast: grpc ~50 ms
         from otel_meter.receivers.otlp.export import SIGNALS
 
         url = self.base.rstrip("/") + self.paths[document.signal]
@@ -80,6 +81,7 @@ class OtlpHttpTarget:
 
 
 def error_detail(answer: HttpAnswer) -> str:
+    # lazy, keeps --help fast: a protobuf module ~12 ms
     from google.rpc.status_pb2 import Status
 
     try:
@@ -94,6 +96,7 @@ def otlp_http_target(config_path: str | None, endpoint: str | None, token: str |
                      cacert: str | None) -> OtlpHttpTarget:
     """The receiver's address and signal paths from the config (first otlp receiver with http),
     unless ``endpoint`` is given (then the default paths)."""
+    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms
     from otel_meter.config import load_config
     from otel_meter.receivers.otlp.config import HttpProtocolConfig, OtlpReceiverConfig
 
@@ -152,6 +155,7 @@ def replay_files(paths: list[Path], target: OtlpHttpTarget, file_format: str, si
 
 
 def dedup_window_seconds(config_path: str | None) -> float | None:
+    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms
     from otel_meter.config import load_config
     from otel_meter.processors.dedup.config import DedupConfig
 

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def usage(args: argparse.Namespace) -> int:
+    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
     from otel_meter.app.usage import UsageRequest, usage_document
 
     resolve_time_range(args)
@@ -58,6 +59,7 @@ def usage(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
     from otel_meter.app.operations import VerifyRequest, verify_document
     from otel_meter.storage.verify import format_report
 
