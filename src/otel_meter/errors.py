@@ -44,5 +44,9 @@ class StoreUnavailableError(StoreError, ExportError):
     exactly (a dedup check of an older event) is refused retryably."""
 
 
+class UsageRequestError(OtelMeterError):
+    """A usage request with a bad parameter; the message names it."""
+
+
 class BillingExportError(OtelMeterError):
     """A billing export cannot run; the message names the target or parameter."""

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from otel_meter.errors import OtelMeterError, RateCardError
 from otel_meter.rating.card_diff import diff_versions
-from otel_meter.rating.explain import explain, iso
+from otel_meter.rating.explain import explain
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
 from otel_meter.rating.statement import plain
+from otel_meter.timestamps import iso
 
 if TYPE_CHECKING:
     from otel_meter.rating.rate_card import CardVersion, RateCard

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from otel_meter.cli.server_api import ServerApi, add_server_options
+from otel_meter.timestamps import iso
 
 COMMANDS = ("billing",)
 
@@ -83,13 +84,6 @@ def export(args: argparse.Namespace) -> int:
         for error in answer["errors"]:
             print(f"  {error}", file=sys.stderr)
     return 0 if answer["ok"] else 1
-
-
-def iso(time_ns: int) -> str:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.rating.explain import iso as to_iso
-
-    return to_iso(time_ns)
 
 
 def ledger(args: argparse.Namespace) -> int:

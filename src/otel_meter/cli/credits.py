@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from otel_meter.cli.server_api import add_server_options, registry_answer, server_or_store
+from otel_meter.timestamps import parse_time, to_ns
 
 COMMANDS = ("credits",)
 
@@ -48,7 +49,6 @@ def credit_balance(args: argparse.Namespace) -> int:
     # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
     from otel_meter.app.credits import BalanceRequest, balance_document
     from otel_meter.credits import credit_store
-    from otel_meter.storage.usage_report import parse_time, to_ns
 
     as_of = to_ns(parse_time("as_of", args.as_of)) if args.as_of else time.time_ns()
     answer, registry = registry_answer(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from otel_meter.cli.server_api import ServerApi, add_server_options, add_time_range, registry_answer, resolve_time_range
 from otel_meter.errors import OtelMeterError
+from otel_meter.timestamps import iso, parse_time, to_ns
 
 COMMANDS = ("rates", "rerate")
 
@@ -207,8 +208,6 @@ def show(args: argparse.Namespace) -> int:
     import yaml
 
     from otel_meter.app.pricing import CardVersionRequest, card_version
-    from otel_meter.rating.explain import iso
-    from otel_meter.storage.usage_report import parse_time, to_ns
 
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
     answer, registry = registry_answer(args, "GET", f"/v1/rate-cards/{args.card}", {"at": iso(at_ns)})
@@ -225,8 +224,7 @@ def show(args: argparse.Namespace) -> int:
 def explain(args: argparse.Namespace) -> int:
     # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
     from otel_meter.app.pricing import PriceExplanationRequest, meter_names, price_explanation
-    from otel_meter.rating.explain import describe_lines, iso
-    from otel_meter.storage.usage_report import parse_time, to_ns
+    from otel_meter.rating.explain import describe_lines
 
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
     query = {"model": args.model, "provider": args.provider, "customer": args.customer, "meter": args.meter,
@@ -266,7 +264,6 @@ def rerate(args: argparse.Namespace) -> int:
     # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
     from otel_meter.app.pricing import rerate_summary
     from otel_meter.rating.rerate import rerate as run_rerate
-    from otel_meter.storage.usage_report import parse_time, to_ns
 
     resolve_time_range(args)
     start, end = to_ns(parse_time("from", args.start)), to_ns(parse_time("to", args.end))

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from otel_meter.component_model import Kind
 from otel_meter.errors import OtelMeterError, StoreLockedError
 from otel_meter.storage import queries
+from otel_meter.timestamps import iso
 
 
 def add_server_options(parser: argparse.ArgumentParser, token_env: str | None) -> None:
@@ -192,9 +193,7 @@ def add_time_range(parser: argparse.ArgumentParser) -> None:
 
 def resolve_time_range(args: argparse.Namespace) -> None:
     """Fill in the defaults of ``add_time_range`` as ISO 8601 text."""
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; the billing period ~12 ms
-    from otel_meter.rating.explain import iso
-    from otel_meter.rating.period import Period
+    from otel_meter.rating.period import Period  # lazy, keeps --help fast: the billing period ~12 ms
 
     this_month = Period.containing(time.time_ns())
     args.start = args.start or iso(this_month.start_ns)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import CardVersion
 from otel_meter.rating.statement import plain
+from otel_meter.timestamps import iso
 from otel_meter.usage import TOKEN_METERS
-
-
-def iso(time_ns: int) -> str:
-    moment = datetime.fromtimestamp(time_ns // 10**9, tz=timezone.utc).replace(microsecond=time_ns % 10**9 // 1000)
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def explain(book: RateBook, model: str, provider: str, customer: str, meters: list[str] | None,

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from otel_meter.errors import OtelMeterError
+from otel_meter.errors import UsageRequestError
 from otel_meter.storage import queries
 from otel_meter.storage.store import Store
+from otel_meter.timestamps import parse_time, to_ns
 from otel_meter.usage import MONEY_CONTEXT
 
 DEFAULT_GROUP_BY = ("customer", "model", "meter")
 NS = 10**9
-
-
-class UsageRequestError(OtelMeterError):
-    """A usage request with a bad parameter; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -45,22 +42,6 @@ class UsageRequest:
             if len(set(keys)) != len(keys):
                 raise UsageRequestError("group_by: a key is repeated")
         return cls(start=begin, end=finish, group_by=keys, customer=customer or None)
-
-
-def parse_time(name: str, text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "+", 1) if "T" in text
-                                       else text.strip())
-    except ValueError:
-        raise UsageRequestError(f"{name}: {text!r} is not an ISO 8601 time such as 2026-11-01T00:00:00Z") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value
-
-
-def to_ns(value: datetime) -> int:
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
 
 
 def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]:
