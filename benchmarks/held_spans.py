@@ -2,9 +2,11 @@
 
 Runs the Python extraction path (``GenAIUsageProcessor.extract``) in this process over
 pre-serialized OTLP requests of GenAI spans, one tenth of them aggregate spans (``invoke_agent``
-with token usage), in three runs:
+with token usage), in four runs:
 
 * ``off``: ``nested_usage.enabled: false`` (aggregate usage is not billed, nothing is held);
+* ``calls``: the same requests less the agent spans (chat spans only, as most traffic): nothing is
+  held, the model calls are only remembered;
 * ``covered``: each trace is an agent span over nine ``chat`` spans in the same request, so every
   agent span is covered on arrival (the common case: children are exported first);
 * ``uncovered``: the agent spans have no model call beneath them, so every one is held for the
@@ -49,9 +51,10 @@ def kv(key: str, value: str | int) -> KeyValue:
     return KeyValue(key=key, value=any_value)
 
 
-def build_request(rng: random.Random, spans: int, covered: bool) -> bytes:
+def build_request(rng: random.Random, spans: int, covered: bool, agents: bool = True) -> bytes:
     """``spans`` spans, one in ten an agent span with the summed usage of nine chat spans (beneath it,
-    in its trace, when ``covered``; in traces of their own otherwise)."""
+    in its trace, when ``covered``; in traces of their own otherwise); without ``agents``, the chat
+    spans alone."""
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.extend([kv("service.name", "agent-app"), kv("customer.id", "acme"),
@@ -76,6 +79,8 @@ def build_request(rng: random.Random, spans: int, covered: bool) -> bytes:
                                     kv("gen_ai.request.model", "gpt-4o"),
                                     kv("gen_ai.usage.input_tokens", input_tokens),
                                     kv("gen_ai.usage.output_tokens", output_tokens)])
+        if not agents:
+            continue
         agent = scope_spans.spans.add()
         agent.trace_id = trace_id
         agent.span_id = rng.randbytes(8)
@@ -123,11 +128,11 @@ def run(mode: str, payloads: list[bytes], decision_wait: float, fsync: bool, wor
     seconds = time.perf_counter() - started
     rss_after = current_rss_mib()
     held = processor.nested.held_spans if processor.nested is not None else 0
-    remembered = len(processor.nested.ledger.known) if processor.nested is not None else 0
+    remembered = processor.nested.ledger.remembered if processor.nested is not None else 0
     log_bytes = (workdir / mode / LOG_NAME).stat().st_size if mode != "off" else 0
     if processor.nested is not None:
         processor.nested.shutdown()
-    return {"mode": mode, "spans": spans, "aggregate_spans": spans // (CALLS_PER_AGENT + 1),
+    return {"mode": mode, "spans": spans, "aggregate_spans": 0 if mode == "calls" else spans // (CALLS_PER_AGENT + 1),
             "seconds": round(seconds, 3), "spans_per_second": round(spans / seconds),
             "microseconds_per_span": round(seconds / spans * 1e6, 2), "rows_in_requests": rows,
             "rows_stored_by_decisions": stored_rows, "held_at_end": held,
@@ -142,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spans", type=int, default=500, help="spans per request (a multiple of 10)")
     parser.add_argument("--decision-wait", type=float, default=35.0, help="seconds (the default config's)")
     parser.add_argument("--no-fsync", action="store_true")
-    parser.add_argument("--mode", choices=("off", "covered", "uncovered"), action="append",
+    parser.add_argument("--mode", choices=("off", "calls", "covered", "uncovered"), action="append",
                         help="runs to make (default: all three, each in a fresh process)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    modes = args.mode or ["off", "covered", "uncovered"]
+    modes = args.mode or ["off", "calls", "covered", "uncovered"]
     if len(modes) > 1:  # one process per run, so that peak memory and caches are each run's own
         results = []
         for mode in modes:
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(json.loads(done.stdout))
     else:
         rng = random.Random(7)
-        payloads = [build_request(rng, args.spans, covered=modes[0] != "uncovered") for _ in range(args.requests)]
+        payloads = [build_request(rng, args.spans, covered=modes[0] != "uncovered", agents=modes[0] != "calls")
+                    for _ in range(args.requests)]
         with tempfile.TemporaryDirectory() as directory:
             results = [run(modes[0], payloads, args.decision_wait, not args.no_fsync, Path(directory))]
         if args.json:
