@@ -1,6 +1,7 @@
-"""What the command line loads before it runs a command: ``otel-meter --help`` and the light
-commands stay fast because the store client, the server's components and the rate card model are
-imported only by the commands that use them (the imports inside the cli/ functions say so)."""
+"""What the command line and the SDK load at start-up: ``otel-meter --help`` and the light commands
+stay fast because the store client, the server's components and the rate card model are imported
+only by the commands that use them, and an application sending usage events over HTTP never loads
+grpcio (the imports inside those functions say so)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def test_the_default_time_range_of_a_command_does_not_load_the_store_client() ->
             "args = argparse.Namespace(start=None, end=None)\nresolve_time_range(args)\n"
             "assert args.start.endswith('T00:00:00Z') and args.end.endswith('T00:00:00Z'), vars(args)")
     assert loaded_after(code) == []
+
+
+def test_an_application_importing_the_sdk_loads_neither_grpc_nor_the_store_client() -> None:
+    assert loaded_after("import otel_meter.sdk\nimport otel_meter.client") == []
 
 
 def test_times_round_trip_exactly_to_the_microsecond() -> None:
