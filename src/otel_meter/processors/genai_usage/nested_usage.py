@@ -132,7 +132,7 @@ class NestedUsageLog:
         self.path = path
         self.fsync = fsync
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "ab")
         self._file_lock = threading.Lock()
         """Keeps an fsync and a rewrite apart (the rewrite replaces the file)."""
 
@@ -153,10 +153,10 @@ class NestedUsageLog:
             self.write(self.line(entries))
 
     @staticmethod
-    def line(entries: list[dict[str, Any]]) -> str:
-        return json.dumps({"batch": entries}, separators=(",", ":")) + "\n"
+    def line(entries: list[dict[str, Any]]) -> bytes:
+        return (json.dumps({"batch": entries}, separators=(",", ":")) + "\n").encode("ascii")
 
-    def write(self, line: str) -> None:
+    def write(self, line: bytes) -> None:
         """Append a line made by :meth:`line` (written to the operating system, not fsync'd)."""
         self._file.write(line)
         self._file.flush()
@@ -173,14 +173,14 @@ class NestedUsageLog:
     def rewrite(self, entries: list[dict[str, Any]]) -> None:
         """Replace the log by these lines (atomically: a crash leaves the old log or the new one)."""
         temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries))
+        with open(temporary, "wb") as handle:
+            handle.write("".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in entries).encode("ascii"))
             handle.flush()
             os.fsync(handle.fileno())
         with self._file_lock:
             os.replace(temporary, self.path)
             self._file.close()
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "ab")
 
     def close(self) -> None:
         self._file.close()
