@@ -21,10 +21,12 @@ class NestedUsageConfig(ComponentConfig):
     """How long usage spans are remembered (in memory and in the log): an aggregate whose model calls
     arrived up to this long before it is covered by them, a model-call span arriving this late under a
     billed aggregate still adjusts it, and a re-sent held span is still recognised. Memory grows with
-    it: about 1 KiB per usage span remembered, so usage spans per second x retention x 1 KiB
-    (benchmarks/held_spans.py)."""
+    it: about 0.25 KiB per model-call span while no held span or adjustment needs the calls indexed
+    (traffic with no aggregate or framework span), else about 1 KiB per usage span remembered, so
+    usage spans per second x retention x 1 KiB at most (benchmarks/held_spans.py)."""
     fsync: bool = True
-    """fsync the held spans' log before acknowledging a request (off trades crash safety for speed)."""
+    """fsync the log before acknowledging a request that holds a span or adjusts a billed one, and within
+    a second for model-call spans alone (off trades crash safety for speed)."""
 
     @field_validator("decision_wait")
     @classmethod
