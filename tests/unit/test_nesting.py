@@ -169,9 +169,13 @@ def test_model_call_spans_alone_are_remembered_without_an_fsync_of_their_own_and
     assert usage.ledger.remembered == 2
     assert usage.run_once() == 0 and log.syncs == 1  # the worker makes the log durable within its interval
     again = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: 0)  # a restart
+    assert again.ledger.remembered == 2
     agent = usage_span("3", AGGREGATE, 10, 40)
     assert again.take([], [held(agent)]) == (set(), {agent.event_id})  # covered on arrival by the call before
     assert [d.covered_by for d in again.ledger.decide(now_ns=0)] == [[TRACE + "1" * 16]]
+    third = NestedUsage(WAIT, 10**12, NestedUsageLog(tmp_path / "nested.log"), clock=lambda: 0)  # from the log
+    assert third.ledger.remembered == 3  # the restart rewrote it with the calls remembered
+    assert [d.covered_by for d in third.ledger.decide(now_ns=0)] == [[TRACE + "1" * 16]]
 
 
 def test_a_span_held_or_an_adjustment_made_is_fsynced_before_its_request_is_acknowledged(tmp_path: Path) -> None:
