@@ -96,14 +96,14 @@ def _texts(runs: list[list[Any]]) -> list[str]:
 
 def calls_json(calls: ModelCalls) -> list[Any]:
     """The log entry of a request's model-call spans: one JSON array (event ids joined by spaces)."""
-    return [calls.seen_ns, " ".join(calls.event_ids), _integers_text(calls.starts), _integers_text(calls.ends),
+    return [calls.seen_ns, calls.event_ids, calls.id_length, _integers_text(calls.starts), _integers_text(calls.ends),
             _runs(calls.instances), _runs(calls.models), _integers_text(calls.input_totals),
             _integers_text(calls.output_totals)]
 
 
 def calls_from(data: list[Any]) -> ModelCalls:
-    seen_ns, event_ids, starts, ends, instances, models, input_totals, output_totals = data
-    return ModelCalls(seen_ns, event_ids.split(" ") if event_ids else [], _integers(starts), _integers(ends),
+    seen_ns, event_ids, id_length, starts, ends, instances, models, input_totals, output_totals = data
+    return ModelCalls(seen_ns, event_ids, id_length, _integers(starts), _integers(ends),
                       _texts(instances), _texts(models), _integers(input_totals), _integers(output_totals))
 
 
@@ -220,10 +220,15 @@ class NestedUsage:
         if not spans:
             return batch
         now = self.clock()
-        calls = ModelCalls(now)
-        add_id, add_start, add_end = calls.event_ids.append, calls.starts.append, calls.ends.append
-        add_instance, add_model = calls.instances.append, calls.models.append
-        add_input, add_output = calls.input_totals.append, calls.output_totals.append
+        ids: list[str] = []
+        starts, ends, input_totals, output_totals = array("Q"), array("Q"), array("Q"), array("Q")
+        instances: list[str] = []
+        models: list[str] = []
+        model_texts: dict[str, str] = {}
+        """One text per model name, not one per span (the batch's are each span's own)."""
+        add_id, add_start, add_end = ids.append, starts.append, ends.append
+        add_instance, add_model = instances.append, models.append
+        add_input, add_output = input_totals.append, output_totals.append
         held: list[HeldSpan] = []
         inputs = frozenset(meter for meter, kind in token_kinds.items() if kind in INPUT_KINDS)
         outputs = frozenset(meter for meter, kind in token_kinds.items() if kind in OUTPUT_KINDS)
@@ -256,7 +261,8 @@ class NestedUsage:
                 add_start(start_ns)
                 add_end(end_ns)
                 add_instance(instance)
-                add_model(batch.model[first])
+                model = batch.model[first]
+                add_model(model_texts.setdefault(model, model))
                 add_input(input_total)
                 add_output(output_total)
                 continue
@@ -277,9 +283,10 @@ class NestedUsage:
                 for row, event_id in enumerate(batch.event_id):
                     if meters[row] in token_kinds:
                         tokens_by_id.setdefault(event_id, {})[meters[row]] = quantities[row]
-            return tokens_by_id.get(calls.event_ids[index], {})
+            return tokens_by_id.get(ids[index], {})
 
-        calls.tokens_of = tokens_of
+        calls = ModelCalls(now, "".join(ids), len(ids[0]) if ids else 0, starts, ends, instances, models,
+                           input_totals, output_totals, tokens_of)
         _, covered = self.take(calls, held)
         if not held:
             return batch

@@ -153,42 +153,39 @@ class ModelCalls:
     that they may cover, or adjust, needs them (:meth:`NestingLedger.saw_calls`)."""
 
     seen_ns: int
-    event_ids: list[str] = field(default_factory=list)
-    starts: array[int] = field(default_factory=lambda: array("Q"))
-    ends: array[int] = field(default_factory=lambda: array("Q"))
-    instances: list[str] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)
-    input_totals: array[int] = field(default_factory=lambda: array("Q"))
-    output_totals: array[int] = field(default_factory=lambda: array("Q"))
+    event_ids: str
+    """The event ids joined: one text instead of one object per span (a request's ids have one length:
+    extraction refuses a span whose trace or span id has another)."""
+    id_length: int
+    starts: array[int]
     """Times and token totals as unsigned 64-bit integers (as OTLP times): 8 bytes each in memory and in the log."""
+    ends: array[int]
+    instances: list[str]
+    models: list[str]
+    input_totals: array[int]
+    output_totals: array[int]
     tokens_of: Callable[[int], dict[str, int | Decimal]] | None = None
     """The token quantities of the span at an index, while its request is handled (an adjustment needs
     them); not remembered."""
 
     @classmethod
     def of(cls, spans: list[UsageSpan]) -> ModelCalls:
-        calls = cls(spans[0].seen_ns if spans else 0, tokens_of=lambda index: spans[index].tokens)
-        for span in spans:
-            calls.append(span.event_id, span.start_ns, span.end_ns, span.instance, span.model,
-                         span.input_total, span.output_total)
-        return calls
-
-    def append(self, event_id: str, start_ns: int, end_ns: int, instance: str, model: str,
-               input_total: int, output_total: int) -> None:
-        self.event_ids.append(event_id)
-        self.starts.append(start_ns)
-        self.ends.append(end_ns)
-        self.instances.append(instance)
-        self.models.append(model)
-        self.input_totals.append(input_total)
-        self.output_totals.append(output_total)
+        ids = [span.event_id for span in spans]
+        return cls(spans[0].seen_ns if spans else 0, "".join(ids), len(ids[0]) if ids else 0,
+                   array("Q", [span.start_ns for span in spans]), array("Q", [span.end_ns for span in spans]),
+                   [span.instance for span in spans], [span.model for span in spans],
+                   array("Q", [span.input_total for span in spans]), array("Q", [span.output_total for span in spans]),
+                   lambda index: spans[index].tokens)
 
     def __len__(self) -> int:
-        return len(self.event_ids)
+        return len(self.starts)
+
+    def event_id(self, index: int) -> str:
+        return self.event_ids[index * self.id_length:(index + 1) * self.id_length]
 
     def span(self, index: int) -> UsageSpan:
         tokens = self.tokens_of(index) if self.tokens_of is not None else NO_TOKENS
-        return UsageSpan(self.event_ids[index], MODEL_CALL, self.starts[index], self.ends[index],
+        return UsageSpan(self.event_id(index), MODEL_CALL, self.starts[index], self.ends[index],
                          self.instances[index], self.models[index], self.input_totals[index],
                          self.output_totals[index], tokens, self.seen_ns)
 
@@ -297,8 +294,8 @@ class NestingLedger:
         """Index the model-call spans remembered as columns (a re-sent copy once)."""
         while self._unindexed:
             calls = self._unindexed.popleft()
-            for index, event_id in enumerate(calls.event_ids):
-                if event_id not in self.known:
+            for index in range(len(calls)):
+                if calls.event_id(index) not in self.known:
                     self._remember(calls.span(index))
 
     def saw(self, span: UsageSpan) -> list[Adjustment]:
