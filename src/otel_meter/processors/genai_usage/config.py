@@ -21,7 +21,7 @@ class NestedUsageConfig(ComponentConfig):
     """How long usage spans are remembered (in memory and in the log): an aggregate whose model calls
     arrived up to this long before it is covered by them, a model-call span arriving this late under a
     billed aggregate still adjusts it, and a re-sent held span is still recognised. Memory grows with
-    it: about 0.25 KiB per model-call span while no held span or adjustment needs the calls indexed
+    it: about 0.1 KiB per model-call span while no held span or adjustment needs the calls indexed
     (traffic with no aggregate or framework span), else about 1 KiB per usage span remembered, so
     usage spans per second x retention x 1 KiB at most (benchmarks/held_spans.py)."""
     fsync: bool = True
