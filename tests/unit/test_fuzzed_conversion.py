@@ -260,8 +260,10 @@ METERED_OPERATIONS: list[tuple[tuple[str, str] | None, dict[str, int]]] = [
     (None, {}),  # usage without any operation is billed
 ]
 """(operation attribute, meters besides the token meters that count the span)."""
-NEUTRAL_OPERATIONS = [(cv.OPERATION, "chain"), (cv.OPERATION, "task"), None]
-"""Spans not billed for tokens: bad token values on them are no reason to reject them."""
+NEUTRAL_OPERATIONS: list[tuple[str, str] | None] = [None]
+"""Spans not billed: plain spans with no usage. (Aggregate spans such as chain and task are no
+longer neutral: with nested usage, on by default in the server, their usage is billed when no
+model call lies beneath them, so a bad count on them is refused.)"""
 LONG_TEXT_KEYS = list(cv.MODEL + cv.PROVIDER) + ["customer.id", "tenant.id", "feature"]
 ID_DEFECTS = {"zero-trace": (bytes(16), None), "zero-span": (None, bytes(8)), "empty": (b"", b""),
               "short-trace": (b"\x07" * 8, None), "long-span": (None, b"\x07" * 9)}
