@@ -43,9 +43,16 @@ TOKEN_METERS = {name: meter for name, meter in BUILTIN_METERS.items() if name in
 TEXT_KEYS = (cv.OPERATION,) + tuple(key for key, _ in cv.OPERATION_FALLBACKS) + cv.PROVIDER + cv.MODEL
 
 
+def python_extractor() -> GenAIUsageProcessor:
+    processor = GenAIUsageProcessor(CONFIG, TOKEN_METERS)
+    processor.want_attributes((CUSTOMER_KEY,), SPAN_KEYS)
+    return processor
+
+
 def create_tables(store) -> None:
+    """The view wants the extractor's resource keys, as the engine feed gives it (engine/feed.py)."""
     messages = parse_subset_proto(SUBSET_PROTO.read_text())
-    view = view_sql(MAXIMUM, resource_keys=(CUSTOMER_KEY, SDK_NAME, SERVICE_NAME), span_keys=SPAN_KEYS,
+    view = view_sql(MAXIMUM, resource_keys=sorted(python_extractor().wanted_resource_keys), span_keys=SPAN_KEYS,
                     max_attributes=CONFIG.max_attributes_per_span, max_length=CONFIG.max_attribute_value_length)
     for statement in (landing_table_sql(messages), wide_table_sql(), view):
         store.client.command(statement)
@@ -68,8 +75,7 @@ def extract_in_engine(store, payload: bytes) -> tuple[dict[str, tuple], set[str]
 
 
 def extract_in_python(payload: bytes) -> tuple[dict[str, tuple], set[str]]:
-    processor = GenAIUsageProcessor(CONFIG, TOKEN_METERS)
-    processor.want_attributes((CUSTOMER_KEY,), SPAN_KEYS)
+    processor = python_extractor()
     request = ExportTraceServiceRequest.FromString(payload)
     batch = processor.extract(request)
     instances = {span.trace_id.hex() + span.span_id.hex(): instance_of(

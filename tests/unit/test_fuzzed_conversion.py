@@ -203,12 +203,22 @@ def random_requests(draw: st.DrawFn, times: st.SearchStrategy[int] = recent_time
     return request
 
 
-def span_converter() -> GenAIUsageProcessor:
-    """The traces-to-usage step as the server's pipeline sets it up (attribution's keys wanted)."""
-    processor = GenAIUsageProcessor(GenAIUsageConfig())
-    wanted = AttributionProcessor(AttributionConfig()).wanted_attributes
-    processor.want_attributes(wanted, wanted)
-    return processor
+class ServerExtraction:
+    """The traces-to-usage step as the server's pipeline sets it up: attribution's keys wanted, and
+    nested usage on (its default), so an aggregate span's usage is read, and refused when invalid,
+    as a model call's before the span is held (the holding itself needs the server's queue)."""
+
+    def __init__(self) -> None:
+        self.processor = GenAIUsageProcessor(GenAIUsageConfig())
+        wanted = AttributionProcessor(AttributionConfig()).wanted_attributes
+        self.processor.want_attributes(wanted, wanted)
+
+    def extract(self, request: ExportTraceServiceRequest) -> UsageBatch:
+        return self.processor._extract_spans(request, nested_spans=[])
+
+
+def span_converter() -> ServerExtraction:
+    return ServerExtraction()
 
 
 def spans_of(request: ExportTraceServiceRequest) -> list[Span]:
