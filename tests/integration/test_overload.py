@@ -51,7 +51,9 @@ SDK_BATCHES_PER_SENDER = 6
 SPIKE_MIB = 200
 HEADROOM_MIB = 300
 """The limit is the memory after a warm-up plus this; refusing starts SPIKE_MIB below it."""
-LOAD_DEADLINE_SECONDS = 60
+LOAD_DEADLINE_SECONDS = 120
+"""Time for every sender to be acknowledged: the server refuses while its memory stays above the
+soft limit, which on a machine busy with other work took more than 60 s once."""
 
 
 def raw_sender(server: Server, bodies: dict[str, bytes], send: Callable[..., Answer], ledger: Ledger,
