@@ -74,6 +74,21 @@ def test_memory_is_released_at_most_once_a_second() -> None:
     assert released == [1, 1]
 
 
+def test_memory_staying_above_the_soft_limit_is_warned_about_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    memory = limiter([900] * 300, clock)
+    for _ in range(130):  # 130 s above the soft limit, a reading each second
+        assert memory.refusal() is not None
+        clock.now += 1.0
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings[0].startswith("memory use 900 MiB is at or above the soft limit of 800 MiB")
+    assert [message[:74] for message in warnings[1:]] == [
+        "memory use 900 MiB has stayed at or above the soft limit of 800 MiB for 60"] + [
+        "memory use 900 MiB has stayed at or above the soft limit of 800 MiB for 12"]
+    assert "raise limit_mib" in warnings[1]
+
+
 def test_spike_limit_defaults_to_a_fifth_and_must_be_below_the_limit() -> None:
     assert MemoryLimiterConfig(limit_mib=1000).soft_limit_mib == 800
     with pytest.raises(ValidationError, match="spike_limit_mib .1000. must be below limit_mib .1000."):

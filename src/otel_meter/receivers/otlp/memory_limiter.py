@@ -39,6 +39,9 @@ MIB = 1024 * 1024
 STATM = "/proc/self/statm"
 RELEASE_INTERVAL_SECONDS = 1.0
 """Garbage collection and ``malloc_trim`` run at most this often."""
+STILL_ABOVE_WARNING_SECONDS = 60.0
+"""While memory stays above the soft limit, a warning says so this often: memory the server keeps
+when idle (the dedup index, nested usage, the store's caches) above the soft limit refuses everything."""
 
 
 class MemoryLimiterConfig(ComponentConfig):
@@ -119,6 +122,8 @@ class MemoryLimiter:
         self._next_check = 0.0
         self._next_release = 0.0
         self._unreadable_logged = False
+        self._above_since = 0.0
+        self._next_still_above_warning = 0.0
         self.resident: int | None = None
         """The last reading, in bytes."""
         self.above_soft_limit = False
@@ -151,10 +156,20 @@ class MemoryLimiter:
             self._next_release = self._clock() + RELEASE_INTERVAL_SECONDS
             resident = self._read_resident() or resident
         above = resident >= self.soft_limit
+        now = self._clock()
         if above and not self.above_soft_limit:
             logger.warning("memory use %d MiB is at or above the soft limit of %d MiB (%s: limit_mib %d); "
                            "refusing new requests until it falls", self._mib(resident), self.config.soft_limit_mib,
                            self.where, self.config.limit_mib)
+            self._above_since = now
+            self._next_still_above_warning = now + STILL_ABOVE_WARNING_SECONDS
+        elif above and now >= self._next_still_above_warning:
+            logger.warning("memory use %d MiB has stayed at or above the soft limit of %d MiB for %d s (%s): every "
+                           "request is refused; if the server holds this much when idle (the dedup index's ids, "
+                           "nested usage's model calls, the store's caches), raise limit_mib (docs/operations.md, "
+                           "\"Sizing\")", self._mib(resident), self.config.soft_limit_mib,
+                           now - self._above_since, self.where)
+            self._next_still_above_warning = now + STILL_ABOVE_WARNING_SECONDS
         elif not above and self.above_soft_limit:
             logger.info("memory use %d MiB is below the soft limit of %d MiB again (%s); taking requests",
                         self._mib(resident), self.config.soft_limit_mib, self.where)
