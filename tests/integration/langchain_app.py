@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -25,10 +26,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.integration.instrumented_app import RecordingExporter, describe
 
-FAMILIES = ("openinference", "openllmetry")
+FAMILIES = ("openinference", "openllmetry", "openlit")
+OPENLIT_PRICES = Path(__file__).with_name("openlit_pricing.json")
+"""OpenLIT computes a cost on each span from a price list; by default it fetches one from the network."""
 
 
 def instrument(family: str, provider: TracerProvider) -> None:
+    if family == "openlit":  # as its users start it: one call, on the tracer provider set already
+        import openlit
+        openlit.init(application_name="langchain-app", environment="test", capture_message_content=False,
+                     disable_metrics=True, disable_events=True, pricing_json=str(OPENLIT_PRICES),
+                     disabled_instrumentors=["anthropic", "httpx", "requests", "urllib", "urllib3", "asgi",
+                                             "starlette", "fastapi", "aiohttp-client"])
+        return
     if family == "openinference":
         from openinference.instrumentation.langchain import LangChainInstrumentor
         from openinference.instrumentation.openai import OpenAIInstrumentor

@@ -15,10 +15,14 @@ agent loop (a model call, a tool call, a second model call) through ``langchain-
 - OpenLLMetry (langchain 0.62.4 + openai 0.62.4): the LangChain instrumentation suppresses the
   openai span; one ``ChatOpenAI.chat`` span per call (no reasoning count), under an ``agent.workflow``
   span (``invoke_agent``, no usage). Nothing covers the LangChain span: billed once, after the wait.
+- OpenLIT 1.45 (``openlit.init()``, its LangChain and openai instrumentations): like OpenLLMetry, its
+  LangChain span ``chat gpt-4o`` suppresses the openai span; beneath an ``invoke_agent agent`` span
+  (no usage) beside an ``execute_tool get_weather`` span. Billed once, after the wait.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -228,6 +232,29 @@ def test_a_langchain_agent_loop_under_openllmetry_bills_each_model_call_once(
         "agent_invocations": 1, "tool_calls": 1}
 
 
+@pytest.mark.skipif(importlib.util.find_spec("openlit") is None and not os.environ.get("CI"), reason=(
+    "openlit is not installed: the README's test command installs it without its dependencies "
+    "(its metadata pins openai<3 and anthropic<1; its code runs with the versions pinned here)"))
+def test_a_langchain_agent_loop_under_openlit_bills_each_model_call_once(nested_server: MeterServer) -> None:
+    with FakeOpenAI(chat_usage=CHAT, stream_usage=CHAT, embedding_usage=EmbeddingUsage(1)) as fake:
+        spans = run_langchain_app("openlit", nested_server, fake, "lit-agent")
+    assert len(fake.requests) == 2
+    assert sorted((span["name"], span["scope"].split()[0], span["attributes"]["gen_ai.operation.name"])
+                  for span in spans) == [
+        ("chat gpt-4o", "openlit.instrumentation.langchain", "chat")] * 2 + [
+        ("execute_tool get_weather", "openlit.instrumentation.langchain", "execute_tool"),
+        ("invoke_agent agent", "openlit.instrumentation.langchain", "invoke_agent")]  # the openai span is suppressed
+    expected = {"input_tokens": 2 * (CHAT.prompt - CHAT.cached), "cache_read_tokens": 2 * CHAT.cached,
+                "output_tokens": 2 * CHAT.completion}  # no reasoning count on chat completions
+    assert settled(nested_server, "lit-agent", priced(expected)) == priced(expected)
+    rows = nested_server.usage(group_by="customer,meter", customer="lit-agent")
+    assert {row["meter"]: row["quantity"] for row in rows if not row["meter"].endswith("_tokens")} == {
+        "agent_invocations": 1, "tool_calls": 1}
+    assert {(row["role"], row["decision"], row["meter"]): (row["spans"], row["quantity"])
+            for row in verify(nested_server)["nested_usage"]} == {
+        ("framework", "billed", meter): (2, str(quantity)) for meter, quantity in expected.items()}
+
+
 def priced(quantities: dict[str, Any]) -> dict[str, tuple[int, str]]:
     """Token meters at the test card's gpt-4o prices: input 2.50, output 10.00 per million; cache reads
     at the input price and reasoning at the output price, as the card names no price of their own."""
@@ -238,3 +265,4 @@ def priced(quantities: dict[str, Any]) -> dict[str, tuple[int, str]]:
         amount = (Decimal(quantity) * Decimal(prices.get(meter, "0")) / 1_000_000).normalize()
         out[meter] = (quantity, format(amount, "f") if amount else "0")
     return out
+
