@@ -224,12 +224,22 @@ def test_a_langchain_agent_loop_under_openllmetry_bills_each_model_call_once(
         spans = run_langchain_app("openllmetry", nested_server, fake, "ll-agent")
     usage_spans = [span for span in spans if not cv.USAGE_KEYS.isdisjoint(span["attributes"])]
     assert [span["name"] for span in usage_spans] == ["ChatOpenAI.chat"] * 2  # the openai span is suppressed
+    assert_billed_once_on_the_framework_spans(nested_server, "ll-agent")
+
+
+def assert_billed_once_on_the_framework_spans(server: MeterServer, customer: str) -> None:
+    """The agent loop's two model calls billed once each on the framework's spans (nothing covers them:
+    the instrumentation suppressed the openai spans), with no reasoning count (not on these spans), and
+    the agent run and the tool call counted. The server is this test's alone."""
     expected = {"input_tokens": 2 * (CHAT.prompt - CHAT.cached), "cache_read_tokens": 2 * CHAT.cached,
-                "output_tokens": 2 * CHAT.completion}  # no reasoning count on these spans
-    assert settled(nested_server, "ll-agent", priced(expected)) == priced(expected)
-    rows = nested_server.usage(group_by="customer,meter", customer="ll-agent")
+                "output_tokens": 2 * CHAT.completion}
+    assert settled(server, customer, priced(expected)) == priced(expected)
+    rows = server.usage(group_by="customer,meter", customer=customer)
     assert {row["meter"]: row["quantity"] for row in rows if not row["meter"].endswith("_tokens")} == {
         "agent_invocations": 1, "tool_calls": 1}
+    assert {(row["role"], row["decision"], row["meter"]): (row["spans"], row["quantity"])
+            for row in verify(server)["nested_usage"]} == {
+        ("framework", "billed", meter): (2, str(quantity)) for meter, quantity in expected.items()}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openlit") is None and not os.environ.get("CI"), reason=(
@@ -244,15 +254,7 @@ def test_a_langchain_agent_loop_under_openlit_bills_each_model_call_once(nested_
         ("chat gpt-4o", "openlit.instrumentation.langchain", "chat")] * 2 + [
         ("execute_tool get_weather", "openlit.instrumentation.langchain", "execute_tool"),
         ("invoke_agent agent", "openlit.instrumentation.langchain", "invoke_agent")]  # the openai span is suppressed
-    expected = {"input_tokens": 2 * (CHAT.prompt - CHAT.cached), "cache_read_tokens": 2 * CHAT.cached,
-                "output_tokens": 2 * CHAT.completion}  # no reasoning count on chat completions
-    assert settled(nested_server, "lit-agent", priced(expected)) == priced(expected)
-    rows = nested_server.usage(group_by="customer,meter", customer="lit-agent")
-    assert {row["meter"]: row["quantity"] for row in rows if not row["meter"].endswith("_tokens")} == {
-        "agent_invocations": 1, "tool_calls": 1}
-    assert {(row["role"], row["decision"], row["meter"]): (row["spans"], row["quantity"])
-            for row in verify(nested_server)["nested_usage"]} == {
-        ("framework", "billed", meter): (2, str(quantity)) for meter, quantity in expected.items()}
+    assert_billed_once_on_the_framework_spans(nested_server, "lit-agent")
 
 
 def priced(quantities: dict[str, Any]) -> dict[str, tuple[int, str]]:
