@@ -411,6 +411,19 @@ def load_rate_card(path: str | Path) -> RateCard:
     return parse_rate_card(text, str(file), default_id=file.stem)
 
 
+def applied_versions(rows: list[tuple[str, str, str, str]]) -> list[CardVersion]:
+    """The card versions of the store's applied rows (Store.applied_rate_card_rows: card id, version,
+    document, source), in their order; a document applied with several versions is parsed once."""
+    versions: list[CardVersion] = []
+    parsed: dict[tuple[str, str], RateCard] = {}
+    for card_id, version, document, source in rows:
+        card = parsed.get((document, source))
+        if card is None:
+            card = parsed[(document, source)] = parse_rate_card(document, source, default_id=card_id)
+        versions.extend(found for found in card.versions if found.version == version)
+    return versions
+
+
 def parse_rate_card(text: str, source: str, default_id: str = "rate-card") -> RateCard:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from otel_meter.errors import RateCardError
 from otel_meter.rating.rate_book import RateBook
-from otel_meter.rating.rate_card import CardVersion, RateCard, load_rate_card
+from otel_meter.rating.rate_card import CardVersion, RateCard, applied_versions, load_rate_card
 
 if TYPE_CHECKING:
     from otel_meter.processors.rating.config import RatingConfig
@@ -62,7 +62,7 @@ class RateCardRegistry:
         self._thread: threading.Thread | None = None
         self._default_card, self._cost_card = default_card, cost_card
         if store is not None:
-            self._versions = store.rate_card_versions()
+            self._versions = applied_versions(store.applied_rate_card_rows())
         cards = [load_rate_card(file) for file in files]
         self._file_texts = {file: card.text for file, card in zip(files, cards)}
         self._configured_cards = tuple(dict.fromkeys([*configured_cards, *(card.id for card in cards)]))

@@ -34,11 +34,10 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from otel_meter.errors import StoreAccessError, StoreError, StoreLockedError, StoreUnavailableError
-from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.storage import queries
 
 if TYPE_CHECKING:
-    from otel_meter.rating.rate_card import CardVersion, RateCard
+    from otel_meter.rating.rate_card import CardVersion
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -373,8 +372,9 @@ class Store:
                 latest[run] = (event_time, value)
         return [(series, start, event_time, Decimal(value)) for (series, start), (event_time, value) in latest.items()]
 
-    def rate_card_versions(self) -> list[CardVersion]:
-        """Every applied card version, in the order applied (a version's first application wins).
+    def applied_rate_card_rows(self) -> list[tuple[str, str, str, str]]:
+        """Every applied card version as (card id, version, card document, source), in the order
+        applied (a version's first application wins; rating.rate_card.applied_versions parses them).
 
         From the store, keeping a local copy (with a state directory); while a server is
         unreachable, from that copy plus the versions applied meanwhile. Raises
@@ -399,15 +399,7 @@ class Store:
                 pending = list(self._pending_cards)
         known = {(row[0], row[1]) for row in rows}
         rows = rows + [[row[0], row[1], row[6], row[7]] for row in pending if (row[0], row[1]) not in known]
-
-        versions: list[CardVersion] = []
-        parsed: dict[tuple[str, str], RateCard] = {}
-        for card_id, version, document, source in rows:
-            card = parsed.get((document, source))
-            if card is None:
-                card = parsed[(document, source)] = parse_rate_card(document, source, default_id=card_id)
-            versions.extend(found for found in card.versions if found.version == version)
-        return versions
+        return [(card_id, version, document, source) for card_id, version, document, source in rows]
 
     def insert_rate_card_versions(self, versions: list[CardVersion], document: str, source: str) -> None:
         """All versions of one apply in one block: they land together or not at all. While
