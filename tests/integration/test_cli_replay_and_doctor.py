@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_meter import cli
-from otel_meter.cli import replay
+from otel_meter.cli import arguments
 from otel_meter.cli.doctor import doctor_checks
 from otel_meter.cli.otlp_files import ReplayError, batches, count, delimited_chunks, read_documents
 from otel_meter.cli.replay import OtlpHttpTarget, Progress, replay_files
@@ -329,4 +329,4 @@ def test_replay_help_says_duplicates_are_harmless(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["replay", "--help"])
     assert "harmless" in capsys.readouterr().out
-    assert replay.DUPLICATES_NOTE
+    assert arguments.DUPLICATES_NOTE

@@ -6,37 +6,14 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
 
-from otel_meter.cli.server_api import ServerApi, add_server_options
+from otel_meter.app.billing import LedgerRequest, export_summary, ledger_document
+from otel_meter.billing.config import build_target
+from otel_meter.billing.export import run_export
+from otel_meter.cli.server_api import ServerApi
+from otel_meter.config import load_config
+from otel_meter.rating.period import Period
 from otel_meter.timestamps import iso
-
-COMMANDS = ("billing",)
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    billing = commands.add_parser("billing", help="send rated usage to billing platforms; the export ledger",
-                                  description="Billing exports (docs/billing-exports.md). They go through the "
-                                  "running server's usage API, or straight to the store when none runs.")
-    sub = billing.add_subparsers(dest="billing_command", required=True, metavar="SUBCOMMAND")
-    export = sub.add_parser("export", help="send what is new for a period to one target",
-                            description="Send each closed window's change since the ledger's last revision: new "
-                            "usage, late usage and re-rating adjustments (as corrections). Re-running sends nothing "
-                            "already sent.")
-    export.add_argument("--target", required=True, help="a target under billing.targets in the config")
-    export.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
-    export.add_argument("--customer", help="only this customer")
-    export.add_argument("--dry-run", action="store_true", help="show what would be sent; send and record nothing")
-    export.add_argument("--retry-parked", action="store_true",
-                        help="also send again records a platform refused for good (after fixing the cause)")
-    export.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(export, token)
-    ledger = sub.add_parser("ledger", help="what was sent where, per window and revision")
-    ledger.add_argument("--target")
-    ledger.add_argument("--period", metavar="YYYY-MM")
-    ledger.add_argument("--customer")
-    ledger.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(ledger, token)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,14 +21,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; the billing target config
-    # models ~30 ms; the components (grpc, uvicorn) ~0.8 s; the billing period ~12 ms
-    from otel_meter.app.billing import export_summary
-    from otel_meter.billing.config import build_target
-    from otel_meter.billing.export import run_export
-    from otel_meter.config import load_config
-    from otel_meter.rating.period import Period
-
     period = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
     server = ServerApi(args)
     body = {"target": args.target, "period": period.name, "customer": args.customer, "dry_run": args.dry_run,
@@ -87,10 +56,6 @@ def export(args: argparse.Namespace) -> int:
 
 
 def ledger(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; the billing period ~12 ms
-    from otel_meter.app.billing import LedgerRequest, ledger_document
-    from otel_meter.rating.period import Period
-
     period = Period.parse(args.period) if args.period else Period.containing(time.time_ns())
     server = ServerApi(args)
     answer = server.call("GET", "/v1/billing/ledger", {"target": args.target, "period": period.name,

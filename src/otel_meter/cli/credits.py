@@ -5,40 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 from urllib.parse import quote
 
-from otel_meter.cli.server_api import add_server_options, registry_answer, server_or_store
+from otel_meter.app.credits import BalanceRequest, balance_document, grant_document
+from otel_meter.cli.server_api import registry_answer, server_or_store
+from otel_meter.credits import credit_store
 from otel_meter.timestamps import parse_time, to_ns
-
-COMMANDS = ("credits",)
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    credits = commands.add_parser("credits", help="prepaid credit grants: balance and history, grant, void",
-                                  description="Prepaid credits burn down from rated usage in the documented order "
-                                  "(docs/budgets-and-credits.md).")
-    credit_commands = credits.add_subparsers(dest="credits_command", required=True, metavar="SUBCOMMAND")
-    balance = credit_commands.add_parser("balance", help="balance, grants and history of a customer")
-    balance.add_argument("customer")
-    balance.add_argument("--as-of", metavar="TIME", help="ISO 8601 time (default: now)")
-    balance.add_argument("--history", action="store_true", help="also list every grant, burn and expiry")
-    balance.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(balance, token)
-    grant = credit_commands.add_parser("grant", help="grant prepaid credits (or a prepaid money balance)")
-    grant.add_argument("customer")
-    grant.add_argument("--amount", required=True, help='a decimal, e.g. "1000" or "250.50"')
-    grant.add_argument("--currency", default="credits", help="credits (default) or an ISO 4217 code")
-    grant.add_argument("--effective-from", metavar="TIME", help="ISO 8601 (default: now)")
-    grant.add_argument("--expires-at", metavar="TIME", help="ISO 8601 (default: never)")
-    grant.add_argument("--priority", type=int, default=0, help="lower burns first (default 0)")
-    grant.add_argument("--id", dest="grant_id", help="grant id (default: generated)")
-    grant.add_argument("--note", default="")
-    add_server_options(grant, token)
-    void = credit_commands.add_parser("void", help="void a grant (it no longer burns; history keeps it)")
-    void.add_argument("customer")
-    void.add_argument("grant_id")
-    add_server_options(void, token)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,10 +18,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def credit_balance(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.credits import BalanceRequest, balance_document
-    from otel_meter.credits import credit_store
-
     as_of = to_ns(parse_time("as_of", args.as_of)) if args.as_of else time.time_ns()
     answer, registry = registry_answer(args, "GET", f"/v1/credits/{quote(args.customer, safe='')}",
                                         {"as_of": credit_store.iso_time(as_of)})
@@ -73,10 +41,6 @@ def credit_balance(args: argparse.Namespace) -> int:
 
 
 def credit_grant(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.credits import grant_document
-    from otel_meter.credits import credit_store
-
     document = {"amount": args.amount, "currency": args.currency, "effective_from": args.effective_from,
                 "expires_at": args.expires_at, "priority": args.priority, "grant_id": args.grant_id,
                 "note": args.note}
@@ -91,9 +55,6 @@ def credit_grant(args: argparse.Namespace) -> int:
 
 
 def credit_void(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.credits import credit_store
-
     path = f"/v1/credits/{quote(args.customer, safe='')}/grants/{quote(args.grant_id, safe='')}/void"
     answer, store = server_or_store(args, "POST", path, write=True)
     if store is not None:

@@ -18,10 +18,17 @@ from typing import Any
 
 from otel_meter.cli.server_api import usage_api_url
 from otel_meter.component_model import Kind
+from otel_meter.config import load_config
 from otel_meter.errors import OtelMeterError, StoreLockedError
+from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+from otel_meter.exporters.clickhouse.factory import queue_directory
+from otel_meter.extensions.usage_api.config import UsageApiConfig
+from otel_meter.processors.rating.config import RatingConfig
+from otel_meter.rating.rate_book import RateBook
+from otel_meter.rating.rate_card import load_rate_card
+from otel_meter.receivers.otlp.config import OtlpReceiverConfig
 from otel_meter.storage import queries
-
-COMMANDS = ("doctor",)
+from otel_meter.storage.store import Store, available_migrations, resolve_location
 
 
 @dataclass
@@ -88,10 +95,6 @@ def port_in_use(endpoint: str) -> bool:
 
 def listen_endpoints(config: Any) -> list[tuple[str, str]]:
     """(config key, host:port) of every server the config starts."""
-    # lazy, keeps --help fast: config models ~10-50 ms
-    from otel_meter.extensions.usage_api.config import UsageApiConfig
-    from otel_meter.receivers.otlp.config import OtlpReceiverConfig
-
     found = []
     used = {r for p in config.service.pipelines.values() for r in p.receivers}
     for receiver_id, component in config.components_of(Kind.RECEIVER, OtlpReceiverConfig).items():
@@ -125,11 +128,6 @@ def check_ports(config: Any, running: bool) -> list[Check]:
 
 
 def check_rate_cards(config: Any) -> Check:
-    # lazy, keeps --help fast: config models ~10-50 ms; PyYAML and the rate card model ~40 ms
-    from otel_meter.processors.rating.config import RatingConfig
-    from otel_meter.rating.rate_book import RateBook
-    from otel_meter.rating.rate_card import load_rate_card
-
     names = []
     for component_id, component in config.components_of(Kind.PROCESSOR, RatingConfig).items():
         files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)
@@ -169,12 +167,6 @@ def check_disk(name: str, folder: Path, queue_limit: int) -> Check:
 
 
 def check_store(config: Any, health: dict[str, Any] | None, api_url: str | None) -> list[Check]:
-    # lazy, keeps --help fast: config models ~10-50 ms; the store client (clickhouse_connect, pyarrow)
-    # ~0.2 s
-    from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
-    from otel_meter.exporters.clickhouse.factory import queue_directory
-    from otel_meter.storage.store import resolve_location
-
     exporter = next(iter(config.components_of(Kind.EXPORTER, ClickHouseExporterConfig).values()), None)
     if exporter is None:
         return [Check("store", "FAIL", f"{config.source}: no clickhouse exporter", "add one (docs/configuration.md)")]
@@ -201,9 +193,6 @@ def check_store(config: Any, health: dict[str, Any] | None, api_url: str | None)
 
 
 def open_and_check_store(location: Any) -> list[Check]:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.storage.store import Store, available_migrations
-
     try:
         store = Store(location, connect_timeout=5)
     except StoreLockedError:
@@ -233,9 +222,6 @@ def open_and_check_store(location: Any) -> list[Check]:
 
 
 def doctor_checks(config_path: str | None) -> list[Check]:
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s
-    from otel_meter.config import load_config
-
     checks = [check_versions()]
     try:
         config = load_config(config_path)
@@ -262,15 +248,6 @@ def check_refusals(refused: dict[str, int]) -> Check:
     return Check("refused", "WARN", f"{total} item(s) refused since the server started: {by_reason}",
                  "the server's log has a WARN line per reason (\"refused N ...\") with the customer and an example "
                  "item; fix the sender, or see docs/operations.md (Refused items)")
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    doctor = commands.add_parser(
-        "doctor", help="check config, rate cards, store, migrations, ports, versions and disk space",
-        description="One line per check: OK, WARN or FAIL, with advice. Exit status 1 when a check fails.")
-    doctor.add_argument("--config", metavar="PATH")
-    doctor.add_argument("--format", choices=["text", "json"], default="text",
-                        help="json: {ok, checks: [{name, status, message, advice}]} (exit status as for text)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from google.protobuf.message import DecodeError, Message
 
 from otel_meter.component_model import LOGS, METRICS, TRACES
 from otel_meter.errors import OtelMeterError
+from otel_meter.receivers.otlp import otlp_json
+from otel_meter.receivers.otlp.export import SIGNALS
 from otel_meter.telemetry.counts import count_items
 
 SIGNAL_KEYS = {"resourceSpans": TRACES, "resource_spans": TRACES, "resourceMetrics": METRICS,
@@ -39,8 +41,6 @@ class ExportDocument:
 
 
 def request_type(signal: str) -> type[Message]:
-    # lazy, keeps --help fast: grpc ~50 ms
-    from otel_meter.receivers.otlp.export import SIGNALS
     return SIGNALS[signal].request_type
 
 
@@ -84,9 +84,6 @@ def read_documents(path: Path, file_format: str = "auto", signal: str | None = N
 
 
 def parse_json_document(path: Path, line: int, text: bytes, signal: str | None) -> ExportDocument:
-    # lazy, keeps --help fast: protobuf's json_format ~12 ms
-    from otel_meter.receivers.otlp import otlp_json
-
     where = f"{path}:{line}"
     try:
         document = json.loads(text)

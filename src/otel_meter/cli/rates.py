@@ -11,77 +11,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from otel_meter.cli.server_api import ServerApi, add_server_options, add_time_range, registry_answer, resolve_time_range
+import yaml
+
+from otel_meter.app.pricing import (
+    CardVersionRequest,
+    PriceExplanationRequest,
+    applied_card,
+    card_diff,
+    card_files,
+    card_list,
+    card_version,
+    meter_names,
+    price_explanation,
+    rerate_summary,
+    version_changes,
+)
+from otel_meter.cli.arguments import resolve_time_range
+from otel_meter.cli.server_api import ServerApi, registry_answer
 from otel_meter.errors import OtelMeterError
+from otel_meter.rating.explain import describe_lines
+from otel_meter.rating.litellm_import import import_litellm as convert
+from otel_meter.rating.rate_card import load_rate_card, parse_rate_card
+from otel_meter.rating.rerate import rerate as run_rerate
 from otel_meter.timestamps import iso, parse_time, to_ns
-
-COMMANDS = ("rates", "rerate")
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    rates = commands.add_parser("rates", help="rate cards: validate, diff, apply, list, show, explain, import",
-                                description="Manage rate cards. Changes go through the running server's usage "
-                                "API (they take effect at once); with no server running, straight to the store.")
-    sub = rates.add_subparsers(dest="rates_command", required=True, metavar="SUBCOMMAND")
-
-    validate = sub.add_parser("validate", help="check card files without applying them")
-    validate.add_argument("files", nargs="+", metavar="FILE")
-    validate.add_argument("--format", choices=["text", "json"], default="text")
-
-    diff = sub.add_parser("diff", help="what applying a card file would change (exit 1 when something would)",
-                          description="Each version in the file is compared with the applied version of the same "
-                          "name; a new version with the version in force before it. Exit 0 when the file is "
-                          "already applied, 1 when applying it would change something.")
-    diff.add_argument("file", metavar="FILE")
-    diff.add_argument("--against", metavar="FILE", help="compare with another card file instead of the applied card")
-    diff.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(diff, token)
-
-    apply = sub.add_parser("apply", help="apply a card file (atomic: a bad card changes nothing)")
-    apply.add_argument("file", metavar="FILE")
-    apply.add_argument("--dry-run", action="store_true", help="check against the applied cards, change nothing")
-    apply.add_argument("--force", action="store_true",
-                       help="apply a card no rating processor, plan or customer uses (refused without it, naming "
-                            "the cards in use)")
-    add_server_options(apply, token)
-
-    listing = sub.add_parser("list", help="applied cards and their versions")
-    listing.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(listing, token)
-
-    show = sub.add_parser("show", help="the version of a card in force at a time")
-    show.add_argument("card", metavar="CARD")
-    show.add_argument("--at", metavar="TIME", help="ISO 8601 time (default: now)")
-    show.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(show, token)
-
-    explain = sub.add_parser("explain", help="which rule prices a model's usage, and why")
-    explain.add_argument("model", metavar="MODEL")
-    explain.add_argument("--provider", default="", help="gen_ai.provider.name of the usage (default: none)")
-    explain.add_argument("--customer", default="", help="customer, for plans and overrides")
-    explain.add_argument("--meter", help="comma-separated meters (default: every meter the cards name)")
-    explain.add_argument("--at", metavar="TIME", help="ISO 8601 event time (default: now)")
-    explain.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(explain, token)
-
-    importer = sub.add_parser("import-litellm", help="make a card from LiteLLM's model price JSON",
-                              description="Read LiteLLM's model_prices_and_context_window.json and write a rate "
-                              "card with its list prices (review before applying).")
-    importer.add_argument("file", metavar="JSON")
-    importer.add_argument("-o", "--output", metavar="FILE", help="card file to write (default: standard output)")
-    importer.add_argument("--id", default="litellm-list-prices", help="card id (default: litellm-list-prices)")
-    importer.add_argument("--provider", action="append", help="only this provider (repeatable)")
-    importer.add_argument("--mode", action="append", help="only this LiteLLM mode, e.g. chat (repeatable; "
-                          "default: chat, completion, responses, embedding)")
-    importer.add_argument("--models", metavar="GLOB", help="only models matching this glob")
-
-    rerate = commands.add_parser("rerate", help="re-price usage after a backdated price change",
-                                 description="Re-price usage in [from, to) (default: this month, UTC) with the "
-                                 "cards in force now. Writes adjustment line items (a reversal and a new rating); "
-                                 "never edits rated history; running it twice changes nothing.")
-    add_time_range(rerate)
-    rerate.add_argument("--customer", help="only this customer")
-    add_server_options(rerate, token)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,9 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.pricing import card_files
-
     document = card_files(args.files)
     if args.format == "json":
         print(json.dumps(document, indent=2))
@@ -108,11 +57,6 @@ def validate(args: argparse.Namespace) -> int:
 def diff(args: argparse.Namespace) -> int:
     """Each version of the file against the version of the same name already applied (or in
     ``--against``); a new version against the one before it. Exit 1 when anything would change."""
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; PyYAML and the rate card
-    # model ~40 ms
-    from otel_meter.app.pricing import card_diff, version_changes
-    from otel_meter.rating.rate_card import load_rate_card
-
     card = load_rate_card(args.file)
     if args.against:
         known, where = list(load_rate_card(args.against).versions), args.against
@@ -145,9 +89,6 @@ def diff(args: argparse.Namespace) -> int:
 
 def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:
     """The applied versions of a card, from the running server or the store."""
-    # lazy, keeps --help fast: PyYAML and the rate card model ~40 ms
-    from otel_meter.rating.rate_card import parse_rate_card
-
     answer, registry = registry_answer(args, "GET", "/v1/rate-cards")
     if registry is not None:
         return [version for version in registry.versions() if version.card_id == card_id]
@@ -165,11 +106,6 @@ def applied_versions(args: argparse.Namespace, card_id: str) -> list[Any]:
 
 
 def apply(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; PyYAML and the rate card
-    # model ~40 ms
-    from otel_meter.app.pricing import applied_card
-    from otel_meter.rating.rate_card import load_rate_card
-
     card = load_rate_card(args.file)  # a bad card fails here, before anything is sent
     query = {"source": str(Path(args.file).name), "id": Path(args.file).stem,
              "dry_run": "true" if args.dry_run else None, "force": "true" if args.force else None}
@@ -183,9 +119,6 @@ def apply(args: argparse.Namespace) -> int:
 
 
 def list_cards(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.pricing import card_list
-
     answer, registry = registry_answer(args, "GET", "/v1/rate-cards")
     if registry is not None:
         answer = card_list(registry, time.time_ns())
@@ -204,11 +137,6 @@ def list_cards(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: PyYAML ~10 ms; the store client (clickhouse_connect, pyarrow) ~0.2 s
-    import yaml
-
-    from otel_meter.app.pricing import CardVersionRequest, card_version
-
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
     answer, registry = registry_answer(args, "GET", f"/v1/rate-cards/{args.card}", {"at": iso(at_ns)})
     if registry is not None:
@@ -222,10 +150,6 @@ def show(args: argparse.Namespace) -> int:
 
 
 def explain(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.pricing import PriceExplanationRequest, meter_names, price_explanation
-    from otel_meter.rating.explain import describe_lines
-
     at_ns = to_ns(parse_time("at", args.at)) if args.at else time.time_ns()
     query = {"model": args.model, "provider": args.provider, "customer": args.customer, "meter": args.meter,
              "at": iso(at_ns)}
@@ -238,9 +162,6 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def import_litellm(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the LiteLLM importer ~8 ms
-    from otel_meter.rating.litellm_import import import_litellm as convert
-
     try:
         data = Path(args.file).read_bytes()
     except OSError as error:
@@ -261,10 +182,6 @@ def import_litellm(args: argparse.Namespace) -> int:
 
 
 def rerate(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.pricing import rerate_summary
-    from otel_meter.rating.rerate import rerate as run_rerate
-
     resolve_time_range(args)
     start, end = to_ns(parse_time("from", args.start)), to_ns(parse_time("to", args.end))
     if end <= start:

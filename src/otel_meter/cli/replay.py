@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+from google.rpc.status_pb2 import Status
 
+from otel_meter.cli.arguments import DEFAULT_BATCH_ITEMS
 from otel_meter.cli.otlp_files import ExportDocument, ReplayError, batches, count, event_times, read_documents
 from otel_meter.component_model import LOGS, METRICS, TRACES, Kind
+from otel_meter.config import load_config
 from otel_meter.http import Doubling, HttpAnswer, HttpRequest, RetryPolicy, RetryStatuses, new_client, send
+from otel_meter.processors.dedup.config import DedupConfig
+from otel_meter.receivers.otlp.config import HttpProtocolConfig, OtlpReceiverConfig
+from otel_meter.receivers.otlp.export import SIGNALS
 
-COMMANDS = ("replay", "backfill")
-DEFAULT_BATCH_ITEMS = 1000
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 MAX_ATTEMPTS = 10
 """Tries per request while the server answers 429 or 503 (or cannot be reached)."""
@@ -35,9 +39,6 @@ REQUEST_TIMEOUT = 120.0
 RETRY_POLICY = RetryPolicy(max_attempts=MAX_ATTEMPTS, backoff=Doubling(0.5), max_wait=MAX_RETRY_WAIT,
                            retry_on=RetryStatuses(frozenset({429, 503}), server_errors=False), retry_after_on=None)
 """429, 503 and no answer: after ``Retry-After`` (seconds or an HTTP date), else 0.5 s doubling, at most 30 s."""
-DUPLICATES_NOTE = ("Sending the same data twice is harmless within the dedup window (default 7 days of the "
-                   "events' own time): the server counts each span, data point series and log record once, "
-                   "so an interrupted replay can simply be run again.")
 
 
 # -- sending -------------------------------------------------------------------------------------
@@ -55,9 +56,6 @@ class OtlpHttpTarget:
     def send(self, document: ExportDocument) -> int:
         """POST one request as protobuf; the number of items the server refused for good
         (``partial_success``). Retries 429 and 503 after their ``Retry-After``."""
-        # lazy, keeps --help fast: grpc ~50 ms
-        from otel_meter.receivers.otlp.export import SIGNALS
-
         url = self.base.rstrip("/") + self.paths[document.signal]
         headers = {"Content-Type": "application/x-protobuf"}
         if self.token:
@@ -81,9 +79,6 @@ class OtlpHttpTarget:
 
 
 def error_detail(answer: HttpAnswer) -> str:
-    # lazy, keeps --help fast: a protobuf module ~12 ms
-    from google.rpc.status_pb2 import Status
-
     try:
         if "protobuf" in answer.headers.get("content-type", ""):
             return Status.FromString(answer.content).message
@@ -96,10 +91,6 @@ def otlp_http_target(config_path: str | None, endpoint: str | None, token: str |
                      cacert: str | None) -> OtlpHttpTarget:
     """The receiver's address and signal paths from the config (first otlp receiver with http),
     unless ``endpoint`` is given (then the default paths)."""
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms
-    from otel_meter.config import load_config
-    from otel_meter.receivers.otlp.config import HttpProtocolConfig, OtlpReceiverConfig
-
     context = ssl.create_default_context(cafile=cacert) if cacert else None
     http: HttpProtocolConfig | None = None
     if endpoint is None or config_path is not None:
@@ -155,10 +146,6 @@ def replay_files(paths: list[Path], target: OtlpHttpTarget, file_format: str, si
 
 
 def dedup_window_seconds(config_path: str | None) -> float | None:
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms
-    from otel_meter.config import load_config
-    from otel_meter.processors.dedup.config import DedupConfig
-
     config = load_config(config_path)
     windows = [c.window.total_seconds() for c in config.components_of(Kind.PROCESSOR, DedupConfig).values()]
     return min(windows) if windows else None
@@ -179,43 +166,6 @@ def scan_ages(paths: list[Path], file_format: str, signal: str | None, window_se
 
 
 # -- commands ------------------------------------------------------------------------------------
-
-
-def add_send_options(parser: argparse.ArgumentParser, token: str | None) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", type=Path)
-    parser.add_argument("--signal", choices=[TRACES, METRICS, LOGS],
-                        help="the files' signal (JSON documents say it themselves; needed for protobuf)")
-    parser.add_argument("--format", dest="file_format", choices=["auto", "json", "jsonl", "protobuf"],
-                        default="auto", help="auto: a file starting with '{' is JSON or JSON Lines, else protobuf "
-                        "(one ExportTraceServiceRequest, or several each preceded by its varint length)")
-    parser.add_argument("--config", metavar="PATH", help="config file (finds the OTLP/HTTP receiver)")
-    parser.add_argument("--endpoint", metavar="URL", help="OTLP/HTTP base URL, e.g. http://meter:4318 (default: "
-                        "receivers.otlp.protocols.http.endpoint of the config)")
-    parser.add_argument("--token", default=token, help="bearer token of the OTLP receiver, when it has auth "
-                        "(default: $OTEL_METER_TOKEN)")
-    parser.add_argument("--cacert", metavar="PATH", help="CA certificate for an https endpoint")
-    parser.add_argument("--batch-items", type=int, default=DEFAULT_BATCH_ITEMS,
-                        help=f"merge documents into requests of up to this many items (default {DEFAULT_BATCH_ITEMS})")
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    replay = commands.add_parser(
-        "replay", help="re-ingest OTLP files (JSON, JSON Lines, protobuf) through the running server",
-        description="Send the export requests in FILEs to the running server's OTLP/HTTP receiver, in batches, "
-        "with progress on stderr (requests, items, refused). Files: an OTLP JSON document, JSON Lines of them "
-        "(the Collector's file exporter), or protobuf. 429 and 503 are retried after Retry-After. A bad document "
-        "stops the replay with its file and line (those before it were sent). " + DUPLICATES_NOTE)
-    add_send_options(replay, token)
-    backfill = commands.add_parser(
-        "backfill", help="replay historical OTLP files, checking their age against the dedup window",
-        description="Like replay, for data older than usual: first reads the files and counts the items whose "
-        "event time is older than the dedup processor's window. Within the window duplicates are dropped; "
-        "beyond it the server does not look them up in the store, so sending such data a second time counts it "
-        "twice. Backfill refuses such files unless --beyond-window is given; send them once, then check with "
-        "otel-meter verify.")
-    add_send_options(backfill, token)
-    backfill.add_argument("--beyond-window", action="store_true",
-                          help="send items older than the dedup window (each must be sent only once)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,26 +13,21 @@ import argparse
 import json
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any, Mapping
 
 from otel_meter.component_model import Kind
+from otel_meter.config import load_config
 from otel_meter.errors import OtelMeterError, StoreLockedError
+from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
+from otel_meter.extensions.usage_api.config import UsageApiConfig
+from otel_meter.processors.rating.config import RatingConfig
+from otel_meter.rating.rate_card import load_rate_card
+from otel_meter.rating.registry import RateCardRegistry
 from otel_meter.storage import queries
-from otel_meter.timestamps import iso
-
-
-def add_server_options(parser: argparse.ArgumentParser, token_env: str | None) -> None:
-    parser.add_argument("--config", metavar="PATH", help="config file (finds the usage API and the store)")
-    parser.add_argument("--url", help="usage API base URL, e.g. http://meter:8080 (default: from the config)")
-    parser.add_argument("--token", default=token_env,
-                        help="token for a usage API with auth, sent as 'Authorization: Bearer TOKEN' "
-                             "(default: $OTEL_METER_TOKEN)")
-    parser.add_argument("--cacert", metavar="PATH", help="CA certificate to trust for an https usage API "
-                        "(default: the system's trusted CAs)")
+from otel_meter.storage.store import Store, available_migrations, resolve_location
 
 
 class ServerApi:
@@ -115,12 +110,6 @@ def error_detail(error: urllib.error.HTTPError) -> str:
 
 def store_location(config_path: str | None):
     """Where the config's clickhouse exporter keeps the usage."""
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms; the store
-    # client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.config import load_config
-    from otel_meter.exporters.clickhouse.config import ClickHouseExporterConfig
-    from otel_meter.storage.store import resolve_location
-
     config = load_config(config_path)
     exporter = next(iter(config.components_of(Kind.EXPORTER, ClickHouseExporterConfig).values()), None)
     if exporter is None:
@@ -131,9 +120,6 @@ def store_location(config_path: str | None):
 def open_store(config_path: str | None, *, create: bool, api_url: str | None = None):
     """The configured store. ``create``: make and migrate it when it was never started (and say
     so on stderr); otherwise a missing or empty store is an error naming where it was looked for."""
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.storage.store import Store, available_migrations
-
     location = store_location(config_path)
     where = location.embedded_path or location.describe()
     api = f"at {api_url}" if api_url else "configured"
@@ -156,9 +142,6 @@ def open_store(config_path: str | None, *, create: bool, api_url: str | None = N
 
 
 def pending_migrations(store) -> list[str]:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.storage.store import available_migrations
-
     try:
         applied = {row[0] for row in store.query(queries.APPLIED_MIGRATIONS, {})}
     except Exception:  # noqa: BLE001 - no schema_migrations table: nothing applied
@@ -167,10 +150,6 @@ def pending_migrations(store) -> list[str]:
 
 
 def usage_api_url(config_path: str | None) -> str | None:
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms
-    from otel_meter.config import load_config
-    from otel_meter.extensions.usage_api.config import UsageApiConfig
-
     config = load_config(config_path)
     usage_apis = config.components_of(Kind.EXTENSION, UsageApiConfig)
     for extension_id in config.service.extensions:
@@ -182,33 +161,8 @@ def usage_api_url(config_path: str | None) -> str | None:
     return None
 
 
-def add_time_range(parser: argparse.ArgumentParser) -> None:
-    """``--from``/``--to``, this calendar month (UTC) unless given: commands that work whatever
-    today's date is."""
-    parser.add_argument("--from", dest="start", metavar="TIME",
-                        help="ISO 8601 start, inclusive (default: the start of this month, UTC)")
-    parser.add_argument("--to", dest="end", metavar="TIME",
-                        help="ISO 8601 end, exclusive (default: the start of next month, UTC)")
-
-
-def resolve_time_range(args: argparse.Namespace) -> None:
-    """Fill in the defaults of ``add_time_range`` as ISO 8601 text."""
-    from otel_meter.rating.period import Period  # lazy, keeps --help fast: the billing period ~12 ms
-
-    this_month = Period.containing(time.time_ns())
-    args.start = args.start or iso(this_month.start_ns)
-    args.end = args.end or iso(this_month.end_ns)
-
-
 def local_registry(config_path: str | None, store):
     """The rate cards in the store, with the default and cost card the config names."""
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms; PyYAML and
-    # the rate card model ~40 ms
-    from otel_meter.config import load_config
-    from otel_meter.processors.rating.config import RatingConfig
-    from otel_meter.rating.rate_card import load_rate_card
-    from otel_meter.rating.registry import RateCardRegistry
-
     config = load_config(config_path)
     for component in config.components_of(Kind.PROCESSOR, RatingConfig).values():
         files = ([component.rate_card] if component.rate_card else []) + list(component.rate_cards)

@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import argparse
 import signal
-from typing import Any
 
 from otel_meter.cli.server_api import store_location
 from otel_meter.component_model import Kind
+from otel_meter.config import load_config
 from otel_meter.errors import RateCardError
+from otel_meter.extensions.usage_api.server import UsageApiServer
 from otel_meter.logs import configure_logging
-
-COMMANDS = ("serve", "migrate", "config")
-
-
-def add_serve_command(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run the metering service (OTLP in, rated usage in ClickHouse out)",
-                                description="Run the service. Without --config it uses the built-in default, "
-                                "identical to the shipped collector-config.yaml (embedded store under ./data).")
-    serve.add_argument("--config", metavar="PATH", help="config file in the OpenTelemetry Collector layout")
-    serve.add_argument("--log-level", choices=["debug", "info", "warn", "warning", "error"],
-                       help="override service.telemetry.logs.level")
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    migrate = commands.add_parser("migrate", help="apply pending schema migrations to the store")
-    migrate.add_argument("--config", metavar="PATH")
-
-    config = commands.add_parser("config", help="configuration tools")
-    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    validate = config_commands.add_parser("validate", help="check a config file (and its rate card) without "
-                                          "starting anything")
-    validate.add_argument("--config", metavar="PATH")
+from otel_meter.processors.rating.config import RatingConfig
+from otel_meter.rating.rate_book import RateBook
+from otel_meter.rating.rate_card import load_rate_card
+from otel_meter.service import Service
+from otel_meter.storage.store import Store
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,11 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s
-    from otel_meter.config import load_config
-    from otel_meter.extensions.usage_api.server import UsageApiServer
-    from otel_meter.service import Service
-
     config = load_config(args.config)
     logs = config.service.telemetry.logs
     configure_logging(args.log_level or logs.level, logs.encoding)
@@ -64,13 +43,6 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def validate_config(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the components (grpc, uvicorn) ~0.8 s; config models ~10-50 ms; PyYAML and
-    # the rate card model ~40 ms
-    from otel_meter.config import load_config
-    from otel_meter.processors.rating.config import RatingConfig
-    from otel_meter.rating.rate_book import RateBook
-    from otel_meter.rating.rate_card import load_rate_card
-
     config = load_config(args.config)
     for component_id, component in config.components_of(Kind.PROCESSOR, RatingConfig).items():
         cards = [load_rate_card(file) for file in ([component.rate_card] if component.rate_card else [])
@@ -85,9 +57,6 @@ def validate_config(args: argparse.Namespace) -> int:
 
 
 def migrate(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.storage.store import Store
-
     store = Store(store_location(args.config))
     applied = store.migrate()
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))

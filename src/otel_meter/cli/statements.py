@@ -8,32 +8,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from otel_meter.cli.server_api import add_server_options, registry_answer
-
-COMMANDS = ("period", "invoice")
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    period = commands.add_parser("period", help="a customer's billing period with tiers and commitments applied")
-    period.add_argument("--customer", required=True)
-    period.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
-    period.add_argument("--rounding", choices=["half_even", "half_up"], default="half_even")
-    period.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(period, token)
-
-    invoice = commands.add_parser("invoice", help="a customer's period statement: usage, adjustments, commitment, "
-                                  "credits and the amount due, as HTML, CSV or JSON",
-                                  description="The true-up invoice of a calendar month (UTC), per currency; "
-                                  "docs/invoices.md says what each figure is and how they reconcile.")
-    invoice.add_argument("--customer", required=True)
-    invoice.add_argument("--period", metavar="YYYY-MM", help="calendar month, UTC (default: this month)")
-    invoice.add_argument("--format", choices=["html", "csv", "json"], default="html")
-    invoice.add_argument("-o", "--output", metavar="FILE", help="file to write (default: standard output)")
-    invoice.add_argument("--rounding", choices=["half_even", "half_up"], default="half_even")
-    invoice.add_argument("--issued", metavar="YYYY-MM-DD", help="issue date printed on it (default: today, UTC)")
-    add_server_options(invoice, token)
+from otel_meter.app.invoices import InvoiceRequest, PeriodRequest, customer_invoice, period_statement
+from otel_meter.billing.invoice import parse_issued
+from otel_meter.billing.invoice_render import render
+from otel_meter.cli.server_api import registry_answer
+from otel_meter.config import load_config
+from otel_meter.rating.period import Period
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +22,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def period(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; the billing period ~12 ms
-    from otel_meter.app.invoices import PeriodRequest, period_statement
-    from otel_meter.rating.period import Period
-
     answer, registry = registry_answer(args, "GET", "/v1/period", {"customer": args.customer,
                                                                      "period": args.period,
                                                                      "rounding": args.rounding})
@@ -73,14 +50,6 @@ def period(args: argparse.Namespace) -> int:
 
 def invoice(args: argparse.Namespace) -> int:
     """Built by the server when one runs (its JSON), else from the store; rendered here either way."""
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s; the components (grpc,
-    # uvicorn) ~0.8 s; the billing period ~12 ms
-    from otel_meter.app.invoices import InvoiceRequest, customer_invoice
-    from otel_meter.billing.invoice import parse_issued
-    from otel_meter.billing.invoice_render import render
-    from otel_meter.config import load_config
-    from otel_meter.rating.period import Period
-
     issued = parse_issued(args.issued)  # a bad date fails before anything is asked
     chosen = Period.parse(args.period) if args.period else None
     answer, registry = registry_answer(args, "GET", "/v1/invoice", {

@@ -8,34 +8,12 @@ import json
 import sys
 from typing import Any
 
-from otel_meter.cli.server_api import ServerApi, add_server_options, add_time_range, resolve_time_range
+from otel_meter.app.operations import VerifyRequest, verify_document
+from otel_meter.app.usage import UsageRequest, usage_document
+from otel_meter.cli.arguments import resolve_time_range
+from otel_meter.cli.server_api import ServerApi
 from otel_meter.errors import OtelMeterError
-
-COMMANDS = ("usage", "verify")
-
-
-def add_commands(commands: Any, token: str | None) -> None:
-    usage = commands.add_parser("usage", help="show usage and cost per customer, model and meter",
-                                description="Usage of this month (UTC) unless --from/--to say otherwise. Asks "
-                                "the running server's usage API; when no server runs, reads the store directly.")
-    add_time_range(usage)
-    usage.add_argument("--group-by", default="customer,model,meter",
-                       help="comma-separated: customer, model, provider, meter, feature, service, environment "
-                            "(default: customer,model,meter)")
-    usage.add_argument("--customer", help="only this customer")
-    usage.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    add_server_options(usage, token)
-
-    verify = commands.add_parser(
-        "verify", help="reconcile stored usage: raw usage, line items and rollups (exit 1 on a mismatch)",
-        description="Compare raw usage with the rated line items, the line items with the hourly and daily "
-        "rollups (for ranges of whole hours and days), and look for ids stored twice. Exit status 0 when "
-        "everything reconciles, 1 with a report naming each mismatch, 2 on an error. Asks the running "
-        "server's usage API (an unrestricted token); when no server runs, reads the store directly.")
-    add_time_range(verify)
-    verify.add_argument("--customer", help="only this customer")
-    verify.add_argument("--format", choices=["text", "json"], default="text")
-    add_server_options(verify, token)
+from otel_meter.storage.verify import format_report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,9 +21,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def usage(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.usage import UsageRequest, usage_document
-
     resolve_time_range(args)
     request = UsageRequest.parse(args.start, args.end, args.group_by, args.customer)
     server = ServerApi(args)
@@ -59,10 +34,6 @@ def usage(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
-    # lazy, keeps --help fast: the store client (clickhouse_connect, pyarrow) ~0.2 s
-    from otel_meter.app.operations import VerifyRequest, verify_document
-    from otel_meter.storage.verify import format_report
-
     resolve_time_range(args)
     request = VerifyRequest.parse(args.start, args.end, args.customer)
     server = ServerApi(args)
