@@ -105,7 +105,9 @@ def bind(endpoint: str, where: str) -> socket.socket:
     host, _, port = endpoint.rpartition(":")
     family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
     host = host.strip("[]") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets of that protocol, and an
+    # answer written as head then body would else wait for the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, int(port)))
