@@ -102,8 +102,12 @@ DIMENSION_PREFIX = "dimensions."
 """A group key ``dimensions.<attribute>`` groups by a meter dimension (read from line items)."""
 
 
-def usage_query(group_by: list[str], customer_filter: bool, hourly: bool) -> tuple[str, dict[str, str]]:
+def usage_query(group_by: list[str], customer_filter: bool, hourly: bool,
+                reported_costs: bool = False) -> tuple[str, dict[str, str]]:
     """Usage and money per group over [from, to), and the parameters naming its dimensions.
+    ``reported_costs``: instead, the costs the spans reported (``gen_ai.usage.cost.*``) per group,
+    source and currency, from the rows that carry one only (a second, cheap query: summing a map
+    of source and currency over every row made the usage query half as slow again).
 
     Group keys come from GROUP_KEYS, or are dimensions (bound as parameters, never formatted in).
     """
@@ -128,15 +132,20 @@ def usage_query(group_by: list[str], customer_filter: bool, hourly: bool) -> tup
         time_filter = ("event_time >= fromUnixTimestamp64Nano({from_ns:Int64}) "
                        "AND event_time < fromUnixTimestamp64Nano({to_ns:Int64})")
     customer = " AND customer = {customer:String}" if customer_filter else ""
+    if reported_costs:
+        return f"""
+SELECT {select_keys}currency, cost_currency, reported_cost_source, reported_cost_currency, sum(reported_cost)
+FROM {source}
+WHERE {time_filter}{customer} AND reported_cost_currency != ''
+GROUP BY {group_keys}currency, cost_currency, reported_cost_source, reported_cost_currency
+""", parameters
     return f"""
 SELECT {select_keys}currency,
        sum(quantity) AS total_quantity,
        sumIf(quantity, NOT priced) AS total_unpriced_quantity,
        sum(amount) AS total_amount,
        cost_currency,
-       sum(cost) AS total_cost,
-       sumMapIf(map(concat(reported_cost_source, ' ', reported_cost_currency), reported_cost),
-                reported_cost_currency != '') AS reported_costs
+       sum(cost) AS total_cost
 FROM {source}
 WHERE {time_filter}{customer}
 GROUP BY {group_keys}currency, cost_currency

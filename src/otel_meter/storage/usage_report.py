@@ -52,33 +52,32 @@ def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]
                                   "from_s": start_ns // NS, "to_s": end_ns // NS, **dimension_parameters}
     if request.customer is not None:
         parameters["customer"] = request.customer
+    width = len(request.group_by)
+    reported_sql, _ = queries.usage_query(list(request.group_by), request.customer is not None, hourly,
+                                          reported_costs=True)
+    reported_of: dict[tuple[Any, ...], dict[str, dict[str, str]]] = {}
+    for record in store.query(reported_sql, parameters):  # group keys, currency, cost currency, source, currency, sum
+        source, reported_currency, total = record[width + 2:]
+        reported_of.setdefault(tuple(record[:width + 2]), {}).setdefault(
+            source or UNSPECIFIED_SOURCE, {})[reported_currency] = decimal_text(total)
     rows = []
     for record in store.query(sql, parameters):
         keys = dict(zip(request.group_by, record))
-        currency, quantity, unpriced, amount, cost_currency, cost, reported = record[len(request.group_by):]
+        currency, quantity, unpriced, amount, cost_currency, cost = record[width:]
         row = {**keys, "quantity": number(quantity), "unpriced_quantity": number(unpriced),
                "amount": decimal_text(amount), "currency": currency}
         if cost_currency:  # rated with a cost card too: what the usage cost us, and the margin
             row.update(cost=decimal_text(cost), cost_currency=cost_currency,
                        margin=decimal_text(amount - cost) if cost_currency == currency else None)
+        reported = reported_of.get((*record[:width], currency, cost_currency))
         if reported:  # some usage of the group reported what it cost (gen_ai.usage.cost.*): shown, never billed
-            row["reported_cost"] = reported_costs(reported)
+            row["reported_cost"] = {source: dict(sorted(sums.items())) for source, sums in sorted(reported.items())}
         rows.append(row)
     return rows
 
 
 UNSPECIFIED_SOURCE = "unspecified"
 """The ``reported_cost`` key of costs sent without ``gen_ai.usage.cost.source``."""
-
-
-def reported_costs(sums: dict[str, Decimal]) -> dict[str, dict[str, str]]:
-    """{"<source> <currency>": sum} from the store as {source: {currency: amount}}, sources
-    ``provider``, ``local`` and ``unspecified``."""
-    costs: dict[str, dict[str, str]] = {}
-    for key, total in sorted(sums.items()):
-        source, _, currency = key.rpartition(" ")
-        costs.setdefault(source or UNSPECIFIED_SOURCE, {})[currency] = decimal_text(total)
-    return costs
 
 
 def number(value: Decimal) -> int | Decimal:
