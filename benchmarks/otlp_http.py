@@ -72,11 +72,13 @@ def write_config(workdir: Path, http_port: int, api_port: int) -> Path:
     return path
 
 
-def start_server(workdir: Path, http_port: int, api_port: int, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+def start_server(workdir: Path, http_port: int, api_port: int, timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``env``: more environment variables for the server (e.g. ``PYTHONPATH`` of another checkout)."""
     config = write_config(workdir, http_port, api_port)
     log = open(workdir / "server.log", "ab")
     process = subprocess.Popen([sys.executable, "-m", "otel_meter", "serve", "--config", str(config)],
-                               cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+                               cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
