@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from otel_meter.app.operations import health_document, readiness_document
 from otel_meter.app.usage import UsageRequest, usage_document
 from otel_meter.extensions.usage_api.routing import ApiError, ApiRequest, route
 from otel_meter.extensions.usage_api.validation import GroupByText, QueryInput, Text, TimeText, described
@@ -40,9 +41,7 @@ def usage(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
 
 def health(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """The store's state, the queue, and the items refused since start by reason (``refused_items``)."""
-    healthy = api.store.ping()
-    body: dict[str, Any] = {"status": "ok" if healthy else "store unavailable", "queued_records": api.queued_records()}
-    body["refused_items"] = api.host.metrics().refused_items()
+    healthy, body = health_document(api.store, api.queued_records(), api.host.metrics().refused_items())
     return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
 
 
@@ -50,10 +49,7 @@ def ready(api: UsageApiServer, request: ApiRequest) -> tuple[HTTPStatus, Any]:
     """200 while the service takes data: started, not shutting down, and the store answers or
     the local queue has room (usage waits there while the store is down). 503 otherwise."""
     ready_now, reason = api.host.readiness()
-    store_ok = api.store.ping()
-    body = {"status": reason, "store": "ok" if store_ok else "unavailable", "queued_records": api.queued_records()}
-    if ready_now and not store_ok:
-        body["status"] = "ready (store unavailable: usage waits in the local queue)"
+    body = readiness_document(ready_now, reason, api.store, api.queued_records())
     return (HTTPStatus.OK if ready_now else HTTPStatus.SERVICE_UNAVAILABLE), body
 
 
