@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import statistics
 import time
 
 from starlette.applications import Starlette
@@ -46,16 +47,17 @@ def test_a_small_json_answer_on_a_kept_alive_connection_is_not_held_back() -> No
     try:
         client = socket.create_connection(("127.0.0.1", server.port))
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        slowest = 0.0
+        took = []
         for _ in range(10):
             started = time.perf_counter()
             client.sendall(b"GET /small HTTP/1.1\r\nHost: test\r\n\r\n")
             answer = b""
             while not answer.endswith(b'{"status":"ok"}'):
                 answer += client.recv(65536)
-            slowest = max(slowest, time.perf_counter() - started)
+            took.append(time.perf_counter() - started)
         client.close()
     finally:
         server.shutdown()
-    # With Nagle's algorithm on, every answer after the first took 40 ms or more (the delayed ACK).
-    assert slowest < 0.035, f"slowest answer {slowest * 1000:.1f} ms"
+    # With Nagle's algorithm on, every answer after the first took 40 ms or more (the delayed ACK);
+    # the median leaves room for a busy machine.
+    assert statistics.median(took) < 0.030, [f"{seconds * 1000:.1f} ms" for seconds in took]
