@@ -4,7 +4,9 @@ OpenTelemetry SDK and its OTLP/gRPC exporter."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -39,10 +41,34 @@ models:
 """
 
 
+FIRST_PORT, PORTS_PER_WORKER, MOST_WORKERS = 20_000, 3_000, 4
+"""Ports for servers are handed out below Linux's ephemeral range (32768-60999), where outgoing
+connections never take them, and each test worker (pytest-xdist) has a range of its own: a server
+restarted on its ports finds them free, even with another worker's clients connecting meanwhile."""
+
+
+def _worker_ports() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        first = FIRST_PORT + int(worker[2:]) % MOST_WORKERS * PORTS_PER_WORKER
+        return itertools.cycle(range(first, first + PORTS_PER_WORKER))
+    return itertools.cycle(range(FIRST_PORT, FIRST_PORT + MOST_WORKERS * PORTS_PER_WORKER))
+
+
+_PORTS = _worker_ports()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port of this worker's range that nothing listens on now, not handed out again for a while."""
+    for _ in range(MOST_WORKERS * PORTS_PER_WORKER):
+        port = next(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this test worker's range")
 
 
 @dataclass
