@@ -950,7 +950,7 @@ def engine_extraction_seconds(payloads: Sequence[bytes], extractor: Any, pipelin
         client = store.own_client()
         for statement in feed.statements():
             client.command(statement)
-        landing, rows, _ = feed.tables[0]
+        landing, rows = feed.tables[0].landing, feed.tables[0].rows
         journaled = [payload + receipt_fields(time.time_ns(), None) for payload in payloads]
         blocks = [journaled[start:start + feed.requests_per_insert]
                   for start in range(0, len(journaled), feed.requests_per_insert)]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
-from otel_meter.engine.sql_text import literal, quoted, sql_array
+from otel_meter.engine.sql_text import quoted, sql_array
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.processors.attribution.processor import AttributionProcessor
 from otel_meter.processors.dedup.processor import DedupProcessor
@@ -52,8 +52,17 @@ PRICE_STRUCTURE = {"epoch": "UInt64", "customer": "String", "model": "String", "
                  "rate_card": "String", "rate_card_version": "String", "rate_rule": "String",
                  "unit_cost": "Decimal(38, 18)", "cost_currency": "String", "cost_card": "String",
                  "cost_card_version": "String"}
-"""The block's prices: one row per distinct rating key of its usage, given to the insert as a
-``values`` table (a few hundred rows; decimals as text, which the engine parses exactly)."""
+"""The block's prices: one row per distinct rating key of its usage (a few hundred to a few
+thousand rows), inserted into the extractor's own ``Memory`` table before the rated insert joins
+them. Written into the statement as a ``values`` literal instead, they cost more than the join
+itself: the analysis parses every literal again, ~0.2 s for 1,200 keys (3.5 us a span of a
+50,000-span block, against 0.01 s for the insert)."""
+
+
+def price_table_sql(table: str) -> str:
+    """The ``Memory`` table an extractor's block prices are loaded into (emptied for each block)."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in PRICE_STRUCTURE.items())
+    return f"CREATE TABLE {table} ({columns}) ENGINE = Memory"
 
 
 def compile_reason(pipeline: UsagePipeline) -> str | None:
@@ -134,10 +143,8 @@ WHERE refusal = ''{f" AND event_id NOT IN {sql_array(duplicates)}" if duplicates
         return (f"SELECT {keys}, max(quantity) AS largest, count() AS count "
                 f"FROM ({self.usage_sql(rows, boundaries, duplicates)}) GROUP BY {keys}")
 
-    def insert_select_sql(self, rows: str, prices: list[tuple[Any, ...]], boundaries: list[int],
-                          duplicates: list[str]) -> str:
-        structure = ", ".join(f"{name} {kind}" for name, kind in PRICE_STRUCTURE.items())
-        values = ", ".join("(" + ", ".join(map(literal, row)) + ")" for row in prices)
+    def insert_select_sql(self, rows: str, prices: str, boundaries: list[int], duplicates: list[str]) -> str:
+        """The rated rows of the block in ``rows``, priced from the table ``prices``."""
         return f"""
 SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at), 'UTC'), u.customer, u.feature,
        u.service, u.environment, u.provider, u.model, u.operation, u.meter, toDecimal128(u.quantity, 9),
@@ -145,12 +152,12 @@ SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at),
        p.rate_card, p.rate_card_version, p.rate_rule, p.unit_cost * u.quantity, p.cost_currency, p.cost_card,
        p.cost_card_version
 FROM ({self.usage_sql(rows, boundaries, duplicates)}) AS u
-INNER JOIN (SELECT * FROM values({quoted(structure)}, {values})) AS p USING ({', '.join(KEY_COLUMNS)})
+INNER JOIN {prices} AS p USING ({', '.join(KEY_COLUMNS)})
 SETTINGS join_algorithm = 'hash'"""
 
     # -- a block ---------------------------------------------------------------------------
 
-    def store_block(self, client: Any, rows: str, token: str, begin: Callable[[], None],
+    def store_block(self, client: Any, rows: str, prices_table: str, token: str, begin: Callable[[], None],
                     again: bool = False) -> BlockOutcome:
         """Admit, price and insert the usage of the block in ``rows`` (its refused spans are not
         inserted: the caller reports them). ``begin`` is called right before the insert (to write
@@ -201,9 +208,11 @@ SETTINGS join_algorithm = 'hash'"""
             if not prices:  # every span of the block was counted before
                 stored = True
                 return BlockOutcome(refused=refused, duplicates=len(duplicates))
+            client.command(f"TRUNCATE TABLE {prices_table}")
+            client.insert(prices_table, prices, column_names=list(PRICE_STRUCTURE))
             begin()
             self.store.insert_usage_select(client, INSERTED_COLUMNS,
-                                           self.insert_select_sql(rows, prices, boundaries, duplicates), token,
+                                           self.insert_select_sql(rows, prices_table, boundaries, duplicates), token,
                                            QUERY_SETTINGS)
             stored = True
             return BlockOutcome(stored=count, unpriced=unpriced, refused=refused, duplicates=len(duplicates))

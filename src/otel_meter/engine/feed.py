@@ -21,10 +21,10 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from otel_meter.component_model import TRACES
-from otel_meter.engine.compiled import CompiledPipeline, compile_reason
+from otel_meter.engine.compiled import CompiledPipeline, compile_reason, price_table_sql
 from otel_meter.engine.inflight import InflightInserts
 from otel_meter.engine.landing import (
     INSERT_SETTINGS,
@@ -82,6 +82,18 @@ def refusal_message(code: str, event_id: str, extractor: GenAIUsageProcessor) ->
     return f"span {named}: {messages.get(code, code)}"
 
 
+class ExtractorTables(NamedTuple):
+    """An extractor thread's own tables: blocks are extracted by two threads at once."""
+
+    landing: str
+    """The Null table a block's requests are inserted into."""
+    rows: str
+    """The Memory table the view writes each span's usage into (emptied for each block)."""
+    view: str
+    prices: str
+    """The Memory table of the block's prices, for the compiled pipeline's rated insert."""
+
+
 class EngineTraceFeed:
     def __init__(self, pipeline: UsagePipeline, extractor: GenAIUsageProcessor, store: Store, directory: Path,
                  max_bytes: int, requests_per_insert: int = 100, linger: float = 0.05, extractors: int = 2) -> None:
@@ -106,8 +118,9 @@ class EngineTraceFeed:
         """Why the pipeline's processors run in Python (None: they are compiled)."""
         self.compiled = None if self.not_compiled else CompiledPipeline(
             pipeline, store, extractor.token_sources if extractor.config.token_metrics == "unless_spans" else None)
-        self.tables = [(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}") for n in range(extractors)]
-        """(landing table, rows table, view) of each extractor thread."""
+        self.tables = [ExtractorTables(f"{prefix}_landing_{n}", f"{prefix}_rows_{n}", f"{prefix}_view_{n}",
+                                       f"{prefix}_prices_{n}") for n in range(extractors)]
+        """Each extractor thread's own tables."""
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._synced = self.journal.last_id
@@ -138,9 +151,10 @@ class EngineTraceFeed:
         config = self.extractor.config
         messages = parse_subset_proto(SUBSET_PROTO.read_text())
         statements = []
-        for landing, rows, view in self.tables:
+        for landing, rows, view, prices in self.tables:
             statements += [f"DROP VIEW IF EXISTS {view}", f"DROP TABLE IF EXISTS {landing}",
-                           f"DROP TABLE IF EXISTS {rows}", landing_table_sql(messages, landing),
+                           f"DROP TABLE IF EXISTS {rows}", f"DROP TABLE IF EXISTS {prices}",
+                           price_table_sql(prices), landing_table_sql(messages, landing),
                            engine_view.wide_table_sql(rows, engine="Memory"),
                            engine_view.view_sql(config.max_tokens_per_span,
                                                 resource_keys=sorted(self.extractor.wanted_resource_keys),
@@ -170,7 +184,7 @@ class EngineTraceFeed:
         else:
             logger.info("pipeline %s: usage extracted by the engine goes through the processors in Python, as %s",
                         self.pipeline.name, self.not_compiled)
-        self._threads = [threading.Thread(target=self._run_extractor, args=tables,
+        self._threads = [threading.Thread(target=self._run_extractor, args=(tables,),
                                           name=f"engine-extract-{self.pipeline.name}-{number}", daemon=True)
                          for number, tables in enumerate(self.tables)]
         self._threads.append(threading.Thread(target=self._run_storer, name=f"engine-store-{self.pipeline.name}",
@@ -260,7 +274,8 @@ class EngineTraceFeed:
                     self._cursor = last
                     return self._generation, first, last, None
 
-    def _run_extractor(self, landing: str, rows: str, view: str) -> None:
+    def _run_extractor(self, tables: ExtractorTables) -> None:
+        landing, rows = tables.landing, tables.rows
         failures = 0
         client = None
         while (claim := self._claim()) is not None:
@@ -273,7 +288,7 @@ class EngineTraceFeed:
                         client = self.store.own_client()
                     records = [payload for _, payload in self.journal.read(first, last)]
                     unreadable = self.load(client, landing, rows, records)
-                    batch = self._store_compiled(client, rows, token, first, last, interrupted is not None)
+                    batch = self._store_compiled(client, tables, token, first, last, interrupted is not None)
                     if unreadable:
                         batch = self._extract_in_python(unreadable, first, last, batch)
                     failures = 0
@@ -392,20 +407,20 @@ class EngineTraceFeed:
             result.untimed_seqs |= usage.untimed_seqs
         return result
 
-    def _store_compiled(self, client: Any, rows: str, token: str, first: int, last: int,
+    def _store_compiled(self, client: Any, tables: ExtractorTables, token: str, first: int, last: int,
                         again: bool) -> UsageBatch | None:
         """None once the compiled pipeline stored the block's usage (its refusals counted and
         logged); else the block's usage for the Python processors."""
         if self.compiled is not None:
-            outcome = self.compiled.store_block(client, rows, token, lambda: self.inflight.begin(first, last, token),
-                                                again)
+            outcome = self.compiled.store_block(client, tables.rows, tables.prices, token,
+                                                lambda: self.inflight.begin(first, last, token), again)
             if not outcome.fallback:
                 crash_point("after_engine_store_before_checkpoint")
                 self.inflight.done(first, last)
                 self.compiled_blocks += 1
                 rejections = []
                 if outcome.refused:
-                    refused = self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows} WHERE refusal != ''")
+                    refused = self._columns(client, f"SELECT {ROW_COLUMNS} FROM {tables.rows} WHERE refusal != ''")
                     rejections = self._batch(refused).rejections
                 self.pipeline.record_stored(outcome.stored, outcome.unpriced, rejections, outcome.duplicates)
                 return None
@@ -416,7 +431,7 @@ class EngineTraceFeed:
                 logger.info("pipeline %s: a block went through the Python processors, as %s (%d of %d blocks so far; "
                             "logged at most once a minute)", self.pipeline.name, outcome.fallback,
                             self.fallback_blocks, self.fallback_blocks + self.compiled_blocks)
-        return self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {rows}"))
+        return self._batch(self._columns(client, f"SELECT {ROW_COLUMNS} FROM {tables.rows}"))
 
     @staticmethod
     def _columns(client: Any, query: str) -> dict[str, list]:
