@@ -96,7 +96,7 @@ class ExtractorTables(NamedTuple):
 
 class EngineTraceFeed:
     def __init__(self, pipeline: UsagePipeline, extractor: GenAIUsageProcessor, store: Store, directory: Path,
-                 max_bytes: int, requests_per_insert: int = 100, linger: float = 0.05, extractors: int = 2) -> None:
+                 max_bytes: int, requests_per_insert: int = 200, linger: float = 0.05, extractors: int = 2) -> None:
         """``directory``: the journal's (its own). ``requests_per_insert``: at most this many requests
         go into one insert. ``linger``: how long the loader waits for more requests before it
         inserts a block smaller than ``requests_per_insert`` (each insert costs a fixed ~0.1 s of
