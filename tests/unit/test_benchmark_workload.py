@@ -148,3 +148,12 @@ def test_the_usage_check_names_a_meter_only_non_genai_spans_could_have_produced(
                      "amount": "0.00"}]
     problems = throughput.compare("line_items", extra, expected, Decimal(1))
     assert any("vector_queries 7" in problem for problem in problems), problems
+
+
+def test_probe_polling_measures_the_queryable_delay_within_five_percent_and_backs_off(throughput: ModuleType) -> None:
+    poll_wait = throughput.poll_wait
+    assert poll_wait(0.0) == 0.002
+    assert poll_wait(0.01) == 0.002
+    for waited in (0.1, 0.4, 0.9):  # the next poll comes at most 5% of the delay so far after it
+        assert poll_wait(waited) == pytest.approx(waited / 20)
+    assert poll_wait(5.0) == 0.05  # a probe behind a backlog of seconds is polled 20 times a second, not 500
