@@ -186,6 +186,37 @@ def test_damaged_record_inside_an_older_segment_stops_the_start(tmp_path: Path) 
         Journal(tmp_path, max_bytes=10**9, segment_bytes=64)
 
 
+def test_a_sync_while_another_thread_rotates_the_segment_neither_fails_nor_misses_a_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine feed's receivers append from many threads and fsync outside the journal's lock;
+    an append that starts a new segment closes the file another receiver is about to sync. Here a
+    sync runs while an append is opening the next segment (after closing the last one)."""
+    journal = Journal(tmp_path, max_bytes=10**9, segment_bytes=64)
+    journal.append(b"first" * 20)
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            journal.sync()
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+    syncing = threading.Thread(target=sync)
+
+    def opening_while_another_thread_syncs(*args: object, **kwargs: object) -> object:
+        syncing.start()
+        syncing.join(0.2)  # long enough for the sync to fail on the closed segment if it can
+        return open(*args, **kwargs)  # noqa: SIM115 - the journal keeps the file
+    monkeypatch.setattr("otel_meter.exporters.clickhouse.journal.open", opening_while_another_thread_syncs,
+                        raising=False)
+    journal.append(b"second" * 20)
+    monkeypatch.undo()
+    syncing.join()
+    assert errors == []
+    journal.sync()
+    journal.close()
+    assert [payload[:6] for _, payload in Journal(tmp_path, max_bytes=10**9).read(1, 2)] == [b"firstf", b"second"]
+
+
 def test_rows_of_a_pipeline_without_attribution_or_rating_are_stored_unattributed_and_unpriced() -> None:
     batch = UsageBatch(event_id=["e"], event_seq=[1], event_time_ns=[1], meter=["input_tokens"], quantity=[7],
                        provider=["openai"], model=["gpt-4o"], operation=["chat"])

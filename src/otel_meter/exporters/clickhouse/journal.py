@@ -205,12 +205,25 @@ class Journal:
             self._appended_at.pop(record_id, None)
 
     def sync(self) -> None:
-        if self.fsync and self._file is not None:
-            os.fsync(self._file.fileno())
+        """Make every record appended so far durable. Safe while other threads append: a record
+        in a segment that an append closed meanwhile was made durable when it was closed, and the
+        current segment is synced through a descriptor of its own, which that closing cannot
+        invalidate (the engine feed's receivers append from many threads and fsync outside the lock)."""
+        if not self.fsync:
+            return
+        with self._lock:
+            if self._file is None:
+                return
+            descriptor = os.dup(self._file.fileno())
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def _rotate(self, first_id: int) -> None:
         if self._file is not None:
-            self.sync()
+            if self.fsync:
+                os.fsync(self._file.fileno())
             self._file.close()
         path = self.directory / f"{first_id:020d}{SEGMENT_SUFFIX}"
         self._file = open(path, "ab", buffering=0)
