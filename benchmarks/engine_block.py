@@ -1,0 +1,145 @@
+"""Where a block's time goes on the engine hot path: each statement of ``extraction: engine``, timed.
+
+The server's own objects, built from the same config as ``throughput.py``'s server (``extraction:
+engine``, the standard processors compiled for the engine, an embedded chDB store in a temporary
+directory), take blocks of journaled requests on one thread, as one extractor thread does:
+
+* ``landing``: the block's requests inserted into the landing table, its view writing one row per
+  span with usage into the extractor's rows table (``EngineTraceFeed.load``);
+* ``rated insert``: the ``INSERT ... SELECT`` into ``usage_ingest`` and its four views (usage
+  events, line items, hourly and daily rollups), joined to the block's prices;
+* ``rest of the compiled store``: the span ids read and claimed in the dedup index, the distinct
+  rating keys read, priced in Python and loaded into the prices table.
+
+It reports microseconds per span and per GenAI span for each, and the spans/s of the whole on one
+thread, after one block of warm-up. It then checks that the stored tokens per (customer, meter)
+and the total amount equal what the requests' chat spans carry (exit 1 otherwise).
+
+    python benchmarks/engine_block.py [--requests-per-block 200] [--blocks 6] [--genai-fraction 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import decimal
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from otel_meter.config import load_config  # noqa: E402
+from otel_meter.engine.landing import receipt_fields  # noqa: E402
+from otel_meter.service import Service  # noqa: E402
+from throughput import (  # noqa: E402  (a sibling script, not a package)
+    ENGINE_METERS_OFF,
+    EXACT,
+    build_templates,
+    free_port,
+    stamp,
+    write_config,
+)
+
+SPANS = 512
+NONCE = b"\x0e\x0b\x10\xc4\x00\x00\x00\x01"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests-per-block", type=int, default=200, help="requests of 512 spans in each block")
+    parser.add_argument("--blocks", type=int, default=6, help="timed blocks (after one of warm-up)")
+    parser.add_argument("--genai-fraction", type=float, default=1.0, help="share of chat spans among the spans")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="otel-meter-bench-block-"))
+    try:
+        return run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    config = write_config(workdir, free_port(), free_port(), meters_off=ENGINE_METERS_OFF, extraction="engine")
+    service = Service(load_config(config))
+    feed = service.feeds[0]
+    assert feed.compiled is not None, feed.not_compiled
+    store, tables = feed.store, feed.tables[0]
+    client = store.own_client()
+    for statement in feed.statements():
+        client.command(statement)
+    templates = build_templates(16, SPANS, 16, 100, 7, genai_fraction=args.genai_fraction)
+    timings: dict[str, float] = {"landing": 0.0, "rated insert": 0.0, "compiled store": 0.0}
+    rated_insert = store.insert_usage_select
+    warming_up = True
+
+    def timed_rated_insert(*arguments: object, **keywords: object) -> None:
+        started = time.perf_counter()
+        rated_insert(*arguments, **keywords)
+        if not warming_up:
+            timings["rated insert"] += time.perf_counter() - started
+    store.insert_usage_select = timed_rated_insert
+
+    expected: Counter[tuple[str, str]] = Counter()
+    amount = Decimal(0)
+    index = 0
+    timed_spans = timed_genai = 0
+    for block in range(args.blocks + 1):
+        requests = []
+        for _ in range(args.requests_per_block):
+            template = templates[index % len(templates)]
+            requests.append(stamp(template, NONCE, index) + receipt_fields(time.time_ns(), None))
+            expected.update(template.usage)
+            with decimal.localcontext(EXACT):
+                amount += template.amount
+            index += 1
+            if block:
+                timed_spans += template.spans
+                timed_genai += template.genai_spans
+        warming_up = not block
+        started = time.perf_counter()
+        feed.load(client, tables.landing, tables.rows, requests)
+        loaded = time.perf_counter()
+        outcome = feed.compiled.store_block(client, tables.rows, tables.prices, f"bench-block-{block}", lambda: None)
+        stored = time.perf_counter()
+        if outcome.fallback or outcome.refused:
+            print(f"block {block}: not stored by the compiled pipeline ({outcome})", file=sys.stderr)
+            return 1
+        if block:
+            timings["landing"] += loaded - started
+            timings["compiled store"] += stored - loaded
+    timings["rest of the compiled store"] = timings.pop("compiled store") - timings["rated insert"]
+    total = sum(timings.values())
+    print(f"engine block stages: {args.blocks} blocks of {args.requests_per_block} requests x {SPANS} spans "
+          f"({timed_genai:,} of {timed_spans:,} spans GenAI), one thread")
+    print(f"  {'stage':28s} {'us/span':>9s} {'us/GenAI span':>14s}")
+    for stage in ("landing", "rated insert", "rest of the compiled store"):
+        print(f"  {stage:28s} {timings[stage] / timed_spans * 1e6:9.2f} "
+              f"{timings[stage] / max(timed_genai, 1) * 1e6:14.2f}")
+    print(f"  {'whole block':28s} {total / timed_spans * 1e6:9.2f} {total / max(timed_genai, 1) * 1e6:14.2f}"
+          f"   ({timed_spans / total:,.0f} spans/s, {timed_genai / total:,.0f} GenAI spans/s)")
+    return check(client, expected, amount)
+
+
+def check(client: object, expected: Counter[tuple[str, str]], amount: Decimal) -> int:
+    rows = client.query("SELECT customer, meter, sum(quantity), sum(amount) FROM line_items "  # type: ignore[attr-defined]
+                        "GROUP BY customer, meter").result_rows
+    stored = Counter({(customer, meter): int(quantity) for customer, meter, quantity, _ in rows})
+    stored_amount = sum((Decimal(row[3]) for row in rows), Decimal(0))
+    problems = [f"{key}: stored {stored[key]}, expected {expected[key]}"
+                for key in sorted(set(stored) | set(expected)) if stored[key] != expected[key]]
+    if stored_amount != amount:
+        problems.append(f"amount: stored {stored_amount}, expected {amount}")
+    print("  check: " + ("OK, exact: tokens per customer and meter, and the amount" if not problems
+                         else "FAILED\n    " + "\n    ".join(problems[:20])))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
