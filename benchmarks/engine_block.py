@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from otel_meter.config import load_config  # noqa: E402
@@ -79,12 +80,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     rated_insert = store.insert_usage_select
     warming_up = True
 
-    def timed_rated_insert(*arguments: object, **keywords: object) -> None:
+    def timed_rated_insert(*arguments: Any, **keywords: Any) -> None:
         started = time.perf_counter()
         rated_insert(*arguments, **keywords)
         if not warming_up:
             timings["rated insert"] += time.perf_counter() - started
-    store.insert_usage_select = timed_rated_insert
+    store.insert_usage_select = timed_rated_insert  # type: ignore[method-assign]
 
     expected: Counter[tuple[str, str]] = Counter()
     amount = Decimal(0)
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         started = time.perf_counter()
         feed.load(client, tables.landing, tables.rows, requests)
         loaded = time.perf_counter()
-        outcome = feed.compiled.store_block(client, tables.rows, tables.prices, f"bench-block-{block}", lambda: None)
+        outcome = feed.compiled.store_block(client, tables.rows, tables.prices, f"bench-block-{block}",
+                                             lambda left_out: None)
         stored = time.perf_counter()
         if outcome.fallback or outcome.refused:
             print(f"block {block}: not stored by the compiled pipeline ({outcome})", file=sys.stderr)

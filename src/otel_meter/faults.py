@@ -21,7 +21,8 @@ Points, in the order a request meets them:
     the pipeline has made the request durable, the answer is not sent yet;
 ``before_store_insert``
     the store writer is about to insert a block into ClickHouse (also on each retry and
-    in the replay at start);
+    in the replay at start); with ``extraction: engine`` and the compiled pipeline, an
+    extractor is about to make a block's rated insert, written down as under way;
 ``after_store_insert_before_checkpoint``
     ClickHouse took the block, the queue's checkpoint is not advanced yet;
 ``after_engine_store_before_checkpoint``

@@ -130,6 +130,59 @@ def test_usage_stored_but_not_checkpointed_when_the_server_dies_is_not_counted_a
             server.process.wait()
 
 
+def test_a_span_twice_in_one_block_is_counted_once_by_the_engine_without_the_python_processors(
+        engine_server: MeterServer) -> None:
+    factory = SpanFactory()
+    span = chat(factory, "acme", "gpt-4o", 1_000, 200)
+    other = chat(factory, "initech", "gpt-4o-mini", 3_000, 500)
+    assert export(engine_server, [span, other, span]) == SpanExportResult.SUCCESS  # one request, one block
+    engine_server.wait_until_stored(within=10)
+    rows = totals(engine_server.usage(group_by="customer,meter"), "customer", "meter")
+    assert rows == {("acme", "input_tokens"): (1_000, "0.0025"), ("acme", "output_tokens"): (200, "0.002"),
+                    ("initech", "input_tokens"): (3_000, "0.00045"), ("initech", "output_tokens"): (500, "0.0003")}
+    with urllib.request.urlopen(f"{engine_server.api_url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'otel_meter_dedup_duplicate_items_total{pipeline="traces",signal="traces"} 1.0' in metrics
+    assert "went through the Python processors" not in engine_server.log()
+
+
+def test_an_insert_a_crash_interrupted_is_made_again_leaving_out_the_spans_it_left_out(tmp_path: Path) -> None:
+    """The interrupted block held a client's retry of a span stored before: made again after the
+    crash, it must leave that span out again, or the span would be counted twice."""
+    server = MeterServer(workdir=tmp_path)
+    engine_config(server)
+    factory = SpanFactory()
+    first, second, third = (chat(factory, "acme", "gpt-4o", 1_000, 200),
+                            chat(factory, "initech", "gpt-4o-mini", 3_000, 500),
+                            chat(factory, "globex", "gpt-4o", 10, 1))
+    try:
+        server.start()
+        assert export(server, [first, second]) == SpanExportResult.SUCCESS
+        server.wait_until_stored(within=10)
+        server.stop()
+        os.environ["OTEL_METER_FAULT"] = "before_store_insert:1"
+        try:
+            server.start()
+        finally:
+            del os.environ["OTEL_METER_FAULT"]
+        assert export(server, [first, third]) == SpanExportResult.SUCCESS  # a retry of the first span, and a new one
+        assert server.process is not None
+        server.process.wait(30)  # the block's insert was written down, then the process was killed
+        assert "fault injection: SIGKILL at before_store_insert" in server.log()
+        server.start()
+        assert "1 insert(s) interrupted by a stop are made again with their deduplication tokens" in server.log()
+        server.wait_until_stored(within=10)
+        rows = totals(server.usage(group_by="customer,meter"), "customer", "meter")
+        assert rows == {("acme", "input_tokens"): (1_000, "0.0025"), ("acme", "output_tokens"): (200, "0.002"),
+                        ("initech", "input_tokens"): (3_000, "0.00045"),
+                        ("initech", "output_tokens"): (500, "0.0003"),
+                        ("globex", "input_tokens"): (10, "0.000025"), ("globex", "output_tokens"): (1, "0.00001")}
+    finally:
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
+
+
 def test_a_pipeline_with_meters_the_engine_does_not_compute_stays_in_python_and_says_why(tmp_path: Path) -> None:
     server = MeterServer(workdir=tmp_path)
     engine_config(server, meters_off=())

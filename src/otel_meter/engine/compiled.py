@@ -15,9 +15,9 @@ block's rated line items are computed and inserted by the engine too, with no Py
   versions) and the prices are joined to the rows; amount = unit price x quantity exactly, in
   ``Decimal(38, 18)``.
 
-Spans counted before (client retries) are left out by id. A block the compiled form cannot take
-exactly (a span held by another block being stored or twice in the block, a
-metric-billed service instance, an amount beyond the storable range) goes through the Python
+Spans counted before (client retries) are left out by id, and of a span in the block twice one
+copy is taken. A block the compiled form cannot take exactly (a span held by another block being
+stored, a metric-billed service instance, an amount beyond the storable range) goes through the Python
 processors instead (:class:`BlockOutcome` says why), so every rule and every refusal stays the
 Python path's.
 """
@@ -30,8 +30,10 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from otel_meter.engine.sql_text import quoted, sql_array
+from otel_meter.faults import crash_point
 from otel_meter.pipeline import UsagePipeline
 from otel_meter.processors.attribution.processor import AttributionProcessor
+from otel_meter.processors.dedup.index import Reservation
 from otel_meter.processors.dedup.processor import DedupProcessor
 from otel_meter.processors.genai_usage import engine_view
 from otel_meter.processors.rating.processor import RatingProcessor
@@ -115,10 +117,12 @@ class CompiledPipeline:
         lookups += [f"span_attributes[{quoted(key)}]" for key in keys]
         return f"arrayFirst(v -> v != '', [{', '.join(lookups)}])"
 
-    def usage_sql(self, rows: str, boundaries: list[int], duplicates: list[str]) -> str:
+    def usage_sql(self, rows: str, boundaries: list[int], duplicates: list[str], repeated: bool = False) -> str:
         """One row per span and meter with a quantity, attributed, with the rate book's epoch of its
         time (``bisect_right`` of the book's version boundaries, as ``RateBook.epoch``); spans whose id
-        is in ``duplicates`` are left out."""
+        is in ``duplicates`` are left out. ``repeated``: a span is in the block more than once (a
+        client resent its request while the first was still waiting); one copy is taken, the one
+        received first (the copies of a resent span differ only by their receipt)."""
         config = self.attribution
         derived = self._first_value(config.customer)
         customer = (f"if(bound_customer != '', bound_customer, "
@@ -134,16 +138,18 @@ SELECT event_id, event_time, received_at, toUInt64({epochs}) AS epoch, {customer
        {self._first_value(config.environment)} AS environment, toString(provider) AS provider,
        toString(model) AS model, toString(operation) AS operation,
        arrayJoin(arrayFilter(pair -> pair.2 > 0, [{pairs}])) AS pair, pair.1 AS meter, pair.2 AS quantity
-FROM {rows}
+FROM {f"(SELECT * FROM {rows} WHERE refusal = '' ORDER BY event_id, received_at, bound_customer "
+        f"LIMIT 1 BY event_id)" if repeated else rows}
 WHERE refusal = ''{f" AND event_id NOT IN {sql_array(duplicates)}" if duplicates else ""}"""
 
-    def keys_sql(self, rows: str, boundaries: list[int], duplicates: list[str]) -> str:
+    def keys_sql(self, rows: str, boundaries: list[int], duplicates: list[str], repeated: bool = False) -> str:
         """The block's distinct rating keys, each with its largest quantity and its row count."""
         keys = ", ".join(KEY_COLUMNS)
         return (f"SELECT {keys}, max(quantity) AS largest, count() AS count "
-                f"FROM ({self.usage_sql(rows, boundaries, duplicates)}) GROUP BY {keys}")
+                f"FROM ({self.usage_sql(rows, boundaries, duplicates, repeated)}) GROUP BY {keys}")
 
-    def insert_select_sql(self, rows: str, prices: str, boundaries: list[int], duplicates: list[str]) -> str:
+    def insert_select_sql(self, rows: str, prices: str, boundaries: list[int], duplicates: list[str],
+                          repeated: bool = False) -> str:
         """The rated rows of the block in ``rows``, priced from the table ``prices``."""
         return f"""
 SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at), 'UTC'), u.customer, u.feature,
@@ -151,19 +157,20 @@ SELECT u.event_id, u.event_time, fromUnixTimestamp64Nano(toInt64(u.received_at),
        CAST(map(), 'Map(String, String)'), p.unit_price, p.unit_price * u.quantity, p.currency, p.priced,
        p.rate_card, p.rate_card_version, p.rate_rule, p.unit_cost * u.quantity, p.cost_currency, p.cost_card,
        p.cost_card_version
-FROM ({self.usage_sql(rows, boundaries, duplicates)}) AS u
+FROM ({self.usage_sql(rows, boundaries, duplicates, repeated)}) AS u
 INNER JOIN {prices} AS p USING ({', '.join(KEY_COLUMNS)})
 SETTINGS join_algorithm = 'hash'"""
 
     # -- a block ---------------------------------------------------------------------------
 
-    def store_block(self, client: Any, rows: str, prices_table: str, token: str, begin: Callable[[], None],
-                    again: bool = False) -> BlockOutcome:
+    def store_block(self, client: Any, rows: str, prices_table: str, token: str,
+                    begin: Callable[[list[str]], None], again: list[str] | None = None) -> BlockOutcome:
         """Admit, price and insert the usage of the block in ``rows`` (its refused spans are not
-        inserted: the caller reports them). ``begin`` is called right before the insert (to write
-        it down, inflight.py). ``again``: the block's insert was interrupted by a crash: every span
-        is taken, as when it began. Raises when the store fails: then nothing of the block's ids
-        stays claimed, and a retry with the same ``token`` inserts nothing twice."""
+        inserted: the caller reports them). ``begin`` is called with the span ids left out as counted
+        before, right before the insert (to write it down, inflight.py). ``again``: the block's insert
+        was interrupted by a crash, and left these ids out: every other span is taken, as when it
+        began. Raises when the store fails: then nothing of the block's ids stays claimed, and a
+        retry with the same ``token`` inserts nothing twice."""
         every = client.query_arrow(f"SELECT event_id, toUnixTimestamp64Nano(event_time) AS time_ns, instance, "
                                    f"toBool(refusal = '') AS taken FROM {rows}")
         spans = every.filter(every.column("taken"))
@@ -172,34 +179,49 @@ SETTINGS join_algorithm = 'hash'"""
         if not ids:
             return BlockOutcome(refused=refused)
         times = spans.column("time_ns").to_pylist()
+        repeated = len(set(ids)) < len(ids)
         if self.token_sources is not None:
             instances = set(spans.column("instance").unique().to_pylist())
             billed = self.token_sources.register_span_senders(instances).values()
-            if not again and any(billed_to is not None for billed_to in billed):
+            if again is None and any(billed_to is not None for billed_to in billed):
                 return BlockOutcome(fallback="a service instance of the block had token metric points billed")
         now_ns = time.time_ns()
-        reservation = self.index.claim_again(ids, times) if again else self.index.claim_all(ids, times, now_ns)
+        reservation: Reservation | None
         duplicates: list[str] = []
+        """Ids counted before (every copy is left out)."""
+        skipped = 0
+        """Spans left out: those counted before, and the copies of a repeated span but one."""
+        if again is not None:
+            duplicates = again
+            left_out = set(again)
+            kept = [position for position, event_id in enumerate(ids) if event_id not in left_out]
+            skipped = len(ids) - len({ids[position] for position in kept})
+            reservation = self.index.claim_again([ids[position] for position in kept],
+                                                 [times[position] for position in kept])
+        else:
+            reservation = self.index.claim_all(ids, times, now_ns)
         if reservation is None:
             decisions, reservation = self.index.admit(ids, times, now_ns)
-            duplicates = [event_id for event_id, new in zip(ids, decisions) if not new]
-            if reservation.waits_on or not set(duplicates).isdisjoint(key[0] for key in reservation.keys):
+            if reservation.waits_on:
                 # the Python processors wait for the other block; the SQL leaves spans out by id
                 self.index.resolve(reservation, stored=False)
-                return BlockOutcome(fallback="a span of the block is held by another block being stored, or is in "
-                                             "the block twice")
+                return BlockOutcome(fallback="a span of the block is held by another block being stored")
+            taken = {event_id for event_id, new in zip(ids, decisions) if new}
+            duplicates = sorted({event_id for event_id, new in zip(ids, decisions) if not new} - taken)
+            skipped = decisions.count(False)
         stored = False
         try:
             priced_book = self.rating.priced_book()
             assert priced_book.book is not None
             boundaries = list(priced_book.book.boundaries)
-            keys = client.query(self.keys_sql(rows, boundaries, duplicates), settings=QUERY_SETTINGS).result_rows
+            keys = client.query(self.keys_sql(rows, boundaries, duplicates, repeated),
+                                settings=QUERY_SETTINGS).result_rows
             prices: list[tuple[Any, ...]] = []
             unpriced = count = 0
             for epoch, customer, model, provider, meter, largest, rows_of_key in keys:
                 (unit, currency, card, version, rule, unit_cost, cost_currency, cost_card,
                  cost_version) = self.rating.rating(priced_book, epoch, customer, model, provider, meter)
-                if not again and max(abs(unit or 0), abs(unit_cost or 0)) * largest >= MAX_AMOUNT_UNITS:
+                if again is None and max(abs(unit or 0), abs(unit_cost or 0)) * largest >= MAX_AMOUNT_UNITS:
                     return BlockOutcome(fallback="an amount of the block is beyond the storable range")
                 count += rows_of_key
                 unpriced += 0 if unit is not None else rows_of_key
@@ -207,15 +229,16 @@ SETTINGS join_algorithm = 'hash'"""
                                card, version, rule, _money(unit_cost), cost_currency, cost_card, cost_version))
             if not prices:  # every span of the block was counted before
                 stored = True
-                return BlockOutcome(refused=refused, duplicates=len(duplicates))
+                return BlockOutcome(refused=refused, duplicates=skipped)
             client.command(f"TRUNCATE TABLE {prices_table}")
             client.insert(prices_table, prices, column_names=list(PRICE_STRUCTURE))
-            begin()
+            begin(duplicates)
+            crash_point("before_store_insert")
             self.store.insert_usage_select(client, INSERTED_COLUMNS,
-                                           self.insert_select_sql(rows, prices_table, boundaries, duplicates), token,
-                                           QUERY_SETTINGS)
+                                           self.insert_select_sql(rows, prices_table, boundaries, duplicates,
+                                                                  repeated), token, QUERY_SETTINGS)
             stored = True
-            return BlockOutcome(stored=count, unpriced=unpriced, refused=refused, duplicates=len(duplicates))
+            return BlockOutcome(stored=count, unpriced=unpriced, refused=refused, duplicates=skipped)
         finally:
             self.index.resolve(reservation, stored)
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from otel_meter.component_model import TRACES
 from otel_meter.engine.compiled import CompiledPipeline, compile_reason, price_table_sql
-from otel_meter.engine.inflight import InflightInserts
+from otel_meter.engine.inflight import InflightInserts, InterruptedInsert
 from otel_meter.engine.landing import (
     INSERT_SETTINGS,
     ROOT_MESSAGE,
@@ -109,8 +109,8 @@ class EngineTraceFeed:
         self.store = store
         self.journal = Journal(directory, max_bytes)
         self.inflight = InflightInserts(directory.parent / f"{directory.name}-inflight")
-        self._again: dict[int, tuple[int, str]] = {}
-        """Compiled inserts a crash interrupted, to be made again first: first request -> (last, token)."""
+        self._again: dict[int, InterruptedInsert] = {}
+        """Compiled inserts a crash interrupted, to be made again first, by first request."""
         self.requests_per_insert = requests_per_insert
         self.linger = linger
         prefix = "engine_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline.name)
@@ -244,9 +244,9 @@ class EngineTraceFeed:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _claim(self) -> tuple[int, int, int, str | None] | None:
-        """The next block of journaled requests for an extractor: (generation, first, last, token of
-        an interrupted insert to make again or None); None when it is time to stop. Waits while
+    def _claim(self) -> tuple[int, int, int, InterruptedInsert | None] | None:
+        """The next block of journaled requests for an extractor: (generation, first, last, the
+        interrupted insert to make again or None); None when it is time to stop. Waits while
         enough blocks are extracted and not stored yet."""
         with self._changed:
             while True:
@@ -262,9 +262,9 @@ class EngineTraceFeed:
                 while first in self._extracted and self._extracted[first][2] is None:
                     first = self._extracted[first][1] + 1  # stored by the compiled pipeline before a start over
                 if first in self._again:
-                    last, token = self._again.pop(first)
-                    self._cursor = last
-                    return self._generation, first, last, token
+                    interrupted = self._again.pop(first)
+                    self._cursor = interrupted.last
+                    return self._generation, first, interrupted.last, interrupted
                 last = min(self.journal.last_id, first + self.requests_per_insert - 1)
                 taken_after = [start for start, (_, _, usage, _) in self._extracted.items()
                                if usage is None and start > first] + [start for start in self._again if start > first]
@@ -280,7 +280,8 @@ class EngineTraceFeed:
         client = None
         while (claim := self._claim()) is not None:
             generation, first, last, interrupted = claim
-            token = interrupted or new_token()  # the compiled insert's: a retry of the block inserts nothing twice
+            # the compiled insert's: a retry of the block inserts nothing twice
+            token = interrupted.token if interrupted else new_token()
             while True:
                 started = time.perf_counter()
                 try:
@@ -288,7 +289,8 @@ class EngineTraceFeed:
                         client = self.store.own_client()
                     records = [payload for _, payload in self.journal.read(first, last)]
                     unreadable = self.load(client, landing, rows, records)
-                    batch = self._store_compiled(client, tables, token, first, last, interrupted is not None)
+                    batch = self._store_compiled(client, tables, token, first, last,
+                                                 interrupted.left_out if interrupted else None)
                     if unreadable:
                         batch = self._extract_in_python(unreadable, first, last, batch)
                     failures = 0
@@ -408,12 +410,14 @@ class EngineTraceFeed:
         return result
 
     def _store_compiled(self, client: Any, tables: ExtractorTables, token: str, first: int, last: int,
-                        again: bool) -> UsageBatch | None:
+                        again: list[str] | None) -> UsageBatch | None:
         """None once the compiled pipeline stored the block's usage (its refusals counted and
-        logged); else the block's usage for the Python processors."""
+        logged); else the block's usage for the Python processors. ``again``: the span ids an
+        interrupted insert of the block left out, when this makes it again (None for a new block)."""
         if self.compiled is not None:
-            outcome = self.compiled.store_block(client, tables.rows, tables.prices, token,
-                                                lambda: self.inflight.begin(first, last, token), again)
+            outcome = self.compiled.store_block(
+                client, tables.rows, tables.prices, token,
+                lambda left_out: self.inflight.begin(first, last, token, left_out), again)
             if not outcome.fallback:
                 crash_point("after_engine_store_before_checkpoint")
                 self.inflight.done(first, last)

@@ -2,15 +2,26 @@
 
 An insert into ``usage_ingest`` fans out to several tables; if the process dies part way, some
 tables hold the block and others do not. Each compiled insert therefore writes down its journal
-range and deduplication token (fsync'd) before it starts and forgets them once it returned. At
-the next start those ranges are claimed again, as they were, and inserted with the same token:
-the tables that hold the block drop the copy, the others take it (docs/operations.md).
+range, deduplication token and the span ids it leaves out as counted before (fsync'd) before it
+starts and forgets them once it returned. At the next start those ranges are claimed again, as
+they were, and inserted with the same token and the same spans left out: the tables that hold
+the block drop the copy, the others take it (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+
+class InterruptedInsert(NamedTuple):
+    last: int
+    """The block's last journaled request."""
+    token: str
+    left_out: list[str]
+    """The span ids the insert left out as counted before (client retries)."""
 
 
 class InflightInserts:
@@ -18,10 +29,11 @@ class InflightInserts:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def begin(self, first: int, last: int, token: str) -> None:
+    def begin(self, first: int, last: int, token: str, left_out: Sequence[str] = ()) -> None:
+        """The token on the first line, then each left-out span id on a line of its own."""
         path = self.directory / f"{first}-{last}"
         with open(path, "w") as file:
-            file.write(token)
+            file.write("\n".join([token, *left_out]))
             file.flush()
             os.fsync(file.fileno())
         _sync_directory(self.directory)
@@ -29,10 +41,10 @@ class InflightInserts:
     def done(self, first: int, last: int) -> None:
         (self.directory / f"{first}-{last}").unlink(missing_ok=True)
 
-    def pending(self, checkpoint: int) -> dict[int, tuple[int, str]]:
-        """The inserts a crash interrupted: first request -> (last request, token); ranges the journal
-        checkpointed already are forgotten."""
-        found: dict[int, tuple[int, str]] = {}
+    def pending(self, checkpoint: int) -> dict[int, InterruptedInsert]:
+        """The inserts a crash interrupted, by first request; ranges the journal checkpointed already
+        are forgotten."""
+        found: dict[int, InterruptedInsert] = {}
         for path in self.directory.iterdir():
             first, _, last = path.name.partition("-")
             if not (first.isdigit() and last.isdigit()):
@@ -40,7 +52,8 @@ class InflightInserts:
             if int(last) <= checkpoint:
                 path.unlink()
                 continue
-            found[int(first)] = (int(last), path.read_text())
+            token, *left_out = path.read_text().split("\n")
+            found[int(first)] = InterruptedInsert(int(last), token, left_out)
         return found
 
 
