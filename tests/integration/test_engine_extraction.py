@@ -6,13 +6,16 @@ checkpoint), refusals counted; and a pipeline the engine cannot extract stays in
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as OTLPHttpSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -181,6 +184,66 @@ def test_an_insert_a_crash_interrupted_is_made_again_leaving_out_the_spans_it_le
         if server.process is not None:
             server.process.kill()
             server.process.wait()
+
+
+def store_two_blocks_sharing_a_span(config_path: str, first: bytes, second: bytes) -> dict:
+    """In a child process (one chDB path per process): the server's feed, built from the config and
+    not started, stores ``first`` and ``second`` as two blocks on two threads, as its two
+    extractors do. The first block's insert is held back until the second block has started."""
+    import threading
+
+    from otel_meter.config import load_config
+    from otel_meter.engine.landing import receipt_fields
+    from otel_meter.service import Service
+
+    feed = Service(load_config(config_path)).feeds[0]
+    assert feed.compiled is not None
+    setup = feed.store.own_client()
+    for statement in feed.statements():
+        setup.command(statement)
+    first_inserting, first_may_insert = threading.Event(), threading.Event()
+    outcomes: dict = {}
+
+    def store(name: str, request: bytes, tables: object, begin: object) -> None:
+        client = feed.store.own_client()
+        feed.load(client, tables.landing, tables.rows, [request + receipt_fields(time.time_ns(), None)])
+        outcomes[name] = feed.compiled.store_block(client, tables.rows, tables.prices, f"token-{name}", begin)
+
+    def hold_first(left_out: list[str]) -> None:
+        first_inserting.set()
+        first_may_insert.wait(30)
+    first_thread = threading.Thread(target=store, args=("first", first, feed.tables[0], hold_first))
+    first_thread.start()
+    assert first_inserting.wait(30)
+    second_thread = threading.Thread(target=store, args=("second", second, feed.tables[1], lambda left_out: None))
+    second_thread.start()
+    second_thread.join(1.0)
+    outcomes["second done while the first was held"] = "second" in outcomes
+    first_may_insert.set()
+    first_thread.join(30)
+    second_thread.join(30)
+    outcomes["line items"] = sorted(setup.query(
+        "SELECT customer, meter, sum(quantity) FROM line_items GROUP BY customer, meter").result_rows)
+    return {name: (vars(outcome) if hasattr(outcome, "fallback") else outcome) for name, outcome in outcomes.items()}
+
+
+def test_a_block_with_a_span_another_block_is_storing_waits_for_it_and_leaves_it_out(tmp_path: Path) -> None:
+    """A client's retry reaching the other extractor's block while the first copy's block is being
+    stored: the second block waits for the first's outcome and leaves the span out, in the engine."""
+    server = MeterServer(workdir=tmp_path)
+    engine_config(server)
+    factory = SpanFactory()
+    shared = chat(factory, "acme", "gpt-4o", 1_000, 200)
+    first = encode_spans([shared, chat(factory, "initech", "gpt-4o-mini", 3_000, 500)]).SerializeToString()
+    second = encode_spans([shared, chat(factory, "globex", "gpt-4o", 10, 1)]).SerializeToString()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        outcomes = child.submit(store_two_blocks_sharing_a_span, str(server.config_path), first, second).result(120)
+    assert outcomes["second done while the first was held"] is False  # it waited for the first block
+    assert outcomes["first"] == {"stored": 4, "unpriced": 0, "refused": 0, "duplicates": 0, "fallback": ""}
+    assert outcomes["second"] == {"stored": 2, "unpriced": 0, "refused": 0, "duplicates": 1, "fallback": ""}
+    assert outcomes["line items"] == [("acme", "input_tokens", 1_000), ("acme", "output_tokens", 200),
+                                      ("globex", "input_tokens", 10), ("globex", "output_tokens", 1),
+                                      ("initech", "input_tokens", 3_000), ("initech", "output_tokens", 500)]
 
 
 def test_a_pipeline_with_meters_the_engine_does_not_compute_stays_in_python_and_says_why(tmp_path: Path) -> None:

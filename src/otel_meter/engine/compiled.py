@@ -16,10 +16,10 @@ block's rated line items are computed and inserted by the engine too, with no Py
   ``Decimal(38, 18)``.
 
 Spans counted before (client retries) are left out by id, and of a span in the block twice one
-copy is taken. A block the compiled form cannot take exactly (a span held by another block being
-stored, a metric-billed service instance, an amount beyond the storable range) goes through the Python
-processors instead (:class:`BlockOutcome` says why), so every rule and every refusal stays the
-Python path's.
+copy is taken; a block with a span another block is storing waits for that block's outcome. A
+block the compiled form cannot take exactly (a metric-billed service instance, an amount beyond
+the storable range) goes through the Python processors instead (:class:`BlockOutcome` says why),
+so every rule and every refusal stays the Python path's.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ INSERTED_COLUMNS = ["event_id", "event_time", "received_at", "customer", "featur
 
 QUERY_SETTINGS = {"compile_expressions": 0}
 """As for the landing insert (landing.INSERT_SETTINGS): a JIT compilation per block costs more than it saves."""
+HELD_WAIT_SECONDS = 60.0
+"""How long a block waits for another block holding one of its spans (which is being stored, or
+fails and lets go) before it gives up and goes through the Python processors."""
 KEY_COLUMNS = ("epoch", "customer", "model", "provider", "meter")
 PRICE_STRUCTURE = {"epoch": "UInt64", "customer": "String", "model": "String", "provider": "String",
                  "meter": "String", "unit_price": "Decimal(38, 18)", "priced": "Bool", "currency": "String",
@@ -202,10 +205,15 @@ SETTINGS join_algorithm = 'hash'"""
             reservation = self.index.claim_all(ids, times, now_ns)
         if reservation is None:
             decisions, reservation = self.index.admit(ids, times, now_ns)
-            if reservation.waits_on:
-                # the Python processors wait for the other block; the SQL leaves spans out by id
+            while reservation.waits_on:
+                # A span of the block is held by another block being stored (a client's retry): let go,
+                # wait for that block's outcome, then decide again; the SQL can only leave spans out by id.
+                others = reservation.waits_on
                 self.index.resolve(reservation, stored=False)
-                return BlockOutcome(fallback="a span of the block is held by another block being stored")
+                if not all(other.done.wait(HELD_WAIT_SECONDS) for other in others):
+                    return BlockOutcome(fallback=f"a span of the block was held by another block not stored within "
+                                                 f"{HELD_WAIT_SECONDS:.0f} s")
+                decisions, reservation = self.index.admit(ids, times, time.time_ns())
             taken = {event_id for event_id, new in zip(ids, decisions) if new}
             duplicates = sorted({event_id for event_id, new in zip(ids, decisions) if not new} - taken)
             skipped = decisions.count(False)
