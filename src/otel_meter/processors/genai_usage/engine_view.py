@@ -68,9 +68,10 @@ ONEOF = {name: AnyValue.DESCRIPTOR.fields_by_name[name].number
          for name in ("string_value", "bool_value", "int_value", "double_value")}
 """The oneof's Enum8 values in the landing table are the AnyValue field numbers (clickhouse_type);
 the view compares them as Int8, which the analyzer handles more cheaply than Enum literals."""
-VALUE_ARRAYS = {"vk": "value", "vi": "int_value", "vd": "double_value", "vs": "string_value", "vb": "bool_value"}
-"""The span's attribute value parts, each as its own array, reversed so that ``indexOf`` finds a
-repeated key's last occurrence, as the extractor's dict ``found[key] = value`` keeps it."""
+VALUE_ARRAYS = {"vk": "value", "vi": "int_value", "vd": "double_value"}
+"""The span's attribute value parts the counts read, each as its own array, reversed (as ``vt``, the
+values as text) so that ``indexOf`` finds a repeated key's last occurrence, as the extractor's
+dict ``found[key] = value`` keeps it."""
 WHITESPACE = "' \\t\\n\\r\\x0B\\x0C'"
 """What Python's ``str.strip()`` removes from ASCII text, as a ClickHouse string literal."""
 TOKEN_KINDS = (("input", cv.INPUT_TOTAL), ("output", cv.OUTPUT_TOTAL), ("cache_read", cv.CACHE_READ),
@@ -171,13 +172,14 @@ def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequ
     span_keys = list(dict.fromkeys(span_keys))
     wanted = list(dict.fromkeys([key for _, keys in TOKEN_KINDS for key in keys] + list(TEXT_KEYS) + span_keys))
     position = {key: f"i{number}" for number, key in enumerate(wanted)}
-    positions = [f"indexOf(k, {quoted(key)}) AS {position[key]}" for key in wanted]
+    positions = [f"indexOf(kc, {code}) AS {position[key]}" for code, key in enumerate(wanted, 1)]
+    key_codes = (f"arrayMap(key -> transform(key, {sql_array(wanted)}, "
+                 f"range(1, {len(wanted) + 1})::Array(UInt16), toUInt16(0)), reverse(sp.attributes.key))")
     kind_positions = [f"{first_position_sql([position[key] for key in keys])} AS {kind}_p"
                       for kind, keys in TOKEN_KINDS]
     text_keys = list(dict.fromkeys(list(TEXT_KEYS) + span_keys))
     text = {key: f"t{position[key][1:]}" for key in text_keys}
-    texts = [f"{text_of_sql(*(f'{array}[{position[key]}]' for array in ('vk', 'vi', 'vd', 'vs', 'vb')))} AS {text[key]}"
-             for key in text_keys]
+    texts = [f"vt[{position[key]}] AS {text[key]}" for key in text_keys]
     present = {key: position[key] for key in text_keys}
     branches = [f"{present[cv.OPERATION]} > 0, {text[cv.OPERATION]}"]
     for key, mapping in cv.OPERATION_FALLBACKS:
@@ -194,12 +196,16 @@ def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequ
     span_too_long = " OR ".join([f"lengthUTF8({text[key]}) > {max_length}" for key in span_keys]) or "false"
     resource_columns = "received_at, bound_customer, instance, resource_attributes, resource_too_long, sdk_name"
     span_columns = f"trace_id, span_id, event_ns, attribute_count, scope, {resource_columns}"
-    arrays = ", ".join(VALUE_ARRAYS)
+    arrays = ", ".join([*VALUE_ARRAYS, "vt"])
     billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
     separator = ",\n     "
     zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
+    span_texts = ("arrayMap((t, s, i, d, b) -> " + text_of_sql("t", "i", "d", "s", "b") + ", "
+                  + ", ".join(span_attribute_values(part) for part in
+                              ("value", "string_value", "int_value", "double_value", "bool_value")) + ")")
     reversed_arrays = ",\n        ".join(
-        f"reverse({span_attribute_values(part)}) AS {alias}" for alias, part in VALUE_ARRAYS.items())
+        [f"reverse({span_attribute_values(part)}) AS {alias}" for alias, part in VALUE_ARRAYS.items()]
+        + [f"reverse({span_texts}) AS vt"])
     resource_texts = ("arrayMap((t, s, i, d, b) -> " + text_of_sql("t", "i", "d", "s", "b")
                       + ", CAST(rs.resource.attributes.value.value, 'Array(Int8)'), "
                         "rs.resource.attributes.value.string_value, "
@@ -253,7 +259,7 @@ FROM (
      [{", ".join(f"vk[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS kinds,
      [{", ".join(f"vi[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS ints,
      [{", ".join(f"vd[{kind}_p]" for kind, _ in TOKEN_KINDS)}] AS doubles,
-     [{", ".join(f"trimBoth(vs[{kind}_p], {WHITESPACE})" for kind, _ in TOKEN_KINDS)}] AS trimmed,
+     [{", ".join(f"trimBoth(vt[{kind}_p], {WHITESPACE})" for kind, _ in TOKEN_KINDS)}] AS trimmed,
      {separator.join(texts)}
     FROM (
      SELECT {span_columns}, {arrays}, {", ".join(position.values())},
@@ -266,7 +272,7 @@ FROM (
         sp.trace_id AS trace_id, sp.span_id AS span_id,
         if(sp.end_time_unix_nano != 0, sp.end_time_unix_nano, sp.start_time_unix_nano) AS event_ns,
         length(sp.attributes.key) AS attribute_count,
-        reverse(sp.attributes.key) AS k,
+        {key_codes} AS kc,
         {reversed_arrays},
         ss.scope.name AS scope, {resource_columns}
        FROM (
