@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS otel_meter.usage_events_local ON CLUSTER otel_meter
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/usage_events', '{replica}')
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (toStartOfHour(event_time), customer, meter, model, event_id)
-SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600,
+         merge_selector_base = 20;
 
 CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
 (
@@ -108,7 +109,8 @@ CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/line_items', '{replica}')
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (toStartOfHour(event_time), customer, meter, model, event_id)
-SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600,
+         merge_selector_base = 20;
 
 CREATE TABLE IF NOT EXISTS otel_meter.usage_hourly_local ON CLUSTER otel_meter
 (
@@ -138,7 +140,8 @@ ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/otel_meter/usage
 PARTITION BY toYYYYMM(hour)
 ORDER BY (hour, customer, meter, model, provider, feature, service, environment, currency, priced, rate_card,
           rate_rule, cost_currency, reported_cost_currency, reported_cost_source)
-SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600,
+         merge_selector_base = 20;
 
 CREATE TABLE IF NOT EXISTS otel_meter.usage_daily_local ON CLUSTER otel_meter
 (
@@ -168,7 +171,8 @@ ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/otel_meter/usage
 PARTITION BY toYYYYMM(day)
 ORDER BY (day, customer, meter, model, provider, feature, service, environment, currency, priced, rate_card,
           rate_rule, cost_currency, reported_cost_currency, reported_cost_source)
-SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600;
+SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600,
+         merge_selector_base = 20;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_events_mv ON CLUSTER otel_meter
 TO otel_meter.usage_events_local AS
@@ -324,4 +328,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage'), (8, '0008_merge_selector');
