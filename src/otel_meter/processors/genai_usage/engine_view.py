@@ -81,11 +81,15 @@ TEXT_KEYS = tuple(dict.fromkeys((cv.OPERATION, *(key for key, _ in cv.OPERATION_
 """The attributes read as text (operation, its fallbacks, provider, model), each once."""
 
 
-def span_attribute_values(part: str) -> str:
-    """The column of one part of the span attributes' values (the bytes part read as Array(Int8))."""
+SPAN_ATTRIBUTES = "sp.attributes"
+RESOURCE_ATTRIBUTES = "rs.resource.attributes"
+
+
+def attribute_values(attributes: str, part: str) -> str:
+    """The column of one part of the values of ``attributes`` (the bytes part read as Array(Int8))."""
     if part == "value":
-        return "CAST(sp.attributes.value.value, " + quoted("Array(Int8)") + ")"
-    return f"sp.attributes.value.{part}"
+        return f"CAST({attributes}.value.value, " + quoted("Array(Int8)") + ")"
+    return f"{attributes}.value.{part}"
 
 
 def text_of_sql(kind: str, integer: str, double: str, string: str, boolean: str) -> str:
@@ -93,6 +97,13 @@ def text_of_sql(kind: str, integer: str, double: str, string: str, boolean: str)
     return (f"multiIf({kind} = {ONEOF['string_value']}, {string}, {kind} = {ONEOF['int_value']}, toString({integer}), "
             f"{kind} = {ONEOF['double_value']}, toString({double}), "
             f"{kind} = {ONEOF['bool_value']}, if({boolean}, 'true', 'false'), '')")
+
+
+def attribute_texts_sql(attributes: str) -> str:
+    """Every value of ``attributes`` as text (``text_of_sql``), in one lambda over the attribute arrays."""
+    parts = ", ".join(attribute_values(attributes, part)
+                      for part in ("value", "string_value", "int_value", "double_value", "bool_value"))
+    return f"arrayMap((t, s, i, d, b) -> {text_of_sql('t', 'i', 'd', 's', 'b')}, {parts})"
 
 
 def first_position_sql(positions: Sequence[str]) -> str:
@@ -203,17 +214,10 @@ def view_sql(maximum: int, *, resource_keys: Sequence[str] = (), span_keys: Sequ
     billed_operations = sorted(cv.INFERENCE_OPERATIONS | {""})
     separator = ",\n     "
     zero_trace, zero_span = "repeat('\\0', 16)", "repeat('\\0', 8)"
-    span_texts = ("arrayMap((t, s, i, d, b) -> " + text_of_sql("t", "i", "d", "s", "b") + ", "
-                  + ", ".join(span_attribute_values(part) for part in
-                              ("value", "string_value", "int_value", "double_value", "bool_value")) + ")")
     reversed_arrays = ",\n        ".join(
-        [f"reverse({span_attribute_values(part)}) AS {alias}" for alias, part in VALUE_ARRAYS.items()]
-        + [f"reverse({span_texts}) AS vt"])
-    resource_texts = ("arrayMap((t, s, i, d, b) -> " + text_of_sql("t", "i", "d", "s", "b")
-                      + ", CAST(rs.resource.attributes.value.value, 'Array(Int8)'), "
-                        "rs.resource.attributes.value.string_value, "
-                        "rs.resource.attributes.value.int_value, rs.resource.attributes.value.double_value, "
-                        "rs.resource.attributes.value.bool_value)")
+        [f"reverse({attribute_values(SPAN_ATTRIBUTES, part)}) AS {alias}" for alias, part in VALUE_ARRAYS.items()]
+        + [f"reverse({attribute_texts_sql(SPAN_ATTRIBUTES)}) AS vt"])
+    resource_texts = attribute_texts_sql(RESOURCE_ATTRIBUTES)
     all_resource_keys = list(dict.fromkeys(resource_keys + [SDK_NAME]))
     return f"""
 CREATE MATERIALIZED VIEW {name} TO {target} AS
