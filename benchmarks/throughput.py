@@ -956,14 +956,14 @@ def engine_extraction_seconds(payloads: Sequence[bytes], extractor: Any, pipelin
     store = Store(resolve_location(f"chdb://{directory / 'data'}", "otel_meter"))
     try:
         feed = EngineTraceFeed(pipeline, extractor, store, directory / "journal", 1 << 30)
-        client = store.own_client()
+        client, engine = store.own_client(), store.engine_connection()
         for statement in feed.statements():
             client.command(statement)
         landing, rows = feed.tables[0].landing, feed.tables[0].rows
         journaled = [payload + receipt_fields(time.time_ns(), None) for payload in payloads]
         blocks = [journaled[start:start + feed.requests_per_insert]
                   for start in range(0, len(journaled), feed.requests_per_insert)]
-        return best_seconds(blocks, lambda: lambda block: feed.load(client, landing, rows, block))
+        return best_seconds(blocks, lambda: lambda block: feed.load(client, engine, landing, rows, block))
     finally:
         store.close()
         shutil.rmtree(directory, ignore_errors=True)
@@ -1237,7 +1237,7 @@ def human(report: dict[str, Any]) -> str:
         row("usage API check", f"{verdict}: {check['expected_tokens']:,} tokens, {check['customers']} customers "
             f"incl. probes, per customer and meter, no other meter, and the amount "
             f"({check['seconds'] * 1000:.0f} ms)"),
-        *ceiling_lines(ceiling, load["spans_per_second"]),
+        *(ceiling_lines(ceiling, load["spans_per_second"]) if ceiling else []),
     ]
     if load["resent_requests"] or load["errors"]:
         lines.append(f"  note: {load['resent_requests']} requests resent; errors: {load['errors']}")
@@ -1288,6 +1288,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="workload generator seed (the run is reproducible)")
     parser.add_argument("--py-spy", metavar="FILE", help="also record the server with py-spy during the load "
                         "(.txt: collapsed stacks, otherwise a flame graph SVG); needs py-spy on PATH")
+    parser.add_argument("--no-ceilings", dest="ceilings", action="store_false",
+                        help="skip the single-core stages after the run (quicker runs side by side)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (store, server log)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     args = parser.parse_args(argv)
@@ -1427,16 +1429,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         server.stop()
 
     acked = sorted(index for index, *_ in measured.result.records)
-    progress(f"single-core stages over the {len(acked)} acknowledged payloads")
     payloads = [stamp(templates[i % len(templates)], nonce, i) for i in acked]
-    single_core = offline_rates(payloads, [templates[i % len(templates)] for i in acked], server.config_path)
+    single_core = None
+    if args.ceilings:
+        progress(f"single-core stages over the {len(acked)} acknowledged payloads")
+        single_core = offline_rates(payloads, [templates[i % len(templates)] for i in acked], server.config_path)
 
     load = load_summary(measured.result, args.spans_per_request, genai_per_request, args.warmup, args.rate)
     load["payload_kib"] = sum(map(len, payloads)) / len(payloads) / 1024
     seconds = measured.load_seconds
     cpu_us_per_span = measured.server_cpu_seconds / load["acked_spans"] * 1e6
     return {
-        "settings": {**{k: v for k, v in vars(args).items() if k not in ("json", "keep")},
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("json", "keep", "ceilings")},
                      "cpus": os.cpu_count(), "pool_requests": pool_requests,
                      "genai_spans_per_request": genai_per_request},
         "machine": {"load_average_1m": {"before_run": load_average_before, "load_start": measured.load_average_start,

@@ -206,7 +206,8 @@ def store_two_blocks_sharing_a_span(config_path: str, first: bytes, second: byte
 
     def store(name: str, request: bytes, tables: object, begin: object) -> None:
         client = feed.store.own_client()
-        feed.load(client, tables.landing, tables.rows, [request + receipt_fields(time.time_ns(), None)])
+        feed.load(client, feed.store.engine_connection(), tables.landing, tables.rows,
+                  [request + receipt_fields(time.time_ns(), None)])
         outcomes[name] = feed.compiled.store_block(client, tables.rows, tables.prices, f"token-{name}", begin)
 
     def hold_first(left_out: list[str]) -> None:

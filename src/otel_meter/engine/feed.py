@@ -27,15 +27,15 @@ from otel_meter.component_model import TRACES
 from otel_meter.engine.compiled import CompiledPipeline, compile_reason, price_table_sql
 from otel_meter.engine.inflight import InflightInserts, InterruptedInsert
 from otel_meter.engine.landing import (
-    INSERT_SETTINGS,
-    ROOT_MESSAGE,
     SUBSET_PROTO,
-    framed,
+    insert_sql,
     landing_table_sql,
     parse_subset_proto,
     read_journaled,
     receipt_fields,
+    varint,
 )
+from otel_meter.engine.sql_text import identifier
 from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
 from otel_meter.faults import crash_point
@@ -277,7 +277,7 @@ class EngineTraceFeed:
     def _run_extractor(self, tables: ExtractorTables) -> None:
         landing, rows = tables.landing, tables.rows
         failures = 0
-        client = None
+        client = engine = None
         while (claim := self._claim()) is not None:
             generation, first, last, interrupted = claim
             # the compiled insert's: a retry of the block inserts nothing twice
@@ -285,10 +285,10 @@ class EngineTraceFeed:
             while True:
                 started = time.perf_counter()
                 try:
-                    if client is None:
-                        client = self.store.own_client()
+                    if client is None or engine is None:
+                        client, engine = self.store.own_client(), self.store.engine_connection()
                     records = [payload for _, payload in self.journal.read(first, last)]
-                    unreadable = self.load(client, landing, rows, records)
+                    unreadable = self.load(client, engine, landing, rows, records)
                     batch = self._store_compiled(client, tables, token, first, last,
                                                  interrupted.left_out if interrupted else None)
                     if unreadable:
@@ -297,7 +297,7 @@ class EngineTraceFeed:
                     break
                 except Exception as error:  # the engine or the store refused the block: keep it, try again
                     failures += 1
-                    client = None  # a new handle for the next attempt
+                    client = engine = None  # new handles for the next attempt
                     if not self._retry_after(failures, error, "extracting", first, last):
                         return
                     if self.compiled is None:  # nothing was inserted: every block not stored starts over
@@ -360,31 +360,38 @@ class EngineTraceFeed:
             first, last, error, wait)
         return not (self._stopping.wait(wait) and failures >= len(RETRY_SECONDS))
 
-    def load(self, client: Any, landing: str, rows: str, records: list[bytes]) -> list[bytes]:
+    def load(self, client: Any, engine: Any, landing: str, rows: str, records: list[bytes]) -> list[bytes]:
         """The block's requests through the engine's view: one row per span with usage, in ``rows``.
-        Returns the requests the engine cannot read, left out of ``rows``."""
+        ``engine``: the extractor's own chDB connection (``Store.engine_connection``), which the
+        requests are streamed to. Returns the requests the engine cannot read, left out of ``rows``."""
         client.command(f"TRUNCATE TABLE {rows}")
-        return self._insert_readable(client, landing, records)
+        statement = insert_sql(f"{identifier(self.store.location.database)}.{landing}")
+        return self._insert_readable(engine, statement, records)
 
-    def _insert_readable(self, client: Any, landing: str, records: list[bytes]) -> list[bytes]:
-        """Inserts the requests; when the engine refuses them as not matching its schema, halves
-        the block until each refused request stands alone, inserts the others, and returns those.
+    def _insert_readable(self, engine: Any, statement: str, records: list[bytes]) -> list[bytes]:
+        """Inserts the requests, each appended to the insert's stream as one ``Protobuf`` row (its
+        varint length, then its bytes: no copy of the whole block); when the engine refuses them as
+        not matching its schema, halves the block until each refused request stands alone, inserts
+        the others, and returns those.
 
         The receiver's protobuf runtime accepts some requests the engine's ``Protobuf`` reader does
         not (a known field sent with another wire type is an unknown field to the first and an
         error to the second); one such request must not hold up its block for good."""
-        settings = {"format_schema": f"{SUBSET_PROTO}:{ROOT_MESSAGE}", **INSERT_SETTINGS}
         try:
-            client.raw_insert(landing, insert_block=framed(records), fmt="Protobuf", settings=settings)
+            with engine.send_insert(statement, "Protobuf") as stream:
+                for record in records:
+                    stream.append(varint(len(record)))
+                    stream.append(record)
+                stream.finish()
             return []
-        except Exception as error:
+        except RuntimeError as error:
             if UNREADABLE not in str(error):
                 raise
             if len(records) == 1:
                 return records
         middle = len(records) // 2
-        return (self._insert_readable(client, landing, records[:middle])
-                + self._insert_readable(client, landing, records[middle:]))
+        return (self._insert_readable(engine, statement, records[:middle])
+                + self._insert_readable(engine, statement, records[middle:]))
 
     def _extract_in_python(self, unreadable: list[bytes], first: int, last: int,
                            batch: UsageBatch | None) -> UsageBatch:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, cast
 from urllib.parse import urlsplit
 
+import chdb
 import clickhouse_connect
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -224,6 +225,16 @@ class Store:
         """A client of its own for one thread's work: its queries run beside those of the store's
         shared client (which serializes its callers: one chDB handle takes one call at a time)."""
         return self._connect(self.connect_timeout)
+
+    def engine_connection(self) -> Any:
+        """A chDB connection of its own to the embedded engine (a ``chdb.state.Connection``), for
+        streaming an insert's bytes to the engine with ``send_insert``: clickhouse-connect's chDB
+        backend writes every raw insert to a temporary file and inserts ``FROM INFILE``, which
+        costs the engine hot path ~0.8 us a span. Tables are named with their database."""
+        if self.location.embedded_path is None:
+            raise StoreError(f"{self.location.describe()} is not an embedded engine; it has no chDB connection")
+        self.location.embedded_path.mkdir(parents=True, exist_ok=True)
+        return chdb.connect(str(self.location.embedded_path))
 
     def _connect(self, connect_timeout: float) -> Client:
         location = self.location
