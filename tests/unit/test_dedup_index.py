@@ -441,3 +441,17 @@ def test_a_block_with_an_event_held_by_another_block_is_not_claimed_at_once() ->
     assert held is not None
     assert idx.claim_all(["b", "c"], [RECENT, RECENT], RECENT) is None
     assert idx._pending.keys() == {"a", "b"}  # nothing of the refused block stays claimed
+
+
+def test_a_block_claimed_again_keeps_its_ids_when_the_block_that_held_them_first_is_resolved() -> None:
+    """A crash-interrupted insert made again claims its ids over a block that claimed them whole;
+    resolving that block then lets go of its other ids only."""
+    idx = index()
+    first = idx.claim_all(["a", "b"], [RECENT, RECENT], RECENT)
+    assert first is not None and first.sole
+    again = idx.claim_again(["b", "c"], [RECENT, RECENT])
+    assert not first.sole
+    idx.resolve(first, stored=False)
+    assert idx._pending == {"b": again, "c": again}
+    idx.resolve(again, stored=True)
+    assert idx._pending == {} and idx._buckets == {RECENT // HOUR_NS: {"b", "c"}}

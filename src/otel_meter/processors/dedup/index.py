@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Callable, Collection, Iterable
 
 HOUR_NS = 3600 * 10**9
@@ -23,15 +25,25 @@ StoreLookup = Callable[[list[str], int, int], set[str]]
 """(event ids, min event time ns, max event time ns) -> the ids already stored."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Reservation:
-    """The ids one batch claimed; resolved when the batch is stored or has failed."""
+    """The ids one batch claimed (with their event times); resolved when the batch is stored or
+    has failed. Compared by identity."""
 
-    keys: list[tuple[str, int]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     stored: bool = False
     waits_on: list[Reservation] = field(default_factory=list)
     """Other in-flight batches holding ids this batch dropped as duplicates."""
+    sole: bool = False
+    """Every id is pending in this reservation and no other (claimed whole by :meth:`DedupIndex.claim_all`
+    and not claimed again since), so resolving it lets go of its ids without a check per id."""
+
+    @property
+    def keys(self) -> list[tuple[str, int]]:
+        """(event id, event time) of each id claimed."""
+        return list(zip(self.ids, self.times))
 
 
 class DedupIndex:
@@ -83,7 +95,8 @@ class DedupIndex:
                     continue
                 decisions[position] = True
                 self._pending[event_id] = reservation
-                reservation.keys.append((event_id, event_time))
+                reservation.ids.append(event_id)
+                reservation.times.append(event_time)
         if to_look_up:
             try:
                 self._admit_from_store(to_look_up, event_ids, event_times, decisions, reservation, anywhere,
@@ -112,7 +125,7 @@ class DedupIndex:
                 bucket = self._buckets.get(hour)
                 if bucket is not None and not bucket.isdisjoint(ids):
                     return None
-            reservation = Reservation(keys=list(zip(event_ids, event_times)))
+            reservation = Reservation(ids=list(event_ids), times=list(event_times), sole=True)
             self._pending.update(dict.fromkeys(event_ids, reservation))
         return reservation
 
@@ -120,7 +133,11 @@ class DedupIndex:
         """Claims events whatever the index holds: those of a block whose insert a crash interrupted,
         which were all new when it began (some may be stored now, by the interrupted insert)."""
         with self._lock:
-            reservation = Reservation(keys=list(zip(event_ids, event_times)))
+            for event_id in event_ids:
+                holder = self._pending.get(event_id)
+                if holder is not None:
+                    holder.sole = False  # it no longer holds this id alone
+            reservation = Reservation(ids=list(event_ids), times=list(event_times))
             self._pending.update(dict.fromkeys(event_ids, reservation))
         return reservation
 
@@ -149,22 +166,29 @@ class DedupIndex:
                     continue
                 decisions[position] = True
                 self._pending[event_id] = reservation
-                reservation.keys.append((event_id, event_times[position]))
+                reservation.ids.append(event_id)
+                reservation.times.append(event_times[position])
 
     def resolve(self, reservation: Reservation, stored: bool, not_stored: Collection[str] = ()) -> None:
         """Commit (stored) or release (failed) the ids a batch claimed; ``not_stored`` ids
         (refused after the claim) are released whatever ``stored`` says."""
         with self._lock:
             pending = self._pending
-            for event_id, _ in reservation.keys:
-                if pending.get(event_id) is reservation:
-                    del pending[event_id]
+            if reservation.sole:  # a block of ~50,000 spans: one C-level pass
+                deque(map(pending.pop, reservation.ids, repeat(None)), maxlen=0)
+            else:
+                for event_id in reservation.ids:
+                    if pending.get(event_id) is reservation:
+                        del pending[event_id]
             if stored:
-                kept = [key for key in reservation.keys if key[0] not in not_stored] if not_stored else reservation.keys
-                for hour, ids in _by_hour([key[0] for key in kept], [key[1] for key in kept]).items():
+                ids, times = reservation.ids, reservation.times
+                if not_stored:
+                    kept = [position for position, event_id in enumerate(ids) if event_id not in not_stored]
+                    ids, times = [ids[position] for position in kept], [times[position] for position in kept]
+                for hour, hour_ids in _by_hour(ids, times).items():
                     bucket = self._buckets.setdefault(hour, set())
                     size = len(bucket)
-                    bucket.update(ids)
+                    bucket.update(hour_ids)
                     self._size += len(bucket) - size
                 self._evict()
         reservation.stored = stored
