@@ -25,6 +25,7 @@ import decimal
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -54,6 +55,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests-per-block", type=int, default=200, help="requests of 512 spans in each block")
     parser.add_argument("--blocks", type=int, default=6, help="timed blocks (after one of warm-up)")
     parser.add_argument("--genai-fraction", type=float, default=1.0, help="share of chat spans among the spans")
+    parser.add_argument("--extractors", type=int, default=1, choices=(1, 2),
+                        help="threads taking blocks at once, each with its own tables, as the server's two "
+                             "extractors do; with 2, only the whole rate and its CPU are reported")
     return parser.parse_args(argv)
 
 
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     for statement in feed.statements():
         client.command(statement)
     templates = build_templates(16, SPANS, 16, 100, 7, genai_fraction=args.genai_fraction)
+    if args.extractors > 1:
+        return run_extractors(args, feed, templates, client)
     timings: dict[str, float] = {"landing": 0.0, "rated insert": 0.0, "compiled store": 0.0}
     cpu: dict[str, float] = dict.fromkeys(timings, 0.0)
     """Process CPU seconds (every thread of the engine, and its background merges) per stage."""
@@ -133,6 +139,61 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"  {'whole block':28s} {total / timed_spans * 1e6:9.2f} {total / max(timed_genai, 1) * 1e6:14.2f}"
           f" {total_cpu / max(timed_genai, 1) * 1e6:18.2f}"
           f"   ({timed_spans / total:,.0f} spans/s, {timed_genai / total:,.0f} GenAI spans/s)")
+    return check(client, expected, amount)
+
+
+def run_extractors(args: argparse.Namespace, feed: Any, templates: list[Any], client: Any) -> int:
+    """``--extractors N``: N threads each take their blocks (landing, then the compiled store) on
+    their own tables and engine connections, as the server's extractor threads do, without the
+    receiver, the usage API or a load generator beside them: what the extraction alone does with
+    the machine's cores. The requests are stamped before the clock starts."""
+    expected: Counter[tuple[str, str]] = Counter()
+    amount = Decimal(0)
+    blocks: list[list[bytes]] = []
+    timed_spans = timed_genai = 0
+    for block in range(args.extractors * (args.blocks + 1)):
+        requests = []
+        for request in range(args.requests_per_block):
+            index = block * args.requests_per_block + request
+            template = templates[index % len(templates)]
+            requests.append(stamp(template, NONCE, index) + receipt_fields(time.time_ns(), None))
+            expected.update(template.usage)
+            with decimal.localcontext(EXACT):
+                amount += template.amount
+            if block >= args.extractors:  # the first block of each thread warms it up
+                timed_spans += template.spans
+                timed_genai += template.genai_spans
+        blocks.append(requests)
+    start = threading.Barrier(args.extractors + 1)
+    failures: list[str] = []
+
+    def extract(number: int) -> None:
+        tables = feed.tables[number]
+        own_client, engine = feed.store.own_client(), feed.store.engine_connection()
+        for block in range(args.blocks + 1):
+            if block == 1:
+                start.wait()
+            position = block * args.extractors + number
+            feed.load(own_client, engine, tables.landing, tables.rows, blocks[position])
+            outcome = feed.compiled.store_block(own_client, tables.rows, tables.prices, f"bench-block-{position}",
+                                                 lambda left_out: None)
+            if outcome.fallback or outcome.refused:
+                failures.append(f"block {position}: not stored by the compiled pipeline ({outcome})")
+    threads = [threading.Thread(target=extract, args=(number,)) for number in range(args.extractors)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started, started_cpu = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.join()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
+        return 1
+    print(f"engine blocks: {args.extractors} extractor threads x {args.blocks} blocks of {args.requests_per_block} "
+          f"requests x {SPANS} spans ({timed_genai:,} of {timed_spans:,} spans GenAI)")
+    print(f"  {timed_spans / seconds:,.0f} spans/s ({timed_genai / seconds:,.0f} GenAI spans/s), "
+          f"{cpu_seconds / seconds:.2f} cores, {cpu_seconds / max(timed_genai, 1) * 1e6:.2f} us of CPU a GenAI span")
     return check(client, expected, amount)
 
 
