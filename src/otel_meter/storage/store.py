@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar, cast
 from urllib.parse import urlsplit
 
-import chdb
 import clickhouse_connect
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -233,6 +232,8 @@ class Store:
         costs the engine hot path ~0.8 us a span. Tables are named with their database."""
         if self.location.embedded_path is None:
             raise StoreError(f"{self.location.describe()} is not an embedded engine; it has no chDB connection")
+        import chdb  # lazy: importing the engine takes ~0.3 s, which a store on a server never needs
+
         self.location.embedded_path.mkdir(parents=True, exist_ok=True)
         return chdb.connect(str(self.location.embedded_path))
 
