@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tests.integration.conftest import MeterServer, totals
+from tests.integration.test_engine_extraction import engine_config
 from tests.integration.test_metrics_and_logs_end_to_end import with_metrics_pipeline
 
 CALL = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}
@@ -36,10 +37,15 @@ def record_call(meter_provider: MeterProvider, input_tokens: int, cache_read: in
     histogram.record(output_tokens, {**CALL, "gen_ai.token.type": "output"})
 
 
+@pytest.mark.parametrize("extraction", ["python", "engine"])
 @pytest.mark.parametrize("first", ["spans", "metrics"])
 def test_a_call_on_a_span_and_in_token_metrics_of_one_sdk_is_billed_once(meter_server: MeterServer,
-                                                                         first: str) -> None:
+                                                                         first: str, extraction: str) -> None:
     with_metrics_pipeline(meter_server)
+    if extraction == "engine":  # the span's service instance is then found by the engine
+        meter_server.stop()
+        engine_config(meter_server, configured=True)
+        meter_server.start()
     resource = Resource.create({"service.name": "chat-app", "customer.id": "acme"})
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(
