@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclass
+class JournaledBlock:
+    """A block of stamped requests as the engine journal holds them, and what their chat spans carry."""
+
+    payloads: list[bytes] = field(default_factory=list)
+    usage: Counter[tuple[str, str]] = field(default_factory=Counter)
+    amount: Decimal = Decimal(0)
+    spans: int = 0
+    genai_spans: int = 0
+
+
+def journaled_block(templates: list[Any], first: int, count: int) -> JournaledBlock:
+    """Requests ``first`` .. ``first + count - 1`` of the workload (each a distinct stamp of a template)."""
+    block = JournaledBlock()
+    for index in range(first, first + count):
+        template = templates[index % len(templates)]
+        block.payloads.append(stamp(template, NONCE, index) + receipt_fields(time.time_ns(), None))
+        block.usage.update(template.usage)
+        with decimal.localcontext(EXACT):
+            block.amount += template.amount
+        block.spans += template.spans
+        block.genai_spans += template.genai_spans
+    return block
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     config = write_config(workdir, free_port(), free_port(), meters_off=ENGINE_METERS_OFF, extraction="engine")
     service = Service(load_config(config))
@@ -98,23 +124,18 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     expected: Counter[tuple[str, str]] = Counter()
     amount = Decimal(0)
-    index = 0
     timed_spans = timed_genai = 0
     for block in range(args.blocks + 1):
-        requests = []
-        for _ in range(args.requests_per_block):
-            template = templates[index % len(templates)]
-            requests.append(stamp(template, NONCE, index) + receipt_fields(time.time_ns(), None))
-            expected.update(template.usage)
-            with decimal.localcontext(EXACT):
-                amount += template.amount
-            index += 1
-            if block:
-                timed_spans += template.spans
-                timed_genai += template.genai_spans
+        requests = journaled_block(templates, block * args.requests_per_block, args.requests_per_block)
+        expected.update(requests.usage)
+        with decimal.localcontext(EXACT):
+            amount += requests.amount
+        if block:
+            timed_spans += requests.spans
+            timed_genai += requests.genai_spans
         warming_up = not block
         started, started_cpu = time.perf_counter(), time.process_time()
-        feed.load(client, engine, tables.landing, tables.rows, requests)
+        feed.load(client, engine, tables.landing, tables.rows, requests.payloads)
         loaded, loaded_cpu = time.perf_counter(), time.process_time()
         outcome = feed.compiled.store_block(client, tables.rows, tables.prices, f"bench-block-{block}",
                                              lambda left_out: None)
@@ -149,20 +170,16 @@ def run_extractors(args: argparse.Namespace, feed: Any, templates: list[Any], cl
     the machine's cores. The requests are stamped before the clock starts."""
     expected: Counter[tuple[str, str]] = Counter()
     amount = Decimal(0)
-    blocks: list[list[bytes]] = []
+    blocks: list[JournaledBlock] = []
     timed_spans = timed_genai = 0
     for block in range(args.extractors * (args.blocks + 1)):
-        requests = []
-        for request in range(args.requests_per_block):
-            index = block * args.requests_per_block + request
-            template = templates[index % len(templates)]
-            requests.append(stamp(template, NONCE, index) + receipt_fields(time.time_ns(), None))
-            expected.update(template.usage)
-            with decimal.localcontext(EXACT):
-                amount += template.amount
-            if block >= args.extractors:  # the first block of each thread warms it up
-                timed_spans += template.spans
-                timed_genai += template.genai_spans
+        requests = journaled_block(templates, block * args.requests_per_block, args.requests_per_block)
+        expected.update(requests.usage)
+        with decimal.localcontext(EXACT):
+            amount += requests.amount
+        if block >= args.extractors:  # the first block of each thread warms it up
+            timed_spans += requests.spans
+            timed_genai += requests.genai_spans
         blocks.append(requests)
     start = threading.Barrier(args.extractors + 1)
     failures: list[str] = []
@@ -174,7 +191,7 @@ def run_extractors(args: argparse.Namespace, feed: Any, templates: list[Any], cl
             if block == 1:
                 start.wait()
             position = block * args.extractors + number
-            feed.load(own_client, engine, tables.landing, tables.rows, blocks[position])
+            feed.load(own_client, engine, tables.landing, tables.rows, blocks[position].payloads)
             outcome = feed.compiled.store_block(own_client, tables.rows, tables.prices, f"bench-block-{position}",
                                                  lambda left_out: None)
             if outcome.fallback or outcome.refused:

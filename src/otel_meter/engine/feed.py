@@ -35,7 +35,6 @@ from otel_meter.engine.landing import (
     receipt_fields,
     varint,
 )
-from otel_meter.engine.sql_text import identifier
 from otel_meter.errors import ExportError, QueueFullError
 from otel_meter.exporters.clickhouse.journal import InsertPlan, Journal, JournalFullError
 from otel_meter.faults import crash_point
@@ -365,8 +364,7 @@ class EngineTraceFeed:
         ``engine``: the extractor's own chDB connection (``Store.engine_connection``), which the
         requests are streamed to. Returns the requests the engine cannot read, left out of ``rows``."""
         client.command(f"TRUNCATE TABLE {rows}")
-        statement = insert_sql(f"{identifier(self.store.location.database)}.{landing}")
-        return self._insert_readable(engine, statement, records)
+        return self._insert_readable(engine, insert_sql(landing), records)
 
     def _insert_readable(self, engine: Any, statement: str, records: list[bytes]) -> list[bytes]:
         """Inserts the requests, each appended to the insert's stream as one ``Protobuf`` row (its

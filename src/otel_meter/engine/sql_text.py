@@ -9,11 +9,6 @@ def quoted(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def identifier(name: str) -> str:
-    """A database or table name, backquoted."""
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
 def sql_array(texts: Sequence[str]) -> str:
     return "[" + ", ".join(quoted(text) for text in texts) + "]::Array(String)"
 
