@@ -1,9 +1,9 @@
 -- otel-meter on a ClickHouse cluster: the schema of the embedded store's migrations
--- (src/otel_meter/storage/migrations/0001..0005), laid out for a cluster named 'otel_meter'
+-- (src/otel_meter/storage/migrations/0001..0009), laid out for a cluster named 'otel_meter'
 -- with the macros {shard} and {replica} set on every server.
 --
 -- Per shard, replicated:  usage_ingest_local (Null) -> MVs -> usage_events_local, line_items_local
---                         line_items_local -> MVs -> usage_hourly_local, usage_daily_local
+--                         line_items_local -> MV -> usage_hourly_local -> MV -> usage_daily_local
 -- Over all shards:        usage_ingest, usage_events, line_items, usage_hourly, usage_daily (Distributed,
 --                         sharded by cityHash64(event_id): every copy of an event lands on one shard)
 -- On every server:        rate_cards, credit_grants, alerts, schema_migrations (one replica set, no {shard})
@@ -200,11 +200,11 @@ GROUP BY hour, customer, feature, service, environment, provider, model, meter, 
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_daily_mv ON CLUSTER otel_meter
 TO otel_meter.usage_daily_local AS
-SELECT toDate(event_time) AS day, customer, feature, service, environment, provider, model, meter,
+SELECT toDate(hour) AS day, customer, feature, service, environment, provider, model, meter,
        currency, priced, rate_card, rate_rule, cost_currency, reported_cost_currency, reported_cost_source,
        sum(quantity) AS quantity, sum(amount) AS amount, sum(cost) AS cost, sum(reported_cost) AS reported_cost,
-       sum(multiIf(kind = 'reversal', -1, kind = 'rerate', 1, 1)) AS line_items
-FROM otel_meter.line_items_local
+       sum(line_items) AS line_items
+FROM otel_meter.usage_hourly_local
 GROUP BY day, customer, feature, service, environment, provider, model, meter, currency, priced, rate_card,
          rate_rule, cost_currency, reported_cost_currency, reported_cost_source;
 
@@ -328,4 +328,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage'), (8, '0008_merge_selector');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage'), (8, '0008_merge_selector'), (9, '0009_daily_from_hourly');

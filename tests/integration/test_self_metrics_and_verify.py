@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_meter import __version__, cli
 from tests.chdb_worker import ChdbWorker
 from tests.integration.conftest import RATE_CARD, MeterServer, SpanFactory, chat, export, export_raw
+from tests.integration.test_verify import insert_into_the_hourly_rollup_only
 
 pytestmark = pytest.mark.integration
 
@@ -169,8 +170,9 @@ def inject_faults(store) -> None:
     store.client.command("INSERT INTO line_items (event_id, event_time, kind, customer, meter, model, quantity, "
                          "unit_price, amount, currency, priced) VALUES ('orphan', now64(9), 'usage', 'acme', "
                          "'input_tokens', 'gpt-4o', 10, 0.0000025, 0.000025, 'USD', true)")
-    store.client.command("INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, line_items) "
-                         "VALUES (toStartOfHour(now()), 'initech', 'output_tokens', 'USD', 5, 0.5, 1)")
+    insert_into_the_hourly_rollup_only(
+        store.client, "INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, line_items) "
+                      "VALUES (toStartOfHour(now()), 'initech', 'output_tokens', 'USD', 5, 0.5, 1)")
 
 
 def event_ids(store) -> list[str]:

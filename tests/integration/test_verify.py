@@ -61,6 +61,20 @@ def execute(store, database: str, sql: str) -> None:
     _database(store, database).client.command(sql)
 
 
+def insert_into_the_hourly_rollup_only(client, sql: str) -> None:
+    """An injected fault in ``usage_hourly`` alone: the daily rollup sums the hourly one's inserts
+    (migration 0009), so its view is detached meanwhile."""
+    client.command("DETACH TABLE usage_daily_mv")
+    try:
+        client.command(sql)
+    finally:
+        client.command("ATTACH TABLE usage_daily_mv")
+
+
+def execute_in_the_hourly_rollup_only(store, database: str, sql: str) -> None:
+    insert_into_the_hourly_rollup_only(_database(store, database).client, sql)
+
+
 # --- fixtures ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -142,7 +156,8 @@ def test_injected_faults_are_each_named_with_their_sides_and_values(worker, data
                                    "unit_price, amount, currency, priced) VALUES ('orphan-1', "
                                    "'2026-11-05 08:00:00', 'usage', 'acme', 'tool_calls', 3, 0.01, 0.03, 'USD', true)")
     # 3. A rollup altered: an extra row in usage_hourly only (initech, Nov 3).
-    worker.call(execute, database, "INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, "
+    worker.call(execute_in_the_hourly_rollup_only, database, "INSERT INTO usage_hourly (hour, customer, meter, "
+                                                             "currency, quantity, amount, "
                                    "line_items) VALUES ('2026-11-03 12:00:00', 'initech', 'output_tokens', '', 7, 0, 1)")
     report = worker.call(run_verify, database, *NOV)
     assert not report["ok"]
@@ -230,7 +245,8 @@ def docs_example_report(store, database: str) -> str:
     db.insert_usage(to_arrow(RatingProcessor(book(V1)).process(usage(*rows)), NOV_1 // 1000), f"{database}-usage")
     db.client.command("INSERT INTO usage_events SELECT * FROM usage_events WHERE event_id = 'e7' "
                       "AND meter = 'output_tokens'")
-    db.client.command("INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, line_items) "
+    insert_into_the_hourly_rollup_only(
+        db.client, "INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, line_items) "
                       "VALUES ('2026-11-01 05:00:00', 'acme', 'input_tokens', 'USD', 100, 0.00025, 1)")
     return format_report(verify(db, VerifyRequest.parse("2026-11-01", "2026-11-02")).to_json())
 
