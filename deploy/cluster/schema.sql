@@ -1,11 +1,12 @@
 -- otel-meter on a ClickHouse cluster: the schema of the embedded store's migrations
--- (src/otel_meter/storage/migrations/0001..0009), laid out for a cluster named 'otel_meter'
+-- (src/otel_meter/storage/migrations/0001..0010), laid out for a cluster named 'otel_meter'
 -- with the macros {shard} and {replica} set on every server.
 --
--- Per shard, replicated:  usage_ingest_local (Null) -> MVs -> usage_events_local, line_items_local
+-- Per shard, replicated:  usage_ingest_local (Null) -> MV -> line_items_local
 --                         line_items_local -> MV -> usage_hourly_local -> MV -> usage_daily_local
--- Over all shards:        usage_ingest, usage_events, line_items, usage_hourly, usage_daily (Distributed,
---                         sharded by cityHash64(event_id): every copy of an event lands on one shard)
+-- Over all shards:        usage_ingest, line_items, usage_hourly, usage_daily (Distributed,
+--                         sharded by cityHash64(event_id): every copy of an event lands on one shard),
+--                         and usage_events, a view of the usage line items
 -- On every server:        rate_cards, credit_grants, alerts, schema_migrations (one replica set, no {shard})
 --
 -- otel-meter inserts into the Distributed usage_ingest with distributed_foreground_insert = 1 (see
@@ -51,29 +52,6 @@ CREATE TABLE IF NOT EXISTS otel_meter.usage_ingest_local ON CLUSTER otel_meter
 )
 ENGINE = Null;
 
-CREATE TABLE IF NOT EXISTS otel_meter.usage_events_local ON CLUSTER otel_meter
-(
-    event_id String,
-    event_time DateTime64(9, 'UTC'),
-    received_at DateTime64(6, 'UTC'),
-    customer LowCardinality(String),
-    feature LowCardinality(String),
-    service LowCardinality(String),
-    environment LowCardinality(String),
-    provider LowCardinality(String),
-    model LowCardinality(String),
-    operation LowCardinality(String),
-    meter LowCardinality(String),
-    quantity Decimal(38, 9),
-    dimensions Map(LowCardinality(String), String),
-    INDEX event_id_bloom event_id TYPE bloom_filter GRANULARITY 4
-)
-ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/usage_events', '{replica}')
-PARTITION BY toYYYYMM(event_time)
-ORDER BY (toStartOfHour(event_time), customer, meter, model, event_id)
-SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600,
-         merge_selector_base = 20;
-
 CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
 (
     event_id String,
@@ -104,7 +82,8 @@ CREATE TABLE IF NOT EXISTS otel_meter.line_items_local ON CLUSTER otel_meter
     rerate_run String,
     reported_cost Decimal(38, 18),
     reported_cost_currency LowCardinality(String),
-    reported_cost_source LowCardinality(String)
+    reported_cost_source LowCardinality(String),
+    INDEX event_id_bloom event_id TYPE bloom_filter GRANULARITY 4
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/otel_meter/line_items', '{replica}')
 PARTITION BY toYYYYMM(event_time)
@@ -174,12 +153,6 @@ ORDER BY (day, customer, meter, model, provider, feature, service, environment, 
 SETTINGS replicated_deduplication_window = 180000, replicated_deduplication_window_seconds = 21600,
          merge_selector_base = 20;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.usage_events_mv ON CLUSTER otel_meter
-TO otel_meter.usage_events_local AS
-SELECT event_id, event_time, received_at, customer, feature, service, environment,
-       provider, model, operation, meter, quantity, dimensions
-FROM otel_meter.usage_ingest_local;
-
 CREATE MATERIALIZED VIEW IF NOT EXISTS otel_meter.line_items_mv ON CLUSTER otel_meter
 TO otel_meter.line_items_local AS
 SELECT event_id, event_time, received_at AS rated_at, 'usage' AS kind, customer, feature, service, environment,
@@ -213,11 +186,15 @@ GROUP BY day, customer, feature, service, environment, provider, model, meter, c
 CREATE TABLE IF NOT EXISTS otel_meter.usage_ingest ON CLUSTER otel_meter AS otel_meter.usage_ingest_local
 ENGINE = Distributed(otel_meter, otel_meter, usage_ingest_local, cityHash64(event_id));
 
-CREATE TABLE IF NOT EXISTS otel_meter.usage_events ON CLUSTER otel_meter AS otel_meter.usage_events_local
-ENGINE = Distributed(otel_meter, otel_meter, usage_events_local, cityHash64(event_id));
-
 CREATE TABLE IF NOT EXISTS otel_meter.line_items ON CLUSTER otel_meter AS otel_meter.line_items_local
 ENGINE = Distributed(otel_meter, otel_meter, line_items_local, cityHash64(event_id));
+
+-- Raw usage is the usage line items (migration 0010), read over all shards.
+CREATE VIEW IF NOT EXISTS otel_meter.usage_events ON CLUSTER otel_meter AS
+SELECT event_id, event_time, rated_at AS received_at, customer, feature, service, environment, provider, model,
+       operation, meter, quantity, dimensions
+FROM otel_meter.line_items
+WHERE kind = 'usage';
 
 CREATE TABLE IF NOT EXISTS otel_meter.usage_hourly ON CLUSTER otel_meter AS otel_meter.usage_hourly_local
 ENGINE = Distributed(otel_meter, otel_meter, usage_hourly_local);
@@ -328,4 +305,4 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/otel_meter/schema_migration
 ORDER BY version;
 
 -- The embedded store's migrations this schema corresponds to: otel-meter sees them as applied.
-INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage'), (8, '0008_merge_selector'), (9, '0009_daily_from_hourly');
+INSERT INTO otel_meter.schema_migrations (version, name) VALUES (1, '0001_usage'), (2, '0002_dimensions'), (3, '0003_rating'), (4, '0004_billing'), (5, '0005_ledger_currency'), (6, '0006_reported_cost'), (7, '0007_nested_usage'), (8, '0008_merge_selector'), (9, '0009_daily_from_hourly'), (10, '0010_usage_events_view');

@@ -15,8 +15,7 @@ from otel_meter.storage.store import split_statements
 from tests.chdb_worker import ChdbWorker
 
 CLUSTER = Path(__file__).resolve().parents[2] / "deploy" / "cluster"
-LOCAL_NAMES = {"usage_ingest_local": "usage_ingest", "usage_events_local": "usage_events",
-               "line_items_local": "line_items", "usage_hourly_local": "usage_hourly",
+LOCAL_NAMES = {"usage_ingest_local": "usage_ingest", "line_items_local": "line_items", "usage_hourly_local": "usage_hourly",
                "usage_daily_local": "usage_daily"}
 
 
@@ -28,7 +27,7 @@ def parse(store, statements: list[str]) -> list[str]:
 def embedded_columns(store) -> dict[str, list[tuple[str, str]]]:
     rows = store.client.query("SELECT table, name, type FROM system.columns WHERE database = currentDatabase() "
                               "AND table IN (SELECT name FROM system.tables WHERE database = currentDatabase() "
-                              "AND engine != 'MaterializedView') ORDER BY table, position").result_rows
+                              "AND engine NOT IN ('MaterializedView', 'View')) ORDER BY table, position").result_rows
     found: dict[str, list[tuple[str, str]]] = {}
     for table, name, column_type in rows:
         found.setdefault(table, []).append((name, column_type))
@@ -63,7 +62,7 @@ def cluster_tables(sql: str) -> dict[str, list[tuple[str, str]]]:
 def test_every_statement_of_the_cluster_schema_parses(store):
     statements = split_statements((CLUSTER / "schema.sql").read_text())
     trees = store.call(parse, statements)
-    assert len(trees) == len(statements) == 22
+    assert len(trees) == len(statements) == 20
     engines = " ".join(trees)
     for engine in ("ReplicatedMergeTree", "ReplicatedSummingMergeTree", "ReplicatedReplacingMergeTree",
                    "Distributed", "Null"):
@@ -76,6 +75,25 @@ def test_cluster_tables_have_exactly_the_columns_of_the_embedded_schema(store):
     assert set(cluster) == set(embedded)
     for table, columns in cluster.items():
         assert columns == embedded[table], table
+
+
+def view_select(sql: str, name: str) -> str:
+    """The SELECT of the plain view ``name`` in ``sql``, whitespace and the database prefix dropped."""
+    for statement in split_statements(sql):
+        found = re.match(rf"CREATE VIEW (?:IF NOT EXISTS )?(?:otel_meter\.)?{name}\b.*? AS\s+(SELECT .*)", statement,
+                         re.DOTALL)
+        if found:
+            return " ".join(found.group(1).replace("otel_meter.", "").split()).rstrip(";")
+    raise AssertionError(f"no view {name}")
+
+
+def test_the_cluster_reads_raw_usage_through_the_same_view_as_the_embedded_store():
+    from otel_meter.storage.store import available_migrations
+
+    embedded = "\n".join(sql for _, _, sql in available_migrations())
+    cluster = (CLUSTER / "schema.sql").read_text()
+    assert view_select(cluster, "usage_events") == view_select(embedded, "usage_events")
+    assert "kind = 'usage'" in view_select(cluster, "usage_events")
 
 
 def test_the_cluster_schema_records_every_migration_as_applied():
@@ -109,7 +127,7 @@ def test_the_collector_routes_by_trace_id_over_the_grpc_port():
 
 # --- the insert deduplication window covers the promised retry horizon ----------------------------
 
-DEDUP_TARGETS = ("usage_events_local", "line_items_local", "usage_hourly_local", "usage_daily_local")
+DEDUP_TARGETS = ("line_items_local", "usage_hourly_local", "usage_daily_local")
 
 
 def sizing_table() -> dict[str, str]:

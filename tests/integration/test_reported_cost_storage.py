@@ -124,7 +124,6 @@ def report_and_verify(store, cost_source: str) -> dict:
     from otel_meter.storage.verify import VerifyRequest, verify
 
     store.client.command("TRUNCATE TABLE line_items")
-    store.client.command("TRUNCATE TABLE usage_events")
     store.client.command("TRUNCATE TABLE usage_hourly")
     store.client.command("TRUNCATE TABLE usage_daily")
     batch = rated_spans(cost_source, chat(**{AMOUNT: "0.0009", CURRENCY: "USD", SOURCE: "provider"}),

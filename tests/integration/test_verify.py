@@ -15,7 +15,7 @@ from otel_meter.exporters.clickhouse.arrow import to_arrow
 from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.rerate import rerate
 from otel_meter.storage.usage_report import decimal_text
-from otel_meter.storage.verify import VerifyRequest, format_report, verify
+from otel_meter.storage.verify import RAW_USAGE_IS_LINE_ITEMS, VerifyRequest, format_report, verify
 from otel_meter.usage import money_to_decimal
 from tests.chdb_worker import ChdbWorker
 from tests.integration.test_rerate import COSTS_C1, COSTS_C2, DEC_1, HOUR, NOV_1, V1, V2, book, daily_rows, ns, usage
@@ -102,9 +102,8 @@ def test_a_clean_store_reconciles_with_exact_totals_also_after_re_rating(worker,
     expected = worker.call(seed, database, november_rows(), True)
     report = worker.call(run_verify, database, *NOV)
     assert report["ok"] and report["mismatches"] == [] and report["duplicates"] == []
-    assert report["checks"] == ["raw_vs_line_items", "reversals_vs_rerates", "duplicate_ids", "line_items_vs_hourly",
-                                "line_items_vs_daily"]
-    assert report["not_checked"] == {}
+    assert report["checks"] == ["reversals_vs_rerates", "duplicate_ids", "line_items_vs_hourly", "line_items_vs_daily"]
+    assert report["not_checked"] == {"raw_vs_line_items": RAW_USAGE_IS_LINE_ITEMS}
     quantity = {"input_tokens": str(sum(1000 + d for d in range(30)) + sum(1000 + d for d in range(0, 30, 3)) + 150),
                 "output_tokens": str(100 * 40)}
     totals = report["totals"]
@@ -115,7 +114,7 @@ def test_a_clean_store_reconciles_with_exact_totals_also_after_re_rating(worker,
     # Nov 10 onwards re-rated: 21 acme and 7 globex events, input and output each.
     assert totals["line_items[net]"] == {**net, "reversal_rows": 56, "rerate_rows": 56}
     assert totals["usage_hourly"] == net and totals["usage_daily"] == net
-    assert format_report(report).endswith("OK: raw usage, line items and rollups reconcile")
+    assert format_report(report).endswith("OK: line items and rollups reconcile")
 
 
 def test_one_customer_is_verified_alone(worker, database) -> None:
@@ -132,30 +131,27 @@ def test_a_range_not_on_whole_hours_compares_raw_usage_and_line_items_only_and_s
     worker.call(seed, database, november_rows(), False)
     report = worker.call(run_verify, database, "2026-11-02T00:30:00Z", "2026-11-05T00:00:00Z")
     assert report["ok"]
-    assert report["checks"] == ["raw_vs_line_items", "reversals_vs_rerates", "duplicate_ids"]
+    assert report["checks"] == ["reversals_vs_rerates", "duplicate_ids"]
     assert report["not_checked"] == {
-        "line_items_vs_hourly": "the range does not start and end on whole UTC hours; only raw usage and line "
-                                "items are compared",
+        "raw_vs_line_items": RAW_USAGE_IS_LINE_ITEMS,
+        "line_items_vs_hourly": "the range does not start and end on whole UTC hours; only the line items are "
+                                "checked",
         "line_items_vs_daily": "the range does not start and end at midnight UTC"}
     assert set(report["totals"]) == {"usage_events", "line_items[usage]", "line_items[net]"}
     assert report["totals"]["usage_events"]["rows"] == 2 * 3 + 2 + 2  # acme Nov 2-4, globex Nov 4, initech Nov 2-3
     hourly_only = worker.call(run_verify, database, "2026-11-02T01:00:00Z", "2026-11-05T00:00:00Z")
     assert hourly_only["checks"][-1] == "line_items_vs_hourly" and list(hourly_only["not_checked"]) == [
-        "line_items_vs_daily"]
+        "raw_vs_line_items", "line_items_vs_daily"]
 
 
 # --- injected faults --------------------------------------------------------------------------------------
 
 def test_injected_faults_are_each_named_with_their_sides_and_values(worker, database) -> None:
     worker.call(seed, database, november_rows(), False)
-    # 1. A raw row stored twice (globex's Nov 4 input tokens).
-    worker.call(execute, database, "INSERT INTO usage_events SELECT * FROM usage_events "
+    # 1. A usage line item stored twice (globex's Nov 4 input tokens; also summed into the rollups by their views).
+    worker.call(execute, database, "INSERT INTO line_items SELECT * FROM line_items "
                                    "WHERE event_id = 'globex-3' AND meter = 'input_tokens'")
-    # 2. A line item without its raw row (acme, tool calls; also summed into the rollups by their views).
-    worker.call(execute, database, "INSERT INTO line_items (event_id, event_time, kind, customer, meter, quantity, "
-                                   "unit_price, amount, currency, priced) VALUES ('orphan-1', "
-                                   "'2026-11-05 08:00:00', 'usage', 'acme', 'tool_calls', 3, 0.01, 0.03, 'USD', true)")
-    # 3. A rollup altered: an extra row in usage_hourly only (initech, Nov 3).
+    # 2. A rollup altered: an extra row in usage_hourly only (initech, Nov 3).
     worker.call(execute_in_the_hourly_rollup_only, database, "INSERT INTO usage_hourly (hour, customer, meter, "
                                                              "currency, quantity, amount, "
                                    "line_items) VALUES ('2026-11-03 12:00:00', 'initech', 'output_tokens', '', 7, 0, 1)")
@@ -163,25 +159,19 @@ def test_injected_faults_are_each_named_with_their_sides_and_values(worker, data
     assert not report["ok"]
     assert [(m["check"], m["customer"], m["meter"], m["currency"], m["field"], m["left"], m["left_value"],
              m["right"], m["right_value"]) for m in report["mismatches"]] == [
-        ("raw_vs_line_items", "acme", "tool_calls", None, "rows", "usage_events", "0", "line_items[usage]", "1"),
-        ("raw_vs_line_items", "acme", "tool_calls", None, "quantity", "usage_events", "0", "line_items[usage]", "3"),
-        ("raw_vs_line_items", "globex", "input_tokens", None, "rows", "usage_events", "11", "line_items[usage]", "10"),
-        ("raw_vs_line_items", "globex", "input_tokens", None, "quantity", "usage_events", "11138",
-         "line_items[usage]", "10135"),
         ("line_items_vs_hourly", "initech", "output_tokens", "", "quantity", "line_items[net]", "0", "usage_hourly",
          "7"),
         ("line_items_vs_hourly", "initech", "output_tokens", "", "line_items", "line_items[net]", "0", "usage_hourly",
          "1"),
     ]
-    assert report["duplicates"] == [{"table": "usage_events", "keys": 1, "examples": [
+    assert report["duplicates"] == [{"table": "line_items[usage]", "keys": 1, "examples": [
         {"event_id": "globex-3", "meter": "input_tokens", "customer": "globex", "copies": 2}]}]
+    assert report["totals"]["usage_events"]["rows"] == report["totals"]["line_items[usage]"]["rows"] == 84
     text = format_report(report)
-    assert "\n7 mismatches\n" in text
-    assert ("  raw_vs_line_items: customer globex, meter input_tokens: rows differs: usage_events 11, "
-            "line_items[usage] 10") in text
+    assert "\n3 mismatches\n" in text
     assert ("  line_items_vs_hourly: customer initech, meter output_tokens, currency (none): quantity differs: "
             "line_items[net] 0, usage_hourly 7") in text
-    assert ("  duplicate_ids: usage_events: 1 (event_id, meter) stored more than once: globex-3 input_tokens "
+    assert ("  duplicate_ids: line_items[usage]: 1 (event_id, meter) stored more than once: globex-3 input_tokens "
             "(customer globex, 2 copies)") in text
 
 
@@ -195,8 +185,6 @@ def test_a_duplicated_line_item_and_a_reversal_without_its_rerate_are_named(work
                                    "WHERE event_id = 'acme-1' AND meter = 'input_tokens'")
     report = worker.call(run_verify, database, *NOV, customer="acme")
     assert [(m["check"], m["meter"], m["field"], m["left_value"], m["right_value"]) for m in report["mismatches"]] == [
-        ("raw_vs_line_items", "output_tokens", "rows", "30", "31"),
-        ("raw_vs_line_items", "output_tokens", "quantity", "3000", "3100"),
         ("reversals_vs_rerates", "input_tokens", "rows", "1", "0"),
     ]
     assert report["duplicates"] == [{"table": "line_items[usage]", "keys": 1, "examples": [
@@ -209,10 +197,10 @@ def test_a_duplicated_line_item_and_a_reversal_without_its_rerate_are_named(work
 
 def test_at_most_twenty_duplicates_are_listed_with_the_count_of_all(worker, database) -> None:
     worker.call(seed, database, november_rows(), False)
-    worker.call(execute, database, "INSERT INTO usage_events SELECT * FROM usage_events WHERE customer = 'acme'")
+    worker.call(execute, database, "INSERT INTO line_items SELECT * FROM line_items WHERE customer = 'acme'")
     report = worker.call(run_verify, database, *NOV)
     duplicates = report["duplicates"][0]
-    assert (duplicates["table"], duplicates["keys"], len(duplicates["examples"])) == ("usage_events", 60, 20)
+    assert (duplicates["table"], duplicates["keys"], len(duplicates["examples"])) == ("line_items[usage]", 60, 20)
     assert duplicates["examples"][0] == {"event_id": "acme-0", "meter": "input_tokens", "customer": "acme",
                                          "copies": 2}
     assert format_report(report).rstrip().endswith("and 40 more")
@@ -234,7 +222,7 @@ def test_a_bad_range_exits_2_before_reading_anything(arguments, message, capsys)
 # --- the example in docs/operations.md ----------------------------------------------------------------------
 
 def docs_example_report(store, database: str) -> str:
-    """The store behind the example: 40 events half an hour apart on Nov 1, a raw row stored twice
+    """The store behind the example: 40 events half an hour apart on Nov 1, a usage line item stored twice
     and an extra usage_hourly row."""
     rows = []
     for n in range(40):
@@ -243,7 +231,7 @@ def docs_example_report(store, database: str) -> str:
         rows.append((f"e{n}", time_ns, customer, "gpt-4o", "output_tokens", 300, {}))
     db = _database(store, database)
     db.insert_usage(to_arrow(RatingProcessor(book(V1)).process(usage(*rows)), NOV_1 // 1000), f"{database}-usage")
-    db.client.command("INSERT INTO usage_events SELECT * FROM usage_events WHERE event_id = 'e7' "
+    db.client.command("INSERT INTO line_items SELECT * FROM line_items WHERE event_id = 'e7' "
                       "AND meter = 'output_tokens'")
     insert_into_the_hourly_rollup_only(
         db.client, "INSERT INTO usage_hourly (hour, customer, meter, currency, quantity, amount, line_items) "

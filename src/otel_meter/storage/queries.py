@@ -224,19 +224,13 @@ ORDER BY customer, model, reported_cost_currency
 """
 
 
-def verify_duplicates(table: str, customer_filter: bool) -> str:
-    """(event_id, meter) keys stored more than once in ``usage_events``, or among the ``usage``
-    rows of ``line_items``: how many keys, and the first few with their customer and copies."""
-    if table == "usage_events":
-        kind = ""
-    elif table == "line_items":
-        kind = " AND kind = 'usage'"
-    else:
-        raise ValueError(f"not a usage table: {table!r}")
+def verify_duplicates(customer_filter: bool) -> str:
+    """(event_id, meter) keys stored more than once among the ``usage`` rows of ``line_items``: how
+    many keys, and the first few with their customer and copies."""
     return f"""
 SELECT event_id, toString(meter), toString(any(customer)), count() AS copies, count() OVER () AS keys
-FROM {table}
-WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""}{kind}
+FROM line_items
+WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""} AND kind = 'usage'
 GROUP BY event_id, meter
 HAVING copies > 1
 ORDER BY event_id, meter

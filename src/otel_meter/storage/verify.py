@@ -4,17 +4,18 @@ Behind ``otel-meter verify`` and ``GET /v1/verify``. Over a time range [from, to
 time, optionally for one customer, a few grouped queries read each side and this module
 compares them:
 
-- ``raw_vs_line_items``: per customer and meter, the rows and quantity of ``usage_events``
-  equal those of the ``usage`` line items (both come from the same insert);
+- ``raw_vs_line_items``: not checked since migration 0010. Raw usage was a second stored copy
+  (``usage_events``) compared with the ``usage`` line items; it is now a view of those line
+  items, so there is nothing left to compare, and the report lists the check under
+  ``not_checked`` with that reason. Its totals (``usage_events``) are still shown;
 - ``reversals_vs_rerates``: per customer and meter, every ``reversal`` line item has its
   ``rerate`` row (re-rating writes them in pairs);
 - ``line_items_vs_hourly`` / ``line_items_vs_daily``: per customer, meter, currency and cost
   currency, the net of all line items (usage + reversal + rerate) equals the rollup's sums of
   quantity, amount, cost and line items. Only for ranges of whole UTC hours (days), since a
-  rollup row cannot be split; other ranges compare raw usage and line items only, and the
+  rollup row cannot be split; other ranges check the line items only, and the
   report says so;
-- ``duplicate_ids``: no (event_id, meter) is stored twice in ``usage_events`` or among the
-  ``usage`` line items.
+- ``duplicate_ids``: no (event_id, meter) is stored twice among the ``usage`` line items.
 
 Beside the checks, ``local_cost_vs_cost_card`` reports, per customer, model and currency, how
 the costs spans reported as ``local`` (``gen_ai.usage.cost.source``, computed by the
@@ -63,6 +64,8 @@ LINE_ITEMS_NET = "line_items[net]"
 LINE_ITEMS_REVERSAL = "line_items[reversal]"
 LINE_ITEMS_RERATE = "line_items[rerate]"
 ROLLUP_CHECKS = {"usage_hourly": LINE_ITEMS_VS_HOURLY, "usage_daily": LINE_ITEMS_VS_DAILY}
+RAW_USAGE_IS_LINE_ITEMS = ("raw usage is stored once, as the usage line items (usage_events is a view of them "
+                           "since migration 0010): there is no second copy to compare")
 
 
 @dataclass(frozen=True)
@@ -241,14 +244,14 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
                                   "to_s": end_ns // NS}
     if customer_filter:
         parameters["customer"] = request.customer
-    checks = [RAW_VS_LINE_ITEMS, REVERSALS_VS_RERATES, DUPLICATE_IDS]
-    not_checked: dict[str, str] = {}
+    checks = [REVERSALS_VS_RERATES, DUPLICATE_IDS]
+    not_checked: dict[str, str] = {RAW_VS_LINE_ITEMS: RAW_USAGE_IS_LINE_ITEMS}
     rollups: list[str] = []
     if start_ns % HOUR_NS == 0 and end_ns % HOUR_NS == 0:
         rollups.append("usage_hourly")
     else:
-        not_checked[LINE_ITEMS_VS_HOURLY] = ("the range does not start and end on whole UTC hours; only raw usage "
-                                             "and line items are compared")
+        not_checked[LINE_ITEMS_VS_HOURLY] = ("the range does not start and end on whole UTC hours; only the line "
+                                             "items are checked")
     if start_ns % DAY_NS == 0 and end_ns % DAY_NS == 0:
         rollups.append("usage_daily")
     else:
@@ -256,13 +259,10 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
     checks += [ROLLUP_CHECKS[table] for table in rollups]
 
     totals: dict[str, Totals] = {USAGE_EVENTS: Totals(), LINE_ITEMS_USAGE: Totals(), LINE_ITEMS_NET: Totals()}
-    raw: dict[Key, tuple[int, Decimal]] = {}
-    for customer, meter, rows, quantity in run_query(store, queries.verify_raw_usage(customer_filter), parameters,
+    for _customer, meter, rows, quantity in run_query(store, queries.verify_raw_usage(customer_filter), parameters,
                                                      USAGE_EVENTS):
-        raw[(customer, meter)] = (rows, quantity)
         totals[USAGE_EVENTS].add(rows, meter, quantity)
 
-    usage: dict[Key, tuple[int, Decimal]] = {}
     rerating: dict[Key, tuple[int, int]] = {}
     net: dict[MoneyKey, NetSums] = {}
     reversal_rows = rerate_rows = 0
@@ -270,8 +270,6 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
          quantity, amount, cost, line_items) in run_query(store, queries.verify_line_items(customer_filter),
                                                           parameters, "line_items"):
         key = (customer, meter)
-        count, summed = usage.get(key, (0, ZERO))
-        usage[key] = (count + usage_count, summed + usage_quantity)
         seen_reversals, seen_rerates = rerating.get(key, (0, 0))
         rerating[key] = (seen_reversals + reversals, seen_rerates + rerates)
         reversal_rows += reversals
@@ -281,15 +279,6 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
         totals[LINE_ITEMS_NET].add(int(line_items), meter, quantity, currency, amount, cost_currency, cost)
 
     mismatches: list[Mismatch] = []
-    for customer, meter in sorted(raw.keys() | usage.keys()):
-        raw_rows, raw_quantity = raw.get((customer, meter), (0, ZERO))
-        usage_rows, usage_quantity = usage.get((customer, meter), (0, ZERO))
-        if raw_rows != usage_rows:
-            mismatches.append(Mismatch(RAW_VS_LINE_ITEMS, customer, meter, None, None, "rows", USAGE_EVENTS,
-                                       str(raw_rows), LINE_ITEMS_USAGE, str(usage_rows)))
-        if raw_quantity != usage_quantity:
-            mismatches.append(Mismatch(RAW_VS_LINE_ITEMS, customer, meter, None, None, "quantity", USAGE_EVENTS,
-                                       quantity_text(raw_quantity), LINE_ITEMS_USAGE, quantity_text(usage_quantity)))
     for (customer, meter), (reversals, rerates) in sorted(rerating.items()):
         if reversals != rerates:
             mismatches.append(Mismatch(REVERSALS_VS_RERATES, customer, meter, None, None, "rows",
@@ -311,13 +300,12 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
                                                LINE_ITEMS_NET, show(mine), table, show(other)))
 
     duplicates = []
-    for table in (USAGE_EVENTS, "line_items"):
-        found = run_query(store, queries.verify_duplicates(table, customer_filter), parameters, f"{table} ids")
-        if found:
-            duplicates.append(Duplicates(
-                USAGE_EVENTS if table == USAGE_EVENTS else LINE_ITEMS_USAGE, int(found[0][4]),
-                [{"event_id": event_id, "meter": meter, "customer": customer, "copies": int(copies)}
-                 for event_id, meter, customer, copies, _ in found]))
+    found = run_query(store, queries.verify_duplicates(customer_filter), parameters, "line_items ids")
+    if found:
+        duplicates.append(Duplicates(
+            LINE_ITEMS_USAGE, int(found[0][4]),
+            [{"event_id": event_id, "meter": meter, "customer": customer, "copies": int(copies)}
+             for event_id, meter, customer, copies, _ in found]))
 
     local_costs = [
         {"customer": customer, "model": model, "currency": currency, "events": int(events),
@@ -381,5 +369,5 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{len(problems)} mismatch{'es' if len(problems) != 1 else ''}")
         lines += [f"  {problem}" for problem in problems]
     else:
-        lines.append("OK: raw usage, line items and rollups reconcile")
+        lines.append("OK: line items and rollups reconcile")
     return "\n".join(lines)
