@@ -33,12 +33,15 @@ ROOT_MESSAGE = "ExportTraceServiceRequest"
 LANDING_TABLE = "otlp_traces_landing"
 INSERT_SETTINGS: dict[str, int | str] = {
     "async_insert": 0, "compile_expressions": 0, "input_format_protobuf_oneof_presence": 1,
-    "short_circuit_function_evaluation": "disable",
+    "short_circuit_function_evaluation": "disable", "query_plan_merge_expressions": 0,
 }
 """``compile_expressions``: a JIT compilation per insert costs more than it saves.
 ``short_circuit_function_evaluation``: the analyzer merges a view's steps into one expression
 graph, and a lazily evaluated argument then re-filters the span's attribute arrays for its rows:
-measured 3x slower than computing every (cheap, scalar) branch for every span."""
+measured 3x slower than computing every (cheap, scalar) branch for every span.
+``query_plan_merge_expressions``: merging the view's layered expression steps is planned again
+for every insert, ~20 ms of a landing's fixed ~55 ms; left unmerged, a block of 50 or 100
+requests lands 10 % faster (178 -> 159 ms, 326 -> 292 ms) and one of 200 as fast (~550 ms)."""
 
 
 @dataclass(frozen=True)
