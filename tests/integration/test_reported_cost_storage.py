@@ -144,6 +144,38 @@ def test_the_usage_report_shows_reported_costs_beside_the_price_and_a_provider_c
     assert found["hourly"] == found["raw"] == expected
 
 
+def usage_queries_of_a_range_with_and_without_usage(store) -> dict:
+    """Each usage report with the SQL statements it ran (a dashboard polls for usage not there yet)."""
+    from otel_meter.storage.usage_report import UsageRequest, run_usage_query
+
+    report_and_verify(store, "provider")
+    statements: list[str] = []
+    query = store.query
+
+    def counted(sql, parameters):
+        statements.append(sql)
+        return query(sql, parameters)
+
+    store.query = counted
+    try:
+        found = {}
+        for name, start, end in (("with usage", "2023-11-14T22:00:00Z", "2023-11-14T22:30:00Z"),
+                                 ("without usage", "2023-11-15T22:00:00Z", "2023-11-15T22:30:00Z")):
+            statements.clear()
+            rows = run_usage_query(store, UsageRequest.parse(start, end, "customer", "acme"))
+            found[name] = (rows, len(statements))
+        return found
+    finally:
+        del store.query
+
+
+def test_a_usage_query_over_a_range_without_usage_runs_one_statement_and_with_usage_adds_the_reported_costs(store):
+    found = store.call(usage_queries_of_a_range_with_and_without_usage)
+    rows, statements = found["with usage"]
+    assert statements == 2 and rows[0]["reported_cost"] == {"local": {"USD": "0.0012"}, "provider": {"USD": "0.0009"}}
+    assert found["without usage"] == ([], 1)
+
+
 def test_verify_reports_how_a_local_cost_differs_from_the_cost_card_without_failing(store):
     found = store.call(report_and_verify, "card")
     report = found["verify"]

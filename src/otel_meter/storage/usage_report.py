@@ -53,6 +53,9 @@ def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]
     if request.customer is not None:
         parameters["customer"] = request.customer
     width = len(request.group_by)
+    records = store.query(sql, parameters)
+    if not records:  # no usage in the range: no reported cost to show either (one query, not two)
+        return []
     reported_sql, _ = queries.usage_query(list(request.group_by), request.customer is not None, hourly,
                                           reported_costs=True)
     reported_of: dict[tuple[Any, ...], dict[str, dict[str, str]]] = {}
@@ -61,7 +64,7 @@ def run_usage_query(store: Store, request: UsageRequest) -> list[dict[str, Any]]
         reported_of.setdefault(tuple(record[:width + 2]), {}).setdefault(
             source or UNSPECIFIED_SOURCE, {})[reported_currency] = decimal_text(total)
     rows = []
-    for record in store.query(sql, parameters):
+    for record in records:
         keys = dict(zip(request.group_by, record))
         currency, quantity, unpriced, amount, cost_currency, cost = record[width:]
         row = {**keys, "quantity": number(quantity), "unpriced_quantity": number(unpriced),
