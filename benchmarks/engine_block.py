@@ -6,8 +6,9 @@ directory), take blocks of journaled requests on one thread, as one extractor th
 
 * ``landing``: the block's requests inserted into the landing table, its view writing one row per
   span with usage into the extractor's rows table (``EngineTraceFeed.load``);
-* ``rated insert``: the ``INSERT ... SELECT`` into ``usage_ingest`` and its four views (usage
-  events, line items, hourly and daily rollups), joined to the block's prices;
+* ``rated insert``: the ``INSERT ... SELECT`` into ``usage_ingest`` and its views (the line
+  items; the hourly rollup from them and the daily rollup from the hourly one), joined to the
+  block's prices;
 * ``rest of the compiled store``: the span ids read and claimed in the dedup index, the distinct
   rating keys read, priced in Python and loaded into the prices table.
 
