@@ -49,3 +49,19 @@ class ChdbWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def store_migrated_before(store: Any, database: str, version: int) -> Any:
+    """A store in ``database`` beside the worker's ``store``, with the migrations before
+    ``version`` applied and recorded, as an older otel-meter left it (run in the worker)."""
+    from otel_meter.storage.store import Store, available_migrations, resolve_location, split_statements
+
+    old = Store(resolve_location(store.location.dsn, database))
+    old.client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at "
+                       "DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
+    for number, name, sql in available_migrations():
+        if number < version:
+            for statement in split_statements(sql):
+                old.client.command(statement)
+            old.client.insert("schema_migrations", [[number, name]], column_names=["version", "name"])
+    return old

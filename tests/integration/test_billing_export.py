@@ -23,7 +23,7 @@ from otel_meter.rating.period import Period
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
 from otel_meter.usage import UsageBatch
-from tests.chdb_worker import ChdbWorker
+from tests.chdb_worker import ChdbWorker, store_migrated_before
 
 NS = 10**9
 NOV = Period.parse("2026-11")
@@ -230,17 +230,10 @@ def upgrade_a_ledger_written_before_0005(store, crash_after_exchange: bool) -> d
     inserts, not merged yet), then migrated on; optionally the first 0005 run stops after its
     exchange, as after a crash, and the migration runs again."""
     from otel_meter.billing.ledger import LedgerEntry, record_states
-    from otel_meter.storage.store import Store, available_migrations, resolve_location, split_statements
+    from otel_meter.storage.store import available_migrations, split_statements
 
-    old = Store(resolve_location(store.location.dsn, f"upgrade_{int(crash_after_exchange)}"))
+    old = store_migrated_before(store, f"upgrade_{int(crash_after_exchange)}", 5)
     client = old.client
-    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at "
-                   "DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
-    for version, name, sql in available_migrations():
-        if version < 5:
-            for statement in split_statements(sql):
-                client.command(statement)
-            client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
 
     def entry(currency: str, value: str) -> LedgerEntry:
         return LedgerEntry("recorder", "acme", "cus_acme", "token_cost", day(3), day(4), 1, f"old-{currency}",

@@ -15,7 +15,7 @@ from otel_meter.processors.genai_usage.processor import GenAIUsageProcessor
 from otel_meter.processors.rating.processor import RatingProcessor
 from otel_meter.rating.rate_book import RateBook
 from otel_meter.rating.rate_card import parse_rate_card
-from tests.chdb_worker import ChdbWorker
+from tests.chdb_worker import ChdbWorker, store_migrated_before
 from tests.unit.otlp_builders import make_span, request_of
 
 AMOUNT = "gen_ai.usage.cost.amount"
@@ -83,17 +83,7 @@ def sums(store) -> dict[str, tuple]:
 
 def upgrade_a_store_written_before_0006(store) -> dict:
     """A store migrated to 0005 holding rated usage (with a cost card), then migrated on."""
-    from otel_meter.storage.store import Store, available_migrations, resolve_location, split_statements
-
-    old = Store(resolve_location(store.location.dsn, "upgrade_0006"))
-    client = old.client
-    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at "
-                   "DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
-    for version, name, sql in available_migrations():
-        if version < 6:
-            for statement in split_statements(sql):
-                client.command(statement)
-            client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
+    old = store_migrated_before(store, "upgrade_0006", 6)
     old.insert_usage(to_arrow(rated_spans("card", chat(), chat()), 0).drop_columns(REPORTED_COLUMNS), "old-1")
     before = sums(old)
     applied = old.migrate()

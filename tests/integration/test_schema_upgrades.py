@@ -8,7 +8,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from tests.chdb_worker import ChdbWorker
+from tests.chdb_worker import ChdbWorker, store_migrated_before
 from tests.integration.test_rollups import insert_block
 
 SUMS = {
@@ -30,17 +30,7 @@ def store(tmp_path_factory):
 
 
 def upgrade_a_store_written_before_0009(store) -> dict:
-    from otel_meter.storage.store import Store, available_migrations, resolve_location, split_statements
-
-    old = Store(resolve_location(store.location.dsn, "upgrade_0010"))
-    client = old.client
-    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at "
-                   "DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
-    for version, name, sql in available_migrations():
-        if version < 9:
-            for statement in split_statements(sql):
-                client.command(statement)
-            client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
+    old = store_migrated_before(store, "upgrade_0010", 9)
     insert_block(old, "before-1", "a")
     insert_block(old, "before-2", "b")
 
