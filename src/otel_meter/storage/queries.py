@@ -164,16 +164,6 @@ VERIFY_DUPLICATE_EXAMPLES = 20
 """How many duplicated (event_id, meter) keys a verification names."""
 
 
-def verify_raw_usage(customer_filter: bool) -> str:
-    """Raw usage per customer and meter: rows and quantity."""
-    return f"""
-SELECT toString(customer), toString(meter), count(), sum(quantity)
-FROM usage_events
-WHERE {_VERIFY_EVENT_TIME}{_VERIFY_CUSTOMER if customer_filter else ""}
-GROUP BY customer, meter
-"""
-
-
 def verify_line_items(customer_filter: bool) -> str:
     """Line items per customer, meter, currency and cost currency: the ``usage`` rows (count,
     quantity, amount), the re-rating rows, and the net of all kinds as the rollups sum them

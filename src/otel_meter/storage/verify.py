@@ -7,7 +7,8 @@ compares them:
 - ``raw_vs_line_items``: not checked since migration 0010. Raw usage was a second stored copy
   (``usage_events``) compared with the ``usage`` line items; it is now a view of those line
   items, so there is nothing left to compare, and the report lists the check under
-  ``not_checked`` with that reason. Its totals (``usage_events``) are still shown;
+  ``not_checked`` with that reason. Its totals (``usage_events``) are still shown, taken from
+  the usage line items' sums;
 - ``reversals_vs_rerates``: per customer and meter, every ``reversal`` line item has its
   ``rerate`` row (re-rating writes them in pairs);
 - ``line_items_vs_hourly`` / ``line_items_vs_daily``: per customer, meter, currency and cost
@@ -259,10 +260,6 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
     checks += [ROLLUP_CHECKS[table] for table in rollups]
 
     totals: dict[str, Totals] = {USAGE_EVENTS: Totals(), LINE_ITEMS_USAGE: Totals(), LINE_ITEMS_NET: Totals()}
-    for _customer, meter, rows, quantity in run_query(store, queries.verify_raw_usage(customer_filter), parameters,
-                                                     USAGE_EVENTS):
-        totals[USAGE_EVENTS].add(rows, meter, quantity)
-
     rerating: dict[Key, tuple[int, int]] = {}
     net: dict[MoneyKey, NetSums] = {}
     reversal_rows = rerate_rows = 0
@@ -276,6 +273,8 @@ def verify(store: Store, request: VerifyRequest) -> VerifyReport:
         rerate_rows += rerates
         net[(customer, meter, currency, cost_currency)] = NetSums(quantity, amount, cost, int(line_items))
         totals[LINE_ITEMS_USAGE].add(usage_count, meter, usage_quantity, currency, usage_amount)
+        if usage_count:  # usage_events is a view of these rows: its totals, without reading them again
+            totals[USAGE_EVENTS].add(usage_count, meter, usage_quantity)
         totals[LINE_ITEMS_NET].add(int(line_items), meter, quantity, currency, amount, cost_currency, cost)
 
     mismatches: list[Mismatch] = []
